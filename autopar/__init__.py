@@ -1,0 +1,39 @@
+"""autopar: measure a batch of work, then run it the best way.
+
+``optimize(func, data)`` samples the work and returns an :class:`OptimizationResult` (serial,
+thread or process pool, ``n_jobs``, ``chunksize``, and why); ``execute(func, data)`` runs it that
+way and returns the results in input order.
+"""
+
+from .errors import AutoparError, RemoteTraceback, WorkerDied, WorkerError
+from .executors import SerialExecutor, get_executor
+from .model import Candidate
+from .optimizer import optimize
+from .result import OptimizationResult
+from .run import ExecutionIterator, ExecutionReport, execute, execute_iter
+from .sample import Profile
+from .system import PoolCosts, SystemInfo, pool_costs, system_info, usable_cores
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AutoparError",
+    "Candidate",
+    "ExecutionIterator",
+    "ExecutionReport",
+    "OptimizationResult",
+    "PoolCosts",
+    "Profile",
+    "RemoteTraceback",
+    "SerialExecutor",
+    "SystemInfo",
+    "WorkerDied",
+    "WorkerError",
+    "execute",
+    "execute_iter",
+    "get_executor",
+    "optimize",
+    "pool_costs",
+    "system_info",
+    "usable_cores",
+]

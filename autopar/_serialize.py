@@ -1,0 +1,54 @@
+"""How objects travel to worker processes: plain pickle where it works, cloudpickle otherwise.
+
+The function is always sent with cloudpickle: it pickles importable functions by reference
+like pickle does, and lambdas, closures and functions defined in ``__main__`` by value, so they
+also work under spawn and forkserver. Items and results use plain pickle (the C pickler is the
+fastest for many small objects) unless the sample shows that only cloudpickle can send them.
+"""
+
+from __future__ import annotations
+
+import pickle
+import time
+from typing import Any
+
+import cloudpickle
+
+PICKLE = "pickle"
+CLOUDPICKLE = "cloudpickle"
+
+
+def dumps(obj: Any, method: str) -> bytes:
+    if method == CLOUDPICKLE:
+        return cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def loads(data: bytes) -> Any:
+    return pickle.loads(data)
+
+
+def measure(obj: Any, *, allow_plain: bool = True) -> tuple[str | None, int, float, str | None]:
+    """Serialize ``obj`` once and time a dumps+loads round trip.
+
+    Returns (method, size in bytes, seconds, error). ``method`` is None when neither pickle nor
+    cloudpickle can send the object; ``error`` then says why.
+    """
+    errors = []
+    methods = (PICKLE, CLOUDPICKLE) if allow_plain else (CLOUDPICKLE,)
+    for method in methods:
+        try:
+            t0 = time.perf_counter()
+            blob = dumps(obj, method)
+            loads(blob)
+            return method, len(blob), time.perf_counter() - t0, None
+        except Exception as exc:  # any failure to serialize rules the method out
+            errors.append(f"{method}: {type(exc).__name__}: {exc}")
+    return None, 0, 0.0, "; ".join(errors)
+
+
+def worse(a: str | None, b: str | None) -> str | None:
+    """The method that can carry both kinds of objects (None wins, then cloudpickle)."""
+    if a is None or b is None:
+        return None
+    return CLOUDPICKLE if CLOUDPICKLE in (a, b) else PICKLE

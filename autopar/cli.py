@@ -1,0 +1,156 @@
+"""The ``autopar`` command: ``info`` and ``optimize`` (``python -m autopar`` works too)."""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import importlib
+import json
+import sys
+import time
+from typing import Any, Sequence
+
+from . import __version__
+from .optimizer import optimize
+from .run import execute
+from .system import pool_costs, system_info
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.1f} GiB"
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    import numpy  # noqa: F401  (loads the BLAS library so it shows)
+
+    info = system_info()
+    t0 = time.perf_counter()
+    costs = pool_costs(args.start_method or info.start_method, refresh=args.refresh)
+    took = time.perf_counter() - t0
+    if args.json:
+        print(json.dumps({"system": info.to_dict(), "pool_costs": costs.to_dict()}, indent=2, default=str))
+        return 0
+    quota = f"{info.cgroup_cpu_quota:g} cores" if info.cgroup_cpu_quota else "none"
+    print(f"autopar {__version__} on {info.python}, {info.platform}")
+    print(f"usable cores      {info.usable_cores} (affinity and cgroup quota; cgroup quota: {quota})")
+    print(f"logical/physical  {info.logical_cores} / {info.physical_cores}")
+    limit = _gib(info.cgroup_memory_limit) if info.cgroup_memory_limit else "none"
+    print(f"memory            {_gib(info.available_memory)} available of {_gib(info.total_memory)} (cgroup limit: {limit})")
+    print(f"start method      {info.start_method}")
+    print(f"GIL               {'enabled' if info.gil_enabled else 'disabled (free-threaded build)'}")
+    if info.blas:
+        for pool in info.blas:
+            print(f"BLAS              {pool['internal_api']} {pool['version']}: {pool['num_threads']} threads")
+    else:
+        print("BLAS              none loaded")
+    source = "measured now" if took > 0.05 else "cached"
+    print(f"pool costs ({costs.start_method}, {source}):")
+    print(f"  process pool start   {costs.process_start_base * 1e3:.1f} ms + {costs.process_start_per_worker * 1e3:.1f} ms per worker")
+    print(f"  process round trip   {costs.process_task_overhead * 1e6:.0f} us per task, {costs.process_seconds_per_byte * 1e9:.2f} ns per byte")
+    print(f"  process worker       {costs.process_worker_memory / 2**20:.1f} MiB private memory")
+    print(f"  thread pool start    {costs.thread_start_base * 1e6:.0f} us + {costs.thread_start_per_worker * 1e6:.0f} us per worker")
+    print(f"  thread round trip    {costs.thread_task_overhead * 1e6:.1f} us per task")
+    return 0
+
+
+def _load(spec: str) -> Any:
+    if ":" not in spec:
+        raise SystemExit(f"autopar: expected MODULE:NAME, got {spec!r}")
+    module_name, _, attr = spec.partition(":")
+    sys.path.insert(0, ".")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise SystemExit(f"autopar: cannot import {module_name!r}: {exc}") from None
+    obj: Any = module
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise SystemExit(f"autopar: {module_name!r} has no attribute {attr!r}") from None
+    return obj
+
+
+def _items(args: argparse.Namespace) -> Any:
+    if args.data:
+        data = _load(args.data)
+        return data() if callable(data) else data
+    if args.range is not None:
+        return range(*args.range)
+    if args.items:
+        out = []
+        for text in args.items:
+            try:
+                out.append(ast.literal_eval(text))
+            except (ValueError, SyntaxError):
+                out.append(text)  # a plain string, e.g. a file name
+        return out
+    raise SystemExit("autopar: give the items with --items, --range or --data")
+
+
+def cmd_optimize(args: argparse.Namespace) -> int:
+    func = _load(args.function)
+    if not callable(func):
+        raise SystemExit(f"autopar: {args.function} is not callable")
+    data = _items(args)
+    kind = None if args.executor == "auto" else args.executor
+    result = optimize(
+        func,
+        data,
+        executor_type=kind,
+        n_jobs=args.jobs,
+        prefer_threads_for_io=not args.no_threads_for_io,
+        start_method=args.start_method,
+        sample_time=args.sample_time,
+    )
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2, default=str))
+    else:
+        print(result.explain())
+    if args.execute:
+        results, report = execute(func, data, result=result, progress=args.progress, return_report=True)
+        print()
+        print(report.summary())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="autopar", description="Measure a batch of work, then run it the best way.")
+    parser.add_argument("--version", action="version", version=f"autopar {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("info", help="the machine as autopar sees it, with measured pool costs")
+    p.add_argument("--start-method", choices=["fork", "spawn", "forkserver"])
+    p.add_argument("--refresh", action="store_true", help="measure the pool costs again")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_info)
+
+    p = sub.add_parser("optimize", help="advice for a function of yours over some items")
+    p.add_argument("function", metavar="MODULE:FUNCTION", help="e.g. mypkg.steps:process")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--items", nargs="+", metavar="ITEM", help="items as Python literals (or plain strings)")
+    src.add_argument("--range", nargs="+", type=int, metavar="N", help="items range(N) or range(A, B[, STEP])")
+    src.add_argument("--data", metavar="MODULE:NAME", help="an iterable, or a function returning one")
+    p.add_argument("--executor", choices=["auto", "serial", "thread", "process"], default="auto")
+    p.add_argument("--jobs", type=int, help="fix the number of workers")
+    p.add_argument("--start-method", choices=["fork", "spawn", "forkserver"])
+    p.add_argument("--no-threads-for-io", action="store_true", help="never send I/O-bound work to threads")
+    p.add_argument("--sample-time", type=float, default=0.2, help="most seconds the serial sample may take")
+    p.add_argument("--execute", action="store_true", help="then run it and show measured against predicted")
+    p.add_argument("--progress", action="store_true", help="with --execute: a progress bar")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_optimize)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except (TypeError, ValueError) as exc:
+        print(f"autopar: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

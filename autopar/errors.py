@@ -1,0 +1,55 @@
+"""Errors autopar raises, and how a worker's exception reaches the caller.
+
+A function that fails on an item is re-raised in the caller as its own exception type, with a
+note naming the item index and the executor, and, for process workers, the worker's formatted
+traceback chained as ``__cause__`` (the way ``concurrent.futures`` does it). The index is also
+on the exception as ``autopar_item_index`` where the exception accepts attributes.
+"""
+
+from __future__ import annotations
+
+__all__ = ["AutoparError", "RemoteTraceback", "WorkerDied", "WorkerError", "annotate"]
+
+
+class AutoparError(Exception):
+    """Base class of the errors autopar raises itself."""
+
+
+class RemoteTraceback(Exception):
+    """The traceback text of an exception raised in a worker process."""
+
+    def __init__(self, tb: str) -> None:
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self) -> str:
+        return self.tb
+
+
+class WorkerError(AutoparError):
+    """A worker exception that could not be sent back as itself (it does not pickle)."""
+
+    def __init__(self, type_name: str, message: str) -> None:
+        super().__init__(f"{type_name}: {message}")
+        self.type_name = type_name
+        self.message = message
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (WorkerError, (self.type_name, self.message))
+
+
+class WorkerDied(AutoparError):
+    """A worker process ended without returning (killed, crashed, or exited)."""
+
+
+def annotate(exc: BaseException, index: int, where: str) -> BaseException:
+    """Name the failing item on ``exc`` (a note and an attribute), once."""
+    if getattr(exc, "autopar_item_index", None) is not None:
+        return exc
+    try:
+        exc.autopar_item_index = index  # type: ignore[attr-defined]
+    except (AttributeError, TypeError):
+        pass
+    if hasattr(exc, "add_note"):
+        exc.add_note(f"autopar: raised by item {index} in a {where} worker")
+    return exc

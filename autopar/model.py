@@ -1,0 +1,294 @@
+"""The cost model: predicted wall time of the remaining work for every candidate configuration.
+
+For ``R`` remaining items of mean time ``t`` (spread ``sd``), CPU/wall ratio ``r`` and ``c``
+usable cores::
+
+    serial          R * t
+    threads  x n    start(n) + makespan(R, cs, n) * t_eff + chunks * task_overhead
+    processes x n   start(n) + max(makespan(R, cs, n) * w_eff,  parent_serial) [+ tail]
+
+* ``makespan`` counts the items the busiest worker runs when chunks of ``cs`` items are handed
+  out dynamically; a spread term ``sd * sqrt(cs) * sqrt(2 ln n)`` adds the expected tail of
+  skewed items, so skewed work gets smaller chunks.
+* ``t_eff = t * n / S(n)`` is an item's time when n workers share the machine. For threads,
+  ``S(n) = min(n, 1 / (g + (1 - g) / n), c / r)`` where ``g``, the share of an item that holds
+  the GIL, comes from the measured thread scaling of the concurrency probe. For processes,
+  ``S(n) = min(n, c / r)``: no GIL, but no more CPU than the machine has.
+* Processes also pay per item: unpickling the item and pickling the result in the worker
+  (inside ``w``), and in the parent, which does it for all workers through one pipe each way,
+  pickling items, unpickling results and moving the bytes (``parent_serial``).
+* Every figure is measured: ``t``, ``sd``, ``r``, pickle sizes and times and thread scaling by
+  the sample; start costs, task overhead and seconds per byte by :mod:`autopar.system`.
+
+Serial wins unless the best parallel candidate is clearly faster (``MIN_SPEEDUP`` and
+``MIN_SAVING``); between a thread and a process candidate within ``THREAD_PREFERENCE`` of each
+other, threads win (no copies, no pickling).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Iterable
+
+from .sample import Profile
+from .system import PoolCosts, SystemInfo
+
+__all__ = ["Candidate", "Decision", "decide", "best_chunksize", "workload_type"]
+
+MIN_SPEEDUP = 1.1
+MIN_SAVING = 0.01  # seconds
+THREAD_PREFERENCE = 1.05
+CPU_RATIO_CPU = 0.75
+CPU_RATIO_IO = 0.3
+MEMORY_SHARE = 0.8  # share of available memory the workers may take
+MAX_THREADS = 64
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One configuration and its predicted wall time (seconds) for the remaining items."""
+
+    executor_type: str
+    n_jobs: int
+    chunksize: int
+    predicted_time: float
+    start: float = 0.0
+    work: float = 0.0
+    transfer: float = 0.0
+    dispatch: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def label(self) -> str:
+        if self.executor_type == "serial":
+            return "serial"
+        return f"{self.executor_type} x{self.n_jobs} (chunksize {self.chunksize})"
+
+
+@dataclass(frozen=True)
+class Decision:
+    best: Candidate
+    serial: Candidate
+    ranked: tuple[Candidate, ...]
+    remaining: int
+    assumed_remaining: bool
+    workload_type: str
+    reasons: tuple[str, ...]
+    warnings: tuple[str, ...]
+    memory_cap: int
+
+
+def workload_type(cpu_ratio: float) -> str:
+    if cpu_ratio >= CPU_RATIO_CPU:
+        return "cpu"
+    if cpu_ratio <= CPU_RATIO_IO:
+        return "io"
+    return "mixed"
+
+
+def gil_share(profile: Profile) -> float:
+    """Share of an item's time that holds the GIL, from the measured thread scaling."""
+    s, k = profile.thread_scaling, profile.probe_threads
+    if s is None or k < 2:
+        # Not measured: assume the CPU-busy share holds the GIL (pure Python, the safe side).
+        return min(max(profile.cpu_ratio, 0.0), 1.0)
+    g = min(max((k / s - 1.0) / (k - 1.0), 0.0), 1.0)
+    # An item cannot hold the GIL for longer than it keeps a core busy.
+    return min(g, max(profile.cpu_ratio, 0.0))
+
+
+def _makespan_items(remaining: int, cs: int, n: int) -> int:
+    """Items run by the busiest of n workers taking chunks of cs items as they free up."""
+    n_chunks = -(-remaining // cs)
+    part = remaining % cs
+    q, rem = divmod(n_chunks, n)
+    if part == 0:
+        return (q + (rem > 0)) * cs
+    if rem == 0:
+        return q * cs if n > 1 else (q - 1) * cs + part
+    if rem == 1:
+        return q * cs + part
+    return (q + 1) * cs
+
+
+def _chunk_options(remaining: int, n: int) -> list[int]:
+    opts = {1, max(1, -(-remaining // n)), max(1, -(-remaining // (4 * n)))}
+    cs = 2
+    while cs < remaining / n:
+        opts.add(cs)
+        cs *= 2
+    return sorted(o for o in opts if o <= max(1, remaining))
+
+
+def _thread_speedup(n: int, g: float, cores: int, r: float) -> float:
+    amdahl = 1.0 / (g + (1.0 - g) / n)
+    cpu_cap = cores / r if r > 1e-3 else float("inf")
+    return max(min(float(n), amdahl, cpu_cap), 1e-3)
+
+
+def _process_speedup(n: int, cores: int, r: float) -> float:
+    cpu_cap = cores / r if r > 1e-3 else float("inf")
+    return max(min(float(n), cpu_cap), 1e-3)
+
+
+def _predict(
+    kind: str,
+    n: int,
+    cs: int,
+    remaining: int,
+    p: Profile,
+    costs: PoolCosts,
+    cores: int,
+    g: float,
+) -> Candidate:
+    t, r = p.item_time_mean, max(p.cpu_ratio, 0.0)
+    n_chunks = -(-remaining // cs)
+    busiest = _makespan_items(remaining, cs, n)
+    tail = p.item_time_std * math.sqrt(cs) * math.sqrt(2.0 * math.log(n)) if n > 1 else 0.0
+    if kind == "thread":
+        t_eff = t * n / _thread_speedup(n, g, cores, r)
+        start = costs.thread_start(n)
+        work = busiest * t_eff + tail * n / _thread_speedup(n, g, cores, r)
+        dispatch = n_chunks * costs.thread_task_overhead
+        return Candidate(kind, n, cs, start + work + dispatch, start, work, 0.0, dispatch)
+    # processes
+    w = t + 0.5 * (p.item_pickle_time + p.result_pickle_time)
+    w_eff = w * n / _process_speedup(n, cores, r)
+    start = costs.process_start(n)
+    work = busiest * w_eff + tail
+    per_byte = costs.process_seconds_per_byte
+    transfer = remaining * (
+        0.5 * (p.item_pickle_time + p.result_pickle_time) + (p.item_bytes + p.result_bytes) * per_byte
+    )
+    dispatch = n_chunks * (costs.process_task_overhead + p.func_bytes * per_byte)
+    parent = transfer + dispatch
+    # The busiest worker also waits for its first chunk to arrive.
+    first_chunk = cs * (0.5 * p.item_pickle_time + p.item_bytes * per_byte)
+    total = start + max(work + first_chunk, parent)
+    return Candidate(kind, n, cs, total, start, work, transfer, dispatch)
+
+
+def best_chunksize(
+    kind: str, n: int, remaining: int, p: Profile, costs: PoolCosts, cores: int
+) -> Candidate:
+    """The best chunksize for ``kind`` x ``n``: the smallest within 2% of the fastest."""
+    g = gil_share(p)
+    cands = [_predict(kind, n, cs, remaining, p, costs, cores, g) for cs in _chunk_options(remaining, n)]
+    fastest = min(c.predicted_time for c in cands)
+    return min((c for c in cands if c.predicted_time <= fastest * 1.02), key=lambda c: c.chunksize)
+
+
+def _n_options(limit: int, cores: int) -> list[int]:
+    opts = {cores}
+    n = 1
+    while n <= limit:
+        opts.add(n)
+        n *= 2
+    return sorted(o for o in opts if 1 <= o <= limit)
+
+
+def decide(
+    profile: Profile,
+    system: SystemInfo,
+    costs: PoolCosts,
+    *,
+    executor_types: Iterable[str] = ("serial", "thread", "process"),
+    prefer_threads_for_io: bool = True,
+    max_jobs: int | None = None,
+    n_jobs: int | None = None,
+    chunksize: int | None = None,
+) -> Decision:
+    """Rank the candidates for the remaining work and pick one."""
+    allowed = set(executor_types)
+    reasons: list[str] = []
+    warnings: list[str] = []
+    p = profile
+    cores = system.usable_cores
+    wtype = workload_type(p.cpu_ratio)
+
+    remaining = p.n_remaining
+    assumed = remaining is None
+    if remaining is None:
+        remaining = max(10 * p.n_done, 100)
+        warnings.append(
+            f"the number of items is unknown; the model assumed {remaining} more "
+            "(pass n_items= for a better estimate)"
+        )
+
+    serial = Candidate("serial", 1, 1, remaining * p.item_time_mean, work=remaining * p.item_time_mean)
+
+    # Memory: n workers must hold n items at their peak.
+    per_worker = max(p.peak_memory_per_item, int(p.item_bytes + p.result_bytes))
+    memory_cap = MAX_THREADS
+    if per_worker > 0:
+        memory_cap = max(1, int(MEMORY_SHARE * system.available_memory // per_worker))
+    proc_cap = max(1, int(MEMORY_SHARE * system.available_memory // (per_worker + costs.process_worker_memory + 1)))
+    results_total = (p.n_done + remaining) * p.result_bytes
+    if results_total > 0.5 * system.available_memory:
+        warnings.append(
+            f"the results will take about {results_total / 2**30:.1f} GiB, more than half of the "
+            f"{system.available_memory / 2**30:.1f} GiB available; consider execute_iter() to stream them"
+        )
+
+    thread_limit = min(remaining, MAX_THREADS, memory_cap)
+    proc_limit = min(remaining, proc_cap, cores if wtype == "cpu" else 2 * cores)
+    if max_jobs is not None:
+        thread_limit, proc_limit = min(thread_limit, max_jobs), min(proc_limit, max_jobs)
+    if memory_cap < min(remaining, cores):
+        reasons.append(
+            f"memory caps the workers at {memory_cap}: {p.peak_memory_per_item / 2**20:.0f} MiB "
+            f"peak per item against {system.available_memory / 2**30:.1f} GiB available"
+        )
+
+    if "process" in allowed and profile.transport is None:
+        allowed.discard("process")
+        warnings.append(f"processes ruled out: nothing can serialize the work ({p.pickle_error})")
+    if "thread" in allowed and not prefer_threads_for_io and wtype == "io":
+        allowed.discard("thread")
+        reasons.append("prefer_threads_for_io=False: I/O-bound work is not sent to threads")
+
+    cands: list[Candidate] = []
+    if remaining > 0 or "serial" not in allowed:
+        remaining = max(remaining, 1)
+        for kind, limit in (("thread", thread_limit), ("process", proc_limit)):
+            if kind not in allowed:
+                continue
+            ns = [n_jobs] if n_jobs is not None else _n_options(limit, cores)
+            for n in ns:
+                if chunksize is not None:
+                    g = gil_share(p)
+                    cands.append(_predict(kind, n, chunksize, remaining, p, costs, cores, g))
+                else:
+                    cands.append(best_chunksize(kind, n, remaining, p, costs, cores))
+    ranked = sorted(cands + ([serial] if "serial" in allowed or not cands else []), key=lambda c: c.predicted_time)
+
+    best = ranked[0]
+    if best.executor_type == "process":
+        thread_alt = next((c for c in ranked if c.executor_type == "thread"), None)
+        if thread_alt is not None and thread_alt.predicted_time <= best.predicted_time * THREAD_PREFERENCE:
+            best = thread_alt
+            reasons.append("threads and processes are predicted within 5%: threads win (no copies)")
+    if best.executor_type != "serial" and "serial" in allowed:
+        saving = serial.predicted_time - best.predicted_time
+        if serial.predicted_time < best.predicted_time * MIN_SPEEDUP or saving < MIN_SAVING:
+            reasons.append(
+                f"serial: the best parallel choice, {best.label()}, is not clearly faster "
+                f"({best.predicted_time:.3g} s against {serial.predicted_time:.3g} s serial)"
+            )
+            best = serial
+
+    if remaining == 0:
+        reasons.append(f"the sample already ran all {p.n_done} items")
+    return Decision(
+        best=best,
+        serial=serial,
+        ranked=tuple(ranked),
+        remaining=remaining,
+        assumed_remaining=assumed,
+        workload_type=wtype,
+        reasons=tuple(reasons),
+        warnings=tuple(warnings),
+        memory_cap=memory_cap,
+    )

@@ -1,0 +1,200 @@
+"""optimize(): sample the work, feed the cost model, return an OptimizationResult."""
+
+from __future__ import annotations
+
+import time
+import weakref
+from typing import Any, Callable, Iterable
+
+from .model import Candidate, Decision, decide
+from .result import OptimizationResult
+from .sample import sample
+from .system import default_start_method, pool_costs, system_info
+
+__all__ = ["optimize", "check_args", "pending_result"]
+
+# One-shot iterators optimize() has read from, so that execute(func, it) without the result
+# still finds the items the sample took. Weak: a dropped iterator drops its entry.
+_pending: "weakref.WeakKeyDictionary[Any, OptimizationResult]" = weakref.WeakKeyDictionary()
+
+
+def pending_result(data: Any) -> OptimizationResult | None:
+    """The result of an earlier optimize() on the one-shot iterator ``data``, if still unused."""
+    try:
+        result = _pending.get(data)
+    except TypeError:  # not weak-referenceable (or not hashable)
+        return None
+    if result is None or result._stash is None or not result._stash.matches(data):
+        return None
+    return result
+
+EXECUTOR_TYPES = ("serial", "thread", "process")
+
+
+def check_args(
+    func: Any,
+    data: Any,
+    executor_type: str | None,
+    n_jobs: int | None,
+    chunksize: int | None,
+    start_method: str | None = None,
+) -> tuple[str | None, int | None]:
+    """Validate the common arguments; returns (executor_type or None for auto, n_jobs)."""
+    if not callable(func):
+        raise TypeError(f"func must be callable, got {type(func).__name__}: {func!r:.80}")
+    try:
+        iter(data)
+    except TypeError:
+        raise TypeError(f"data must be iterable, got {type(data).__name__}") from None
+    if executor_type in (None, "auto"):
+        executor_type = None
+    elif executor_type not in EXECUTOR_TYPES:
+        raise ValueError(
+            f"executor_type must be one of 'auto', {', '.join(map(repr, EXECUTOR_TYPES))}; "
+            f"got {executor_type!r}"
+        )
+    if n_jobs is not None:
+        if isinstance(n_jobs, bool) or not isinstance(n_jobs, int):
+            raise TypeError(f"n_jobs must be an int, got {type(n_jobs).__name__}")
+        if n_jobs == -1:
+            from .system import usable_cores
+
+            n_jobs = usable_cores()
+        elif n_jobs < 1:
+            raise ValueError(f"n_jobs must be a positive int or -1 (all usable cores), got {n_jobs}")
+    if chunksize is not None:
+        if isinstance(chunksize, bool) or not isinstance(chunksize, int):
+            raise TypeError(f"chunksize must be an int, got {type(chunksize).__name__}")
+        if chunksize < 1:
+            raise ValueError(f"chunksize must be a positive int, got {chunksize}")
+    if start_method is not None and start_method not in ("fork", "spawn", "forkserver"):
+        raise ValueError(f"start_method must be 'fork', 'spawn' or 'forkserver', got {start_method!r}")
+    return executor_type, n_jobs
+
+
+def _main_reason(d: Decision, profile: Any) -> str:
+    best = d.best
+    scaling = profile.thread_scaling
+    probe = (
+        f"{profile.probe_threads} threads ran x{scaling:.2f} faster than one"
+        if scaling is not None
+        else "thread scaling not measured"
+    )
+    if best.executor_type == "serial":
+        if d.remaining == 0:
+            return "serial: nothing is left to run"
+        return (
+            f"serial: the remaining work ({d.serial.predicted_time:.3g} s) is too small for a pool "
+            "to pay for its start and dispatch costs"
+        )
+    if best.executor_type == "thread":
+        why = "the work waits more than it computes" if d.workload_type == "io" else "the work releases the GIL"
+        return f"threads: {why} ({probe}), and threads copy nothing"
+    return (
+        f"processes: the work is {d.workload_type}-bound and threads do not run it in parallel "
+        f"({probe}); pickling and pool start are paid back"
+    )
+
+
+def optimize(
+    func: Callable[[Any], Any],
+    data: Iterable[Any],
+    *,
+    prefer_threads_for_io: bool = True,
+    executor_type: str | None = None,
+    n_jobs: int | None = None,
+    chunksize: int | None = None,
+    n_items: int | None = None,
+    start_method: str | None = None,
+    max_jobs: int | None = None,
+    sample_time: float = 0.2,
+) -> OptimizationResult:
+    """Measure ``func`` on a sample of ``data`` and choose how to run the rest.
+
+    Parameters
+    ----------
+    func, data
+        The work: ``[func(x) for x in data]``. ``data`` may be a one-shot iterator; the items
+        the sample consumes are kept with their results for :func:`autopar.execute`.
+    prefer_threads_for_io
+        ``False`` never sends I/O-bound work to threads.
+    executor_type, n_jobs, chunksize
+        Fix part of the answer (``"serial"``, ``"thread"`` or ``"process"``); the model chooses
+        the rest.
+    n_items
+        The number of items, when ``data`` has no ``len()``.
+    start_method
+        Start method of process pools (default: the platform's, or ``AUTOPAR_START_METHOD``).
+    max_jobs
+        An upper bound on the number of workers.
+    sample_time
+        Most seconds the serial sample may take (less for small jobs: 5% of the estimated total).
+    """
+    t0 = time.perf_counter()
+    kind, n_jobs = check_args(func, data, executor_type, n_jobs, chunksize, start_method)
+    method = start_method or default_start_method()
+    system = system_info(blas=False)
+    costs = pool_costs(method)
+    profile, stash = sample(
+        func,
+        data,
+        n_items=n_items,
+        budget=sample_time,
+        probe_threads=max(2, min(system.usable_cores, 4)),
+        probe=kind in (None, "thread", "process"),
+    )
+    kinds = EXECUTOR_TYPES if kind is None else (kind,)
+    d = decide(
+        profile,
+        system,
+        costs,
+        executor_types=kinds,
+        prefer_threads_for_io=prefer_threads_for_io,
+        max_jobs=max_jobs,
+        n_jobs=n_jobs,
+        chunksize=chunksize,
+    )
+    best = d.best
+    reasons = (_main_reason(d, profile),) + d.reasons
+    if kind is not None:
+        reasons += (f"executor_type={kind!r} was given",)
+    seen: set[tuple[str, int]] = {(best.executor_type, best.n_jobs)}
+    runner_ups: list[Candidate] = []
+    for c in d.ranked:
+        if (c.executor_type, c.n_jobs) not in seen:
+            seen.add((c.executor_type, c.n_jobs))
+            runner_ups.append(c)
+        if len(runner_ups) == 5:
+            break
+    if best.executor_type == "process":
+        start_cost = costs.process_start(best.n_jobs)
+    elif best.executor_type == "thread":
+        start_cost = costs.thread_start(best.n_jobs)
+    else:
+        start_cost = costs.process_start(system.usable_cores)
+    result = OptimizationResult(
+        executor_type=best.executor_type,
+        n_jobs=best.n_jobs,
+        chunksize=best.chunksize,
+        estimated_speedup=d.serial.predicted_time / best.predicted_time if best.predicted_time > 0 else 1.0,
+        workload_type=d.workload_type,
+        cpu_ratio=profile.cpu_ratio,
+        predicted_time=best.predicted_time,
+        serial_time=d.serial.predicted_time,
+        n_remaining=d.remaining,
+        start_method=method,
+        usable_cores=system.usable_cores,
+        profile=profile,
+        start_cost=start_cost,
+        runner_ups=tuple(runner_ups),
+        reasons=reasons,
+        warnings=d.warnings,
+        optimize_time=time.perf_counter() - t0,
+        _stash=stash,
+    )
+    if stash.one_shot:
+        try:
+            _pending[data] = result
+        except TypeError:
+            pass  # not weak-referenceable: the caller must pass the result to execute()
+    return result

@@ -1,0 +1,461 @@
+"""Sample the work: run a few items serially, then a few on threads at once, and measure.
+
+The serial sample grows until a time budget is spent (``budget`` seconds, or 5% of the
+estimated total when the item count is known, whichever is smaller, never below
+``min_budget``). Fast items are timed in doubling batches so the clock does not dominate what
+it measures. The first item runs while a thread polls the resident memory (peak memory per item) and is
+left out of the timing figures when other items were timed (it pays the warm-up).
+
+The **concurrency probe** then runs the next few items on ``k`` threads at once, in two
+rounds; the better round counts, since noise on a shared machine only ever slows a round down.
+For CPU-bound work the scaling is the process's CPU use during the probe over one item's
+(pure Python on k threads still keeps one core busy, GIL-free work keeps k busy), which does not
+depend on the probe items being the same size as the sampled ones; for waiting work it is the
+throughput against the serial items' mean time. Whether threads
+run in parallel (NumPy, tifffile, zlib and Pillow release the GIL; pure Python does not) cannot
+be read from the CPU/wall ratio; the probe measures it.
+
+Every item the sample or the probe ran is kept with its result in a :class:`SampleStash`, so
+``execute()`` neither loses items of a one-shot iterator nor computes them twice.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from itertools import islice
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Iterable, Iterator
+
+from . import _serialize
+from ._worker import map_items
+from .errors import annotate
+
+try:
+    import os as _os
+
+    _PAGE = _os.sysconf("SC_PAGE_SIZE")
+except (AttributeError, ValueError, OSError):
+    _PAGE = 4096
+
+__all__ = ["Profile", "SampleStash", "sample"]
+
+
+@dataclass(frozen=True)
+class Profile:
+    """What the sample measured. Times in seconds, sizes in bytes, per item unless named."""
+
+    n_sampled: int
+    n_probed: int
+    n_items: int | None
+    item_time_mean: float
+    item_time_std: float
+    item_time_max: float
+    cpu_ratio: float
+    func_bytes: int
+    func_pickle_time: float
+    item_bytes: float
+    item_pickle_time: float
+    result_bytes: float
+    result_pickle_time: float
+    transport: str | None
+    pickle_error: str | None
+    peak_memory_per_item: int
+    thread_scaling: float | None
+    probe_threads: int
+    sample_time: float
+    exhausted: bool
+
+    @property
+    def n_done(self) -> int:
+        return self.n_sampled + self.n_probed
+
+    @property
+    def n_remaining(self) -> int | None:
+        if self.exhausted:
+            return 0
+        return None if self.n_items is None else max(self.n_items - self.n_done, 0)
+
+    @property
+    def item_time_cv(self) -> float:
+        return self.item_time_std / self.item_time_mean if self.item_time_mean > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(eq=False)
+class SampleStash:
+    """Items already run by the sample and their results, kept for ``execute()``.
+
+    For a one-shot iterator the items themselves are kept too: if ``execute()`` is then called
+    with another function, they are run again rather than lost.
+    """
+
+    func: Callable[..., Any]
+    source_id: int
+    one_shot: bool
+    item_blocks: list[list[Any]] | None
+    result_blocks: list[list[Any]]
+    rest: Iterator[Any]
+    exhausted: bool
+    used: bool = field(default=False)
+
+    def matches(self, data: Any) -> bool:
+        return not self.used and id(data) == self.source_id
+
+
+def known_length(data: Any, n_items: int | None) -> int | None:
+    if n_items is not None:
+        return n_items
+    try:
+        return len(data)
+    except TypeError:
+        pass
+    hint = operator.length_hint(data, -1)
+    return hint if hint > 0 else None
+
+
+def _trim_heap() -> None:
+    """Hand freed heap pages back to the OS (glibc), so RSS growth shows fresh allocations."""
+    global _LIBC
+    if _LIBC is None:
+        try:
+            import ctypes
+
+            _LIBC = ctypes.CDLL("libc.so.6")
+            _LIBC.malloc_trim.argtypes = [ctypes.c_size_t]
+        except (OSError, AttributeError):
+            _LIBC = False
+    if _LIBC:
+        _LIBC.malloc_trim(0)
+
+
+_LIBC: Any = None
+
+
+class _PeakRSS:
+    """Polls the process's resident memory on a thread; ``peak`` is the growth over the start.
+
+    Cheaper than ``tracemalloc``, which slows allocation-heavy pure Python many times over.
+    """
+
+    def __init__(self, interval: float = 0.001) -> None:
+        self.interval = interval
+        self.peak = 0
+        self._stop = threading.Event()
+
+    @staticmethod
+    def rss() -> int:
+        try:
+            with open("/proc/self/statm", "rb") as fh:
+                return int(fh.read().split()[1]) * _PAGE
+        except (OSError, ValueError, IndexError):
+            import psutil
+
+            return int(psutil.Process().memory_info().rss)
+
+    def _poll(self) -> None:
+        high = self.base
+        while not self._stop.wait(self.interval):
+            high = max(high, self.rss())
+        self.peak = max(high, self.rss()) - self.base
+
+    def __enter__(self) -> "_PeakRSS":
+        _trim_heap()
+        self.base = self.rss()
+        self._thread = threading.Thread(target=self._poll, name="autopar-rss", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _run_timed_first(func: Callable[..., Any], item: Any, index: int) -> tuple[Any, float, int]:
+    with _PeakRSS() as mem:
+        t0 = time.perf_counter()
+        try:
+            result = func(item)
+        except BaseException as exc:
+            annotate(exc, index, "serial (sample)")
+            raise
+        elapsed = time.perf_counter() - t0
+    return result, elapsed, max(mem.peak, 0)
+
+
+def _probe(
+    func: Callable[..., Any], items: list[Any], k: int, first_index: int
+) -> tuple[list[Any], float, float]:
+    """Run ``items`` on ``k`` threads at once. Returns (results, wall, process CPU)."""
+    results: list[Any] = [None] * len(items)
+    errors: list[tuple[int, BaseException]] = []
+    barrier = threading.Barrier(k + 1)
+
+    def worker(slot: int) -> None:
+        barrier.wait()
+        for i in range(slot, len(items), k):
+            try:
+                results[i] = func(items[i])
+            except BaseException as exc:  # re-raised in the caller below
+                errors.append((i, exc))
+                return
+
+    threads = [
+        threading.Thread(target=worker, args=(s,), name=f"autopar-probe-{s}", daemon=True)
+        for s in range(k)
+    ]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    c0, t0 = time.process_time(), time.perf_counter()
+    for t in threads:
+        t.join()
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    if errors:
+        i, exc = min(errors, key=lambda e: e[0])
+        annotate(exc, first_index + i, "thread (probe)")
+        raise exc
+    return results, wall, cpu
+
+
+CPU_BOUND = 0.5  # CPU/wall from which the probe reads scaling from CPU use, not wall time
+
+
+def _cpu_ratio(ratios: list[float], own_ratios: list[float]) -> float:
+    """CPU/wall of an item: the whole process's CPU (threads the function starts count), less
+    what other threads burn in the background anyway (a library's threads starting up)."""
+    process = sorted(ratios)[(len(ratios) - 1) // 2]
+    own = sorted(own_ratios)[(len(own_ratios) - 1) // 2]
+    if process - own <= 0.2:
+        return process
+    # Other threads were busy: measure how busy they are while this thread does nothing.
+    c0, t0 = time.process_time(), time.perf_counter()
+    time.sleep(0.01)
+    background = (time.process_time() - c0) / (time.perf_counter() - t0)
+    return max(own, process - background)
+
+
+def _robust_mean(batches: list[tuple[int, float]]) -> float | None:
+    """Mean item time with outliers (over 3x the median, noise on a shared machine) left out."""
+    if not batches:
+        return None
+    per_item = sorted(t / b for b, t in batches)
+    median = per_item[len(per_item) // 2]
+    kept = [(b, t) for b, t in batches if t / b <= 3 * median]
+    return sum(t for _, t in kept) / sum(b for b, _ in kept)
+
+
+def sample(
+    func: Callable[..., Any],
+    data: Iterable[Any],
+    *,
+    n_items: int | None = None,
+    budget: float = 0.2,
+    min_budget: float = 0.02,
+    probe_threads: int = 2,
+    probe: bool = True,
+) -> tuple[Profile, SampleStash]:
+    """Run a sample of ``data`` through ``func`` and measure it; see the module docstring."""
+    t_begin = time.perf_counter()
+    it = iter(data)
+    one_shot = it is data
+    n_total = known_length(data, n_items)
+    # Items and results in blocks (one per batch): no copying of long lists.
+    item_blocks: list[list[Any]] = []
+    result_blocks: list[list[Any]] = []
+    done = 0
+    exhausted = False
+
+    def pull(n: int) -> list[Any]:
+        nonlocal exhausted
+        batch = list(islice(it, n))
+        exhausted = exhausted or len(batch) < n
+        return batch
+
+    # First item: warm-up and peak memory.
+    first = pull(1)
+    peak = 0
+    first_time = 0.0
+    if first:
+        result, first_time, peak = _run_timed_first(func, first[0], 0)
+        item_blocks.append(first)
+        result_blocks.append([result])
+        done = 1
+
+    # Serial sample in batches: (size, seconds) pairs, plus CPU over the same span.
+    batches: list[tuple[int, float]] = []
+    ratios: list[float] = []  # CPU/wall of batches long enough for the CPU clock: process,
+    own_ratios: list[float] = []  # and the calling thread alone
+    min_timed = 2 if first_time < 0.05 else 1
+    cpu_total = wall_total = 0.0
+    batch_size = 1
+    while not exhausted:
+        elapsed = time.perf_counter() - t_begin
+        timed = sum(b for b, _ in batches)
+        mean = wall_total / timed if timed else first_time
+        if n_total is not None:
+            if done >= n_total:
+                break
+            target = min(budget, max(min_budget, 0.05 * n_total * mean))
+        else:
+            target = budget
+        if elapsed >= target and (timed >= min_timed or first_time >= target):
+            break
+        if n_total is not None:
+            batch_size = min(batch_size, n_total - done)
+        batch = pull(batch_size)
+        if not batch:
+            break
+        c0, h0, t0 = time.process_time(), time.thread_time(), time.perf_counter()
+        out, offset, exc = map_items(func, batch)
+        if exc is not None:
+            annotate(exc, done + offset, "serial (sample)")
+            raise exc
+        dt, dc, dh = time.perf_counter() - t0, time.process_time() - c0, time.thread_time() - h0
+        item_blocks.append(batch)
+        result_blocks.append(out)
+        done += len(batch)
+        batches.append((len(batch), dt))
+        wall_total += dt
+        cpu_total += dc
+        if dt >= 1e-3:  # long enough for the CPU clock to mean something
+            ratios.append(dc / dt)
+            own_ratios.append(dh / dt)
+        batch_size = batch_size * 2 if dt / len(batch) < 1e-3 else 1
+
+    timed = sum(b for b, _ in batches)
+    if timed:
+        mean = wall_total / timed
+        var = sum(b * (t / b - mean) ** 2 for b, t in batches) / len(batches)
+        std = math.sqrt(var)
+        tmax = max(t / b for b, t in batches)
+        if ratios:
+            cpu_ratio = _cpu_ratio(ratios, own_ratios)
+        else:
+            cpu_ratio = cpu_total / wall_total if wall_total > 0 else 1.0
+    else:  # only the first item ran
+        mean, std, tmax = first_time, 0.0, first_time
+        cpu_ratio = 1.0
+    if first and timed:
+        tmax = max(tmax, first_time)
+    n_sampled = done
+    if exhausted:
+        n_total = n_sampled
+
+    # Serialization: the function (always cloudpickle) and up to three items and results.
+    fmethod, fbytes, ftime, ferr = _serialize.measure(func, allow_plain=False)
+    # First, middle and last sampled (item, result) pairs.
+    nb = len(item_blocks)
+    picks = sorted({(0, 0), (nb // 2, 0), (nb - 1, len(item_blocks[-1]) - 1)}) if nb else []
+    item_method: str | None = _serialize.PICKLE
+    result_method: str | None = _serialize.PICKLE
+    ibytes = itime = rbytes = rtime = 0.0
+    errors = [f"function: {ferr}"] if ferr else []
+    for b, j in picks:
+        i = sum(len(x) for x in item_blocks[:b]) + j
+        m, size, secs, err = _serialize.measure(item_blocks[b][j])
+        item_method = _serialize.worse(item_method, m)
+        ibytes, itime = ibytes + size, itime + secs
+        if err:
+            errors.append(f"item {i}: {err}")
+        m, size, secs, err = _serialize.measure(result_blocks[b][j])
+        result_method = _serialize.worse(result_method, m)
+        rbytes, rtime = rbytes + size, rtime + secs
+        if err:
+            errors.append(f"result of item {i}: {err}")
+    npick = max(len(picks), 1)
+    transport = _serialize.worse(fmethod, _serialize.worse(item_method, result_method))
+    if transport is not None and fmethod is not None:
+        # The function always travels by cloudpickle; items and results decide the transport.
+        transport = _serialize.worse(item_method, result_method)
+
+    # Concurrency probe on the next items, in rounds of k threads x per_thread items.
+    n_probed, scaling, k_used = 0, None, 0
+    remaining = None if n_total is None else n_total - n_sampled
+    worth_probing = (
+        probe
+        and not exhausted
+        and n_sampled > 0
+        and (remaining is None or (remaining >= 2 and remaining * mean > 0.005))
+    )
+    if worth_probing:
+        reference = _robust_mean(batches) or mean
+        k = max(2, probe_threads)
+        if remaining is not None:
+            k = min(k, remaining)
+        rounds = 2
+        per_thread = max(1, math.ceil(max(min_budget, 0.5 * budget) / rounds / k / max(reference, 1e-9)))
+        per_thread = min(per_thread, 10_000)
+        if remaining is not None:
+            per_thread = max(1, min(per_thread, remaining // (2 * rounds * k)))
+            if remaining < rounds * k * per_thread + k:
+                rounds = 1
+        best = 0.0
+        for _ in range(rounds):
+            probe_items = pull(k * per_thread)
+            if len(probe_items) < 2:
+                if probe_items:  # the iterator ended: run the straggler serially
+                    out, offset, exc = map_items(func, probe_items)
+                    if exc is not None:
+                        annotate(exc, done + offset, "serial (sample)")
+                        raise exc
+                    item_blocks.append(probe_items)
+                    result_blocks.append(out)
+                    done += len(probe_items)
+                    n_sampled += len(probe_items)
+                break
+            kk = min(k, len(probe_items))
+            probe_results, pwall, pcpu = _probe(func, probe_items, kk, done)
+            item_blocks.append(probe_items)
+            result_blocks.append(probe_results)
+            done += len(probe_items)
+            n_probed += len(probe_items)
+            k_used = max(k_used, kk)
+            if pwall > 0:
+                if cpu_ratio >= CPU_BOUND:
+                    # CPU-bound: cores kept busy at once over cores one item keeps busy. Unlike
+                    # a wall-time comparison it does not depend on these items' sizes.
+                    best = max(best, (pcpu / pwall) / cpu_ratio)
+                else:
+                    best = max(best, len(probe_items) * reference / pwall)
+        if n_probed:
+            scaling = min(max(best, 0.1), float(k_used))
+        if exhausted:
+            n_total = done
+
+    profile = Profile(
+        n_sampled=n_sampled,
+        n_probed=n_probed,
+        n_items=n_total,
+        item_time_mean=mean,
+        item_time_std=std,
+        item_time_max=tmax,
+        cpu_ratio=cpu_ratio,
+        func_bytes=fbytes,
+        func_pickle_time=ftime,
+        item_bytes=ibytes / npick,
+        item_pickle_time=itime / npick,
+        result_bytes=rbytes / npick,
+        result_pickle_time=rtime / npick,
+        transport=transport if fmethod is not None else None,
+        pickle_error="; ".join(errors) or None,
+        peak_memory_per_item=int(peak),
+        thread_scaling=scaling,
+        probe_threads=k_used,
+        sample_time=time.perf_counter() - t_begin,
+        exhausted=exhausted,
+    )
+    stash = SampleStash(
+        func=func,
+        source_id=id(data),
+        one_shot=one_shot,
+        item_blocks=item_blocks if one_shot else None,
+        result_blocks=result_blocks,
+        rest=it,
+        exhausted=exhausted,
+    )
+    return profile, stash

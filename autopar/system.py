@@ -1,0 +1,344 @@
+"""Facts about the machine, as autopar sees it.
+
+Two kinds of facts live here:
+
+* cheap ones read every time a process asks (:func:`system_info`): usable cores after CPU
+  affinity and the cgroup quota, physical cores, free memory (and the cgroup memory limit),
+  the default start method, whether the GIL is enabled, the BLAS thread pools;
+* costly ones measured with real pools (:func:`pool_costs`): the time to start and stop a pool
+  of n threads or processes, the per-task round trip, and the cost of moving bytes to a worker
+  process and back. They are measured once per machine, Python and start method and cached as
+  JSON in the user's cache directory (``AUTOPAR_CACHE_DIR`` overrides it).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import math
+import multiprocessing as mp
+import os
+import platform
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+__all__ = [
+    "PoolCosts",
+    "SystemInfo",
+    "cache_dir",
+    "pool_costs",
+    "system_info",
+    "usable_cores",
+]
+
+_COSTS_VERSION = 2
+START_METHODS = ("fork", "spawn", "forkserver")
+
+
+def _cgroup_cpu_quota() -> float | None:
+    """Cores allowed by the cgroup CPU quota, or None when there is no quota."""
+    try:  # cgroup v2
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            return int(quota) / int(period)
+        return None
+    except (OSError, ValueError):
+        pass
+    try:  # cgroup v1
+        quota_us = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text())
+        period_us = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text())
+        if quota_us > 0 and period_us > 0:
+            return quota_us / period_us
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _cgroup_memory_limit() -> int | None:
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = Path(path).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit() and int(text) < 1 << 60:
+            return int(text)
+    return None
+
+
+def usable_cores() -> int:
+    """Cores this process may really use: CPU affinity and cgroup quota, not ``os.cpu_count()``.
+
+    ``AUTOPAR_CPU_COUNT`` overrides the measured figure (useful to model a smaller machine).
+    """
+    override = os.environ.get("AUTOPAR_CPU_COUNT")
+    if override:
+        return max(1, int(override))
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    quota = _cgroup_cpu_quota()
+    if quota is not None:
+        cores = min(cores, max(1, math.ceil(quota)))
+    return max(1, cores)
+
+
+def _gil_enabled() -> bool:
+    check = getattr(sys, "_is_gil_enabled", None)
+    return True if check is None else bool(check())
+
+
+def _blas_pools() -> tuple[dict[str, Any], ...]:
+    from threadpoolctl import threadpool_info
+
+    keys = ("user_api", "internal_api", "num_threads", "version")
+    return tuple({k: pool.get(k) for k in keys} for pool in threadpool_info())
+
+
+@dataclass(frozen=True)
+class SystemInfo:
+    """What autopar knows about the machine, read when asked (cheap)."""
+
+    usable_cores: int
+    logical_cores: int
+    physical_cores: int
+    total_memory: int
+    available_memory: int
+    cgroup_cpu_quota: float | None
+    cgroup_memory_limit: int | None
+    start_method: str
+    gil_enabled: bool
+    python: str
+    platform: str
+    blas: tuple[dict[str, Any], ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def default_start_method() -> str:
+    """The start method autopar uses when none is given (``AUTOPAR_START_METHOD`` overrides)."""
+    method = os.environ.get("AUTOPAR_START_METHOD") or mp.get_start_method(allow_none=True)
+    return method or mp.get_context().get_start_method()
+
+
+def system_info(*, blas: bool = True) -> SystemInfo:
+    """What autopar sees of the machine. ``blas=False`` skips scanning the loaded BLAS
+    libraries (a few ms), which the optimizer does not need; ``blas`` is then empty."""
+    vm = psutil.virtual_memory()
+    mem_limit = _cgroup_memory_limit()
+    available = vm.available if mem_limit is None else min(vm.available, mem_limit)
+    return SystemInfo(
+        usable_cores=usable_cores(),
+        logical_cores=psutil.cpu_count(logical=True) or 1,
+        physical_cores=psutil.cpu_count(logical=False) or 1,
+        total_memory=vm.total,
+        available_memory=available,
+        cgroup_cpu_quota=_cgroup_cpu_quota(),
+        cgroup_memory_limit=mem_limit,
+        start_method=default_start_method(),
+        gil_enabled=_gil_enabled(),
+        python=f"{platform.python_implementation()} {platform.python_version()}",
+        platform=platform.platform(),
+        blas=_blas_pools() if blas else (),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Pool costs: measured with real pools, cached on disk.
+
+
+@dataclass(frozen=True)
+class PoolCosts:
+    """Measured costs of the pools on this machine, for one start method.
+
+    Times are in seconds. ``*_start`` figures cover creating the pool, every worker running
+    its first task, and shutting the pool down again, which is what one ``execute()`` pays.
+    """
+
+    start_method: str
+    process_start_base: float
+    process_start_per_worker: float
+    process_task_overhead: float
+    process_seconds_per_byte: float
+    process_worker_memory: int
+    thread_start_base: float
+    thread_start_per_worker: float
+    thread_task_overhead: float
+    measured_at: float
+    measure_time: float
+
+    def process_start(self, n_jobs: int) -> float:
+        return self.process_start_base + self.process_start_per_worker * n_jobs
+
+    def thread_start(self, n_jobs: int) -> float:
+        return self.thread_start_base + self.thread_start_per_worker * n_jobs
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def cache_dir() -> Path:
+    """Where autopar keeps measured machine costs (``AUTOPAR_CACHE_DIR`` overrides)."""
+    override = os.environ.get("AUTOPAR_CACHE_DIR")
+    if override:
+        return Path(override)
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("autopar", appauthor=False))
+
+
+def _cache_file(start_method: str) -> Path:
+    ident = "|".join(
+        [
+            platform.node(),
+            sys.executable,
+            platform.python_version(),
+            start_method,
+            str(usable_cores()),
+            str(_COSTS_VERSION),
+        ]
+    )
+    digest = hashlib.sha256(ident.encode()).hexdigest()[:16]
+    return cache_dir() / f"pool-costs-{start_method}-{digest}.json"
+
+
+def _hold(seconds: float) -> int:
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def _noop(x: Any) -> Any:
+    return x
+
+
+def _echo_len(payload: bytes) -> bytes:
+    return payload
+
+
+def _time_pool_start(make_pool: Any, n: int, hold: float) -> tuple[float, list[int]]:
+    """Start a pool of n workers, make every worker run one task, shut it down."""
+    t0 = time.perf_counter()
+    pool = make_pool(n)
+    try:
+        pids = list(pool.map(_hold, [hold] * n))
+    finally:
+        pool.shutdown(wait=True)
+    return time.perf_counter() - t0 - hold, pids
+
+
+def _task_overhead(pool: Any, n_tasks: int) -> float:
+    t0 = time.perf_counter()
+    futures = [pool.submit(_noop, i) for i in range(n_tasks)]
+    for f in futures:
+        f.result()
+    return (time.perf_counter() - t0) / n_tasks
+
+
+def _median(values: list[float]) -> float:
+    values = sorted(values)
+    return values[len(values) // 2]
+
+
+def _measure(start_method: str) -> PoolCosts:
+    t_begin = time.perf_counter()
+    ctx = mp.get_context(start_method)
+    n_hi = max(2, min(usable_cores(), 4))
+    hold = 0.02
+
+    def make_proc(n: int) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(max_workers=n, mp_context=ctx)
+
+    # Start cost at n=1 and n=n_hi, two tries each; a line through the medians.
+    p1 = _median([_time_pool_start(make_proc, 1, hold)[0] for _ in range(2)])
+    phi = _median([_time_pool_start(make_proc, n_hi, hold)[0] for _ in range(2)])
+    per_worker = max((phi - p1) / (n_hi - 1), 0.0)
+    base = max(p1 - per_worker, 0.0)
+
+    pool = ProcessPoolExecutor(max_workers=1, mp_context=ctx)
+    try:
+        pid = pool.submit(os.getpid).result()
+        _task_overhead(pool, 20)  # warm
+        task = _median([_task_overhead(pool, 300) for _ in range(3)])
+        payload = b"\0" * (4 << 20)
+        t0 = time.perf_counter()
+        for _ in range(4):
+            pool.submit(_echo_len, payload).result()
+        per_byte = max((time.perf_counter() - t0) / 4 - task, 0.0) / (2 * len(payload))
+        try:
+            worker_mem = psutil.Process(pid).memory_full_info().uss
+        except (psutil.Error, AttributeError):
+            worker_mem = 0
+    finally:
+        pool.shutdown(wait=True)
+
+    def make_thread(n: int) -> ThreadPoolExecutor:
+        return ThreadPoolExecutor(max_workers=n)
+
+    t1 = _median([_time_pool_start(make_thread, 1, 0.0)[0] for _ in range(3)])
+    thi = _median([_time_pool_start(make_thread, n_hi, 0.0)[0] for _ in range(3)])
+    t_per_worker = max((thi - t1) / (n_hi - 1), 0.0)
+    with ThreadPoolExecutor(max_workers=1) as tpool:
+        _task_overhead(tpool, 50)
+        t_task = _median([_task_overhead(tpool, 500) for _ in range(3)])
+
+    return PoolCosts(
+        start_method=start_method,
+        process_start_base=base,
+        process_start_per_worker=per_worker,
+        process_task_overhead=task,
+        process_seconds_per_byte=per_byte,
+        process_worker_memory=int(worker_mem),
+        thread_start_base=max(t1 - t_per_worker, 0.0),
+        thread_start_per_worker=t_per_worker,
+        thread_task_overhead=t_task,
+        measured_at=time.time(),
+        measure_time=time.perf_counter() - t_begin,
+    )
+
+
+@functools.lru_cache(maxsize=None)
+def _pool_costs_cached(start_method: str) -> PoolCosts:
+    path = _cache_file(start_method)
+    try:
+        data = json.loads(path.read_text())
+        return PoolCosts(**data)
+    except (OSError, ValueError, TypeError):
+        pass
+    costs = _measure(start_method)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Atomic write: a reader never sees half a file.
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
+        with os.fdopen(fd, "w") as fh:
+            json.dump(costs.to_dict(), fh, indent=1)
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only cache directory only costs a re-measure next time
+    return costs
+
+
+def pool_costs(start_method: str | None = None, *, refresh: bool = False) -> PoolCosts:
+    """Measured pool costs for ``start_method`` (default: autopar's default start method).
+
+    The first call on a machine measures real pools (about a second); later calls, in this
+    process or others, read the cached figures. ``refresh=True`` measures again.
+    """
+    method = start_method or default_start_method()
+    if method not in START_METHODS:
+        raise ValueError(f"start_method must be one of {START_METHODS}, got {method!r}")
+    if refresh:
+        _pool_costs_cached.cache_clear()
+        try:
+            _cache_file(method).unlink()
+        except OSError:
+            pass
+    return _pool_costs_cached(method)

@@ -1,0 +1,85 @@
+"""Built-in workloads: one of each kind the optimizer must tell apart.
+
+Used by the quickstart example, the benchmark and the decision tests. Every function is
+importable at module level, so each runs in any pool under any start method.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "WORKLOADS",
+    "large_input",
+    "large_result",
+    "numpy_gil_free",
+    "pure_python_cpu",
+    "skewed",
+    "sleep_io",
+    "tiny",
+]
+
+
+def pure_python_cpu(n: int) -> int:
+    """A pure-Python loop: CPU-bound and holds the GIL."""
+    total = 0
+    for i in range(n):
+        total += (i * i) % 7
+    return total
+
+
+def numpy_gil_free(seed: int, size: int = 1_000_000) -> float:
+    """Element-wise NumPy on a few MB: CPU-bound, releases the GIL, tiny pickles."""
+    rng = np.random.default_rng(seed)
+    a = rng.random(size)
+    b = np.sqrt(a) * np.sin(a) + np.exp(-a)
+    b.sort()
+    return float(b[size // 2])
+
+
+def sleep_io(seconds: float) -> float:
+    """Waiting (I/O stand-in): no CPU, releases the GIL."""
+    time.sleep(seconds)
+    return seconds
+
+
+def tiny(x: int) -> int:
+    """A task far smaller than any dispatch cost."""
+    return x + 1
+
+
+def large_result(seed: int, nbytes: int = 4 << 20) -> np.ndarray:
+    """Makes a 4 MB array: the result dominates transfer cost."""
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 255, size=nbytes, dtype=np.uint8)
+
+
+def large_input(arr: np.ndarray) -> float:
+    """Reduces an 8 MB input: the item dominates transfer cost."""
+    return float(np.percentile(arr, 99.0))
+
+
+def skewed(n: int) -> int:
+    """Pure-Python work whose size varies a lot from item to item."""
+    return pure_python_cpu(n)
+
+
+def make_skewed_items(count: int, base: int = 2_000, seed: int = 0) -> list[int]:
+    rng = np.random.default_rng(seed)
+    sizes = (rng.pareto(1.5, count) + 1.0) * base
+    return [int(s) for s in np.minimum(sizes, base * 60)]
+
+
+WORKLOADS: dict[str, tuple[Any, Any]] = {
+    # name: (function, factory of items)
+    "pure-python-cpu": (pure_python_cpu, lambda: [60_000] * 48),
+    "numpy-gil-free": (numpy_gil_free, lambda: list(range(48))),
+    "sleep-io": (sleep_io, lambda: [0.01] * 100),
+    "tiny-tasks": (tiny, lambda: list(range(200_000))),
+    "large-results": (large_result, lambda: list(range(48))),
+    "large-inputs": (large_input, lambda: [np.random.default_rng(i).random(1 << 20) for i in range(24)]),
+    "skewed": (skewed, lambda: make_skewed_items(200)),
+}

@@ -1,0 +1,87 @@
+"""Shared fixtures: one pool per executor kind and start method for the whole session, and a
+guard that fails any test leaving child processes, threads or temp files behind."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+# Measured pool costs go to a cache of the test session's own, not the user's.
+_CACHE = tempfile.mkdtemp(prefix="autopar-test-cache-")
+os.environ["AUTOPAR_CACHE_DIR"] = _CACHE
+
+import autopar  # noqa: E402
+
+EXECUTORS = ["serial", "thread", "process-fork", "process-spawn", "process-forkserver"]
+
+
+def _split(name: str) -> tuple[str, str | None]:
+    kind, _, method = name.partition("-")
+    return kind, method or None
+
+
+def _warm(pool, n: int) -> None:
+    # Start every worker now (spawn and forkserver pools start them on demand), so that the
+    # leak guard sees them as the session's, not a test's.
+    list(pool.map(time.sleep, [0.05] * n))
+
+
+@pytest.fixture(scope="session")
+def _pools():
+    pools = {}
+    stack = []
+    for name in EXECUTORS:
+        kind, method = _split(name)
+        cm = autopar.get_executor(kind, 2, start_method=method)
+        pool = cm.__enter__()
+        stack.append(cm)
+        if kind != "serial":
+            _warm(pool, 2)
+        pools[name] = pool
+    yield pools
+    for cm in reversed(stack):
+        cm.__exit__(None, None, None)
+
+
+@pytest.fixture(params=EXECUTORS)
+def pool(request, _pools):
+    """A warm shared pool of 2 workers: serial, thread, or process with each start method."""
+    return _pools[request.param]
+
+
+@pytest.fixture(params=EXECUTORS)
+def executor(request):
+    """(executor_type, start_method) for tests that let execute() build its own pool."""
+    return _split(request.param)
+
+
+def _tmp_entries() -> set[str]:
+    root = Path(tempfile.gettempdir())
+    return {p.name for p in root.iterdir() if not p.name.startswith(("pytest-of-", "autopar-test-cache-"))}
+
+
+@pytest.fixture(autouse=True)
+def no_leaks(request):
+    """Fail a test that leaves child processes, threads or temp files behind."""
+    me = psutil.Process()
+    children = {p.pid for p in me.children(recursive=True)}
+    threads = set(threading.enumerate())
+    tmp = _tmp_entries()
+    yield
+    deadline = time.monotonic() + 5
+    while True:
+        new_children = [p for p in me.children(recursive=True) if p.pid not in children and p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        new_threads = [t for t in threading.enumerate() if t not in threads and t.is_alive()]
+        if not new_children and not new_threads or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert not new_children, f"child processes left behind: {[p.pid for p in new_children]}"
+    assert not new_threads, f"threads left behind: {[t.name for t in new_threads]}"
+    left = _tmp_entries() - tmp
+    assert not left, f"temp files left behind: {sorted(left)}"

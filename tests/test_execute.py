@@ -1,0 +1,158 @@
+"""execute() on every executor kind and start method: results, order, inputs, errors."""
+
+from __future__ import annotations
+
+import itertools
+import pickle
+
+import pytest
+
+import autopar
+from autopar import execute, execute_iter
+
+from helpers import Unpicklable, fail_on, square, value_of
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.mark.parametrize("chunksize", [1, 3, 50])
+def test_results_in_input_order(pool, chunksize):
+    data = list(range(103))
+    assert execute(square, data, pool=pool, chunksize=chunksize) == [x * x for x in data]
+
+
+def test_generator_input(pool):
+    gen = (i for i in range(57))
+    assert execute(square, gen, pool=pool, chunksize=4) == [i * i for i in range(57)]
+
+
+def test_empty_input(pool):
+    assert execute(square, [], pool=pool, chunksize=1) == []
+    assert execute(square, iter(()), pool=pool, chunksize=1) == []
+
+
+def test_one_item(pool):
+    assert execute(square, [12], pool=pool, chunksize=1) == [144]
+
+
+def test_lambda_and_closure(pool):
+    offset = 5
+    assert execute(lambda x: x + offset, range(20), pool=pool, chunksize=3) == [x + 5 for x in range(20)]
+
+
+def test_exception_names_the_item(pool):
+    with pytest.raises(ValueError, match="bad item 7") as info:
+        execute(fail_on, range(40), pool=pool, chunksize=4)
+    exc = info.value
+    assert exc.autopar_item_index == 7
+    assert any("item 7" in note for note in exc.__notes__)
+    if pool.__class__.__name__ == "ProcessPoolExecutor":
+        assert isinstance(exc.__cause__, autopar.RemoteTraceback)
+        assert "fail_on" in str(exc.__cause__)
+
+
+def test_unpicklable_item(pool):
+    items = [Unpicklable(i) for i in range(6)]
+    if pool.__class__.__name__ == "ProcessPoolExecutor":
+        with pytest.raises((TypeError, pickle.PicklingError)) as info:
+            execute(value_of, items, pool=pool, chunksize=2)
+        assert any("items 0-1" in note for note in info.value.__notes__)
+    else:
+        assert execute(value_of, items, pool=pool, chunksize=2) == list(range(6))
+
+
+def test_iterator_form_is_lazy(pool):
+    pulled = []
+
+    def source():
+        for i in itertools.count():
+            pulled.append(i)
+            yield i
+
+    it = execute_iter(square, source(), pool=pool, chunksize=2)
+    first = [next(it) for _ in range(5)]
+    assert first == [0, 1, 4, 9, 16]
+    # Bounded look-ahead: at most 2n+1 chunks beyond what was handed back.
+    assert len(pulled) <= 5 + (2 * 2 + 1) * 2 + 2
+    it.close()
+
+
+def test_progress_callback_counts_items(pool):
+    seen = []
+    execute(square, range(30), pool=pool, chunksize=4, progress=lambda done, total: seen.append((done, total)))
+    assert seen[-1][0] == 30
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+
+
+def test_own_pool_each_kind(executor):
+    kind, method = executor
+    results, report = execute(
+        square, range(25), executor_type=kind, n_jobs=2, chunksize=3, start_method=method, return_report=True
+    )
+    assert results == [x * x for x in range(25)]
+    assert report.executor_type == kind and report.completed
+    if kind != "serial":
+        assert report.n_chunks == 9
+
+
+def test_lambda_under_spawn_with_own_pool():
+    scale = 3
+    assert execute(lambda x: x * scale, range(10), executor_type="process", n_jobs=2, chunksize=2, start_method="spawn") == [
+        x * 3 for x in range(10)
+    ]
+
+
+def test_progress_bar_counts_items(capsys):
+    execute(square, range(40), executor_type="thread", n_jobs=2, chunksize=5, progress=True, desc="squares")
+    err = capsys.readouterr().err
+    assert "squares" in err and "40/40" in err
+
+
+def test_process_workers_limit_blas_threads():
+    from helpers import blas_threads
+
+    n = 2
+    counts = execute(blas_threads, range(4), executor_type="process", n_jobs=n, chunksize=1)
+    expected = max(1, autopar.usable_cores() // n)
+    assert set(counts) == {expected}
+
+
+def test_early_close_stops_the_pool():
+    from helpers import nap
+
+    it = execute_iter(nap, [0.01] * 200, executor_type="process", n_jobs=2, chunksize=1)
+    assert next(it) == 0.01
+    it.close()  # the leak guard checks the workers are gone
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, words",
+    [
+        (dict(n_jobs=0), ValueError, "n_jobs must be a positive int or -1"),
+        (dict(n_jobs=-3), ValueError, "n_jobs"),
+        (dict(n_jobs=2.5), TypeError, "n_jobs must be an int"),
+        (dict(chunksize=0), ValueError, "chunksize must be a positive int"),
+        (dict(executor_type="gpu"), ValueError, "executor_type must be one of"),
+        (dict(start_method="clone"), ValueError, "start_method"),
+    ],
+)
+def test_bad_arguments(kwargs, error, words):
+    with pytest.raises(error, match=words):
+        execute(square, range(3), **kwargs)
+
+
+def test_bad_func_and_data():
+    with pytest.raises(TypeError, match="func must be callable"):
+        execute(42, range(3))
+    with pytest.raises(TypeError, match="data must be iterable"):
+        execute(square, 42)
+
+
+def test_pool_and_executor_type_must_agree(_pools):
+    with pytest.raises(ValueError, match="does not match"):
+        execute(square, range(3), pool=_pools["thread"], executor_type="process")
+
+
+def test_n_jobs_minus_one_means_all_cores():
+    _, report = execute(square, range(10), executor_type="thread", n_jobs=-1, chunksize=2, return_report=True)
+    assert report.n_jobs == autopar.usable_cores()

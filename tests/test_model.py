@@ -1,0 +1,124 @@
+"""The cost model on profiles with known figures: caps, chunksizes, serial margin."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from autopar.model import _makespan_items, best_chunksize, decide, gil_share
+from autopar.sample import Profile
+from autopar.system import PoolCosts, SystemInfo
+
+GiB = 2**30
+
+
+def profile(**kw) -> Profile:
+    base = dict(
+        n_sampled=10, n_probed=10, n_items=10_000, item_time_mean=1e-3, item_time_std=0.0,
+        item_time_max=1e-3, cpu_ratio=1.0, func_bytes=100, func_pickle_time=1e-5, item_bytes=50,
+        item_pickle_time=2e-6, result_bytes=50, result_pickle_time=2e-6, transport="pickle",
+        pickle_error=None, peak_memory_per_item=1 << 20, thread_scaling=1.0, probe_threads=2,
+        sample_time=0.1, exhausted=False,
+    )
+    base.update(kw)
+    return Profile(**base)
+
+
+def system(cores: int = 8, available: int = 16 * GiB) -> SystemInfo:
+    return SystemInfo(
+        usable_cores=cores, logical_cores=cores, physical_cores=cores, total_memory=available,
+        available_memory=available, cgroup_cpu_quota=None, cgroup_memory_limit=None,
+        start_method="fork", gil_enabled=True, python="CPython", platform="test", blas=(),
+    )
+
+
+COSTS = PoolCosts(
+    start_method="fork", process_start_base=0.01, process_start_per_worker=0.005,
+    process_task_overhead=1e-4, process_seconds_per_byte=3e-9, process_worker_memory=20 << 20,
+    thread_start_base=2e-4, thread_start_per_worker=1e-4, thread_task_overhead=5e-6,
+    measured_at=0.0, measure_time=0.0,
+)
+
+
+def test_makespan_counts_the_busiest_worker():
+    assert _makespan_items(10, 4, 2) == 6  # chunks 4,4,2: one worker runs 4+2
+    assert _makespan_items(8, 4, 2) == 4
+    assert _makespan_items(10, 5, 2) == 5
+    assert _makespan_items(7, 7, 1) == 7
+    assert _makespan_items(9, 2, 3) == 4  # 2,2,2,2,1 on 3 workers
+
+
+def test_gil_share_from_scaling():
+    assert gil_share(profile(thread_scaling=1.0)) == pytest.approx(1.0)
+    assert gil_share(profile(thread_scaling=2.0)) == pytest.approx(0.0)
+    # Waiting work cannot hold the GIL longer than it uses a core.
+    assert gil_share(profile(thread_scaling=1.0, cpu_ratio=0.05)) == pytest.approx(0.05)
+
+
+def test_pure_python_picks_processes_on_many_cores():
+    d = decide(profile(), system(8), COSTS)
+    assert d.best.executor_type == "process"
+    assert d.best.n_jobs == 8
+
+
+def test_gil_free_picks_threads():
+    d = decide(profile(thread_scaling=2.0), system(8), COSTS)
+    assert d.best.executor_type == "thread"
+
+
+def test_tiny_items_stay_serial():
+    d = decide(profile(item_time_mean=1e-7, n_items=2000), system(8), COSTS)
+    assert d.best.executor_type == "serial"
+
+
+def test_memory_caps_workers():
+    big = profile(peak_memory_per_item=3 * GiB)
+    d = decide(big, system(8, available=8 * GiB), COSTS)
+    assert d.best.n_jobs <= 2
+    assert any("memory caps the workers" in r for r in d.reasons)
+
+
+def test_skew_gets_smaller_chunks():
+    even = best_chunksize("process", 4, 2000, profile(item_time_mean=1e-4), COSTS, 4)
+    skewed = best_chunksize("process", 4, 2000, profile(item_time_mean=1e-4, item_time_std=1e-3), COSTS, 4)
+    assert skewed.chunksize < even.chunksize
+
+
+def test_dispatch_cost_gets_bigger_chunks():
+    fast = best_chunksize("process", 4, 100_000, profile(item_time_mean=1e-6), COSTS, 4)
+    slow = best_chunksize("process", 4, 100_000, profile(item_time_mean=1e-2), COSTS, 4)
+    assert fast.chunksize > slow.chunksize
+
+
+def test_big_pickles_favour_threads_when_both_scale():
+    p = profile(thread_scaling=1.8, item_bytes=8e6, item_pickle_time=5e-3, item_time_mean=0.02)
+    d = decide(p, system(2), COSTS)
+    assert d.best.executor_type == "thread"
+
+
+def test_unknown_remaining_is_assumed_and_said():
+    d = decide(profile(n_items=None), system(4), COSTS)
+    assert d.assumed_remaining
+    assert any("unknown" in w for w in d.warnings)
+
+
+def test_process_only_when_nothing_pickles_falls_back():
+    d = decide(profile(transport=None, pickle_error="no"), system(8), COSTS, executor_types=("process",))
+    assert d.best.executor_type == "serial"
+    assert any("processes ruled out" in w for w in d.warnings)
+
+
+def test_opt_out_of_threads_for_io():
+    io = profile(cpu_ratio=0.02, thread_scaling=2.0, item_time_mean=0.01)
+    assert decide(io, system(2), COSTS).best.executor_type == "thread"
+    d = decide(io, system(2), COSTS, prefer_threads_for_io=False)
+    assert d.best.executor_type == "process"
+    assert any("prefer_threads_for_io=False" in r for r in d.reasons)
+
+
+def test_serial_when_no_clear_gain():
+    # Two workers at x1.05: not clearly faster.
+    p = profile(item_time_mean=1e-3, n_items=40, thread_scaling=1.05)
+    d = decide(p, system(2), dataclasses.replace(COSTS, process_start_base=0.02))
+    assert d.best.executor_type == "serial"

@@ -1,0 +1,192 @@
+"""optimize(): decisions on clear-cut workloads, the kept sample, and the result object."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import threading
+
+import numpy as np
+import pytest
+
+import autopar
+from autopar import execute, optimize
+from autopar.workloads import large_input, pure_python_cpu, sleep_io, tiny
+
+from helpers import square
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def test_sleep_bound_work_goes_to_threads():
+    r = optimize(sleep_io, [0.01] * 200)
+    assert r.executor_type == "thread"
+    assert r.workload_type == "io"
+    assert r.n_jobs > autopar.usable_cores()  # waiting work may use more threads than cores
+    assert r.estimated_speedup > 2
+
+
+@pytest.mark.skipif(autopar.usable_cores() < 2, reason="needs 2 usable cores")
+def test_pure_python_cpu_work_goes_to_processes():
+    r = optimize(pure_python_cpu, [300_000] * 60)
+    assert r.executor_type == "process", r.explain()
+    assert r.workload_type == "cpu"
+    assert r.thread_scaling is not None and r.thread_scaling < 1.4
+    assert 2 <= r.n_jobs <= autopar.usable_cores()
+
+
+def test_tiny_tasks_run_serially():
+    r = optimize(tiny, list(range(200_000)))
+    assert r.executor_type == "serial", r.explain()
+
+
+@pytest.mark.skipif(autopar.usable_cores() < 2, reason="needs 2 usable cores")
+def test_gil_free_numpy_on_big_arrays_goes_to_threads():
+    arrays = [np.random.default_rng(i).random(1 << 20) for i in range(40)]  # 8 MB each
+    r = optimize(large_input, arrays)
+    assert r.executor_type == "thread", r.explain()
+    assert r.thread_scaling is not None and r.thread_scaling > 1.3
+    assert r.profile.item_bytes > 8e6
+
+
+def test_prefer_threads_for_io_false():
+    r = optimize(sleep_io, [0.01] * 200, prefer_threads_for_io=False)
+    assert r.executor_type != "thread"
+    assert any("prefer_threads_for_io=False" in reason for reason in r.reasons)
+    assert "prefer_threads_for_io=False" in r.explain()
+
+
+def test_unpicklable_function_rules_out_processes():
+    lock = threading.Lock()
+
+    def holds_lock(x):
+        with lock:
+            return x + 1
+
+    r = optimize(holds_lock, range(50), executor_type=None)
+    assert r.profile.transport is None
+    assert any("processes ruled out" in w for w in r.warnings)
+    assert execute(holds_lock, range(50), result=r) == list(range(1, 51))
+
+
+def test_processes_only_when_nothing_else_is_allowed_and_nothing_pickles():
+    lock = threading.Lock()
+    r = optimize(lambda x: (x, lock), range(30), executor_type="process")
+    # the results hold a lock: no process can send them back, so the answer falls back
+    assert r.executor_type == "serial"
+    assert any("processes ruled out" in w for w in r.warnings)
+
+
+def test_lambda_items_use_cloudpickle_transport():
+    funcs = [lambda k=k: k for k in range(40)]
+    r = optimize(lambda f: f(), funcs)
+    assert r.profile.transport == "cloudpickle"
+    out = execute(lambda f: f(), funcs, result=r, executor_type="process", n_jobs=2, chunksize=5)
+    assert out == list(range(40))
+
+
+def test_result_is_frozen_and_serializable():
+    r = optimize(square, range(1000))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        r.n_jobs = 3  # type: ignore[misc]
+    d = r.to_dict()
+    json.dumps(d)
+    assert d["executor_type"] == r.executor_type
+    assert set(d["profile"]) >= {"item_time_mean", "cpu_ratio", "peak_memory_per_item", "thread_scaling"}
+    text = r.explain()
+    assert "autopar chose" in text and "item time" in text
+
+
+def test_explain_lists_runner_ups():
+    r = optimize(sleep_io, [0.005] * 100)
+    assert r.runner_ups
+    assert "runner-ups" in r.explain()
+    for c in r.runner_ups:
+        assert c.label() in r.explain()
+
+
+class Counter:
+    def __init__(self, func):
+        self.func = func
+        self.calls = []
+        self.lock = threading.Lock()
+
+    def __call__(self, x):
+        with self.lock:
+            self.calls.append(x)
+        return self.func(x)
+
+
+def test_generator_sample_is_neither_lost_nor_recomputed():
+    f = Counter(lambda x: sleep_io(0.002) and x * 2)
+    gen = (i for i in range(300))
+    r = optimize(f, gen)
+    sampled = len(f.calls)
+    assert 0 < sampled < 300
+    out = execute(f, gen, result=r, executor_type="thread")
+    assert out == [i * 2 for i in range(300)]
+    assert sorted(f.calls) == list(range(300))  # each item exactly once
+
+
+def test_generator_found_without_passing_the_result():
+    f = Counter(lambda x: x + 1)
+    gen = (i for i in range(5000))
+    optimize(f, gen)
+    assert execute(f, gen) == [i + 1 for i in range(5000)]
+    assert sorted(f.calls) == list(range(5000))
+
+
+def test_generator_rerun_with_another_function():
+    gen = (i for i in range(400))
+    optimize(sleep_io, (0.001 for _ in range(0)))  # unrelated
+    r = optimize(lambda x: x * 2, gen)
+    out = execute(lambda x: x * 3, gen, result=r)
+    assert out == [i * 3 for i in range(400)]
+
+
+def test_list_sample_reused():
+    f = Counter(lambda x: x - 1)
+    data = list(range(3000))
+    r = optimize(f, data)
+    n = len(f.calls)
+    out, report = execute(f, data, result=r, return_report=True)
+    assert out == [x - 1 for x in data]
+    assert len(f.calls) == 3000  # the sampled items were not run again
+    assert report.n_from_sample == n
+
+
+def test_executor_type_fixed_model_chooses_the_rest():
+    r = optimize(sleep_io, [0.002] * 300, executor_type="process")
+    assert r.executor_type == "process"
+    assert r.n_jobs >= 1 and r.chunksize >= 1
+    assert any("executor_type='process' was given" in reason for reason in r.reasons)
+
+
+def test_unknown_length_warns():
+    r = optimize(square, (i for i in range(100_000)))
+    assert any("number of items is unknown" in w for w in r.warnings) or r.n_remaining == 0
+
+
+def test_n_items_hint():
+    r = optimize(sleep_io, (0.002 for _ in range(500)), n_items=500)
+    assert r.profile.n_items == 500
+    assert not any("unknown" in w for w in r.warnings)
+
+
+def test_chunksize_corrected_while_running():
+    # The first items are slow, the rest tiny: the sample's chunksize is far too small.
+    data = [400_000] * 12 + [10] * 4000
+    r = optimize(pure_python_cpu, data, executor_type="process", n_jobs=2)
+    assert r.chunksize <= 4
+    out, report = execute(pure_python_cpu, data, result=r, return_report=True)
+    assert out == [pure_python_cpu(x) for x in data]
+    assert report.chunksize_changes, report.summary()
+    assert report.final_chunksize > r.chunksize
+
+
+def test_sample_exception_names_the_item():
+    from helpers import fail_on
+
+    with pytest.raises(ValueError) as info:
+        optimize(fail_on, range(20))
+    assert info.value.autopar_item_index == 7
