@@ -17,6 +17,10 @@ usable cores::
 * Processes also pay per item: unpickling the item and pickling the result in the worker
   (inside ``w``), and in the parent, which does it for all workers through one pipe each way,
   pickling items, unpickling results and moving the bytes (``parent_serial``).
+* No candidate beats the CPU it needs: items, pickling both ways and per-chunk dispatch CPU
+  (parent and worker, measured) divided by the cores. On a machine the workers fill, the
+  parent's dispatch work is taken from theirs, which makes tiny chunks cost more than their
+  idle-pool round trip suggests.
 * Every figure is measured: ``t``, ``sd``, ``r``, pickle sizes and times and thread scaling by
   the sample; start costs, task overhead and seconds per byte by :mod:`autopar.system`.
 
@@ -166,7 +170,9 @@ def _predict(
     parent = transfer + dispatch
     # The busiest worker also waits for its first chunk to arrive.
     first_chunk = cs * (0.5 * p.item_pickle_time + p.item_bytes * per_byte)
-    total = start + max(work + first_chunk, parent)
+    # All the CPU the run needs, items, pickling both ways and dispatch, shares the cores.
+    cpu = remaining * (t * min(r, 1.0) + p.item_pickle_time + p.result_pickle_time) + n_chunks * costs.process_task_cpu
+    total = start + max(work + first_chunk, parent, cpu / cores)
     return Candidate(kind, n, cs, total, start, work, transfer, dispatch)
 
 

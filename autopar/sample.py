@@ -6,8 +6,10 @@ estimated total when the item count is known, whichever is smaller, never below
 it measures. The first item runs while a thread polls the resident memory (peak memory per item) and is
 left out of the timing figures when other items were timed (it pays the warm-up).
 
-The **concurrency probe** then runs the next few items on ``k`` threads at once, in two
-rounds; the better round counts, since noise on a shared machine only ever slows a round down.
+The **concurrency probe** then runs the next few items on ``k`` threads at once (8 for work
+that mostly waits), in two rounds (one for items of 50 ms or more); the better round counts,
+since noise on a shared machine only ever slows a round down. Its budget follows the same 5%
+rule as the serial sample.
 For CPU-bound work the scaling is the process's CPU use during the probe over one item's
 (pure Python on k threads still keeps one core busy, GIL-free work keeps k busy), which does not
 depend on the probe items being the same size as the sampled ones; for waiting work it is the
@@ -175,16 +177,18 @@ class _PeakRSS:
         self._thread.join()
 
 
-def _run_timed_first(func: Callable[..., Any], item: Any, index: int) -> tuple[Any, float, int]:
+def _run_timed_first(func: Callable[..., Any], item: Any, index: int) -> tuple[Any, float, int, float, float]:
+    """Run the first item; returns (result, seconds, peak memory, process CPU, own CPU)."""
     with _PeakRSS() as mem:
-        t0 = time.perf_counter()
+        c0, h0, t0 = time.process_time(), time.thread_time(), time.perf_counter()
         try:
             result = func(item)
         except BaseException as exc:
             annotate(exc, index, "serial (sample)")
             raise
         elapsed = time.perf_counter() - t0
-    return result, elapsed, max(mem.peak, 0)
+        cpu, own = time.process_time() - c0, time.thread_time() - h0
+    return result, elapsed, max(mem.peak, 0), cpu, own
 
 
 def _probe(
@@ -223,6 +227,8 @@ def _probe(
 
 
 CPU_BOUND = 0.5  # CPU/wall from which the probe reads scaling from CPU use, not wall time
+IO_BOUND = 0.3  # CPU/wall under which work is probed on IO_PROBE_THREADS threads
+IO_PROBE_THREADS = 8
 
 
 def _cpu_ratio(ratios: list[float], own_ratios: list[float]) -> float:
@@ -270,18 +276,26 @@ def sample(
     done = 0
     exhausted = False
 
+    # Lists and tuples are sliced (a copy of pointers); anything else goes through islice.
+    seq = data if type(data) in (list, tuple) else None
+    pos = 0
+
     def pull(n: int) -> list[Any]:
-        nonlocal exhausted
-        batch = list(islice(it, n))
+        nonlocal exhausted, pos
+        if seq is not None:
+            batch = list(seq[pos : pos + n]) if type(seq) is tuple else seq[pos : pos + n]
+            pos += len(batch)
+        else:
+            batch = list(islice(it, n))
         exhausted = exhausted or len(batch) < n
         return batch
 
     # First item: warm-up and peak memory.
     first = pull(1)
     peak = 0
-    first_time = 0.0
+    first_time = first_cpu = first_own = 0.0
     if first:
-        result, first_time, peak = _run_timed_first(func, first[0], 0)
+        result, first_time, peak, first_cpu, first_own = _run_timed_first(func, first[0], 0)
         item_blocks.append(first)
         result_blocks.append([result])
         done = 1
@@ -291,6 +305,11 @@ def sample(
     ratios: list[float] = []  # CPU/wall of batches long enough for the CPU clock: process,
     own_ratios: list[float] = []  # and the calling thread alone
     min_timed = 2 if first_time < 0.05 else 1
+    # An item that mostly waits: the thread probe measures it better (and faster) than more
+    # serial items would.
+    waiting = first_time >= 1e-3 and first_own / first_time < IO_BOUND
+    if waiting:
+        min_timed = 0
     cpu_total = wall_total = 0.0
     batch_size = 1
     while not exhausted:
@@ -303,7 +322,7 @@ def sample(
             target = min(budget, max(min_budget, 0.05 * n_total * mean))
         else:
             target = budget
-        if elapsed >= target and (timed >= min_timed or first_time >= target):
+        if (elapsed >= target or waiting) and (timed >= min_timed or first_time >= target):
             break
         if n_total is not None:
             batch_size = min(batch_size, n_total - done)
@@ -339,7 +358,7 @@ def sample(
             cpu_ratio = cpu_total / wall_total if wall_total > 0 else 1.0
     else:  # only the first item ran
         mean, std, tmax = first_time, 0.0, first_time
-        cpu_ratio = 1.0
+        cpu_ratio = _cpu_ratio([first_cpu / first_time], [first_own / first_time]) if first_time > 0 else 1.0
     if first and timed:
         tmax = max(tmax, first_time)
     n_sampled = done
@@ -385,10 +404,16 @@ def sample(
     if worth_probing:
         reference = _robust_mean(batches) or mean
         k = max(2, probe_threads)
+        if cpu_ratio < IO_BOUND:
+            k = max(k, IO_PROBE_THREADS)  # waiting work: more threads, and more of it done
         if remaining is not None:
-            k = min(k, remaining)
-        rounds = 2
-        per_thread = max(1, math.ceil(max(min_budget, 0.5 * budget) / rounds / k / max(reference, 1e-9)))
+            k = min(k, max(2, remaining // 2))
+        # Two rounds against noise, one for long items (a round is then long enough).
+        rounds = 1 if reference >= 0.05 or cpu_ratio < IO_BOUND else 2
+        probe_budget = 0.5 * budget
+        if remaining is not None:
+            probe_budget = min(probe_budget, max(min_budget, 0.05 * remaining * reference))
+        per_thread = max(1, math.ceil(probe_budget / rounds / k / max(reference, 1e-9)))
         per_thread = min(per_thread, 10_000)
         if remaining is not None:
             per_thread = max(1, min(per_thread, remaining // (2 * rounds * k)))
@@ -449,6 +474,9 @@ def sample(
         sample_time=time.perf_counter() - t_begin,
         exhausted=exhausted,
     )
+    if seq is not None:
+        it = iter(seq)
+        it.__setstate__(pos)  # list and tuple iterators can be placed: no skipping item by item
     stash = SampleStash(
         func=func,
         source_id=id(data),

@@ -39,7 +39,7 @@ __all__ = [
     "usable_cores",
 ]
 
-_COSTS_VERSION = 2
+_COSTS_VERSION = 3
 START_METHODS = ("fork", "spawn", "forkserver")
 
 
@@ -130,6 +130,18 @@ def default_start_method() -> str:
     return method or mp.get_context().get_start_method()
 
 
+@functools.lru_cache(maxsize=1)
+def _static_facts() -> dict[str, Any]:
+    """Facts that do not change while a process runs."""
+    return dict(
+        logical_cores=psutil.cpu_count(logical=True) or 1,
+        physical_cores=psutil.cpu_count(logical=False) or 1,
+        gil_enabled=_gil_enabled(),
+        python=f"{platform.python_implementation()} {platform.python_version()}",
+        platform=platform.platform(),
+    )
+
+
 def system_info(*, blas: bool = True) -> SystemInfo:
     """What autopar sees of the machine. ``blas=False`` skips scanning the loaded BLAS
     libraries (a few ms), which the optimizer does not need; ``blas`` is then empty."""
@@ -138,17 +150,13 @@ def system_info(*, blas: bool = True) -> SystemInfo:
     available = vm.available if mem_limit is None else min(vm.available, mem_limit)
     return SystemInfo(
         usable_cores=usable_cores(),
-        logical_cores=psutil.cpu_count(logical=True) or 1,
-        physical_cores=psutil.cpu_count(logical=False) or 1,
         total_memory=vm.total,
         available_memory=available,
         cgroup_cpu_quota=_cgroup_cpu_quota(),
         cgroup_memory_limit=mem_limit,
         start_method=default_start_method(),
-        gil_enabled=_gil_enabled(),
-        python=f"{platform.python_implementation()} {platform.python_version()}",
-        platform=platform.platform(),
         blas=_blas_pools() if blas else (),
+        **_static_facts(),
     )
 
 
@@ -162,12 +170,15 @@ class PoolCosts:
 
     Times are in seconds. ``*_start`` figures cover creating the pool, every worker running
     its first task, and shutting the pool down again, which is what one ``execute()`` pays.
+    ``process_task_overhead`` is the wall time per task when tasks are pipelined;
+    ``process_task_cpu`` the CPU time the parent and the worker spend on it together.
     """
 
     start_method: str
     process_start_base: float
     process_start_per_worker: float
     process_task_overhead: float
+    process_task_cpu: float
     process_seconds_per_byte: float
     process_worker_memory: int
     thread_start_base: float
@@ -267,7 +278,12 @@ def _measure(start_method: str) -> PoolCosts:
     try:
         pid = pool.submit(os.getpid).result()
         _task_overhead(pool, 20)  # warm
+        worker = psutil.Process(pid)
+        w0, c0 = sum(worker.cpu_times()[:2]), time.process_time()
         task = _median([_task_overhead(pool, 300) for _ in range(3)])
+        # CPU per task, parent and worker together: on a machine whose cores the workers
+        # fill, this is taken from the work.
+        task_cpu = (sum(worker.cpu_times()[:2]) - w0 + time.process_time() - c0) / 900
         payload = b"\0" * (4 << 20)
         t0 = time.perf_counter()
         for _ in range(4):
@@ -295,6 +311,7 @@ def _measure(start_method: str) -> PoolCosts:
         process_start_base=base,
         process_start_per_worker=per_worker,
         process_task_overhead=task,
+        process_task_cpu=task_cpu,
         process_seconds_per_byte=per_byte,
         process_worker_memory=int(worker_mem),
         thread_start_base=max(t1 - t_per_worker, 0.0),

@@ -83,3 +83,50 @@ WORKLOADS: dict[str, tuple[Any, Any]] = {
     "large-inputs": (large_input, lambda: [np.random.default_rng(i).random(1 << 20) for i in range(24)]),
     "skewed": (skewed, lambda: make_skewed_items(200)),
 }
+
+
+def image_pass(path: str) -> int:
+    """Read a TIFF stack, take its max projection, stretch to 8 bits, write it as WebP.
+
+    The WebP lands next to the TIFF (same name, ``.webp``), written atomically. Returns the
+    WebP's size in bytes.
+    """
+    import os
+    import tempfile
+
+    import tifffile
+    from PIL import Image
+
+    stack = tifffile.imread(path)
+    proj = stack.max(axis=0).astype(np.float32)
+    lo, hi = np.percentile(proj, (0.5, 99.5))
+    scaled = np.clip((proj - lo) / max(hi - lo, 1.0) * 255.0, 0, 255).astype(np.uint8)
+    out = os.path.splitext(path)[0] + ".webp"
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(out), suffix=".webp.tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            Image.fromarray(scaled).save(fh, format="WEBP", quality=87, method=6)
+        os.replace(tmp, out)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return os.path.getsize(out)
+
+
+def make_tiff_stacks(folder: str, count: int = 16, shape: tuple[int, int, int] = (32, 512, 512), seed: int = 0) -> list[str]:
+    """Write ``count`` zlib-compressed uint16 stacks with sparse bright spots and noise."""
+    import os
+
+    import tifffile
+
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(count):
+        stack = rng.poisson(100, size=shape).astype(np.uint16)
+        for _ in range(40):
+            z, y, x = (int(rng.integers(0, s)) for s in shape)
+            stack[max(z - 2, 0) : z + 2, max(y - 6, 0) : y + 6, max(x - 6, 0) : x + 6] += np.uint16(rng.integers(500, 4000))
+        path = os.path.join(folder, f"stack_{i:03d}.tif")
+        tifffile.imwrite(path, stack, compression="zlib")
+        paths.append(path)
+    return paths
