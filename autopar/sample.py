@@ -304,7 +304,7 @@ def sample(
     batches: list[tuple[int, float]] = []
     ratios: list[float] = []  # CPU/wall of batches long enough for the CPU clock: process,
     own_ratios: list[float] = []  # and the calling thread alone
-    min_timed = 2 if first_time < 0.05 else 1
+    min_timed = 2 if first_time < 0.005 else 1
     # An item that mostly waits: the thread probe measures it better (and faster) than more
     # serial items would.
     waiting = first_time >= 1e-3 and first_own / first_time < IO_BOUND

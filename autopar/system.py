@@ -39,7 +39,7 @@ __all__ = [
     "usable_cores",
 ]
 
-_COSTS_VERSION = 3
+_COSTS_VERSION = 4
 START_METHODS = ("fork", "spawn", "forkserver")
 
 
@@ -171,7 +171,8 @@ class PoolCosts:
     Times are in seconds. ``*_start`` figures cover creating the pool, every worker running
     its first task, and shutting the pool down again, which is what one ``execute()`` pays.
     ``process_task_overhead`` is the wall time per task when tasks are pipelined;
-    ``process_task_cpu`` the CPU time the parent and the worker spend on it together.
+    ``process_task_cpu`` the core time one task costs when the workers fill every core
+    (parent and worker compete for the cores then), at least the CPU time both spend on it.
     """
 
     start_method: str
@@ -235,6 +236,31 @@ def _echo_len(payload: bytes) -> bytes:
     return payload
 
 
+def _spin(seconds: float) -> None:
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+def _loaded_task_cost(ctx: Any, n: int, spin: float = 5e-4, tasks: int = 400) -> float:
+    """Core-seconds lost per task when n workers keep every core busy.
+
+    Parent and workers compete for the same cores then, so a task costs more than its round
+    trip on an idle pool: every second beyond the ideal wall time is charged to the tasks.
+    """
+    pool = ProcessPoolExecutor(max_workers=n, mp_context=ctx)
+    try:
+        list(pool.map(_spin, [spin] * n))  # start every worker
+        t0 = time.perf_counter()
+        for f in [pool.submit(_spin, spin) for _ in range(tasks)]:
+            f.result()
+        wall = time.perf_counter() - t0
+    finally:
+        pool.shutdown(wait=True)
+    ideal = tasks * spin / min(n, usable_cores())
+    return max(wall - ideal, 0.0) * min(n, usable_cores()) / tasks
+
+
 def _time_pool_start(make_pool: Any, n: int, hold: float) -> tuple[float, list[int]]:
     """Start a pool of n workers, make every worker run one task, shut it down."""
     t0 = time.perf_counter()
@@ -281,8 +307,7 @@ def _measure(start_method: str) -> PoolCosts:
         worker = psutil.Process(pid)
         w0, c0 = sum(worker.cpu_times()[:2]), time.process_time()
         task = _median([_task_overhead(pool, 300) for _ in range(3)])
-        # CPU per task, parent and worker together: on a machine whose cores the workers
-        # fill, this is taken from the work.
+        # CPU per task, parent and worker together, on an idle pool.
         task_cpu = (sum(worker.cpu_times()[:2]) - w0 + time.process_time() - c0) / 900
         payload = b"\0" * (4 << 20)
         t0 = time.perf_counter()
@@ -295,6 +320,9 @@ def _measure(start_method: str) -> PoolCosts:
             worker_mem = 0
     finally:
         pool.shutdown(wait=True)
+
+    # On a full machine (what the model charges per chunk): at least the idle figure.
+    task_cpu = max(task_cpu, _median([_loaded_task_cost(ctx, usable_cores()) for _ in range(3)]))
 
     def make_thread(n: int) -> ThreadPoolExecutor:
         return ThreadPoolExecutor(max_workers=n)

@@ -30,7 +30,7 @@ from autopar import workloads as W
 
 
 def build_workloads(quick: bool, tmp: str) -> list[tuple[str, Callable[[Any], Any], list[Any]]]:
-    k = 0.5 if quick else 1.0
+    k = 0.5 if quick else 2.0  # full size: about 2 s of serial work per workload
     n = lambda x: max(4, int(x * k))  # noqa: E731
     paths = W.make_tiff_stacks(tmp, count=n(16))
     return [
