@@ -1,14 +1,15 @@
 """Sample the work: run a few items serially, then a few on threads at once, and measure.
 
-The serial sample grows until a time budget is spent (``budget`` seconds, or 5% of the
+The serial sample grows until a time budget is spent (``budget`` seconds, or 2.5% of the
 estimated total when the item count is known, whichever is smaller, never below
-``min_budget``). Fast items are timed in doubling batches so the clock does not dominate what
+``min_budget``). On 2 cores a serial share f of the job costs about f of the parallel run's
+time, so the share is kept small. Fast items are timed in doubling batches so the clock does not dominate what
 it measures. The first item runs while a thread polls the resident memory (peak memory per item) and is
 left out of the timing figures when other items were timed (it pays the warm-up).
 
 The **concurrency probe** then runs the next few items on ``k`` threads at once (8 for work
 that mostly waits), in two rounds (one for items of 50 ms or more); the better round counts,
-since noise on a shared machine only ever slows a round down. Its budget follows the same 5%
+since noise on a shared machine only ever slows a round down. Its budget follows the same
 rule as the serial sample.
 For CPU-bound work the scaling is the process's CPU use during the probe over one item's
 (pure Python on k threads still keeps one core busy, GIL-free work keeps k busy), which does not
@@ -226,6 +227,7 @@ def _probe(
     return results, wall, cpu
 
 
+SAMPLE_SHARE = 0.025  # share of the estimated total the serial sample (and the probe) may take
 CPU_BOUND = 0.5  # CPU/wall from which the probe reads scaling from CPU use, not wall time
 IO_BOUND = 0.3  # CPU/wall under which work is probed on IO_PROBE_THREADS threads
 IO_PROBE_THREADS = 8
@@ -236,8 +238,8 @@ def _cpu_ratio(ratios: list[float], own_ratios: list[float]) -> float:
     what other threads burn in the background anyway (a library's threads starting up)."""
     process = sorted(ratios)[(len(ratios) - 1) // 2]
     own = sorted(own_ratios)[(len(own_ratios) - 1) // 2]
-    if process - own <= 0.2:
-        return process
+    if process - own <= 0.2 or own >= CPU_BOUND:
+        return process  # nothing else was busy, or this thread alone is CPU-bound already
     # Other threads were busy: measure how busy they are while this thread does nothing.
     c0, t0 = time.process_time(), time.perf_counter()
     time.sleep(0.01)
@@ -319,7 +321,7 @@ def sample(
         if n_total is not None:
             if done >= n_total:
                 break
-            target = min(budget, max(min_budget, 0.05 * n_total * mean))
+            target = min(budget, max(min_budget, SAMPLE_SHARE * n_total * mean))
         else:
             target = budget
         if (elapsed >= target or waiting) and (timed >= min_timed or first_time >= target):
@@ -387,10 +389,8 @@ def sample(
         if err:
             errors.append(f"result of item {i}: {err}")
     npick = max(len(picks), 1)
-    transport = _serialize.worse(fmethod, _serialize.worse(item_method, result_method))
-    if transport is not None and fmethod is not None:
-        # The function always travels by cloudpickle; items and results decide the transport.
-        transport = _serialize.worse(item_method, result_method)
+    # The function always travels by cloudpickle; items and results decide the transport.
+    transport = _serialize.worse(item_method, result_method) if fmethod is not None else None
 
     # Concurrency probe on the next items, in rounds of k threads x per_thread items.
     n_probed, scaling, k_used = 0, None, 0
@@ -412,7 +412,7 @@ def sample(
         rounds = 1 if reference >= 0.05 or cpu_ratio < IO_BOUND else 2
         probe_budget = 0.5 * budget
         if remaining is not None:
-            probe_budget = min(probe_budget, max(min_budget, 0.05 * remaining * reference))
+            probe_budget = min(probe_budget, max(min_budget, SAMPLE_SHARE * remaining * reference))
         per_thread = max(1, math.ceil(probe_budget / rounds / k / max(reference, 1e-9)))
         per_thread = min(per_thread, 10_000)
         if remaining is not None:
@@ -466,7 +466,7 @@ def sample(
         item_pickle_time=itime / npick,
         result_bytes=rbytes / npick,
         result_pickle_time=rtime / npick,
-        transport=transport if fmethod is not None else None,
+        transport=transport,
         pickle_error="; ".join(errors) or None,
         peak_memory_per_item=int(peak),
         thread_scaling=scaling,
