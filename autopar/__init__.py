@@ -5,7 +5,7 @@ thread or process pool, ``n_jobs``, ``chunksize``, and why); ``execute(func, dat
 way and returns the results in input order.
 """
 
-from .errors import AutoparError, RemoteTraceback, WorkerDied, WorkerError
+from .errors import AutoparError, ItemFailed, ItemTimeout, RemoteTraceback, WorkerDied, WorkerError
 from .executors import SerialExecutor, get_executor
 from .model import Candidate
 from .optimizer import optimize
@@ -21,6 +21,8 @@ __all__ = [
     "Candidate",
     "ExecutionIterator",
     "ExecutionReport",
+    "ItemFailed",
+    "ItemTimeout",
     "OptimizationResult",
     "PoolCosts",
     "Profile",

@@ -1,7 +1,8 @@
 """Code that runs inside a pool worker: one chunk of items at a time.
 
-A chunk returns ``(results, elapsed, failure)`` and never raises for an item's sake:
-``failure`` is ``(index, exception, traceback text)`` for the first item that raised. The caller turns it back into the original exception.
+A chunk returns ``(results, elapsed, failures)`` and never raises for an item's sake: each
+failure is ``(index, exception, traceback text)``. Without ``collect`` the chunk stops at the
+first; the caller turns it back into the original exception.
 
 Process workers receive the function as cloudpickle bytes with every chunk, under a key; they
 unpickle it once per key and keep the last few, so one pool can serve many calls.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import operator
 import pickle
+import signal
 import threading
 import time
 import traceback
@@ -18,7 +20,7 @@ from collections import OrderedDict
 from typing import Any, Callable
 
 from ._serialize import CLOUDPICKLE, dumps, loads
-from .errors import WorkerError
+from .errors import ItemFailed, ItemTimeout, WorkerError
 
 _FUNCS: "OrderedDict[str, Callable[..., Any]]" = OrderedDict()
 _FUNC_CACHE_SIZE = 8
@@ -38,28 +40,76 @@ def _portable(exc: BaseException) -> BaseException:
 def map_items(func: Callable[[Any], Any], items: list[Any]) -> tuple[list[Any], int, BaseException | None]:
     """``list(map(func, items))`` at C speed; on an exception, also the offset of the item.
 
-    The offset comes from how far the list iterator got, so no per-item Python runs.
-    Returns (results, offset of the failing item or -1, exception or None).
+    The offset comes from how far the list iterator got, so no per-item Python runs;
+    ``list.extend`` keeps the results before the failing item.
+    Returns (results so far, offset of the failing item or -1, exception or None).
     """
+    out: list[Any] = []
     it = iter(items)
     try:
-        return list(map(func, it)), -1, None
+        out.extend(map(func, it))
+        return out, -1, None
     except BaseException as exc:
-        return [], len(items) - operator.length_hint(it) - 1, exc
+        return out, len(items) - operator.length_hint(it) - 1, exc
+
+
+def run_items(
+    func: Callable[[Any], Any], start: int, items: list[Any], collect: bool, remote: bool
+) -> tuple[list[Any], list[Failure]]:
+    """Run a chunk. Stops at the first failure unless ``collect``; then a failed item's place
+    holds an :class:`ItemFailed` and the chunk goes on. Only ``Exception`` is collected:
+    KeyboardInterrupt, SystemExit and the like always stop the run."""
+    out: list[Any] = []
+    failures: list[Failure] = []
+    done = 0
+    while done < len(items):
+        part, offset, exc = map_items(func, items[done:] if done else items)
+        out.extend(part)
+        if exc is None:
+            break
+        index = start + done + offset
+        if remote:
+            tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+            exc = _portable(exc.with_traceback(None))
+        else:
+            tb = ""
+        failures.append((index, exc, tb))
+        if not collect or not isinstance(exc, Exception):
+            break
+        out.append(ItemFailed(index, exc, tb))
+        done += offset + 1
+    return out, failures
+
+
+class _Alarm:
+    """A per-item time limit in a process worker: SIGALRM raises ItemTimeout in the item."""
+
+    def __init__(self, func: Callable[[Any], Any], seconds: float) -> None:
+        self.func = func
+        self.seconds = seconds
+
+    def _ring(self, signum: int, frame: Any) -> None:
+        raise ItemTimeout(f"the item ran longer than the {self.seconds:g} s timeout")
+
+    def __call__(self, item: Any) -> Any:
+        previous = signal.signal(signal.SIGALRM, self._ring)
+        signal.setitimer(signal.ITIMER_REAL, self.seconds)
+        try:
+            return self.func(item)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
 
 
 def run_local(
-    func: Callable[[Any], Any], start: int, items: list[Any], cancel: threading.Event | None
-) -> tuple[list[Any], float, Failure | None]:
+    func: Callable[[Any], Any], start: int, items: list[Any], cancel: threading.Event | None, collect: bool = False
+) -> tuple[list[Any], float, list[Failure]]:
     """A chunk on a thread (or inline): no serialization, the exception object as it is."""
     if cancel is not None and cancel.is_set():
-        return [], 0.0, None
+        return [], 0.0, []
     t0 = time.perf_counter()
-    out, offset, exc = map_items(func, items)
-    elapsed = time.perf_counter() - t0
-    if exc is not None:
-        return out, elapsed, (start + offset, exc, "")
-    return out, elapsed, None
+    out, failures = run_items(func, start, items, collect, remote=False)
+    return out, time.perf_counter() - t0, failures
 
 
 def _get_func(key: str, blob: bytes) -> Callable[[Any], Any]:
@@ -75,18 +125,16 @@ def _get_func(key: str, blob: bytes) -> Callable[[Any], Any]:
 
 
 def run_remote(
-    key: str, blob: bytes, start: int, payload: Any, transport: str
-) -> tuple[Any, float, Failure | None]:
-    """A chunk in a worker process. ``payload`` is a list, or cloudpickle bytes of one."""
+    key: str, blob: bytes, start: int, payload: Any, transport: str, collect: bool = False, timeout: float | None = None
+) -> tuple[Any, float, list[Failure]]:
+    """A chunk in a worker process. ``payload`` is the pickled list of items."""
     func = _get_func(key, blob)
-    items = loads(payload) if transport == CLOUDPICKLE else payload
-    failure: Failure | None = None
+    if timeout is not None:
+        func = _Alarm(func, timeout)
+    items = loads(payload)
     t0 = time.perf_counter()
-    out, offset, exc = map_items(func, items)
+    out, failures = run_items(func, start, items, collect, remote=True)
     elapsed = time.perf_counter() - t0
-    if exc is not None:
-        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        failure = (start + offset, _portable(exc.with_traceback(None)), tb)
     if transport == CLOUDPICKLE:
-        return dumps(out, CLOUDPICKLE), elapsed, failure
-    return out, elapsed, failure
+        return dumps(out, CLOUDPICKLE), elapsed, failures
+    return out, elapsed, failures

@@ -8,7 +8,15 @@ on the exception as ``autopar_item_index`` where the exception accepts attribute
 
 from __future__ import annotations
 
-__all__ = ["AutoparError", "RemoteTraceback", "WorkerDied", "WorkerError", "annotate"]
+__all__ = [
+    "AutoparError",
+    "ItemFailed",
+    "ItemTimeout",
+    "RemoteTraceback",
+    "WorkerDied",
+    "WorkerError",
+    "annotate",
+]
 
 
 class AutoparError(Exception):
@@ -39,7 +47,53 @@ class WorkerError(AutoparError):
 
 
 class WorkerDied(AutoparError):
-    """A worker process ended without returning (killed, crashed, or exited)."""
+    """A worker process ended without returning (killed, crashed, or exited).
+
+    ``items`` holds the indices of the items that were in flight on the pool when it broke.
+    """
+
+    def __init__(self, message: str, items: tuple[int, ...] = ()) -> None:
+        super().__init__(message)
+        self.items = items
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (WorkerDied, (str(self), self.items))
+
+
+class ItemTimeout(AutoparError, TimeoutError):
+    """An item ran longer than the ``timeout`` given to execute()."""
+
+
+class ItemFailed:
+    """Stands in the results, with ``errors="collect"``, for an item whose function raised.
+
+    ``index`` is the item's position in the input, ``exception`` what it raised, and
+    ``traceback`` the worker's formatted traceback (empty for threads and serial runs, where
+    the exception carries its own).
+    """
+
+    __slots__ = ("index", "exception", "traceback")
+
+    def __init__(self, index: int, exception: BaseException, traceback: str = "") -> None:
+        self.index = index
+        self.exception = exception
+        self.traceback = traceback
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (ItemFailed, (self.index, self.exception, self.traceback))
+
+    def __repr__(self) -> str:
+        return f"ItemFailed(index={self.index}, exception={self.exception!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, ItemFailed)
+            and other.index == self.index
+            and type(other.exception) is type(self.exception)
+            and other.exception.args == self.exception.args
+        )
+
+    __hash__ = None  # type: ignore[assignment]
 
 
 def annotate(exc: BaseException, index: int, where: str) -> BaseException:

@@ -82,10 +82,15 @@ def make_executor(
 
 
 def terminate(pool: Executor) -> None:
-    """Stop a pool now: cancel queued work and, for a process pool, kill its workers."""
+    """Stop a pool now: cancel queued work and, for a process pool, kill its workers.
+
+    A thread pool is shut down without waiting: its threads end when their current call
+    returns."""
     procs = getattr(pool, "_processes", None)  # ProcessPoolExecutor's pid -> Process map
     processes = list(procs.values()) if isinstance(procs, dict) else []
     pool.shutdown(wait=False, cancel_futures=True)
+    if not processes:
+        return  # a thread pool: a running call cannot be stopped, and is not waited for
     for proc in processes:
         if proc.is_alive():
             proc.terminate()
@@ -95,6 +100,18 @@ def terminate(pool: Executor) -> None:
             proc.kill()
             proc.join(timeout=5)
     pool.shutdown(wait=True)
+    # The pool's call queue may still have its feeder thread waiting to write to workers that
+    # are gone: with no reader left a write fails instead of blocking, and the thread ends.
+    queue = getattr(pool, "_call_queue", None)
+    if queue is not None:
+        try:
+            queue._reader.close()
+        except (OSError, AttributeError):
+            pass
+        queue.close()
+        feeder = getattr(queue, "_thread", None)
+        if feeder is not None:
+            feeder.join(timeout=5)
 
 
 @contextmanager

@@ -22,6 +22,7 @@ a ``KeyboardInterrupt`` or an iterator closed early.
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 import uuid
@@ -33,8 +34,8 @@ from itertools import chain, islice
 from typing import Any, Callable, Iterable, Iterator
 
 from . import _serialize
-from ._worker import map_items, run_local, run_remote
-from .errors import RemoteTraceback, WorkerDied, annotate
+from ._worker import _Alarm, run_items, run_local, run_remote
+from .errors import ItemFailed, ItemTimeout, RemoteTraceback, WorkerDied, annotate
 from .executors import executor_kind, make_executor, pool_size, terminate
 from .model import best_chunksize
 from .optimizer import check_args, optimize, pending_result
@@ -68,6 +69,8 @@ class ExecutionReport:
     measured_item_time: float | None = None
     serial_estimate: float | None = None
     chunksize_changes: list[tuple[int, int, int, str]] = field(default_factory=list)
+    failures: list[int] = field(default_factory=list)
+    retried: list[int] = field(default_factory=list)
     completed: bool = False
 
     @property
@@ -107,6 +110,10 @@ class ExecutionReport:
                 f"speedup over serial for those items: measured x{self.measured_speedup:.2f}"
                 + (f", predicted x{self.predicted_speedup:.2f}" if self.predicted_speedup else "")
             )
+        if self.failures:
+            lines.append(f"{len(self.failures)} items failed: {_ranges(self.failures)}")
+        if self.retried:
+            lines.append(f"{len(self.retried)} items ran again after a worker died: {_ranges(self.retried)}")
         for at, old, new, why in self.chunksize_changes:
             lines.append(f"chunksize {old} -> {new} at item {at}: {why}")
         return "\n".join(lines)
@@ -215,10 +222,15 @@ def execute_iter(
     pool: Executor | None = None,
     adapt: bool = True,
     sample_time: float = 0.2,
+    errors: str = "raise",
+    timeout: float | None = None,
+    retries: int = 0,
+    retry_backoff: float = 0.1,
 ) -> ExecutionIterator:
     """Like :func:`execute`, but yields results in input order as they are ready."""
     t_begin = time.perf_counter()
     kind, n_jobs = check_args(func, data, executor_type, n_jobs, chunksize, start_method)
+    _check_run_args(errors, timeout, retries, retry_backoff)
     if pool is not None:
         pkind = executor_kind(pool)
         if kind is not None and kind != pkind:
@@ -272,8 +284,34 @@ def execute_iter(
         report.predicted_time = result.predicted_time
         report.predicted_speedup = result.estimated_speedup
         report.predicted_item_time = result.profile.item_time_mean
-    gen = _run(func, kind, n_jobs, chunksize, method, result, prefix, rest, total, pool, progress, desc, adapt, report, t_begin)
-    return ExecutionIterator(gen, report)
+    job = _Job(
+        func=func,
+        kind=kind,
+        n_jobs=n_jobs,
+        chunksize=chunksize,
+        method=method,
+        result=result,
+        pool=pool,
+        bar=_Progress(progress, total, desc),
+        adapt=adapt,
+        report=report,
+        collect=errors == "collect",
+        timeout=timeout,
+        retries=retries,
+        backoff=retry_backoff,
+    )
+    return ExecutionIterator(_run(job, prefix, rest, total, t_begin), report)
+
+
+def _check_run_args(errors: str, timeout: float | None, retries: int, backoff: float) -> None:
+    if errors not in ("raise", "collect"):
+        raise ValueError(f"errors must be 'raise' or 'collect', got {errors!r}")
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
+        raise ValueError(f"timeout must be a positive number of seconds or None, got {timeout!r}")
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise ValueError(f"retries must be an int >= 0, got {retries!r}")
+    if not isinstance(backoff, (int, float)) or backoff < 0:
+        raise ValueError(f"retry_backoff must be a number >= 0, got {backoff!r}")
 
 
 def execute(
@@ -293,6 +331,10 @@ def execute(
     pool: Executor | None = None,
     adapt: bool = True,
     sample_time: float = 0.2,
+    errors: str = "raise",
+    timeout: float | None = None,
+    retries: int = 0,
+    retry_backoff: float = 0.1,
     return_report: bool = False,
 ) -> Any:
     """Run ``func`` over ``data`` the best way; the same list as ``[func(x) for x in data]``.
@@ -314,6 +356,22 @@ def execute(
         shut down.
     adapt
         Correct the chunksize while running when chunk times leave the model's range.
+    errors
+        ``"raise"`` (the first failure stops the run) or ``"collect"``: a failed item's place in
+        the results holds an :class:`ItemFailed` (index, exception, traceback) and the run goes
+        on; ``report.failures`` lists the indices.
+    timeout
+        Seconds one item may run. A process worker stops the item (SIGALRM raises
+        :class:`ItemTimeout` in it); an item stuck where no signal reaches it gets its worker
+        killed and replaced. Threads cannot be stopped: the run raises ItemTimeout and the
+        stuck call finishes in the background.
+    retries, retry_backoff
+        When a process worker dies (killed, crashed, exited), run the items that were in flight
+        again on a fresh pool, one at a time (a second crash names its item), up to ``retries``
+        times, waiting
+        ``retry_backoff * 2**attempt`` seconds first. Without retries the run raises
+        :class:`WorkerDied` naming the items and how the worker ended (with ``errors="collect"``
+        those items get a WorkerDied failure and the run goes on on a fresh pool).
     return_report
         Return ``(results, ExecutionReport)``.
 
@@ -340,6 +398,10 @@ def execute(
         pool=pool,
         adapt=adapt,
         sample_time=sample_time,
+        errors=errors,
+        timeout=timeout,
+        retries=retries,
+        retry_backoff=retry_backoff,
     )
     results: list[Any] = []
     with it:
@@ -356,32 +418,51 @@ def _raise_failure(failure: tuple[int, BaseException, str], kind: str) -> None:
     raise exc
 
 
-def _run(
-    func: Callable[[Any], Any],
-    kind: str,
-    n_jobs: int,
-    chunksize: int,
-    method: str,
-    result: OptimizationResult | None,
-    prefix: list[list[Any]],
-    rest: Iterator[Any],
-    total: int | None,
-    pool: Executor | None,
-    progress: Any,
-    desc: str | None,
-    adapt: bool,
-    report: ExecutionReport,
-    t_begin: float,
-) -> Iterator[Any]:
-    bar = _Progress(progress, total, desc)
+@dataclass
+class _Job:
+    """Everything a run needs besides its input."""
+
+    func: Callable[[Any], Any]
+    kind: str
+    n_jobs: int
+    chunksize: int
+    method: str
+    result: OptimizationResult | None
+    pool: Executor | None
+    bar: _Progress
+    adapt: bool
+    report: ExecutionReport
+    collect: bool
+    timeout: float | None
+    retries: int
+    backoff: float
+
+    def failed(self, failures: list[tuple[int, BaseException, str]]) -> None:
+        """Raise the first failure, or (collecting) note them all in the report."""
+        if not failures:
+            return
+        if not self.collect or not isinstance(failures[0][1], Exception):
+            _raise_failure(failures[0], self.kind)
+        for index, exc, _ in failures:
+            annotate(exc, index, self.kind)
+            self.report.failures.append(index)
+
+
+def _run(job: _Job, prefix: list[list[Any]], rest: Iterator[Any], total: int | None, t_begin: float) -> Iterator[Any]:
+    report = job.report
     t_run = time.perf_counter()
     index = n_prefix = sum(map(len, prefix))
     busy_time = 0.0
     busy_items = 0
     try:
-        bar.update(n_prefix)
+        job.bar.update(n_prefix)
         yield from prefix
-        if kind == "serial":
+        if job.kind == "serial":
+            func = job.func
+            if job.timeout is not None:
+                if threading.current_thread() is not threading.main_thread():
+                    raise ValueError("timeout= with executor_type='serial' needs the main thread (it uses SIGALRM)")
+                func = _Alarm(func, job.timeout)
             t0 = time.perf_counter()
             block_size = 1
             while True:
@@ -389,155 +470,386 @@ def _run(
                 if not block:
                     break
                 tb = time.perf_counter()
-                out, offset, exc = map_items(func, block)
-                if exc is not None:
-                    annotate(exc, index + offset, "serial")
-                    raise exc
+                out, failures = run_items(func, index, block, job.collect, remote=False)
+                job.failed(failures)
                 index += len(block)
-                bar.update(len(block))
+                job.bar.update(len(block))
                 yield out
                 # Blocks grow while they stay short, so progress stays live for slow items.
                 if time.perf_counter() - tb < 0.02:
                     block_size = min(block_size * 2, 4096)
             busy_time, busy_items = time.perf_counter() - t0, index - n_prefix
         else:
-            for values in _run_pool(func, kind, n_jobs, chunksize, method, result, rest, index, total, pool, bar, adapt, report):
+            for values in _PoolRun(job, rest, index, total).results():
                 index += len(values)
                 yield values
         report.completed = True
     finally:
-        bar.close()
+        job.bar.close()
         now = time.perf_counter()
         report.n_items = index
         report.run_time = now - t_run
         report.wall_time = now - t_begin
         if busy_items:
             report.measured_item_time = busy_time / busy_items
-        if result is not None and report.completed:
-            report.serial_estimate = (index - n_prefix) * result.profile.item_time_mean
+        if job.result is not None and report.completed:
+            report.serial_estimate = (index - n_prefix) * job.result.profile.item_time_mean
 
 
-def _run_pool(
-    func: Callable[[Any], Any],
-    kind: str,
-    n_jobs: int,
-    chunksize: int,
-    method: str,
-    result: OptimizationResult | None,
-    rest: Iterator[Any],
-    first_index: int,
-    total: int | None,
-    pool: Executor | None,
-    bar: _Progress,
-    adapt: bool,
-    report: ExecutionReport,
-) -> Iterator[Any]:
-    owned = pool is None
-    ex = pool if pool is not None else make_executor(kind, n_jobs, start_method=method)
-    cancel = threading.Event()
-    transport = _serialize.PICKLE
-    if result is not None and result.profile.transport:
-        transport = result.profile.transport
-    key = uuid.uuid4().hex
-    blob = _serialize.dumps(func, _serialize.CLOUDPICKLE) if kind == "process" else b""
+@dataclass(eq=False)
+class _Chunk:
+    start: int
+    items: list[Any]
+    future: Future
+    attempt: int = 0
+    checked: bool = False
+    values: list[Any] | None = None
 
-    def submit(start: int, chunk: list[Any]) -> Future:
-        if kind == "thread":
-            return ex.submit(run_local, func, start, chunk, cancel)
-        payload = _serialize.dumps(chunk, transport) if transport == _serialize.CLOUDPICKLE else chunk
-        return ex.submit(run_remote, key, blob, start, payload, transport)
 
-    inflight: deque[tuple[int, int, Future]] = deque()
-    max_inflight = 2 * n_jobs + 1
-    next_index = first_index
-    exhausted = False
-    done_time = 0.0
-    done_items = 0
-    done_chunks = 0
-    basis = result.profile.item_time_mean if result is not None else None
-    checked: set[Future] = set()
-    clean = False
-    try:
-        while True:
-            while not exhausted and len(inflight) < max_inflight:
-                chunk = list(islice(rest, chunksize))
-                if not chunk:
-                    exhausted = True
-                    break
-                inflight.append((next_index, len(chunk), submit(next_index, chunk)))
-                next_index += len(chunk)
-                report.n_chunks += 1
-            if not inflight:
+def _how_it_ended(processes: dict[int, Any]) -> str:
+    """What became of the workers that did not end by the pool's own terminate()."""
+    from multiprocessing.connection import wait as wait_sentinels
+
+    # The pool's manager thread reaps dead workers too; when it wins that race, the exit code
+    # shows up on the Process a moment later. Give it up to a second.
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline:
+        dead = [p for p in processes.values() if wait_sentinels([p.sentinel], 0)]
+        if all(p.exitcode is not None for p in dead):
+            break
+        time.sleep(0.02)
+    ends = []
+    for pid, proc in processes.items():
+        code = proc.exitcode
+        if code is None or code == -signal.SIGTERM or code == 0:
+            continue
+        if code < 0:
+            try:
+                name = signal.Signals(-code).name
+            except ValueError:
+                name = f"signal {-code}"
+            ends.append(f"worker {pid} was killed by {name}")
+        else:
+            ends.append(f"worker {pid} exited with status {code}")
+    return "; ".join(ends) or "a worker process ended abruptly"
+
+
+def _ranges(indices: list[int]) -> str:
+    indices = sorted(indices)
+    out: list[str] = []
+    start = prev = indices[0] if indices else 0
+    for i in indices[1:] + [None]:  # type: ignore[list-item]
+        if i is not None and i == prev + 1:
+            prev = i
+            continue
+        out.append(f"{start}" if start == prev else f"{start}-{prev}")
+        if i is not None:
+            start = prev = i
+    return ", ".join(out)
+
+
+class _PoolRun:
+    """One run on a thread or process pool: submit, check, reorder, adapt, recover."""
+
+    def __init__(self, job: _Job, rest: Iterator[Any], first_index: int, total: int | None) -> None:
+        self.job = job
+        self.rest = rest
+        self.first_index = first_index
+        self.total = total
+        self.owned = job.pool is None
+        self.ex: Executor = job.pool if job.pool is not None else self._new_pool()
+        self.cancel = threading.Event()
+        self.transport = _serialize.PICKLE
+        if job.result is not None and job.result.profile.transport:
+            self.transport = job.result.profile.transport
+        self.key = uuid.uuid4().hex
+        self.blob = b""
+        if job.kind == "process":
+            try:
+                self.blob = _serialize.dumps(job.func, _serialize.CLOUDPICKLE)
+            except Exception as exc:
+                if self.owned:
+                    self.ex.shutdown(wait=True)
+                raise TypeError(
+                    f"the function cannot be sent to a process worker ({type(exc).__name__}: {exc}); "
+                    "use executor_type='thread' or 'serial', or optimize(), which rules processes out"
+                ) from exc
+        self.inflight: deque[_Chunk] = deque()
+        self.retry: deque[tuple[int, list[Any], int]] = deque()  # (start, items, attempt)
+        self.next_index = first_index
+        self.exhausted = False
+        self.chunksize = job.chunksize
+        self.done_time = 0.0
+        self.done_items = 0
+        self.done_chunks = 0
+        self.basis = job.result.profile.item_time_mean if job.result is not None else None
+        self.last_progress = time.monotonic()
+        self.processes: dict[int, Any] = {}
+
+    def _new_pool(self) -> Executor:
+        return make_executor(self.job.kind, self.job.n_jobs, start_method=self.job.method)
+
+    def submit(self, start: int, items: list[Any], attempt: int = 0) -> None:
+        job = self.job
+        if job.kind == "thread":
+            fut = self.ex.submit(run_local, job.func, start, items, self.cancel, job.collect)
+        else:
+            # Pickled here, not in the pool's feeder thread: an item that cannot be sent is found
+            # now, by index, and never reaches the pool (where CPython 3.11's executor, told of
+            # the failure and then terminated, breaks its own shutdown).
+            try:
+                payload = _serialize.dumps(items, self.transport)
+            except Exception as exc:
+                self._unsendable(start, items, attempt, exc)
+                return
+            fut = self.ex.submit(run_remote, self.key, self.blob, start, payload, self.transport, job.collect, job.timeout)
+        self.inflight.append(_Chunk(start, items, fut, attempt))
+        job.report.n_chunks += 1
+        procs = getattr(self.ex, "_processes", None)
+        if isinstance(procs, dict) and len(procs) != len(self.processes):
+            self.processes.update(procs)  # kept to tell how a worker ended if the pool breaks
+
+    def _unsendable(self, start: int, items: list[Any], attempt: int, exc: Exception) -> None:
+        """A chunk that does not pickle: name the item; collecting, run the others alone."""
+        for i, item in enumerate(items):
+            try:
+                _serialize.dumps(item, self.transport)
+                continue
+            except Exception as item_exc:
+                error: BaseException = TypeError(
+                    f"item {start + i} cannot be sent to a process worker ({type(item_exc).__name__}: {item_exc})"
+                )
+                error.__cause__ = item_exc
                 break
-            # Wait on the futures not yet checked: one that finished out of order and waits
-            # for the head to be handed back must not wake this loop again.
-            wait([f for _, _, f in inflight if f not in checked], return_when=FIRST_COMPLETED)
-            for start, count, fut in inflight:
-                if fut in checked or not fut.done():
-                    continue
-                checked.add(fut)
-                exc = fut.exception()
-                if exc is not None:
-                    _raise_pool_error(exc, kind, inflight, start, count)
-                _, elapsed, failure = fut.result()
-                if failure is not None:
-                    _raise_failure(failure, kind)
-                bar.update(count)
-                done_time += elapsed
-                done_items += count
-                done_chunks += 1
-            # Adapt the chunksize for chunks not yet submitted.
-            if adapt and basis and result is not None and done_chunks >= max(3, n_jobs):
-                measured = done_time / done_items
-                ratio = measured / basis
-                if ratio > ADAPT_FACTOR or ratio < 1 / ADAPT_FACTOR:
-                    if total is not None:
-                        left = total - next_index
-                    else:
-                        left = max(result.n_remaining + first_index - next_index, n_jobs)
-                    if left > 0:
-                        profile = replace(
-                            result.profile,
-                            item_time_mean=measured,
-                            item_time_std=result.profile.item_time_std * ratio,
-                        )
-                        costs = pool_costs(method)
-                        new = best_chunksize(kind, n_jobs, left, profile, costs, result.usable_cores).chunksize
-                        if new != chunksize:
-                            why = f"items take {measured * 1e3:.3g} ms, not {basis * 1e3:.3g} ms"
-                            report.chunksize_changes.append((next_index, chunksize, new, why))
-                            chunksize = new
-                    basis = measured
-            # Hand back, in input order, every chunk at the head that has been checked.
-            while inflight and inflight[0][2] in checked:
-                _, _, fut = inflight.popleft()
-                checked.discard(fut)
-                values = fut.result()[0]
-                if transport == _serialize.CLOUDPICKLE and kind == "process":
-                    values = _serialize.loads(values)
-                yield values
-        clean = True
-    finally:
-        report.final_chunksize = chunksize
-        if done_items:
-            report.measured_item_time = done_time / done_items
-        cancel.set()
-        for _, _, fut in inflight:
-            fut.cancel()
-        if owned:
-            if clean:
-                ex.shutdown(wait=True)
+        else:  # each item pickles alone, the chunk does not (shared state): name the chunk
+            error = TypeError(f"items {start}-{start + len(items) - 1} cannot be sent to a process worker ({exc})")
+            error.__cause__ = exc
+            i = 0
+        if not self.job.collect:
+            annotate(error, start + i, "process")
+            raise error
+        for j, item in enumerate(items):
+            if j == i:
+                done: Future = Future()
+                chunk = _Chunk(start + j, [item], done, attempt)
+                self._fail_chunk(chunk, error)
             else:
-                terminate(ex)
+                self.submit(start + j, [item], attempt)
+        self._reorder()
+
+    def fill(self) -> None:
+        limit = 2 * self.job.n_jobs + 1
+        if self.retry:
+            # Items a dead worker took down run again one at a time: a crash then names its item.
+            if all(c.checked for c in self.inflight):
+                self.submit(*self.retry.popleft())
+                self._reorder()
+            return
+        while not self.exhausted and len(self.inflight) < limit:
+            chunk = list(islice(self.rest, self.chunksize))
+            if not chunk:
+                self.exhausted = True
+                break
+            self.submit(self.next_index, chunk)
+            self.next_index += len(chunk)
+
+    def results(self) -> Iterator[list[Any]]:
+        job = self.job
+        clean = False
+        try:
+            while True:
+                self.fill()
+                if not self.inflight:
+                    break
+                pending = [c.future for c in self.inflight if not c.checked]
+                if pending:
+                    done, _ = wait(pending, timeout=self._wait_timeout(), return_when=FIRST_COMPLETED)
+                    if not done:
+                        self._stuck()
+                        continue
+                broken = False
+                for c in self.inflight:
+                    if c.checked or not c.future.done():
+                        continue
+                    exc = c.future.exception()
+                    if isinstance(exc, BrokenProcessPool):
+                        broken = True
+                        break
+                    if exc is not None:
+                        if not job.collect:
+                            _raise_pool_error(exc, job.kind, c)
+                        # e.g. a result that cannot be pickled: the chunk's items fail
+                        self.inflight.remove(c)
+                        self._fail_chunk(c, exc)
+                        break
+                    values, elapsed, failures = c.future.result()
+                    job.failed(failures)
+                    if self.transport == _serialize.CLOUDPICKLE and job.kind == "process":
+                        values = _serialize.loads(values)
+                    c.values, c.checked = values, True
+                    job.bar.update(len(c.items))
+                    self.done_time += elapsed
+                    self.done_items += len(c.items)
+                    self.done_chunks += 1
+                    self.last_progress = time.monotonic()
+                if broken:
+                    self._recover()
+                    continue
+                self._adapt()
+                # Hand back, in input order, every chunk at the head that has been checked, but
+                # none beyond an item still waiting to run again.
+                while self.inflight and self.inflight[0].checked and (
+                    not self.retry or self.inflight[0].start < self.retry[0][0]
+                ):
+                    yield self.inflight.popleft().values  # type: ignore[misc]
+            clean = True
+        finally:
+            job.report.final_chunksize = self.chunksize
+            if self.done_items:
+                job.report.measured_item_time = self.done_time / self.done_items
+            self.cancel.set()
+            for c in self.inflight:
+                c.future.cancel()
+            if self.owned:
+                if clean:
+                    self.ex.shutdown(wait=True)
+                else:
+                    terminate(self.ex)
+
+    # -- timeouts -------------------------------------------------------------------------
+
+    def _wait_timeout(self) -> float | None:
+        """How long to wait for a chunk before calling the pool stuck (None: forever)."""
+        if self.job.timeout is None:
+            return None
+        longest = max(len(c.items) for c in self.inflight)
+        # Process workers stop a slow item themselves (SIGALRM); this catches an item stuck
+        # where no signal reaches it, and threads, which nothing can interrupt.
+        grace = 1.0 if self.job.kind == "process" else 0.0
+        limit = longest * self.job.timeout + grace
+        return max(limit - (time.monotonic() - self.last_progress), 0.01)
+
+    def _stuck(self) -> None:
+        job = self.job
+        if time.monotonic() - self.last_progress < self._wait_timeout_total():
+            return
+        unfinished = [c for c in self.inflight if not c.checked and not c.future.done()]
+        if not unfinished:
+            return
+        # Items not yet started may be queued behind the stuck ones: name what is running.
+        oldest = unfinished[0]
+        indices = list(range(oldest.start, oldest.start + len(oldest.items)))
+        if job.kind == "thread":
+            raise ItemTimeout(
+                f"items {_ranges(indices)} ran past the {job.timeout:g} s timeout on a thread; threads "
+                "cannot be stopped: the stuck call goes on in the background until it returns"
+            )
+        if not self.owned:
+            raise ItemTimeout(f"items {_ranges(indices)} ran past the {job.timeout:g} s timeout")
+        # A process worker is stuck beyond the reach of SIGALRM: kill the pool, go on without it.
+        stuck = oldest
+        self._replace_pool()
+        self.inflight.remove(stuck)
+        error = ItemTimeout(
+            f"items {_ranges(indices)} ran past the {job.timeout:g} s timeout; the worker was killed"
+        )
+        if not job.collect:
+            raise error
+        self._fail_chunk(stuck, error)
+        self._resubmit_lost(count_attempt=False)
+
+    def _wait_timeout_total(self) -> float:
+        longest = max(len(c.items) for c in self.inflight)
+        return longest * (self.job.timeout or 0.0) + (1.0 if self.job.kind == "process" else 0.0)
+
+    # -- broken pools ---------------------------------------------------------------------
+
+    def _replace_pool(self) -> None:
+        terminate(self.ex)
+        self.ex = self._new_pool()
+        self.processes = {}
+        self.key = uuid.uuid4().hex
+
+    def _fail_chunk(self, chunk: _Chunk, error: BaseException) -> None:
+        """Collecting: every item of ``chunk`` gets ``error`` in its place; the chunk is done."""
+        failures = [(chunk.start + i, error, "") for i in range(len(chunk.items))]
+        self.job.failed(failures)
+        chunk.values = [ItemFailed(i, error) for i, _, _ in failures]
+        chunk.checked = True
+        chunk.future = Future()
+        chunk.future.set_result(None)  # done, so that nothing waits on it
+        self.inflight.appendleft(chunk)
+        self._reorder()
+
+    def _reorder(self) -> None:
+        self.inflight = deque(sorted(self.inflight, key=lambda c: c.start))
+
+    def _resubmit_lost(self, count_attempt: bool) -> list[_Chunk]:
+        """Take the unfinished chunks off the broken pool and queue them again, one item per
+        chunk so that a second crash names the item."""
+        lost = [c for c in self.inflight if not c.checked]
+        self.inflight = deque(c for c in self.inflight if c.checked)
+        for c in lost:
+            attempt = c.attempt + (1 if count_attempt else 0)
+            for i, item in enumerate(c.items):
+                self.retry.append((c.start + i, [item], attempt))
+        self.retry = deque(sorted(self.retry, key=lambda r: r[0]))
+        return lost
+
+    def _recover(self) -> None:
+        job = self.job
+        ended = _how_it_ended(self.processes)
+        lost = [c for c in self.inflight if not c.checked]
+        indices = [c.start + i for c in lost for i in range(len(c.items))]
+        give_up = [c for c in lost if c.attempt >= job.retries]
+        message = (
+            f"{ended}; items {_ranges(indices)} were in flight"
+            + (f" (after {job.retries} retries)" if job.retries and give_up else "")
+        )
+        if not self.owned or (give_up and not job.collect):
+            raise WorkerDied(message, tuple(indices)) from None
+        self._replace_pool()
+        if give_up and job.collect:
+            # Out of retries: these items fail, the others run again on the fresh pool.
+            for c in give_up:
+                self.inflight.remove(c)
+                self._fail_chunk(c, WorkerDied(message, tuple(indices)))
+        self._resubmit_lost(count_attempt=True)
+        if job.retries:
+            attempt = max((r[2] for r in self.retry), default=1)
+            time.sleep(job.backoff * 2 ** max(attempt - 1, 0))
+        self.job.report.retried.extend(indices)
+
+    # -- adaptation ----------------------------------------------------------------------
+
+    def _adapt(self) -> None:
+        job = self.job
+        result = job.result
+        if not (job.adapt and self.basis and result is not None and self.done_chunks >= max(3, job.n_jobs)):
+            return
+        measured = self.done_time / self.done_items
+        ratio = measured / self.basis
+        if 1 / ADAPT_FACTOR <= ratio <= ADAPT_FACTOR:
+            return
+        if self.total is not None:
+            left = self.total - self.next_index
+        else:
+            left = max(result.n_remaining + self.first_index - self.next_index, job.n_jobs)
+        if left > 0:
+            profile = replace(
+                result.profile, item_time_mean=measured, item_time_std=result.profile.item_time_std * ratio
+            )
+            costs = pool_costs(job.method)
+            new = best_chunksize(job.kind, job.n_jobs, left, profile, costs, result.usable_cores).chunksize
+            if new != self.chunksize:
+                why = f"items take {measured * 1e3:.3g} ms, not {self.basis * 1e3:.3g} ms"
+                job.report.chunksize_changes.append((self.next_index, self.chunksize, new, why))
+                self.chunksize = new
+        self.basis = measured
 
 
-def _raise_pool_error(exc: BaseException, kind: str, inflight: Any, start: int, count: int) -> None:
-    if isinstance(exc, BrokenProcessPool):
-        running = ", ".join(f"{s}-{s + c - 1}" for s, c, f in inflight if not f.cancelled())
-        raise WorkerDied(
-            f"a worker process ended abruptly (killed, crashed or exited) while items {running} "
-            "were in flight"
-        ) from exc
+def _raise_pool_error(exc: BaseException, kind: str, chunk: _Chunk) -> None:
     if hasattr(exc, "add_note"):
-        exc.add_note(f"autopar: sending or running items {start}-{start + count - 1} on a {kind} pool failed")
+        last = chunk.start + len(chunk.items) - 1
+        exc.add_note(f"autopar: sending or running items {chunk.start}-{last} on a {kind} pool failed")
     raise exc

@@ -63,7 +63,19 @@ def executor(request):
 
 def _tmp_entries() -> set[str]:
     root = Path(tempfile.gettempdir())
-    return {p.name for p in root.iterdir() if not p.name.startswith(("pytest-of-", "autopar-test-cache-"))}
+    return {p.name for p in root.iterdir() if not p.name.startswith(("pytest-of-", "autopar-test-cache-", "pymp-"))}
+
+
+def _mp_helpers() -> set[int]:
+    """multiprocessing's own long-lived helpers (resource tracker, fork server): one per
+    process, started on first use, not a test's leftovers."""
+    from multiprocessing import forkserver, resource_tracker
+
+    pids = {
+        getattr(resource_tracker._resource_tracker, "_pid", None),
+        getattr(forkserver._forkserver, "_forkserver_pid", None),
+    }
+    return {p for p in pids if p}
 
 
 @pytest.fixture(autouse=True)
@@ -76,7 +88,15 @@ def no_leaks(request):
     yield
     deadline = time.monotonic() + 5
     while True:
-        new_children = [p for p in me.children(recursive=True) if p.pid not in children and p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        mp_helpers = _mp_helpers()
+        new_children = [
+            p
+            for p in me.children(recursive=True)
+            if p.pid not in children
+            and p.pid not in mp_helpers
+            and p.is_running()
+            and p.status() != psutil.STATUS_ZOMBIE
+        ]
         new_threads = [t for t in threading.enumerate() if t not in threads and t.is_alive()]
         if not new_children and not new_threads or time.monotonic() > deadline:
             break

@@ -51,3 +51,73 @@ def pid(_: object) -> int:
 def nap(seconds: float) -> float:
     time.sleep(seconds)
     return seconds
+
+
+def crash(x: int, bad: int = 5, how: str = "exit") -> int:
+    """Ends its worker process on item ``bad``: os._exit, SIGKILL or a segfault."""
+    if x == bad:
+        if how == "exit":
+            os._exit(3)
+        if how == "kill":
+            import signal
+
+            os.kill(os.getpid(), signal.SIGKILL)
+        if how == "segv":
+            import faulthandler
+
+            faulthandler.disable()  # no dump on stderr: the crash is the test
+            import ctypes
+
+            ctypes.string_at(0)
+    return x
+
+
+def crash_exit(x: int) -> int:
+    return crash(x, how="exit")
+
+
+def crash_kill(x: int) -> int:
+    return crash(x, how="kill")
+
+
+def crash_segv(x: int) -> int:
+    return crash(x, how="segv")
+
+
+def hang(x: int, bad: int = 3, seconds: float = 30.0) -> int:
+    """Sleeps far past any timeout on item ``bad``."""
+    if x == bad:
+        time.sleep(seconds)
+    return x
+
+
+def hang_briefly(x: int) -> int:
+    """Stuck for 1.5 s on item 3: long enough to time out, short enough to end by itself."""
+    return hang(x, seconds=1.5)
+
+
+def blocks_signals(x: int, bad: int = 3) -> int:
+    """Stuck where SIGALRM cannot reach (the way C code that masks signals is)."""
+    if x == bad:
+        import signal
+
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
+        time.sleep(30)
+    return x
+
+
+class BadResult:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+
+
+def bad_result(x: int) -> object:
+    return BadResult() if x == 4 else x
+
+
+def lock_result(x: int) -> object:
+    return BadResult()
+
+
+def square_or_value(x: "int | Unpicklable") -> int:
+    return x.value if isinstance(x, Unpicklable) else x * x

@@ -54,9 +54,8 @@ def test_exception_names_the_item(pool):
 def test_unpicklable_item(pool):
     items = [Unpicklable(i) for i in range(6)]
     if pool.__class__.__name__ == "ProcessPoolExecutor":
-        with pytest.raises((TypeError, pickle.PicklingError)) as info:
+        with pytest.raises(TypeError, match="item 0 cannot be sent to a process worker"):
             execute(value_of, items, pool=pool, chunksize=2)
-        assert any("items 0-1" in note for note in info.value.__notes__)
     else:
         assert execute(value_of, items, pool=pool, chunksize=2) == list(range(6))
 

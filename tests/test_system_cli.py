@@ -121,11 +121,3 @@ def test_cli_bad_function():
     assert "cannot import 'autopar.nothere'" in out.stderr
     out = run("-m", "autopar", "optimize", "autopar.workloads:nothing", "--range", "5")
     assert out.returncode != 0 and "no attribute 'nothing'" in out.stderr
-
-
-@pytest.mark.slow
-def test_quickstart_example_runs():
-    out = run(str(ROOT / "examples" / "quickstart.py"))
-    assert out.returncode == 0, out.stderr
-    assert "200,000 tiny tasks" in out.stdout and "serial" in out.stdout
-    assert "autopar chose" in out.stdout

@@ -1,0 +1,59 @@
+"""Every command in README.md and every example runs as written."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+
+
+def readme_commands() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", text, re.S):
+        for line in block.splitlines():
+            line = line.split("#", 1)[0].strip()
+            if line:
+                commands.append(line)
+    return commands
+
+
+def _argv(command: str) -> list[str]:
+    argv = shlex.split(command)
+    if argv[0] == "autopar" and shutil.which("autopar") is None:
+        argv = [sys.executable, "-m", "autopar", *argv[1:]]
+    if argv[0] == "python":
+        argv[0] = sys.executable
+    return argv
+
+
+def test_readme_has_the_two_opening_commands():
+    commands = readme_commands()
+    assert commands[0].startswith("pip install . &&") and "examples/quickstart.py" in commands[0]
+    assert commands[1] == 'pip install ".[test]" && python -m pytest -q'
+
+
+@pytest.mark.parametrize(
+    "command",
+    [c for c in readme_commands() if not c.startswith("pip install")],
+)  # the opening commands' python parts: test_example_runs and this very test suite
+def test_readme_command_runs(command):
+    out = subprocess.run(_argv(command), cwd=ROOT, capture_output=True, text=True, timeout=500, env=dict(os.environ))
+    assert out.returncode == 0, f"{command}\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}"
+    assert out.stdout.strip()
+
+
+@pytest.mark.parametrize("example", sorted(p.name for p in (ROOT / "examples").glob("*.py")))
+def test_example_runs(example):
+    out = subprocess.run([sys.executable, str(ROOT / "examples" / example)], cwd=ROOT, capture_output=True, text=True, timeout=500)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "autopar chose" in out.stdout

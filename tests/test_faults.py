@@ -1,0 +1,265 @@
+"""The fault matrix: every fault, on threads and on process pools with each start method.
+
+Each case runs execute() with its own pool (the pool is what a fault breaks). The leak guard in
+conftest.py fails any case that leaves a process, thread or temp file behind, and every test
+has a deadlock timeout.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+import autopar
+from autopar import ItemFailed, ItemTimeout, WorkerDied, execute
+
+import helpers
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.timeout(90)
+
+PROCESS = ["fork", "spawn", "forkserver"]
+ALL = ["thread"] + [f"process-{m}" for m in PROCESS]
+
+
+def run_on(where: str, func, data, **kw):
+    kind, _, method = where.partition("-")
+    kw.setdefault("n_jobs", 2)
+    kw.setdefault("chunksize", 2)
+    return execute(func, data, executor_type=kind, start_method=method or None, **kw)
+
+
+# -- an exception in the function ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("where", ["serial"] + ALL)
+def test_exception_raises_with_index(where):
+    t0 = time.monotonic()
+    with pytest.raises(ValueError, match="bad item 7") as info:
+        run_on(where, helpers.fail_on, range(200))
+    assert info.value.autopar_item_index == 7
+    assert time.monotonic() - t0 < 10
+
+
+@pytest.mark.parametrize("where", ["serial"] + ALL)
+def test_exception_collected(where):
+    out, report = run_on(where, helpers.fail_on, range(20), errors="collect", return_report=True)
+    assert [x for i, x in enumerate(out) if i != 7] == [i for i in range(20) if i != 7]
+    failed = out[7]
+    assert isinstance(failed, ItemFailed) and failed.index == 7
+    assert isinstance(failed.exception, ValueError) and "bad item 7" in str(failed.exception)
+    assert report.failures == [7]
+    if where.startswith("process"):
+        assert "fail_on" in failed.traceback
+
+
+# -- a worker process that dies -------------------------------------------------------------
+
+DEATHS = [
+    (helpers.crash_exit, "exited with status 3"),
+    (helpers.crash_kill, "killed by SIGKILL"),
+    (helpers.crash_segv, "killed by SIGSEGV"),
+]
+
+
+@pytest.mark.parametrize("method", PROCESS)
+@pytest.mark.parametrize("func, how", DEATHS, ids=["os._exit", "SIGKILL", "segfault"])
+def test_worker_death_is_named(method, func, how):
+    t0 = time.monotonic()
+    with pytest.raises(WorkerDied) as info:
+        run_on(f"process-{method}", func, range(12))
+    assert time.monotonic() - t0 < 20
+    assert how in str(info.value)
+    assert 5 in info.value.items
+
+
+@pytest.mark.parametrize("method", PROCESS)
+def test_retries_pin_the_item_down(method):
+    with pytest.raises(WorkerDied) as info:
+        run_on(f"process-{method}", helpers.crash_kill, range(12), retries=2, retry_backoff=0.01)
+    assert info.value.items == (5,)  # items run alone on retry: only the culprit is left
+    assert "after 2 retries" in str(info.value)
+
+
+@pytest.mark.parametrize("method", PROCESS)
+def test_retries_with_collect_lose_only_the_culprit(method):
+    out, report = run_on(
+        f"process-{method}", helpers.crash_exit, range(12), retries=1, retry_backoff=0.01,
+        errors="collect", return_report=True,
+    )
+    assert isinstance(out[5], ItemFailed) and isinstance(out[5].exception, WorkerDied)
+    assert [x for i, x in enumerate(out) if i != 5] == [i for i in range(12) if i != 5]
+    assert report.failures == [5]
+    assert 5 in report.retried
+
+
+def test_thread_worker_death_takes_the_caller_down():
+    # Threads share the caller's process: os._exit in one ends it all. Shown in a child.
+    code = "import autopar, helpers; autopar.execute(helpers.crash_exit, range(12), executor_type='thread', n_jobs=2, chunksize=2)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT / "tests", capture_output=True, timeout=60)
+    assert out.returncode == 3
+
+
+# -- an item that hangs ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", PROCESS)
+def test_process_item_timeout_raises(method):
+    t0 = time.monotonic()
+    with pytest.raises(ItemTimeout) as info:
+        run_on(f"process-{method}", helpers.hang, range(8), timeout=0.5)
+    assert time.monotonic() - t0 < 10
+    assert info.value.autopar_item_index == 3
+
+
+@pytest.mark.parametrize("method", PROCESS)
+def test_process_item_timeout_collected(method):
+    out = run_on(f"process-{method}", helpers.hang, range(8), timeout=0.5, errors="collect")
+    assert isinstance(out[3], ItemFailed) and isinstance(out[3].exception, ItemTimeout)
+    assert [x for i, x in enumerate(out) if i != 3] == [0, 1, 2, 4, 5, 6, 7]
+
+
+@pytest.mark.parametrize("method", PROCESS)
+def test_item_beyond_signals_gets_its_worker_killed(method):
+    t0 = time.monotonic()
+    out = run_on(f"process-{method}", helpers.blocks_signals, range(8), timeout=0.5, chunksize=1, errors="collect")
+    assert time.monotonic() - t0 < 20
+    assert isinstance(out[3], ItemFailed) and "worker was killed" in str(out[3].exception)
+    assert [x for i, x in enumerate(out) if i != 3] == [0, 1, 2, 4, 5, 6, 7]
+
+
+def test_thread_item_timeout_raises_and_says_the_thread_goes_on():
+    t0 = time.monotonic()
+    with pytest.raises(ItemTimeout, match="threads cannot be stopped"):
+        run_on("thread", helpers.hang_briefly, range(8), timeout=0.3, chunksize=1)
+    assert time.monotonic() - t0 < 1.4  # raised before the stuck call returned
+
+
+def test_serial_item_timeout():
+    with pytest.raises(ItemTimeout):
+        execute(helpers.hang, range(8), executor_type="serial", timeout=0.3)
+
+
+# -- Ctrl-C in the caller --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", PROCESS)
+def test_sigint_stops_every_worker(method):
+    script = textwrap.dedent(
+        f"""
+        import os, sys, time, autopar, helpers
+        def report(done, total):
+            if done == 2:
+                import psutil
+                kids = [p.pid for p in psutil.Process().children(recursive=True)]
+                print("PIDS", *kids, flush=True)
+        autopar.execute(helpers.nap, [0.2] * 400, executor_type="process", n_jobs=2, chunksize=1,
+                        start_method="{method}", progress=report)
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT / "tests", stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()
+    assert line.startswith("PIDS"), proc.stderr.read()
+    pids = [int(p) for p in line.split()[1:]]
+    os.kill(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode != 0
+    assert "KeyboardInterrupt" in err
+    deadline = time.monotonic() + 5
+    while any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in pids):
+        assert time.monotonic() < deadline, "workers outlived the caller's Ctrl-C"
+        time.sleep(0.05)
+
+
+# -- things that cannot be pickled ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", PROCESS)
+def test_unpicklable_function_is_refused_before_work(method):
+    lock = threading.Lock()
+    with pytest.raises(TypeError, match="cannot be sent to a process worker"):
+        run_on(f"process-{method}", lambda x: (lock, x)[1], range(10))
+
+
+@pytest.mark.parametrize("method", PROCESS)
+def test_unpicklable_item_names_the_items(method):
+    items = [i if i != 3 else helpers.Unpicklable(i) for i in range(8)]
+    with pytest.raises(TypeError, match="item 3 cannot be sent to a process worker") as info:
+        run_on(f"process-{method}", helpers.square_or_value, items)
+    assert info.value.autopar_item_index == 3
+    out = run_on(f"process-{method}", helpers.square_or_value, items, errors="collect")
+    assert isinstance(out[3], ItemFailed)
+    assert [x for i, x in enumerate(out) if i != 3] == [i * i for i in range(8) if i != 3]
+
+
+@pytest.mark.parametrize("method", PROCESS)
+def test_unpicklable_result(method):
+    with pytest.raises(Exception) as info:
+        run_on(f"process-{method}", helpers.bad_result, range(8), chunksize=1)
+    assert any("items 4-4" in n for n in getattr(info.value, "__notes__", []))
+    out = run_on(f"process-{method}", helpers.bad_result, range(8), chunksize=1, errors="collect")
+    assert isinstance(out[4], ItemFailed)
+    assert [x for i, x in enumerate(out) if i != 4] == [0, 1, 2, 3, 5, 6, 7]
+
+
+def test_optimize_rules_out_processes_for_unpicklable_results():
+    r = autopar.optimize(helpers.lock_result, range(200), executor_type="process")
+    assert r.executor_type == "serial"
+    assert any("processes ruled out" in w for w in r.warnings)
+
+
+# -- arguments -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kw, words",
+    [
+        (dict(errors="ignore"), "errors must be"),
+        (dict(timeout=0), "timeout must be"),
+        (dict(timeout="5"), "timeout must be"),
+        (dict(retries=-1), "retries must be"),
+        (dict(retry_backoff=-1), "retry_backoff"),
+    ],
+)
+def test_bad_run_arguments(kw, words):
+    with pytest.raises(ValueError, match=words):
+        execute(helpers.square, range(3), executor_type="thread", n_jobs=2, chunksize=1, **kw)
+
+
+# -- repeated use ----------------------------------------------------------------------------
+
+
+def _resources():
+    me = psutil.Process()
+    shm = set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
+    return len(me.children(recursive=True)), threading.active_count(), me.num_fds(), shm
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_500_calls_leave_nothing_behind():
+    kinds = [("serial", None), ("thread", None), ("process", "fork"), ("thread", None), ("serial", None)]
+    for i in range(20):  # warm up imports and caches
+        kind, method = kinds[i % len(kinds)]
+        execute(helpers.square, range(20), executor_type=kind, n_jobs=2, chunksize=5, start_method=method)
+    before = _resources()
+    for i in range(500):
+        kind, method = kinds[i % len(kinds)]
+        assert execute(helpers.square, range(20), executor_type=kind, n_jobs=2, chunksize=5, start_method=method) == [
+            x * x for x in range(20)
+        ]
+    time.sleep(0.5)
+    kids, threads, fds, shm = _resources()
+    assert kids <= before[0] and threads <= before[1]
+    assert fds <= before[2] + 2, (before[2], fds)
+    assert shm <= before[3]
