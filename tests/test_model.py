@@ -122,3 +122,10 @@ def test_serial_when_no_clear_gain():
     p = profile(item_time_mean=1e-3, n_items=40, thread_scaling=1.05)
     d = decide(p, system(2), dataclasses.replace(COSTS, process_start_base=0.02))
     assert d.best.executor_type == "serial"
+
+
+def test_large_results_warn():
+    p = profile(result_bytes=64 * 2**20, n_items=1000)  # 64 GB of results in all
+    d = decide(p, system(8, available=16 * GiB), COSTS)
+    assert any("execute_iter()" in w for w in d.warnings)
+    assert not any("execute_iter()" in w for w in decide(profile(), system(8), COSTS).warnings)
