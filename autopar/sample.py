@@ -231,6 +231,7 @@ SAMPLE_SHARE = 0.025  # share of the estimated total the serial sample (and the 
 CPU_BOUND = 0.5  # CPU/wall from which the probe reads scaling from CPU use, not wall time
 IO_BOUND = 0.3  # CPU/wall under which work is probed on IO_PROBE_THREADS threads
 IO_PROBE_THREADS = 8
+PROBE_ROUND_MIN = 0.02  # seconds of work per thread and round, at least
 
 
 def _cpu_ratio(ratios: list[float], own_ratios: list[float]) -> float:
@@ -324,7 +325,9 @@ def sample(
             target = min(budget, max(min_budget, SAMPLE_SHARE * n_total * mean))
         else:
             target = budget
-        if (elapsed >= target or waiting) and (timed >= min_timed or first_time >= target):
+        # The first item pays the warm-up: it stands alone only when it is longer than the
+        # whole budget (items of seconds), never just longer than a small job's share.
+        if (elapsed >= target or waiting) and (timed >= min_timed or first_time >= budget):
             break
         if n_total is not None:
             batch_size = min(batch_size, n_total - done)
@@ -414,7 +417,8 @@ def sample(
         if remaining is not None:
             probe_budget = min(probe_budget, max(min_budget, SAMPLE_SHARE * remaining * reference))
         per_thread = max(1, math.ceil(probe_budget / rounds / k / max(reference, 1e-9)))
-        per_thread = min(per_thread, 10_000)
+        # A round shorter than ~20 ms per thread measures the scheduler more than the work.
+        per_thread = min(max(per_thread, math.ceil(PROBE_ROUND_MIN / max(reference, 1e-9))), 10_000)
         if remaining is not None:
             per_thread = max(1, min(per_thread, remaining // (2 * rounds * k)))
             if remaining < rounds * k * per_thread + k:
