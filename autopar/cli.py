@@ -1,4 +1,4 @@
-"""The ``autopar`` command: ``info`` and ``optimize`` (``python -m autopar`` works too)."""
+"""The ``autopar`` command: ``info``, ``optimize``, ``pack``, ``demo`` (``python -m autopar`` too)."""
 
 from __future__ import annotations
 
@@ -114,6 +114,62 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pack_and_report(args: argparse.Namespace, src: str, dst: str) -> int:
+    from .image import ImageError
+    from .pack import pack
+
+    try:
+        report = pack(
+            src,
+            dst,
+            executor=args.executor,
+            jobs=args.jobs,
+            stretch=args.stretch,
+            z_crop=args.z_crop,
+            z_threshold=args.z_threshold,
+            per_image_contrast=args.per_image_contrast,
+            quality=args.quality,
+            dry_run=args.dry_run,
+            progress=not args.no_progress,
+        )
+    except ImageError as exc:
+        print(f"autopar: {exc}", file=sys.stderr)
+        return 2
+    print(report.summary())
+    if report.manifest is not None and not args.dry_run and report.written:
+        print(f"manifest: {dst}/manifest.json")
+    return 0 if report.ok else 1
+
+
+def cmd_pack(args: argparse.Namespace) -> int:
+    return _pack_and_report(args, args.input, args.output)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .pack import make_demo_data
+
+    root = Path(args.output)
+    src, dst = root / "input", root / "output"
+    print(f"writing sample stacks to {src} ...")
+    make_demo_data(src, channels=args.channels, timepoints=args.timepoints, shape=(args.depth, args.size, args.size))
+    print(f"packing into {dst}")
+    return _pack_and_report(args, str(src), str(dst))
+
+
+def _pack_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--executor", choices=["auto", "serial", "thread", "process"], default="auto")
+    p.add_argument("--jobs", type=int, help="workers (default: chosen per pass)")
+    p.add_argument("--stretch", choices=["smart", "smart-late", "imagej-auto", "max"], default="smart")
+    p.add_argument("--z-crop", choices=["slope", "threshold"], default="slope")
+    p.add_argument("--z-threshold", type=float, help="slope step or intensity threshold for the z crop")
+    p.add_argument("--per-image-contrast", action="store_true", help="limits per image, not per channel")
+    p.add_argument("--quality", type=int, default=87, help="WebP quality (default 87)")
+    p.add_argument("--dry-run", action="store_true", help="run the passes, write nothing")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="autopar", description="Measure a batch of work, then run it the best way.")
     parser.add_argument("--version", action="version", version=f"autopar {__version__}")
@@ -140,6 +196,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--progress", action="store_true", help="with --execute: a progress bar")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_optimize)
+
+    p = sub.add_parser("pack", help="a folder of TIFF stacks to WebP atlases and manifest.json")
+    p.add_argument("input", metavar="INPUT", help="folder with *_ch*_stack*.tif* files")
+    p.add_argument("output", metavar="OUTPUT", help="folder for the atlases and manifest.json")
+    _pack_options(p)
+    p.set_defaults(handler=cmd_pack)
+
+    p = sub.add_parser("demo", help="generate sample stacks and pack them")
+    p.add_argument("output", metavar="OUTPUT", nargs="?", default="autopar-demo", help="folder (default: ./autopar-demo)")
+    p.add_argument("--channels", type=int, default=2)
+    p.add_argument("--timepoints", type=int, default=6)
+    p.add_argument("--depth", type=int, default=96, help="slices per stack (default 96)")
+    p.add_argument("--size", type=int, default=512, help="width and height (default 512)")
+    _pack_options(p)
+    p.set_defaults(handler=cmd_demo)
     return parser
 
 

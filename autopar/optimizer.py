@@ -108,6 +108,7 @@ def optimize(
     start_method: str | None = None,
     max_jobs: int | None = None,
     sample_time: float = 0.2,
+    errors: str = "raise",
 ) -> OptimizationResult:
     """Measure ``func`` on a sample of ``data`` and choose how to run the rest.
 
@@ -128,7 +129,11 @@ def optimize(
     max_jobs
         An upper bound on the number of workers.
     sample_time
-        Most seconds the serial sample may take (less for small jobs: 5% of the estimated total).
+        Most seconds the serial sample may take (less for small jobs: 2.5% of the estimated
+        total).
+    errors
+        ``"collect"``: an item that fails in the sample gets an ``ItemFailed`` in its place
+        (as :func:`autopar.execute` does) instead of raising.
     """
     t0 = time.perf_counter()
     kind, n_jobs = check_args(func, data, executor_type, n_jobs, chunksize, start_method)
@@ -142,6 +147,7 @@ def optimize(
         budget=sample_time,
         probe_threads=max(2, min(system.usable_cores, 4)),
         probe=kind in (None, "thread", "process"),
+        collect=errors == "collect",
     )
     kinds = EXECUTOR_TYPES if kind is None else (kind,)
     d = decide(

@@ -250,6 +250,7 @@ def execute_iter(
             start_method=start_method,
             max_jobs=max_jobs,
             sample_time=sample_time,
+            errors=errors,
         )
     kind, n_jobs, chunksize = _configure(result, kind, n_jobs, chunksize)
     method = start_method or (result.start_method if result else default_start_method())
@@ -264,6 +265,10 @@ def execute_iter(
         total = result.profile.n_items if result is not None else total
         if stash.func is func:
             prefix, rest = stash.result_blocks, stash.rest
+            if stash.failures and errors != "collect":
+                # the sample collected failures the caller did not ask to collect
+                first = next(r for b in prefix for r in b if isinstance(r, ItemFailed))
+                _raise_failure((first.index, first.exception, first.traceback), "serial (sample)")
         elif stash.one_shot:
             rest = chain(chain.from_iterable(stash.item_blocks or ()), stash.rest)
         else:
@@ -280,6 +285,8 @@ def execute_iter(
         optimize_time=time.perf_counter() - t_begin,
         n_from_sample=sum(map(len, prefix)),
     )
+    if prefix and stash is not None:
+        report.failures.extend(stash.failures)
     if result is not None:
         report.predicted_time = result.predicted_time
         report.predicted_speedup = result.estimated_speedup

@@ -4,8 +4,9 @@ The serial sample grows until a time budget is spent (``budget`` seconds, or 2.5
 estimated total when the item count is known, whichever is smaller, never below
 ``min_budget``). On 2 cores a serial share f of the job costs about f of the parallel run's
 time, so the share is kept small. Fast items are timed in doubling batches so the clock does not dominate what
-it measures. The first item runs while a thread polls the resident memory (peak memory per item) and is
-left out of the timing figures when other items were timed (it pays the warm-up).
+it measures. A thread polls the resident memory (peak memory per item) while the second item,
+or for items too long for that the first probe round, runs; the first item is left out of the
+timing figures when other items were timed (it pays the warm-up).
 
 The **concurrency probe** then runs the next few items on ``k`` threads at once (8 for work
 that mostly waits), in two rounds (one for items of 50 ms or more); the better round counts,
@@ -33,8 +34,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
 from . import _serialize
-from ._worker import map_items
-from .errors import annotate
+from ._worker import run_items
+from .errors import ItemFailed, annotate
 
 try:
     import os as _os
@@ -104,6 +105,7 @@ class SampleStash:
     result_blocks: list[list[Any]]
     rest: Iterator[Any]
     exhausted: bool
+    failures: list[int] = field(default_factory=list)
     used: bool = field(default=False)
 
     def matches(self, data: Any) -> bool:
@@ -178,22 +180,39 @@ class _PeakRSS:
         self._thread.join()
 
 
-def _run_timed_first(func: Callable[..., Any], item: Any, index: int) -> tuple[Any, float, int, float, float]:
-    """Run the first item; returns (result, seconds, peak memory, process CPU, own CPU)."""
-    with _PeakRSS() as mem:
-        c0, h0, t0 = time.process_time(), time.thread_time(), time.perf_counter()
-        try:
-            result = func(item)
-        except BaseException as exc:
-            annotate(exc, index, "serial (sample)")
+def _run_timed_first(
+    func: Callable[..., Any], item: Any, index: int, collect: bool
+) -> tuple[Any, float, int, float, float]:
+    """Run the first item; returns (result, seconds, RSS growth, process CPU, own CPU)."""
+    rss0 = _PeakRSS.rss()
+    c0, h0, t0 = time.process_time(), time.thread_time(), time.perf_counter()
+    try:
+        result = func(item)
+    except Exception as exc:
+        annotate(exc, index, "serial (sample)")
+        if not collect:
             raise
-        elapsed = time.perf_counter() - t0
-        cpu, own = time.process_time() - c0, time.thread_time() - h0
-    return result, elapsed, max(mem.peak, 0), cpu, own
+        result = ItemFailed(index, exc)
+    except BaseException as exc:
+        annotate(exc, index, "serial (sample)")
+        raise
+    elapsed = time.perf_counter() - t0
+    cpu, own = time.process_time() - c0, time.thread_time() - h0
+    return result, elapsed, max(_PeakRSS.rss() - rss0, 0), cpu, own
+
+
+class _NoWatch:
+    peak = 0
+
+    def __enter__(self) -> "_NoWatch":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
 
 
 def _probe(
-    func: Callable[..., Any], items: list[Any], k: int, first_index: int
+    func: Callable[..., Any], items: list[Any], k: int, first_index: int, collect: bool = False
 ) -> tuple[list[Any], float, float]:
     """Run ``items`` on ``k`` threads at once. Returns (results, wall, process CPU)."""
     results: list[Any] = [None] * len(items)
@@ -205,7 +224,14 @@ def _probe(
         for i in range(slot, len(items), k):
             try:
                 results[i] = func(items[i])
-            except BaseException as exc:  # re-raised in the caller below
+            except Exception as exc:
+                if collect:
+                    annotate(exc, first_index + i, "thread (probe)")
+                    results[i] = ItemFailed(first_index + i, exc)
+                    continue
+                errors.append((i, exc))  # re-raised in the caller below
+                return
+            except BaseException as exc:
                 errors.append((i, exc))
                 return
 
@@ -267,6 +293,7 @@ def sample(
     min_budget: float = 0.02,
     probe_threads: int = 2,
     probe: bool = True,
+    collect: bool = False,
 ) -> tuple[Profile, SampleStash]:
     """Run a sample of ``data`` through ``func`` and measure it; see the module docstring."""
     t_begin = time.perf_counter()
@@ -276,6 +303,7 @@ def sample(
     # Items and results in blocks (one per batch): no copying of long lists.
     item_blocks: list[list[Any]] = []
     result_blocks: list[list[Any]] = []
+    failures: list[int] = []  # indices of the items that failed (collect mode)
     done = 0
     exhausted = False
 
@@ -298,7 +326,9 @@ def sample(
     peak = 0
     first_time = first_cpu = first_own = 0.0
     if first:
-        result, first_time, peak, first_cpu, first_own = _run_timed_first(func, first[0], 0)
+        result, first_time, peak, first_cpu, first_own = _run_timed_first(func, first[0], 0, collect)
+        if isinstance(result, ItemFailed):
+            failures.append(0)
         item_blocks.append(first)
         result_blocks.append([result])
         done = 1
@@ -308,6 +338,10 @@ def sample(
     ratios: list[float] = []  # CPU/wall of batches long enough for the CPU clock: process,
     own_ratios: list[float] = []  # and the calling thread alone
     min_timed = 2 if first_time < 0.005 else 1
+    # Peak memory: an item of under 1 ms cannot touch much memory, so the first item runs
+    # bare (its RSS growth only); a longer one has the next item, or the probe, watched by
+    # the RSS poller (a thread, about 1 ms to start and stop: too dear for tiny items).
+    watch_memory = first_time >= 1e-3
     # An item that mostly waits: the thread probe measures it better (and faster) than more
     # serial items would.
     waiting = first_time >= 1e-3 and first_own / first_time < IO_BOUND
@@ -334,12 +368,17 @@ def sample(
         batch = pull(batch_size)
         if not batch:
             break
-        c0, h0, t0 = time.process_time(), time.thread_time(), time.perf_counter()
-        out, offset, exc = map_items(func, batch)
-        if exc is not None:
-            annotate(exc, done + offset, "serial (sample)")
-            raise exc
-        dt, dc, dh = time.perf_counter() - t0, time.process_time() - c0, time.thread_time() - h0
+        with _PeakRSS() if watch_memory else _NoWatch() as mem:
+            c0, h0, t0 = time.process_time(), time.thread_time(), time.perf_counter()
+            out, failed = run_items(func, done, batch, collect, remote=False)
+            dt, dc, dh = time.perf_counter() - t0, time.process_time() - c0, time.thread_time() - h0
+        for index, exc, _ in failed:
+            annotate(exc, index, "serial (sample)")
+            if not collect or not isinstance(exc, Exception):
+                raise exc
+            failures.append(index)
+        if watch_memory:
+            peak, watch_memory = max(peak, mem.peak // len(batch)), False
         item_blocks.append(batch)
         result_blocks.append(out)
         done += len(batch)
@@ -428,17 +467,23 @@ def sample(
             probe_items = pull(k * per_thread)
             if len(probe_items) < 2:
                 if probe_items:  # the iterator ended: run the straggler serially
-                    out, offset, exc = map_items(func, probe_items)
-                    if exc is not None:
-                        annotate(exc, done + offset, "serial (sample)")
-                        raise exc
+                    out, failed = run_items(func, done, probe_items, collect, remote=False)
+                    for index, exc, _ in failed:
+                        annotate(exc, index, "serial (sample)")
+                        if not collect or not isinstance(exc, Exception):
+                            raise exc
+                        failures.append(index)
                     item_blocks.append(probe_items)
                     result_blocks.append(out)
                     done += len(probe_items)
                     n_sampled += len(probe_items)
                 break
             kk = min(k, len(probe_items))
-            probe_results, pwall, pcpu = _probe(func, probe_items, kk, done)
+            with _PeakRSS() if watch_memory else _NoWatch() as mem:
+                probe_results, pwall, pcpu = _probe(func, probe_items, kk, done, collect)
+            failures.extend(r.index for r in probe_results if isinstance(r, ItemFailed))
+            if watch_memory:  # items too long for a second serial one: k ran at once here
+                peak, watch_memory = max(peak, mem.peak // kk), False
             item_blocks.append(probe_items)
             result_blocks.append(probe_results)
             done += len(probe_items)
@@ -487,6 +532,7 @@ def sample(
         one_shot=one_shot,
         item_blocks=item_blocks if one_shot else None,
         result_blocks=result_blocks,
+        failures=failures,
         rest=it,
         exhausted=exhausted,
     )

@@ -127,6 +127,6 @@ def make_tiff_stacks(folder: str, count: int = 16, shape: tuple[int, int, int] =
             z, y, x = (int(rng.integers(0, s)) for s in shape)
             stack[max(z - 2, 0) : z + 2, max(y - 6, 0) : y + 6, max(x - 6, 0) : x + 6] += np.uint16(rng.integers(500, 4000))
         path = os.path.join(folder, f"stack_{i:03d}.tif")
-        tifffile.imwrite(path, stack, compression="zlib")
+        tifffile.imwrite(path, stack, compression="zlib", photometric="minisblack")
         paths.append(path)
     return paths

@@ -38,15 +38,28 @@ def _argv(command: str) -> list[str]:
 
 def test_readme_has_the_two_opening_commands():
     commands = readme_commands()
-    assert commands[0].startswith("pip install . &&") and "examples/quickstart.py" in commands[0]
+    assert commands[0] == "pip install . && autopar demo"
     assert commands[1] == 'pip install ".[test]" && python -m pytest -q'
 
 
-@pytest.mark.parametrize(
-    "command",
-    [c for c in readme_commands() if not c.startswith("pip install")],
-)  # the opening commands' python parts: test_example_runs and this very test suite
-def test_readme_command_runs(command):
+def test_readme_main_job_runs(tmp_path):
+    # The first command's run part, as written, in a scratch folder (it writes ./autopar-demo).
+    command = readme_commands()[0].split("&&", 1)[1].strip()
+    out = subprocess.run(_argv(command), cwd=tmp_path, capture_output=True, text=True, timeout=500)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "pass 2: render" in out.stdout
+    assert (tmp_path / "autopar-demo" / "output" / "manifest.json").is_file()
+
+
+@pytest.fixture(scope="module")
+def _readme_outputs():
+    yield
+    shutil.rmtree(ROOT / "autopar-demo-small", ignore_errors=True)  # written by the README's demo line
+
+
+@pytest.mark.parametrize("command", [c for c in readme_commands() if not c.startswith("pip install")])
+def test_readme_command_runs(command, _readme_outputs):
+    # Run in README order: the demo command writes the input the pack command reads.
     out = subprocess.run(_argv(command), cwd=ROOT, capture_output=True, text=True, timeout=500, env=dict(os.environ))
     assert out.returncode == 0, f"{command}\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}"
     assert out.stdout.strip()
@@ -56,4 +69,4 @@ def test_readme_command_runs(command):
 def test_example_runs(example):
     out = subprocess.run([sys.executable, str(ROOT / "examples" / example)], cwd=ROOT, capture_output=True, text=True, timeout=500)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "autopar chose" in out.stdout
+    assert "autopar chose" in out.stdout or "bright pixels" in out.stdout

@@ -1,0 +1,367 @@
+"""Image passes over 3D TIFF stacks: read, z-crop, contrast limits, stretch, atlas, WebP.
+
+Each pass is a plain function over one file, importable at module level, so that autopar can
+run it on any pool and a user can call it alone:
+
+* :func:`read_stack`: a TIFF (2D to 5D) as a ZYX array, singleton axes squeezed;
+* pass 0, :func:`scan_stack`: the z range with content (``slope`` or ``threshold``) and, for
+  integer stacks, exact per-slice histograms of the pixels above zero, so that pass 1 needs no
+  second read;
+* pass 1, :func:`limits_from_histogram` / :func:`contrast_limits`: contrast limits (``smart``,
+  ``smart-late``, ``imagej-auto``, ``max``) of the pixels above zero in the global crop;
+* pass 2, :func:`render_stack`: crop, stretch to uint8, tile the slices into a near-square atlas,
+  encode WebP and write it atomically (temp file in the same folder, then rename).
+
+Limits from a histogram equal the limits from the pixels: percentiles use the same linear
+interpolation between order statistics as ``np.percentile``, and the 512-bin histogram of the
+``smart`` modes bins the distinct values with their counts as weights, as ``np.histogram``
+would bin the pixels.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "FILE_GLOB",
+    "FILE_PATTERN",
+    "ImageError",
+    "Limits",
+    "StackInfo",
+    "atlas_layout",
+    "contrast_limits",
+    "limits_from_histogram",
+    "parse_name",
+    "read_stack",
+    "render_stack",
+    "scan_stack",
+    "stretch_to_uint8",
+    "tile_atlas",
+    "write_webp",
+    "z_range",
+]
+
+FILE_GLOB = "*_ch*_stack*.tif*"
+FILE_PATTERN = re.compile(r".*_ch(\d+)_stack(\d{4}).*?\.tiff?$")
+STRETCH_MODES = ("smart", "smart-late", "imagej-auto", "max")
+Z_CROP_METHODS = ("slope", "threshold")
+HIST_BINS = 512
+
+
+class ImageError(Exception):
+    """A stack that cannot be used; the message names the file."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    p_low: float
+    p_high: float
+
+
+@dataclass
+class StackInfo:
+    """What pass 0 learns about one stack."""
+
+    path: str
+    channel: int
+    time_id: str
+    shape: tuple[int, int, int]
+    dtype: str
+    z_start: int
+    z_end: int
+    nbytes: int
+    # For integer stacks: distinct values above zero and their counts, per z slice.
+    histograms: list[tuple[np.ndarray, np.ndarray]] | None = field(default=None, repr=False)
+
+
+def parse_name(path: str | Path) -> tuple[int, str]:
+    """(channel, time id such as ``stack0003``) from a file name, or ImageError naming it."""
+    name = Path(path).name
+    m = FILE_PATTERN.match(name)
+    if not m:
+        raise ImageError(f"{path}: the name does not match *_ch<N>_stack<NNNN>*.tif[f]")
+    return int(m.group(1)), f"stack{m.group(2)}"
+
+
+def read_stack(path: str | Path) -> np.ndarray:
+    """The stack as a ZYX array. 2D gets a Z axis of 1; 4D and 5D keep their last 3 axes."""
+    import tifffile
+
+    try:
+        data = tifffile.imread(path)
+    except Exception as exc:
+        raise ImageError(f"{path}: cannot read the TIFF ({type(exc).__name__}: {exc})") from exc
+    if data.size == 0:
+        raise ImageError(f"{path}: cannot read the TIFF (no image data in it)")
+    data = np.squeeze(data)
+    if data.ndim == 2:
+        data = data[np.newaxis]
+    elif data.ndim > 3:
+        data = data[(0,) * (data.ndim - 3)]
+    if data.ndim != 3 or data.size == 0:
+        raise ImageError(f"{path}: expected an image stack, got shape {data.shape}")
+    return data
+
+
+# -- pass 0: z range ------------------------------------------------------------------------
+
+
+def z_range(volume: np.ndarray, method: str = "slope", threshold: float | None = None) -> tuple[int, int]:
+    """The z range (inclusive) that holds content.
+
+    ``slope``: the max-intensity profile along z, smoothed (Gaussian, sigma 2), and its slope;
+    content starts where the rise first reaches ``threshold`` (default one half) of the steepest
+    rise, and ends where the fall last reaches that share of the steepest fall. A rise or fall
+    of less than 5% of the profile's range per slice does not count. ``threshold``: the slices
+    whose maximum exceeds ``threshold`` (default: 10% of the way from the profile's floor to its
+    peak). Either gives the full range when it finds nothing.
+    """
+    from scipy.ndimage import gaussian_filter1d
+
+    depth = volume.shape[0]
+    profile = volume.reshape(depth, -1).max(axis=1).astype(np.float64)
+    lo, hi = float(profile.min()), float(profile.max())
+    if depth < 3 or hi <= lo:
+        return 0, depth - 1
+    if method == "threshold":
+        level = threshold if threshold is not None else lo + 0.1 * (hi - lo)
+        above = np.flatnonzero(profile > level)
+        return (int(above[0]), int(above[-1])) if above.size else (0, depth - 1)
+    if method != "slope":
+        raise ValueError(f"z-crop method must be one of {Z_CROP_METHODS}, got {method!r}")
+    slope = np.gradient(gaussian_filter1d(profile, sigma=2.0, mode="nearest")) / (hi - lo)
+    share = threshold if threshold is not None else 0.5
+    rise, fall = float(slope.max()), float(slope.min())
+    start = int(np.flatnonzero(slope >= share * rise)[0]) if rise > 0.05 else 0
+    end = int(np.flatnonzero(slope <= share * fall)[-1]) if fall < -0.05 else depth - 1
+    if start > end:
+        return 0, depth - 1
+    return start, end
+
+
+def _slice_histograms(volume: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per z slice: the distinct values above zero and their counts (exact, integers only)."""
+    out = []
+    for plane in volume:
+        flat = plane.ravel()
+        counts = np.bincount(flat[flat > 0]) if flat.dtype.kind == "u" else None
+        if counts is None:
+            values, cnt = np.unique(flat[flat > 0], return_counts=True)
+        else:
+            values = np.flatnonzero(counts)
+            cnt = counts[values]
+        out.append((values.astype(np.int64), cnt.astype(np.int64)))
+    return out
+
+
+def scan_stack(path: str, method: str = "slope", threshold: float | None = None) -> StackInfo:
+    """Pass 0 on one file: shape, z range with content, and (integers) per-slice histograms."""
+    channel, time_id = parse_name(path)
+    volume = read_stack(path)
+    start, end = z_range(volume, method, threshold)
+    hists = _slice_histograms(volume) if volume.dtype.kind in "ui" else None
+    return StackInfo(
+        path=str(path),
+        channel=channel,
+        time_id=time_id,
+        shape=tuple(int(s) for s in volume.shape),  # type: ignore[arg-type]
+        dtype=str(volume.dtype),
+        z_start=start,
+        z_end=end,
+        nbytes=int(volume.nbytes),
+        histograms=hists,
+    )
+
+
+# -- pass 1: contrast limits ----------------------------------------------------------------
+
+
+def _percentiles(values: np.ndarray, counts: np.ndarray, qs: tuple[float, ...]) -> list[float]:
+    """``np.percentile`` (linear) of the data the histogram describes."""
+    cum = np.cumsum(counts)
+    n = int(cum[-1])
+    out = []
+    for q in qs:
+        h = (n - 1) * q / 100.0
+        lo = int(math.floor(h))
+        hi = min(lo + 1, n - 1)
+        v_lo = float(values[np.searchsorted(cum, lo, side="right")])
+        v_hi = float(values[np.searchsorted(cum, hi, side="right")])
+        out.append(v_lo + (h - lo) * (v_hi - v_lo))
+    return out
+
+
+def _slope_cutoffs(values: np.ndarray, counts: np.ndarray) -> tuple[float | None, float | None]:
+    """Where the smoothed slope of the log histogram stays steeply negative: first from the
+    low end (``smart``) and last from the high end (``smart-late``)."""
+    from scipy.ndimage import gaussian_filter1d
+
+    vmin, vmax = float(values[0]), float(values[-1])
+    hist, edges = np.histogram(values, bins=HIST_BINS, range=(vmin, vmax), weights=counts)
+    slope = gaussian_filter1d(np.gradient(np.log10(hist.astype(np.float32) + 1e-6)), sigma=3.0, mode="reflect")
+    centers = (edges[:-1] + edges[1:]) / 2.0
+    window, offset, steep = 5, 10, -0.1
+    steep_run = np.convolve((slope < steep).astype(np.int32), np.ones(window, dtype=np.int32), mode="valid") == window
+    early = late = None
+    first = [i for i in np.flatnonzero(steep_run) if offset <= i < len(slope) - window - offset]
+    if first:
+        early = float(centers[first[0]])
+    last = [i + window - 1 for i in np.flatnonzero(steep_run) if offset + window - 1 < i + window - 1 <= len(slope) - offset - 1]
+    if last:
+        late = float(centers[last[-1]])
+    return early, late
+
+
+def limits_from_histogram(values: np.ndarray, counts: np.ndarray, mode: str = "smart") -> Limits:
+    """Contrast limits of the pixels a histogram describes (see the module docstring)."""
+    if mode not in STRETCH_MODES:
+        raise ValueError(f"stretch mode must be one of {STRETCH_MODES}, got {mode!r}")
+    if values.size == 0:
+        return Limits(0.0, 0.0)
+    vmin, vmax = float(values[0]), float(values[-1])
+    if mode == "max" or vmin == vmax:
+        return Limits(vmin, vmax)
+    if mode == "imagej-auto":
+        lo, hi = _percentiles(values, counts, (0.35, 99.65))
+        return Limits(lo, hi)
+    p1, p99, p999 = _percentiles(values, counts, (1.0, 99.0, 99.9))
+    early, late = _slope_cutoffs(values, counts)
+    early = early if early is not None else p99
+    late = late if late is not None else p999
+    if early >= late:  # the cutoffs crossed: both fall back to the full range
+        early, late = vmin, vmax
+    return Limits(p1, early if mode == "smart" else late)
+
+
+def _merge(hists: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    hists = [h for h in hists if h[0].size]
+    if not hists:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    values = np.concatenate([v for v, _ in hists])
+    counts = np.concatenate([c for _, c in hists])
+    uniq, inverse = np.unique(values, return_inverse=True)
+    return uniq, np.bincount(inverse, weights=counts).astype(np.int64)
+
+
+def contrast_limits(
+    info: StackInfo, z_start: int, z_end: int, mode: str = "smart", volume: np.ndarray | None = None
+) -> Limits:
+    """Limits of one stack's pixels above zero in ``z_start..z_end``: from pass 0's histograms,
+    or from ``volume`` (float stacks) when there are none."""
+    if info.histograms is not None:
+        values, counts = _merge(info.histograms[z_start : z_end + 1])
+    else:
+        if volume is None:
+            volume = read_stack(info.path)
+        data = volume[z_start : z_end + 1].ravel()
+        data = data[data > 0] if np.any(data > 0) else data
+        values, counts = np.unique(data, return_counts=True)
+    return limits_from_histogram(values, counts, mode)
+
+
+def float_stack_limits(path: str, z_start: int, z_end: int, mode: str) -> Limits:
+    """Pass 1 for a stack without histograms (floating point): read it again."""
+    channel, time_id = parse_name(path)
+    info = StackInfo(path, channel, time_id, (0, 0, 0), "float", z_start, z_end, 0, None)
+    return contrast_limits(info, z_start, z_end, mode)
+
+
+# -- pass 2: stretch, atlas, WebP -----------------------------------------------------------
+
+
+def stretch_to_uint8(volume: np.ndarray, limits: Limits) -> np.ndarray:
+    """Linear stretch of ``[p_low, p_high]`` to 0..255 (float32 arithmetic), clipped."""
+    lo, hi = limits.p_low, limits.p_high
+    if hi <= lo:
+        return np.where(volume <= lo, 0, 255).astype(np.uint8)
+    scaled = (volume.astype(np.float32) - np.float32(lo)) / np.float32(hi - lo)
+    np.clip(scaled, 0.0, 1.0, out=scaled)
+    scaled *= 255.0
+    return scaled.astype(np.uint8)
+
+
+def atlas_layout(depth: int) -> tuple[int, int]:
+    """(cols, rows) of a near-square atlas: cols = ceil(sqrt(depth)), rows = ceil(depth/cols)."""
+    cols = max(1, math.ceil(math.sqrt(depth)))
+    return cols, max(1, math.ceil(depth / cols))
+
+
+def tile_atlas(volume: np.ndarray) -> np.ndarray:
+    """Slices laid out row by row in a 2D atlas; unused tiles stay black."""
+    depth, height, width = volume.shape
+    cols, rows = atlas_layout(depth)
+    atlas = np.zeros((rows * height, cols * width), dtype=volume.dtype)
+    for z in range(depth):
+        r, c = divmod(z, cols)
+        atlas[r * height : (r + 1) * height, c * width : (c + 1) * width] = volume[z]
+    return atlas
+
+
+def write_webp(image: np.ndarray, out_path: str | Path, quality: int = 87, method: int = 6, lossless: bool = False) -> int:
+    """Encode ``image`` as WebP and write it atomically; returns its size in bytes."""
+    from PIL import Image
+
+    out_path = Path(out_path)
+    fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            Image.fromarray(image).save(fh, format="WEBP", quality=quality, method=method, lossless=lossless)
+        os.replace(tmp, out_path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return out_path.stat().st_size
+
+
+def output_name(time_id: str, channel: int) -> str:
+    return f"volume_{time_id}_c{channel}.webp"
+
+
+@dataclass(frozen=True)
+class RenderJob:
+    """Pass 2 for one file: what to crop, the limits to stretch with, where to write."""
+
+    path: str
+    channel: int
+    time_id: str
+    z_start: int
+    z_end: int
+    limits: Limits
+    output_dir: str
+    quality: int = 87
+    method: int = 6
+    lossless: bool = False
+    dry_run: bool = False
+
+
+def render_stack(job: RenderJob) -> dict[str, Any]:
+    """Pass 2 on one file: read, crop, stretch, tile, encode, write. Returns what was written."""
+    volume = read_stack(job.path)
+    end = min(job.z_end, volume.shape[0] - 1)
+    cropped = volume[job.z_start : end + 1]
+    if cropped.size == 0:
+        raise ImageError(f"{job.path}: the z range {job.z_start}-{job.z_end} is outside its {volume.shape[0]} slices")
+    atlas = tile_atlas(stretch_to_uint8(cropped, job.limits))
+    name = output_name(job.time_id, job.channel)
+    size = 0
+    if not job.dry_run:
+        size = write_webp(atlas, Path(job.output_dir) / name, job.quality, job.method, job.lossless)
+    return {
+        "file": name,
+        "time_id": job.time_id,
+        "channel": job.channel,
+        "atlas_shape": atlas.shape,
+        "bytes_in": int(volume.nbytes),
+        "bytes_out": size,
+    }

@@ -1,0 +1,342 @@
+"""``pack``: a folder of TIFF stacks to WebP atlases and a manifest.json, each pass tuned alone.
+
+::
+
+    INPUT/*_ch*_stack*.tif* ─► pass 0 scan (read, z range, histograms) ──► global z range
+                                        │                                  (union over files)
+                                        ▼
+                               pass 1 limits (from the histograms; float stacks are read again)
+                                        │  per channel over all timepoints, or per image
+                                        ▼
+                               pass 2 render (read, crop, stretch, atlas, WebP, atomic write)
+                                        │
+                                        ▼
+                               OUTPUT/volume_stackNNNN_cC.webp + manifest.json (atomic)
+
+Pass 0 and pass 2 each go through :func:`autopar.execute` with ``errors="collect"``, so each
+pass gets its own executor choice (the reads may scale differently from the WebP encodes) and
+a bad file is reported by name while every other file is still processed. Files run largest
+first, so the last worker is not left with the biggest file. Outputs are written to a temp file
+in the output folder and renamed: no half-written ``.webp`` or manifest is ever left.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from . import image
+from .errors import ItemFailed
+from .run import execute
+
+__all__ = ["PackReport", "PassReport", "pack"]
+
+
+@dataclass
+class PassReport:
+    name: str
+    executor: str
+    n_jobs: int
+    chunksize: int
+    wall_time: float
+    files: int
+    megabytes: float
+
+    @property
+    def files_per_s(self) -> float:
+        return self.files / self.wall_time if self.wall_time > 0 else 0.0
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.megabytes / self.wall_time if self.wall_time > 0 else 0.0
+
+    def line(self) -> str:
+        how = self.executor if self.executor == "serial" else f"{self.executor} x{self.n_jobs} (chunksize {self.chunksize})"
+        return (
+            f"{self.name:<18} {how:<30} {self.wall_time:7.2f} s  {self.files_per_s:6.2f} files/s  "
+            f"{self.mb_per_s:7.1f} MB/s"
+        )
+
+
+@dataclass
+class PackReport:
+    passes: list[PassReport] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    written: list[str] = field(default_factory=list)
+    manifest: dict[str, Any] | None = None
+    wall_time: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def summary(self) -> str:
+        lines = [f"{'pass':<18} {'executor':<30} {'time':>9}  {'throughput':>14}  {'input':>12}"]
+        lines.extend(p.line() for p in self.passes)
+        lines.append(f"wrote {len(self.written)} atlases in {self.wall_time:.2f} s")
+        if self.errors:
+            lines.append(f"{len(self.errors)} problems:")
+            lines.extend(f"  ! {e}" for e in self.errors)
+        return "\n".join(lines)
+
+
+def _write_json_atomic(data: dict[str, Any], path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh, indent=2)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def _check_output(output: Path) -> None:
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=output, prefix=".autopar-write-test-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise image.ImageError(f"{output}: cannot write to the output folder ({exc})") from exc
+
+
+def _run_pass(
+    name: str,
+    func: Callable[[Any], Any],
+    items: list[Any],
+    megabytes: float,
+    report: PackReport,
+    executor: str,
+    jobs: int | None,
+    progress: bool,
+) -> list[Any]:
+    t0 = time.perf_counter()
+    kind = None if executor == "auto" else executor
+    results, run = execute(
+        func, items, executor_type=kind, n_jobs=jobs, errors="collect", progress=progress, desc=name, return_report=True
+    )
+    report.passes.append(
+        PassReport(name, run.executor_type, run.n_jobs, run.chunksize, time.perf_counter() - t0, len(items), megabytes)
+    )
+    return results
+
+
+def _failure_text(item: Any, failed: ItemFailed) -> str:
+    exc = failed.exception
+    text = str(exc)
+    if isinstance(exc, image.ImageError):
+        return text
+    return f"{item}: {type(exc).__name__}: {text}"
+
+
+def pack(
+    input_dir: str | Path,
+    output_dir: str | Path,
+    *,
+    executor: str = "auto",
+    jobs: int | None = None,
+    stretch: str = "smart",
+    z_crop: str = "slope",
+    z_threshold: float | None = None,
+    per_image_contrast: bool = False,
+    quality: int = 87,
+    method: int = 6,
+    lossless: bool = False,
+    dry_run: bool = False,
+    progress: bool = False,
+) -> PackReport:
+    """Pack the TIFF stacks of ``input_dir`` into WebP atlases and a manifest in ``output_dir``.
+
+    Returns a :class:`PackReport`; ``report.ok`` is False when any file failed (the others are
+    still written, and the manifest lists what was written).
+    """
+    if stretch not in image.STRETCH_MODES:
+        raise ValueError(f"stretch must be one of {image.STRETCH_MODES}, got {stretch!r}")
+    if z_crop not in image.Z_CROP_METHODS:
+        raise ValueError(f"z_crop must be one of {image.Z_CROP_METHODS}, got {z_crop!r}")
+    t_begin = time.perf_counter()
+    report = PackReport()
+    src, out = Path(input_dir), Path(output_dir)
+    if not src.is_dir():
+        raise image.ImageError(f"{src}: no such input folder")
+    if not dry_run:
+        _check_output(out)
+
+    # Files: the glob, then the exact name pattern; largest first.
+    paths = []
+    for p in sorted(src.glob(image.FILE_GLOB)):
+        if image.FILE_PATTERN.match(p.name):
+            paths.append(str(p))
+        else:
+            report.errors.append(f"{p}: the name does not match *_ch<N>_stack<NNNN>*.tif[f]; skipped")
+    if not paths:
+        report.errors.append(f"{src}: no files matching {image.FILE_GLOB}")
+        report.wall_time = time.perf_counter() - t_begin
+        return report
+    paths.sort(key=lambda p: os.path.getsize(p), reverse=True)
+    total_mb = sum(os.path.getsize(p) for p in paths) / 1e6
+
+    # Pass 0: scan every stack once.
+    scan = _Scan(z_crop, z_threshold)
+    scanned = _run_pass("pass 0: scan", scan, paths, total_mb, report, executor, jobs, progress)
+    infos: list[image.StackInfo] = []
+    for path, res in zip(paths, scanned):
+        if isinstance(res, ItemFailed):
+            report.errors.append(_failure_text(path, res))
+        else:
+            infos.append(res)
+    # Every stack must have the same height and width (depths may differ: crops are clamped).
+    if infos:
+        common = Counter(i.shape[1:] for i in infos).most_common(1)[0][0]
+        for i in [i for i in infos if i.shape[1:] != common]:
+            report.errors.append(
+                f"{i.path}: its slices are {i.shape[2]}x{i.shape[1]}, the others' {common[1]}x{common[0]}; skipped"
+            )
+        infos = [i for i in infos if i.shape[1:] == common]
+    if not infos:
+        report.wall_time = time.perf_counter() - t_begin
+        return report
+    z0 = min(i.z_start for i in infos)
+    z1 = max(i.z_end for i in infos)
+
+    # Pass 1: limits of the cropped stacks, from pass 0's histograms (no second read).
+    t1 = time.perf_counter()
+    limits: dict[str, image.Limits] = {}
+    for i in infos:
+        end = min(z1, i.shape[0] - 1)
+        if i.histograms is not None:
+            limits[i.path] = image.contrast_limits(i, z0, end, stretch)
+        else:
+            limits[i.path] = image.float_stack_limits(i.path, z0, end, stretch)
+        i.histograms = None  # done with them
+    report.passes.append(
+        PassReport("pass 1: limits", "serial", 1, 1, time.perf_counter() - t1, len(infos), 0.0)
+    )
+    global_limits: dict[int, image.Limits] = {}
+    by_channel: dict[int, list[image.Limits]] = defaultdict(list)
+    for i in infos:
+        by_channel[i.channel].append(limits[i.path])
+    for ch, ls in by_channel.items():
+        lo, hi = min(x.p_low for x in ls), max(x.p_high for x in ls)
+        global_limits[ch] = image.Limits(lo, hi if hi > lo else lo + 1e-6)
+
+    # Pass 2: render every stack.
+    jobs_ = [
+        image.RenderJob(
+            path=i.path,
+            channel=i.channel,
+            time_id=i.time_id,
+            z_start=z0,
+            z_end=min(z1, i.shape[0] - 1),
+            limits=limits[i.path] if per_image_contrast else global_limits[i.channel],
+            output_dir=str(out),
+            quality=quality,
+            method=method,
+            lossless=lossless,
+            dry_run=dry_run,
+        )
+        for i in infos
+    ]
+    rendered = _run_pass(
+        "pass 2: render", image.render_stack, jobs_, sum(i.nbytes for i in infos) / 1e6, report, executor, jobs, progress
+    )
+    done = []
+    for job, res in zip(jobs_, rendered):
+        if isinstance(res, ItemFailed):
+            report.errors.append(_failure_text(job.path, res))
+        else:
+            done.append((job, res))
+            report.written.append(res["file"])
+
+    # Manifest: what was written, in the viewers' schema.
+    height, width = infos[0].shape[1:]
+    depth = z1 - z0 + 1
+    cols, rows = image.atlas_layout(depth)
+    timepoints: dict[str, dict[str, Any]] = {}
+    for job, res in sorted(done, key=lambda d: (d[0].time_id, d[0].channel)):
+        tp = timepoints.setdefault(job.time_id, {"time": job.time_id, "files": {}})
+        tp["files"][f"c{job.channel}"] = {"file": res["file"], "p_low": job.limits.p_low, "p_high": job.limits.p_high}
+    if per_image_contrast:
+        intensity = {
+            f"c{ch}": {"p_low": min(limits[i.path].p_low for i in infos if i.channel == ch),
+                       "p_high": max(limits[i.path].p_high for i in infos if i.channel == ch)}
+            for ch in sorted(by_channel)
+        }
+    else:
+        intensity = {f"c{ch}": {"p_low": lim.p_low, "p_high": lim.p_high} for ch, lim in sorted(global_limits.items())}
+    manifest = {
+        "tile_layout": {"cols": cols, "rows": rows},
+        "volume_size": {"width": width, "height": height, "depth": depth},
+        "channels": max(i.channel for i in infos) + 1,
+        "global_z_crop_range": [z0, z1],
+        "timepoints": [timepoints[t] for t in sorted(timepoints)],
+        "global_intensity": intensity,
+    }
+    report.manifest = manifest
+    if done and not dry_run:
+        _write_json_atomic(manifest, out / "manifest.json")
+    report.wall_time = time.perf_counter() - t_begin
+    return report
+
+
+class _Scan:
+    """Pass 0's function with its settings (a picklable callable for any pool)."""
+
+    def __init__(self, method: str, threshold: float | None) -> None:
+        self.method = method
+        self.threshold = threshold
+
+    def __call__(self, path: str) -> image.StackInfo:
+        return image.scan_stack(path, self.method, self.threshold)
+
+
+def _write_demo_stack(spec: tuple[str, int, int, tuple[int, int, int], int]) -> Path:
+    """One sample stack (see :func:`make_demo_data`)."""
+    import numpy as np
+    import tifffile
+
+    folder, c, t, shape, seed = spec
+    rng = np.random.default_rng([seed, t, c])
+    depth, height, width = shape
+    stack = rng.poisson(20 + 10 * c, size=shape).astype(np.uint16)
+    for _ in range(40):
+        # centres in the middle half of z, narrow along z: the ends stay empty
+        z = int(rng.integers(depth // 4 + 1, max(depth - depth // 4 - 1, depth // 4 + 2)))
+        y, x = int(rng.integers(0, height)), int(rng.integers(0, width))
+        r, rz = float(rng.uniform(3, 9)), max(depth / 24, 0.5)
+        # the blob only where it is brighter than the noise: a box around its centre
+        z0, z1 = max(z - int(3 * rz) - 1, 0), min(z + int(3 * rz) + 2, depth)
+        y0, y1 = max(y - int(3 * r), 0), min(y + int(3 * r) + 1, height)
+        x0, x1 = max(x - int(3 * r), 0), min(x + int(3 * r) + 1, width)
+        zz, yy, xx = np.ogrid[z0:z1, y0:y1, x0:x1]
+        blob = np.exp(-(((zz - z) / rz) ** 2 + ((yy - y) / r) ** 2 + ((xx - x) / r) ** 2))
+        stack[z0:z1, y0:y1, x0:x1] += (blob * rng.uniform(300, 3000 + 400 * t)).astype(np.uint16)
+    path = Path(folder) / f"demo_ch{c}_stack{t:04d}.tif"
+    tifffile.imwrite(path, stack, compression="zlib", compressionargs={"level": 1}, photometric="minisblack")
+    return path
+
+
+def make_demo_data(
+    folder: str | Path,
+    channels: int = 2,
+    timepoints: int = 4,
+    shape: tuple[int, int, int] = (64, 512, 512),
+    seed: int = 0,
+) -> list[Path]:
+    """A sample dataset: uint16 stacks with sparse bright blobs over Poisson noise, empty
+    slices at both ends of z (for the crop to find), zlib-compressed. Written with
+    :func:`autopar.execute`, which picks the pool for it too."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    specs = [(str(folder), c, t, tuple(shape), seed) for t in range(timepoints) for c in range(channels)]
+    return execute(_write_demo_stack, specs)
