@@ -163,7 +163,7 @@ def _pack_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--jobs", type=int, help="workers (default: chosen per pass)")
     p.add_argument("--stretch", choices=["smart", "smart-late", "imagej-auto", "max"], default="smart")
     p.add_argument("--z-crop", choices=["slope", "threshold"], default="slope")
-    p.add_argument("--z-threshold", type=float, help="slope step or intensity threshold for the z crop")
+    p.add_argument("--z-threshold", type=float, help="z crop: slope step per slice (slope, default 20) or intensity (threshold, default 0)")
     p.add_argument("--per-image-contrast", action="store_true", help="limits per image, not per channel")
     p.add_argument("--quality", type=int, default=87, help="WebP quality (default 87)")
     p.add_argument("--dry-run", action="store_true", help="run the passes, write nothing")

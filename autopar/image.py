@@ -115,36 +115,42 @@ def read_stack(path: str | Path) -> np.ndarray:
 
 
 def z_range(volume: np.ndarray, method: str = "slope", threshold: float | None = None) -> tuple[int, int]:
-    """The z range (inclusive) that holds content.
+    """The z range (inclusive) that holds content, as PixelPacker 0.3.0 finds it.
 
-    ``slope``: the max-intensity profile along z, smoothed (Gaussian, sigma 2), and its slope;
-    content starts where the rise first reaches ``threshold`` (default one half) of the steepest
-    rise, and ends where the fall last reaches that share of the steepest fall. A rise or fall
-    of less than 5% of the profile's range per slice does not count. ``threshold``: the slices
-    whose maximum exceeds ``threshold`` (default: 10% of the way from the profile's floor to its
-    peak). Either gives the full range when it finds nothing.
+    Both methods read the max-intensity profile along z (the brightest pixel of each slice).
+    ``slope``: smoothed (Gaussian, sigma 2, reflected at the ends), then its slope per slice, in
+    intensity units (an integer stack's smoothed profile is rounded to integers, as
+    PixelPacker's is): content starts at the first slice, from the 4th on, where the slope stays
+    above ``threshold`` (default 20) for 2 slices, and ends one past the last slice, from the
+    4th-last back, where it stays below ``-threshold`` for 2 slices. ``threshold``: the slices
+    whose maximum exceeds ``threshold`` (default 0). Either gives the full range when it finds
+    no edge; stacks of 8 slices or fewer are not cropped by ``slope``.
     """
     from scipy.ndimage import gaussian_filter1d
 
     depth = volume.shape[0]
-    profile = volume.reshape(depth, -1).max(axis=1).astype(np.float64)
-    lo, hi = float(profile.min()), float(profile.max())
-    if depth < 3 or hi <= lo:
-        return 0, depth - 1
+    profile = volume.reshape(depth, -1).max(axis=1)  # in the stack's dtype: smoothing an
+    # integer profile gives integers, and the crop edges depend on that rounding
     if method == "threshold":
-        level = threshold if threshold is not None else lo + 0.1 * (hi - lo)
+        level = 0.0 if threshold is None else threshold
         above = np.flatnonzero(profile > level)
         return (int(above[0]), int(above[-1])) if above.size else (0, depth - 1)
     if method != "slope":
         raise ValueError(f"z-crop method must be one of {Z_CROP_METHODS}, got {method!r}")
-    slope = np.gradient(gaussian_filter1d(profile, sigma=2.0, mode="nearest")) / (hi - lo)
-    share = threshold if threshold is not None else 0.5
-    rise, fall = float(slope.max()), float(slope.min())
-    start = int(np.flatnonzero(slope >= share * rise)[0]) if rise > 0.05 else 0
-    end = int(np.flatnonzero(slope <= share * fall)[-1]) if fall < -0.05 else depth - 1
-    if start > end:
+    offset, window = 3, 2
+    step = 20.0 if threshold is None else threshold
+    if depth <= 2 * offset + window:
         return 0, depth - 1
-    return start, end
+    slope = np.gradient(gaussian_filter1d(profile, sigma=2.0, mode="reflect"))
+    rising = (slope[:-1] > step) & (slope[1:] > step)  # rising[i]: slices i and i+1
+    falling = (slope[:-1] < -step) & (slope[1:] < -step)
+    starts = [i for i in np.flatnonzero(rising) if offset <= i < depth - window]
+    ends = [i + 1 for i in np.flatnonzero(falling) if window - 1 < i + 1 <= depth - offset - 1]
+    start = int(starts[0]) if starts else 0
+    end = int(ends[-1]) + 1 if ends else depth - 1
+    if start >= end:
+        return 0, depth - 1
+    return start, min(end, depth - 1)
 
 
 def _slice_histograms(volume: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -63,15 +63,22 @@ def test_parse_name():
 # -- pass 0: z crop ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("method", ["slope", "threshold"])
-def test_z_range_finds_the_slices_with_content(method):
-    start, end = image.z_range(stack_with_content(first=5, last=14), method)
+@pytest.mark.parametrize("method, threshold", [("slope", None), ("threshold", 100)])
+def test_z_range_finds_the_slices_with_content(method, threshold):
+    start, end = image.z_range(stack_with_content(first=5, last=14), method, threshold)
     assert 3 <= start <= 6 and 13 <= end <= 17
     assert start <= 5 and end >= 14  # content is never cut
 
 
 def test_z_range_of_a_flat_stack_is_everything():
-    assert image.z_range(np.full((7, 4, 4), 3, np.uint16)) == (0, 6)
+    assert image.z_range(np.full((12, 4, 4), 3, np.uint16)) == (0, 11)
+    assert image.z_range(np.full((12, 4, 4), 3, np.uint16), "threshold", 5) == (0, 11)
+
+
+def test_z_range_threshold_default_keeps_slices_above_zero():
+    stack = np.zeros((10, 4, 4), np.uint16)
+    stack[2:7] = 1
+    assert image.z_range(stack, "threshold") == (2, 6)
 
 
 # -- pass 1: limits ---------------------------------------------------------------------------
