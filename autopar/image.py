@@ -21,14 +21,14 @@ would bin the pixels.
 from __future__ import annotations
 
 import math
-import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ._atomic import atomic_write
 
 __all__ = [
     "FILE_GLOB",
@@ -316,17 +316,8 @@ def write_webp(image: np.ndarray, out_path: str | Path, quality: int = 87, metho
     from PIL import Image
 
     out_path = Path(out_path)
-    fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            Image.fromarray(image).save(fh, format="WEBP", quality=quality, method=method, lossless=lossless)
-        os.replace(tmp, out_path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    with atomic_write(out_path) as fh:
+        Image.fromarray(image).save(fh, format="WEBP", quality=quality, method=method, lossless=lossless)
     return out_path.stat().st_size
 
 

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import image
+from ._atomic import atomic_write
 from .errors import ItemFailed
 from .run import execute
 
@@ -84,20 +85,6 @@ class PackReport:
             lines.append(f"{len(self.errors)} problems:")
             lines.extend(f"  ! {e}" for e in self.errors)
         return "\n".join(lines)
-
-
-def _write_json_atomic(data: dict[str, Any], path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 def _check_output(output: Path) -> None:
@@ -284,7 +271,8 @@ def pack(
     }
     report.manifest = manifest
     if done and not dry_run:
-        _write_json_atomic(manifest, out / "manifest.json")
+        with atomic_write(out / "manifest.json", "w") as fh:
+            json.dump(manifest, fh, indent=2)
     report.wall_time = time.perf_counter() - t_begin
     return report
 

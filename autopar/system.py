@@ -21,7 +21,6 @@ import multiprocessing as mp
 import os
 import platform
 import sys
-import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -29,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+
+from ._atomic import atomic_write
 
 __all__ = [
     "PoolCosts",
@@ -361,11 +362,8 @@ def _pool_costs_cached(start_method: str) -> PoolCosts:
     costs = _measure(start_method)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        # Atomic write: a reader never sees half a file.
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
-        with os.fdopen(fd, "w") as fh:
+        with atomic_write(path, "w") as fh:  # another process never reads half a file
             json.dump(costs.to_dict(), fh, indent=1)
-        os.replace(tmp, path)
     except OSError:
         pass  # a read-only cache directory only costs a re-measure next time
     return costs

@@ -92,24 +92,19 @@ def image_pass(path: str) -> int:
     WebP's size in bytes.
     """
     import os
-    import tempfile
 
     import tifffile
     from PIL import Image
+
+    from ._atomic import atomic_write
 
     stack = tifffile.imread(path)
     proj = stack.max(axis=0).astype(np.float32)
     lo, hi = np.percentile(proj, (0.5, 99.5))
     scaled = np.clip((proj - lo) / max(hi - lo, 1.0) * 255.0, 0, 255).astype(np.uint8)
     out = os.path.splitext(path)[0] + ".webp"
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(out), suffix=".webp.tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            Image.fromarray(scaled).save(fh, format="WEBP", quality=87, method=6)
-        os.replace(tmp, out)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with atomic_write(out) as fh:
+        Image.fromarray(scaled).save(fh, format="WEBP", quality=87, method=6)
     return os.path.getsize(out)
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import platform
 import shutil
 import statistics
@@ -72,18 +71,15 @@ def run_workload(name: str, func: Callable[[Any], Any], items: list[Any], repeat
     if serial < 0.1:  # fast workloads are noisy and cheap: more runs
         repeats *= 5
         serial = statistics.median(serial_times + [timed(lambda: [func(x) for x in items]) for _ in range(repeats)])
-    results = []
-    for kind, n, cs in grid(len(items)):
-        if kind == "process" and cs == 1 and len(items) > 20_000:
-            # chunksize 1 over 200,000 items: tens of seconds, one run is plenty
-            t = timed(lambda: autopar.execute(func, items, executor_type=kind, n_jobs=n, chunksize=cs, adapt=False))
-        else:
-            t = timed(lambda: autopar.execute(func, items, executor_type=kind, n_jobs=n, chunksize=cs, adapt=False))
-        results.append((t, kind, n, cs))
-    results.sort()
+    def forced(kind: str, n: int, cs: int) -> float:
+        return timed(lambda: autopar.execute(func, items, executor_type=kind, n_jobs=n, chunksize=cs, adapt=False))
+
+    # Every grid entry once (chunksize 1 over 200,000 items takes tens of seconds), then the
+    # three fastest again.
+    results = sorted((forced(kind, n, cs), kind, n, cs) for kind, n, cs in grid(len(items)))
     best_runs = []
     for _, kind, n, cs in results[:3]:
-        runs = [timed(lambda: autopar.execute(func, items, executor_type=kind, n_jobs=n, chunksize=cs, adapt=False)) for _ in range(repeats - 1)]
+        runs = [forced(kind, n, cs) for _ in range(repeats - 1)]
         first = next(t for t, k, nn, c in results if (k, nn, c) == (kind, n, cs))
         best_runs.append((statistics.median([first, *runs]), kind, n, cs))
     best_t, bkind, bn, bcs = min(best_runs)

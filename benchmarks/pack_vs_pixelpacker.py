@@ -88,7 +88,7 @@ def compare(a_dir: Path, p_dir: Path) -> list[str]:
             if abs(mine - lim[k]) > 0.01 * max(abs(lim[k]), 1e-9):
                 diffs.append(f"global_intensity {ch} {k}: autopar {mine} vs PixelPacker {lim[k]}")
     for tp in p["timepoints"]:
-        for ch, entry in tp["files"].items():
+        for entry in tp["files"].values():
             with Image.open(a_dir / entry["file"]) as ia, Image.open(p_dir / entry["file"]) as ip:
                 if ia.size != ip.size:
                     diffs.append(f"{entry['file']}: autopar {ia.size} vs PixelPacker {ip.size}")

@@ -8,7 +8,6 @@ has a deadlock timeout.
 from __future__ import annotations
 
 import os
-import pickle
 import signal
 import subprocess
 import sys

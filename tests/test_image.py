@@ -15,7 +15,7 @@ import tifffile
 from PIL import Image
 
 from autopar import image
-from autopar.pack import make_demo_data, pack
+from autopar.pack import pack
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.timeout(180)
