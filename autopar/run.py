@@ -725,20 +725,23 @@ class _PoolRun:
 
     # -- timeouts -------------------------------------------------------------------------
 
+    def _stuck_limit(self) -> float:
+        """Seconds without a finished chunk after which the pool counts as stuck: the longest
+        in-flight chunk's items times the timeout, plus 1 s for processes, whose workers stop a
+        slow item themselves (SIGALRM); this catches an item stuck where no signal reaches it,
+        and threads, which nothing can interrupt."""
+        longest = max(len(c.items) for c in self.inflight)
+        return longest * (self.job.timeout or 0.0) + (1.0 if self.job.kind == "process" else 0.0)
+
     def _wait_timeout(self) -> float | None:
-        """How long to wait for a chunk before calling the pool stuck (None: forever)."""
+        """How long to wait for a chunk now (None: forever, when there is no timeout)."""
         if self.job.timeout is None:
             return None
-        longest = max(len(c.items) for c in self.inflight)
-        # Process workers stop a slow item themselves (SIGALRM); this catches an item stuck
-        # where no signal reaches it, and threads, which nothing can interrupt.
-        grace = 1.0 if self.job.kind == "process" else 0.0
-        limit = longest * self.job.timeout + grace
-        return max(limit - (time.monotonic() - self.last_progress), 0.01)
+        return max(self._stuck_limit() - (time.monotonic() - self.last_progress), 0.01)
 
     def _stuck(self) -> None:
         job = self.job
-        if time.monotonic() - self.last_progress < self._wait_timeout_total():
+        if time.monotonic() - self.last_progress < self._stuck_limit():
             return
         unfinished = [c for c in self.inflight if not c.checked and not c.future.done()]
         if not unfinished:
@@ -764,10 +767,6 @@ class _PoolRun:
             raise error
         self._fail_chunk(stuck, error)
         self._resubmit_lost(count_attempt=False)
-
-    def _wait_timeout_total(self) -> float:
-        longest = max(len(c.items) for c in self.inflight)
-        return longest * (self.job.timeout or 0.0) + (1.0 if self.job.kind == "process" else 0.0)
 
     # -- broken pools ---------------------------------------------------------------------
 
