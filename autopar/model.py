@@ -187,7 +187,7 @@ def best_chunksize(
 
 
 def _n_options(limit: int, cores: int) -> list[int]:
-    opts = {cores}
+    opts = {cores, limit}  # the limit: e.g. one worker per remaining item
     n = 1
     while n <= limit:
         opts.add(n)

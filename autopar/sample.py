@@ -180,6 +180,41 @@ class _PeakRSS:
         self._thread.join()
 
 
+class _Speculation:
+    """Runs one item on a helper thread if the caller's item is still running after ``delay``.
+
+    The thread starts at once but waits: ``stop_or_finish()`` either cancels it (the first
+    item was quick: nothing ran) or waits for its item to finish."""
+
+    def __init__(self, func: Callable[..., Any], item: Any, index: int, delay: float, collect: bool) -> None:
+        self.item = item
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.ran = False
+        self.wall = self.own_cpu = 0.0
+        self._cancel = threading.Event()
+
+        def work() -> None:
+            if self._cancel.wait(delay):
+                return
+            self.ran = True
+            h0, t0 = time.thread_time(), time.perf_counter()
+            try:
+                self.result = func(item)
+            except BaseException as exc:  # handed to the caller by sample()
+                self.error = exc
+                if collect and isinstance(exc, Exception):
+                    self.result = ItemFailed(index, exc)
+            self.wall, self.own_cpu = time.perf_counter() - t0, time.thread_time() - h0
+
+        self._thread = threading.Thread(target=work, name="autopar-sample-ahead", daemon=True)
+        self._thread.start()
+
+    def stop_or_finish(self) -> None:
+        self._cancel.set()
+        self._thread.join()
+
+
 def _run_timed_first(
     func: Callable[..., Any], item: Any, index: int, collect: bool
 ) -> tuple[Any, float, int, float, float]:
@@ -258,6 +293,7 @@ CPU_BOUND = 0.5  # CPU/wall from which the probe reads scaling from CPU use, not
 IO_BOUND = 0.3  # CPU/wall under which work is probed on IO_PROBE_THREADS threads
 IO_PROBE_THREADS = 8
 PROBE_ROUND_MIN = 0.02  # seconds of work per thread and round, at least
+SPECULATE_MAX_ITEMS = 1000  # jobs of at most this many items start a second item early
 
 
 def _cpu_ratio(ratios: list[float], own_ratios: list[float]) -> float:
@@ -311,8 +347,13 @@ def sample(
     seq = data if type(data) in (list, tuple) else None
     pos = 0
 
+    pushed_back: list[Any] = []  # an item taken ahead and not run after all
+
     def pull(n: int) -> list[Any]:
         nonlocal exhausted, pos
+        if pushed_back and n > 0:
+            head = [pushed_back.pop()]
+            return head + pull(n - 1) if n > 1 else head
         if seq is not None:
             batch = list(seq[pos : pos + n]) if type(seq) is tuple else seq[pos : pos + n]
             pos += len(batch)
@@ -321,20 +362,55 @@ def sample(
         exhausted = exhausted or len(batch) < n
         return batch
 
-    # First item: warm-up and peak memory.
+    # First item: warm-up and peak memory. For a short job of slow items, a helper thread
+    # starts the second item once the first has run past the budget, so that a core does not
+    # sit idle for a whole slow item (see _Speculation).
     first = pull(1)
     peak = 0
     first_time = first_cpu = first_own = 0.0
+    spec: _Speculation | None = None
+    if first and n_total is not None and 3 <= n_total <= SPECULATE_MAX_ITEMS and probe:
+        second = pull(1)
+        if second:
+            spec = _Speculation(func, second[0], 1, min_budget, collect)
     if first:
-        result, first_time, peak, first_cpu, first_own = _run_timed_first(func, first[0], 0, collect)
+        try:
+            result, first_time, peak, first_cpu, first_own = _run_timed_first(func, first[0], 0, collect)
+        finally:
+            if spec is not None:
+                spec.stop_or_finish()
         if isinstance(result, ItemFailed):
             failures.append(0)
         item_blocks.append(first)
         result_blocks.append([result])
         done = 1
+        if spec is not None:
+            if spec.ran and first_time > 0 and first_own / first_time >= CPU_BOUND / 2:
+                # The helper shared the machine with the first item: its own CPU time is its
+                # serial time, and its CPU ratio is its own (the helper's CPU is not its).
+                first_time = max(first_own, 1e-9)
+                first_cpu = first_own
+            if spec.ran and spec.error is not None:
+                annotate(spec.error, 1, "thread (sample)")
+                if not collect or not isinstance(spec.error, Exception):
+                    raise spec.error
+                failures.append(1)
+            if spec.ran:
+                item_blocks.append([spec.item])
+                result_blocks.append([spec.result])
+                done = 2
+            else:  # the first item was quick: the second runs with the others
+                pushed_back.append(spec.item)
+                exhausted = False
 
     # Serial sample in batches: (size, seconds) pairs, plus CPU over the same span.
     batches: list[tuple[int, float]] = []
+    if spec is not None and spec.ran and spec.error is None and spec.wall > 0:
+        # The item run ahead counts as a timed one: its own CPU time when it is CPU-bound
+        # (it shared the machine with the first item), else its wall time.
+        spec_ratio = spec.own_cpu / spec.wall
+        spec_time = max(spec.own_cpu, 1e-9) if spec_ratio >= CPU_BOUND / 2 else spec.wall
+        batches.append((1, spec_time))
     ratios: list[float] = []  # CPU/wall of batches long enough for the CPU clock: process,
     own_ratios: list[float] = []  # and the calling thread alone
     min_timed = 2 if first_time < 0.005 else 1
@@ -347,7 +423,11 @@ def sample(
     waiting = first_time >= 1e-3 and first_own / first_time < IO_BOUND
     if waiting:
         min_timed = 0
-    cpu_total = wall_total = 0.0
+    cpu_total = 0.0
+    wall_total = sum(t for _, t in batches)
+    if batches:  # the item run ahead: CPU-bound counts as 1 (its process CPU was shared)
+        ratios.append(1.0 if spec_ratio >= CPU_BOUND / 2 else spec_ratio)
+        own_ratios.append(ratios[-1])
     batch_size = 1
     while not exhausted:
         elapsed = time.perf_counter() - t_begin
