@@ -19,6 +19,11 @@ throughput against the serial items' mean time. Whether threads
 run in parallel (NumPy, tifffile, zlib and Pillow release the GIL; pure Python does not) cannot
 be read from the CPU/wall ratio; the probe measures it.
 
+In a short job (at most ``SPECULATE_MAX_ITEMS`` items), a helper thread starts the second item
+once the first has run ``min_budget``: with slow items, a core would otherwise idle through the
+whole first item. The first item's serial time then comes from its own thread's CPU time when
+it is CPU-bound, and the item run ahead counts as a timed sample.
+
 Every item the sample or the probe ran is kept with its result in a :class:`SampleStash`, so
 ``execute()`` neither loses items of a one-shot iterator nor computes them twice.
 """
