@@ -139,7 +139,7 @@ def get_executor(
 
     The yielded executor works with :func:`autopar.execute` (``pool=``) and on its own.
     """
-    from .optimizer import check_args
+    from .optimizer import check_pool_args
     from .result import OptimizationResult
 
     if isinstance(kind, OptimizationResult):
@@ -150,7 +150,7 @@ def get_executor(
         raise ValueError(
             "get_executor('auto') needs the result of optimize(): get_executor(optimize(func, data))"
         )
-    _, n_jobs = check_args(len, (), kind, n_jobs, None, start_method)
+    _, n_jobs = check_pool_args(kind, n_jobs, start_method)
     pool = make_executor(kind, n_jobs or usable_cores(), start_method=start_method, blas_threads=blas_threads)
     ok = False
     try:

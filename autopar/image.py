@@ -273,13 +273,6 @@ def contrast_limits(
     return limits_from_histogram(values, counts, mode)
 
 
-def float_stack_limits(path: str, z_start: int, z_end: int, mode: str) -> Limits:
-    """Pass 1 for a stack without histograms (floating point): read it again."""
-    channel, time_id = parse_name(path)
-    info = StackInfo(path, channel, time_id, (0, 0, 0), "float", z_start, z_end, 0, None)
-    return contrast_limits(info, z_start, z_end, mode)
-
-
 # -- pass 2: stretch, atlas, WebP -----------------------------------------------------------
 
 

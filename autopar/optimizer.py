@@ -9,9 +9,9 @@ from typing import Any, Callable, Iterable
 from .model import Candidate, Decision, decide
 from .result import OptimizationResult
 from .sample import sample
-from .system import default_start_method, pool_costs, system_info
+from .system import START_METHODS, default_start_method, pool_costs, system_info
 
-__all__ = ["optimize", "check_args", "pending_result"]
+__all__ = ["optimize", "check_args", "check_pool_args", "pending_result"]
 
 # One-shot iterators optimize() has read from, so that execute(func, it) without the result
 # still finds the items the sample took. Weak: a dropped iterator drops its entry.
@@ -31,21 +31,10 @@ def pending_result(data: Any) -> OptimizationResult | None:
 EXECUTOR_TYPES = ("serial", "thread", "process")
 
 
-def check_args(
-    func: Any,
-    data: Any,
-    executor_type: str | None,
-    n_jobs: int | None,
-    chunksize: int | None,
-    start_method: str | None = None,
+def check_pool_args(
+    executor_type: str | None, n_jobs: int | None, start_method: str | None = None
 ) -> tuple[str | None, int | None]:
-    """Validate the common arguments; returns (executor_type or None for auto, n_jobs)."""
-    if not callable(func):
-        raise TypeError(f"func must be callable, got {type(func).__name__}: {func!r:.80}")
-    try:
-        iter(data)
-    except TypeError:
-        raise TypeError(f"data must be iterable, got {type(data).__name__}") from None
+    """Validate the pool arguments; returns (executor_type or None for auto, n_jobs)."""
     if executor_type in (None, "auto"):
         executor_type = None
     elif executor_type not in EXECUTOR_TYPES:
@@ -62,13 +51,32 @@ def check_args(
             n_jobs = usable_cores()
         elif n_jobs < 1:
             raise ValueError(f"n_jobs must be a positive int or -1 (all usable cores), got {n_jobs}")
+    if start_method is not None and start_method not in START_METHODS:
+        raise ValueError(f"start_method must be one of {START_METHODS}, got {start_method!r}")
+    return executor_type, n_jobs
+
+
+def check_args(
+    func: Any,
+    data: Any,
+    executor_type: str | None,
+    n_jobs: int | None,
+    chunksize: int | None,
+    start_method: str | None = None,
+) -> tuple[str | None, int | None]:
+    """Validate the arguments of optimize()/execute(); returns (executor_type, n_jobs)."""
+    if not callable(func):
+        raise TypeError(f"func must be callable, got {type(func).__name__}: {func!r:.80}")
+    try:
+        iter(data)
+    except TypeError:
+        raise TypeError(f"data must be iterable, got {type(data).__name__}") from None
+    executor_type, n_jobs = check_pool_args(executor_type, n_jobs, start_method)
     if chunksize is not None:
         if isinstance(chunksize, bool) or not isinstance(chunksize, int):
             raise TypeError(f"chunksize must be an int, got {type(chunksize).__name__}")
         if chunksize < 1:
             raise ValueError(f"chunksize must be a positive int, got {chunksize}")
-    if start_method is not None and start_method not in ("fork", "spawn", "forkserver"):
-        raise ValueError(f"start_method must be 'fork', 'spawn' or 'forkserver', got {start_method!r}")
     return executor_type, n_jobs
 
 

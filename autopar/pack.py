@@ -199,12 +199,8 @@ def pack(
     # Pass 1: limits of the cropped stacks, from pass 0's histograms (no second read).
     t1 = time.perf_counter()
     limits: dict[str, image.Limits] = {}
-    for i in infos:
-        end = min(z1, i.shape[0] - 1)
-        if i.histograms is not None:
-            limits[i.path] = image.contrast_limits(i, z0, end, stretch)
-        else:
-            limits[i.path] = image.float_stack_limits(i.path, z0, end, stretch)
+    for i in infos:  # float stacks have no histograms: contrast_limits reads them again
+        limits[i.path] = image.contrast_limits(i, z0, min(z1, i.shape[0] - 1), stretch)
         i.histograms = None  # done with them
     report.passes.append(
         PassReport("pass 1: limits", "serial", 1, 1, time.perf_counter() - t1, len(infos), 0.0)

@@ -459,8 +459,6 @@ def _run(job: _Job, prefix: list[list[Any]], rest: Iterator[Any], total: int | N
     report = job.report
     t_run = time.perf_counter()
     index = n_prefix = sum(map(len, prefix))
-    busy_time = 0.0
-    busy_items = 0
     try:
         job.bar.update(n_prefix)
         yield from prefix
@@ -485,7 +483,8 @@ def _run(job: _Job, prefix: list[list[Any]], rest: Iterator[Any], total: int | N
                 # Blocks grow while they stay short, so progress stays live for slow items.
                 if time.perf_counter() - tb < 0.02:
                     block_size = min(block_size * 2, 4096)
-            busy_time, busy_items = time.perf_counter() - t0, index - n_prefix
+            if index > n_prefix:
+                report.measured_item_time = (time.perf_counter() - t0) / (index - n_prefix)
         else:
             for values in _PoolRun(job, rest, index, total).results():
                 index += len(values)
@@ -497,8 +496,6 @@ def _run(job: _Job, prefix: list[list[Any]], rest: Iterator[Any], total: int | N
         report.n_items = index
         report.run_time = now - t_run
         report.wall_time = now - t_begin
-        if busy_items:
-            report.measured_item_time = busy_time / busy_items
         if job.result is not None and report.completed:
             report.serial_estimate = (index - n_prefix) * job.result.profile.item_time_mean
 

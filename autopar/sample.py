@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 import operator
+from contextlib import nullcontext
 from itertools import islice
 import threading
 import time
@@ -241,15 +242,6 @@ def _run_timed_first(
     return result, elapsed, max(_PeakRSS.rss() - rss0, 0), cpu, own
 
 
-class _NoWatch:
-    peak = 0
-
-    def __enter__(self) -> "_NoWatch":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        pass
-
 
 def _probe(
     func: Callable[..., Any], items: list[Any], k: int, first_index: int, collect: bool = False
@@ -453,7 +445,7 @@ def sample(
         batch = pull(batch_size)
         if not batch:
             break
-        with _PeakRSS() if watch_memory else _NoWatch() as mem:
+        with _PeakRSS() if watch_memory else nullcontext() as mem:
             c0, h0, t0 = time.process_time(), time.thread_time(), time.perf_counter()
             out, failed = run_items(func, done, batch, collect, remote=False)
             dt, dc, dh = time.perf_counter() - t0, time.process_time() - c0, time.thread_time() - h0
@@ -564,7 +556,7 @@ def sample(
                     n_sampled += len(probe_items)
                 break
             kk = min(k, len(probe_items))
-            with _PeakRSS() if watch_memory else _NoWatch() as mem:
+            with _PeakRSS() if watch_memory else nullcontext() as mem:
                 probe_results, pwall, pcpu = _probe(func, probe_items, kk, done, collect)
             failures.extend(r.index for r in probe_results if isinstance(r, ItemFailed))
             if watch_memory:  # items too long for a second serial one: k ran at once here

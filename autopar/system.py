@@ -224,16 +224,15 @@ def _cache_file(start_method: str) -> Path:
     return cache_dir() / f"pool-costs-{start_method}-{digest}.json"
 
 
-def _hold(seconds: float) -> int:
+def _hold(seconds: float) -> None:
     time.sleep(seconds)
-    return os.getpid()
 
 
 def _noop(x: Any) -> Any:
     return x
 
 
-def _echo_len(payload: bytes) -> bytes:
+def _echo(payload: bytes) -> bytes:
     return payload
 
 
@@ -262,15 +261,15 @@ def _loaded_task_cost(ctx: Any, n: int, spin: float = 5e-4, tasks: int = 400) ->
     return max(wall - ideal, 0.0) * min(n, usable_cores()) / tasks
 
 
-def _time_pool_start(make_pool: Any, n: int, hold: float) -> tuple[float, list[int]]:
-    """Start a pool of n workers, make every worker run one task, shut it down."""
+def _time_pool_start(make_pool: Any, n: int, hold: float) -> float:
+    """Seconds to start a pool of n workers, have each run one task, and shut it down."""
     t0 = time.perf_counter()
     pool = make_pool(n)
     try:
-        pids = list(pool.map(_hold, [hold] * n))
+        list(pool.map(_hold, [hold] * n))  # each task holds its worker: all n start
     finally:
         pool.shutdown(wait=True)
-    return time.perf_counter() - t0 - hold, pids
+    return time.perf_counter() - t0 - hold
 
 
 def _task_overhead(pool: Any, n_tasks: int) -> float:
@@ -296,8 +295,8 @@ def _measure(start_method: str) -> PoolCosts:
         return ProcessPoolExecutor(max_workers=n, mp_context=ctx)
 
     # Start cost at n=1 and n=n_hi, two tries each; a line through the medians.
-    p1 = _median([_time_pool_start(make_proc, 1, hold)[0] for _ in range(2)])
-    phi = _median([_time_pool_start(make_proc, n_hi, hold)[0] for _ in range(2)])
+    p1 = _median([_time_pool_start(make_proc, 1, hold) for _ in range(2)])
+    phi = _median([_time_pool_start(make_proc, n_hi, hold) for _ in range(2)])
     per_worker = max((phi - p1) / (n_hi - 1), 0.0)
     base = max(p1 - per_worker, 0.0)
 
@@ -313,7 +312,7 @@ def _measure(start_method: str) -> PoolCosts:
         payload = b"\0" * (4 << 20)
         t0 = time.perf_counter()
         for _ in range(4):
-            pool.submit(_echo_len, payload).result()
+            pool.submit(_echo, payload).result()
         per_byte = max((time.perf_counter() - t0) / 4 - task, 0.0) / (2 * len(payload))
         try:
             worker_mem = psutil.Process(pid).memory_full_info().uss
@@ -328,8 +327,8 @@ def _measure(start_method: str) -> PoolCosts:
     def make_thread(n: int) -> ThreadPoolExecutor:
         return ThreadPoolExecutor(max_workers=n)
 
-    t1 = _median([_time_pool_start(make_thread, 1, 0.0)[0] for _ in range(3)])
-    thi = _median([_time_pool_start(make_thread, n_hi, 0.0)[0] for _ in range(3)])
+    t1 = _median([_time_pool_start(make_thread, 1, 0.0) for _ in range(3)])
+    thi = _median([_time_pool_start(make_thread, n_hi, 0.0) for _ in range(3)])
     t_per_worker = max((thi - t1) / (n_hi - 1), 0.0)
     with ThreadPoolExecutor(max_workers=1) as tpool:
         _task_overhead(tpool, 50)

@@ -7,12 +7,10 @@ importable at module level, so each runs in any pool under any start method.
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import numpy as np
 
 __all__ = [
-    "WORKLOADS",
     "large_input",
     "large_result",
     "numpy_gil_free",
@@ -71,18 +69,6 @@ def make_skewed_items(count: int, base: int = 2_000, seed: int = 0) -> list[int]
     rng = np.random.default_rng(seed)
     sizes = (rng.pareto(1.5, count) + 1.0) * base
     return [int(s) for s in np.minimum(sizes, base * 60)]
-
-
-WORKLOADS: dict[str, tuple[Any, Any]] = {
-    # name: (function, factory of items)
-    "pure-python-cpu": (pure_python_cpu, lambda: [60_000] * 48),
-    "numpy-gil-free": (numpy_gil_free, lambda: list(range(48))),
-    "sleep-io": (sleep_io, lambda: [0.01] * 100),
-    "tiny-tasks": (tiny, lambda: list(range(200_000))),
-    "large-results": (large_result, lambda: list(range(48))),
-    "large-inputs": (large_input, lambda: [np.random.default_rng(i).random(1 << 20) for i in range(24)]),
-    "skewed": (skewed, lambda: make_skewed_items(200)),
-}
 
 
 def image_pass(path: str) -> int:

@@ -91,9 +91,15 @@ def hang(x: int, bad: int = 3, seconds: float = 30.0) -> int:
     return x
 
 
+HANG_DONE = threading.Event()  # set when hang_briefly's stuck call returns (threads only)
+
+
 def hang_briefly(x: int) -> int:
     """Stuck for 1.5 s on item 3: long enough to time out, short enough to end by itself."""
-    return hang(x, seconds=1.5)
+    out = hang(x, seconds=1.5)
+    if x == 3:
+        HANG_DONE.set()
+    return out
 
 
 def blocks_signals(x: int, bad: int = 3) -> int:
