@@ -6,13 +6,14 @@ way and returns the results in input order.
 """
 
 from .errors import AutoparError, ItemFailed, ItemTimeout, RemoteTraceback, WorkerDied, WorkerError
-from .executors import SerialExecutor, get_executor
-from .model import Candidate
-from .optimizer import optimize
-from .result import OptimizationResult
+from .backends.pools import SerialExecutor, get_executor
 from .run import ExecutionIterator, ExecutionReport, execute, execute_iter
-from .sample import Profile
-from .system import PoolCosts, SystemInfo, pool_costs, system_info, usable_cores
+from .tune.costs import PoolCosts, pool_costs
+from .tune.model import Candidate
+from .tune.optimize import optimize
+from .tune.result import OptimizationResult
+from .tune.sample import Profile
+from .tune.system import SystemInfo, system_info, usable_cores
 
 __version__ = "0.1.0"
 

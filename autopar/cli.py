@@ -11,9 +11,10 @@ import time
 from typing import Any, Sequence
 
 from . import __version__
-from .optimizer import optimize
+from .tune.optimize import optimize
 from .run import execute
-from .system import pool_costs, system_info
+from .tune.costs import pool_costs
+from .tune.system import system_info
 
 
 def _gib(n: float) -> str:
@@ -116,7 +117,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
 
 def _pack_and_report(args: argparse.Namespace, src: str, dst: str) -> int:
     from .image import ImageError
-    from .pack import pack
+    from .image.pack import pack
 
     try:
         report = pack(
@@ -148,7 +149,7 @@ def cmd_pack(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .pack import make_demo_data
+    from .image.pack import make_demo_data
 
     root = Path(args.output)
     src, dst = root / "input", root / "output"

@@ -37,7 +37,7 @@ from typing import Any
 from PIL import Image
 
 import autopar
-from autopar.pack import make_demo_data, pack
+from autopar.image.pack import make_demo_data, pack
 
 
 def run_pixelpacker(exe: str, src: Path, dst: Path, executor: str, threads: int) -> dict[str, Any]:

@@ -14,8 +14,8 @@ import pytest
 import tifffile
 from PIL import Image
 
-from autopar import image
-from autopar.pack import pack
+from autopar.image import passes as image
+from autopar.image.pack import pack
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.timeout(180)

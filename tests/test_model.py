@@ -6,9 +6,10 @@ import dataclasses
 
 import pytest
 
-from autopar.model import _makespan_items, best_chunksize, decide, gil_share
-from autopar.sample import Profile
-from autopar.system import PoolCosts, SystemInfo
+from autopar.tune.model import _makespan_items, best_chunksize, decide, gil_share
+from autopar.tune.sample import Profile
+from autopar.tune.costs import PoolCosts
+from autopar.tune.system import SystemInfo
 
 GiB = 2**30
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import autopar
-from autopar.system import system_info
+from autopar.tune.system import system_info
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.timeout(300)

@@ -19,8 +19,8 @@ import traceback
 from collections import OrderedDict
 from typing import Any, Callable
 
-from ._serialize import CLOUDPICKLE, dumps, loads
-from .errors import ItemFailed, ItemTimeout, WorkerError
+from .._serialize import CLOUDPICKLE, dumps, loads
+from ..errors import ItemFailed, ItemTimeout, WorkerError
 
 _FUNCS: "OrderedDict[str, Callable[..., Any]]" = OrderedDict()
 _FUNC_CACHE_SIZE = 8

@@ -22,7 +22,7 @@ usable cores::
   parent's dispatch work is taken from theirs, which makes tiny chunks cost more than their
   idle-pool round trip suggests.
 * Every figure is measured: ``t``, ``sd``, ``r``, pickle sizes and times and thread scaling by
-  the sample; start costs, task overhead and seconds per byte by :mod:`autopar.system`.
+  the sample; start costs, task overhead and seconds per byte by :mod:`autopar.tune.costs`.
 
 Serial wins unless the best parallel candidate is clearly faster (``MIN_SPEEDUP`` and
 ``MIN_SAVING``); between a thread and a process candidate within ``THREAD_PREFERENCE`` of each
@@ -36,7 +36,8 @@ from dataclasses import asdict, dataclass
 from typing import Any, Iterable
 
 from .sample import Profile
-from .system import PoolCosts, SystemInfo
+from .costs import PoolCosts
+from .system import SystemInfo
 
 __all__ = ["Candidate", "Decision", "decide", "best_chunksize", "workload_type"]
 

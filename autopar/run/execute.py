@@ -33,15 +33,16 @@ from dataclasses import asdict, dataclass, field, replace
 from itertools import chain, islice
 from typing import Any, Callable, Iterable, Iterator
 
-from . import _serialize
-from ._worker import _Alarm, run_items, run_local, run_remote
-from .errors import ItemFailed, ItemTimeout, RemoteTraceback, WorkerDied, annotate
-from .executors import executor_kind, make_executor, pool_size, terminate
-from .model import best_chunksize
-from .optimizer import check_args, optimize, pending_result
-from .result import OptimizationResult
-from .sample import known_length
-from .system import default_start_method, pool_costs, usable_cores
+from .. import _serialize
+from ..backends.worker import _Alarm, run_items, run_local, run_remote
+from ..errors import ItemFailed, ItemTimeout, RemoteTraceback, WorkerDied, annotate
+from ..backends.pools import executor_kind, make_executor, pool_size, terminate
+from ..tune.model import best_chunksize
+from ..tune.optimize import check_args, optimize, pending_result
+from ..tune.result import OptimizationResult
+from ..tune.sample import known_length
+from ..tune.costs import pool_costs
+from ..tune.system import default_start_method, usable_cores
 
 __all__ = ["ExecutionIterator", "ExecutionReport", "execute", "execute_iter"]
 

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from ._atomic import atomic_write
+from .._atomic import atomic_write
 
 __all__ = [
     "FILE_GLOB",

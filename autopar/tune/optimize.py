@@ -9,7 +9,8 @@ from typing import Any, Callable, Iterable
 from .model import Candidate, Decision, decide
 from .result import OptimizationResult
 from .sample import sample
-from .system import START_METHODS, default_start_method, pool_costs, system_info
+from .costs import pool_costs
+from .system import START_METHODS, default_start_method, system_info
 
 __all__ = ["optimize", "check_args", "check_pool_args", "pending_result"]
 

@@ -31,10 +31,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from . import image
-from ._atomic import atomic_write
-from .errors import ItemFailed
-from .run import execute
+from . import passes as image
+from .._atomic import atomic_write
+from ..errors import ItemFailed
+from ..run import execute
 
 __all__ = ["PackReport", "PassReport", "pack"]
 

@@ -1,14 +1,9 @@
-"""Facts about the machine, as autopar sees it.
+"""Pool costs on this machine, measured with real pools and cached on disk.
 
-Two kinds of facts live here:
-
-* cheap ones read every time a process asks (:func:`system_info`): usable cores after CPU
-  affinity and the cgroup quota, physical cores, free memory (and the cgroup memory limit),
-  the default start method, whether the GIL is enabled, the BLAS thread pools;
-* costly ones measured with real pools (:func:`pool_costs`): the time to start and stop a pool
-  of n threads or processes, the per-task round trip, and the cost of moving bytes to a worker
-  process and back. They are measured once per machine, Python and start method and cached as
-  JSON in the user's cache directory (``AUTOPAR_CACHE_DIR`` overrides it).
+The time to start and stop a pool of n threads or processes, the per-task round trip, the CPU
+one task costs when the workers fill every core, and the cost of moving bytes to a worker
+process and back. Measured once per machine, Python and start method and cached as JSON in the
+user's cache directory (``AUTOPAR_CACHE_DIR`` overrides it).
 """
 
 from __future__ import annotations
@@ -16,7 +11,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import math
 import multiprocessing as mp
 import os
 import platform
@@ -29,140 +23,13 @@ from typing import Any
 
 import psutil
 
-from ._atomic import atomic_write
+from .._atomic import atomic_write
+from .system import START_METHODS, default_start_method, usable_cores
 
-__all__ = [
-    "PoolCosts",
-    "SystemInfo",
-    "cache_dir",
-    "pool_costs",
-    "system_info",
-    "usable_cores",
-]
+__all__ = ["PoolCosts", "cache_dir", "pool_costs"]
 
 _COSTS_VERSION = 4
-START_METHODS = ("fork", "spawn", "forkserver")
 
-
-def _cgroup_cpu_quota() -> float | None:
-    """Cores allowed by the cgroup CPU quota, or None when there is no quota."""
-    try:  # cgroup v2
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
-        if quota != "max":
-            return int(quota) / int(period)
-        return None
-    except (OSError, ValueError):
-        pass
-    try:  # cgroup v1
-        quota_us = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text())
-        period_us = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text())
-        if quota_us > 0 and period_us > 0:
-            return quota_us / period_us
-    except (OSError, ValueError):
-        pass
-    return None
-
-
-def _cgroup_memory_limit() -> int | None:
-    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
-        try:
-            text = Path(path).read_text().strip()
-        except OSError:
-            continue
-        if text.isdigit() and int(text) < 1 << 60:
-            return int(text)
-    return None
-
-
-def usable_cores() -> int:
-    """Cores this process may really use: CPU affinity and cgroup quota, not ``os.cpu_count()``.
-
-    ``AUTOPAR_CPU_COUNT`` overrides the measured figure (useful to model a smaller machine).
-    """
-    override = os.environ.get("AUTOPAR_CPU_COUNT")
-    if override:
-        return max(1, int(override))
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    quota = _cgroup_cpu_quota()
-    if quota is not None:
-        cores = min(cores, max(1, math.ceil(quota)))
-    return max(1, cores)
-
-
-def _gil_enabled() -> bool:
-    check = getattr(sys, "_is_gil_enabled", None)
-    return True if check is None else bool(check())
-
-
-def _blas_pools() -> tuple[dict[str, Any], ...]:
-    from threadpoolctl import threadpool_info
-
-    keys = ("user_api", "internal_api", "num_threads", "version")
-    return tuple({k: pool.get(k) for k in keys} for pool in threadpool_info())
-
-
-@dataclass(frozen=True)
-class SystemInfo:
-    """What autopar knows about the machine, read when asked (cheap)."""
-
-    usable_cores: int
-    logical_cores: int
-    physical_cores: int
-    total_memory: int
-    available_memory: int
-    cgroup_cpu_quota: float | None
-    cgroup_memory_limit: int | None
-    start_method: str
-    gil_enabled: bool
-    python: str
-    platform: str
-    blas: tuple[dict[str, Any], ...]
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def default_start_method() -> str:
-    """The start method autopar uses when none is given (``AUTOPAR_START_METHOD`` overrides)."""
-    method = os.environ.get("AUTOPAR_START_METHOD") or mp.get_start_method(allow_none=True)
-    return method or mp.get_context().get_start_method()
-
-
-@functools.lru_cache(maxsize=1)
-def _static_facts() -> dict[str, Any]:
-    """Facts that do not change while a process runs."""
-    return dict(
-        logical_cores=psutil.cpu_count(logical=True) or 1,
-        physical_cores=psutil.cpu_count(logical=False) or 1,
-        gil_enabled=_gil_enabled(),
-        python=f"{platform.python_implementation()} {platform.python_version()}",
-        platform=platform.platform(),
-    )
-
-
-def system_info(*, blas: bool = True) -> SystemInfo:
-    """What autopar sees of the machine. ``blas=False`` skips scanning the loaded BLAS
-    libraries (a few ms), which the optimizer does not need; ``blas`` is then empty."""
-    vm = psutil.virtual_memory()
-    mem_limit = _cgroup_memory_limit()
-    available = vm.available if mem_limit is None else min(vm.available, mem_limit)
-    return SystemInfo(
-        usable_cores=usable_cores(),
-        total_memory=vm.total,
-        available_memory=available,
-        cgroup_cpu_quota=_cgroup_cpu_quota(),
-        cgroup_memory_limit=mem_limit,
-        start_method=default_start_method(),
-        blas=_blas_pools() if blas else (),
-        **_static_facts(),
-    )
-
-
-# ---------------------------------------------------------------------------------------------
-# Pool costs: measured with real pools, cached on disk.
 
 
 @dataclass(frozen=True)

@@ -13,10 +13,10 @@ from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPool
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-from .system import default_start_method, usable_cores
+from ..tune.system import default_start_method, usable_cores
 
 if TYPE_CHECKING:
-    from .result import OptimizationResult
+    from ..tune.result import OptimizationResult
 
 __all__ = ["SerialExecutor", "get_executor", "executor_kind", "terminate"]
 
@@ -139,8 +139,8 @@ def get_executor(
 
     The yielded executor works with :func:`autopar.execute` (``pool=``) and on its own.
     """
-    from .optimizer import check_pool_args
-    from .result import OptimizationResult
+    from ..tune.optimize import check_pool_args
+    from ..tune.result import OptimizationResult
 
     if isinstance(kind, OptimizationResult):
         n_jobs = n_jobs or kind.n_jobs

@@ -39,9 +39,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
-from . import _serialize
-from ._worker import run_items
-from .errors import ItemFailed, annotate
+from .. import _serialize
+from ..backends.worker import run_items
+from ..errors import ItemFailed, annotate
 
 try:
     import os as _os
