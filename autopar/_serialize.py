@@ -28,11 +28,11 @@ def loads(data: bytes) -> Any:
     return pickle.loads(data)
 
 
-def measure(obj: Any, *, allow_plain: bool = True) -> tuple[str | None, int, float, str | None]:
+def measure(obj: Any, *, allow_plain: bool = True) -> tuple[str | None, int, float, float, str | None]:
     """Serialize ``obj`` once and time a dumps+loads round trip.
 
-    Returns (method, size in bytes, seconds, error). ``method`` is None when neither pickle nor
-    cloudpickle can send the object; ``error`` then says why.
+    Returns (method, size in bytes, round-trip seconds, of which loads, error). ``method`` is
+    None when neither pickle nor cloudpickle can send the object; ``error`` then says why.
     """
     errors = []
     methods = (PICKLE, CLOUDPICKLE) if allow_plain else (CLOUDPICKLE,)
@@ -40,11 +40,13 @@ def measure(obj: Any, *, allow_plain: bool = True) -> tuple[str | None, int, flo
         try:
             t0 = time.perf_counter()
             blob = dumps(obj, method)
+            t1 = time.perf_counter()
             loads(blob)
-            return method, len(blob), time.perf_counter() - t0, None
+            t2 = time.perf_counter()
+            return method, len(blob), t2 - t0, t2 - t1, None
         except Exception as exc:  # any failure to serialize rules the method out
             errors.append(f"{method}: {type(exc).__name__}: {exc}")
-    return None, 0, 0.0, "; ".join(errors)
+    return None, 0, 0.0, 0.0, "; ".join(errors)
 
 
 def worse(a: str | None, b: str | None) -> str | None:

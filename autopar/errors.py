@@ -107,3 +107,20 @@ def annotate(exc: BaseException, index: int, where: str) -> BaseException:
     if hasattr(exc, "add_note"):
         exc.add_note(f"autopar: raised by item {index} in a {where} worker")
     return exc
+
+
+def settle(failures: "list[tuple[int, BaseException, str]]", where: str, collect: bool) -> list[int]:
+    """The one failure rule, used wherever items run: name the item on each failure; raise
+    the first unless collecting (``KeyboardInterrupt`` and the like always raise). Returns the
+    indices of the collected failures.
+
+    ``failures`` are ``(index, exception, remote traceback text)``; a traceback from a process
+    worker becomes the exception's ``__cause__``.
+    """
+    for index, exc, tb in failures:
+        if tb and exc.__cause__ is None:
+            exc.__cause__ = RemoteTraceback(tb)
+        annotate(exc, index, where)
+        if not collect or not isinstance(exc, Exception):
+            raise exc
+    return [index for index, _, _ in failures]

@@ -127,3 +127,25 @@ def lock_result(x: int) -> object:
 
 def square_or_value(x: "int | Unpicklable") -> int:
     return x.value if isinstance(x, Unpicklable) else x * x
+
+
+def sleep_tagged(item: "tuple[int, float]") -> int:
+    """Sleeps the item's seconds and returns its index: a lost or repeated item shows."""
+    index, seconds = item
+    if seconds:
+        time.sleep(seconds)
+    return index
+
+
+def spin_on_helper_thread(seconds: float) -> float:
+    """Waits for a thread it starts itself, which computes: the function's own CPU."""
+
+    def spin() -> None:
+        end = time.thread_time() + seconds
+        while time.thread_time() < end:
+            pass
+
+    t = threading.Thread(target=spin)
+    t.start()
+    t.join()
+    return seconds

@@ -173,17 +173,6 @@ def test_n_items_hint():
     assert not any("unknown" in w for w in r.warnings)
 
 
-def test_chunksize_corrected_while_running():
-    # The first items are slow, the rest tiny: the sample's chunksize is far too small.
-    data = [400_000] * 12 + [10] * 4000
-    r = optimize(pure_python_cpu, data, executor_type="process", n_jobs=2)
-    assert r.chunksize <= 4
-    out, report = execute(pure_python_cpu, data, result=r, return_report=True)
-    assert out == [pure_python_cpu(x) for x in data]
-    assert report.chunksize_changes, report.summary()
-    assert report.final_chunksize > r.chunksize
-
-
 def test_sample_exception_names_the_item():
     from helpers import fail_on
 

@@ -157,7 +157,7 @@ def get_executor(
         yield pool
         ok = True
     finally:
-        if ok:
-            pool.shutdown(wait=True, cancel_futures=True)
-        else:
+        if ok:  # like a concurrent.futures executor: a normal exit runs what was submitted
+            pool.shutdown(wait=True)
+        else:  # an exception or Ctrl-C: queued work is cancelled, workers are stopped
             terminate(pool)

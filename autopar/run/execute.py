@@ -35,7 +35,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from .. import _serialize
 from ..backends.worker import _Alarm, run_items, run_local, run_remote
-from ..errors import ItemFailed, ItemTimeout, RemoteTraceback, WorkerDied, annotate
+from ..errors import ItemFailed, ItemTimeout, RemoteTraceback, WorkerDied, annotate, settle
 from ..backends.pools import executor_kind, make_executor, pool_size, terminate
 from ..tune.model import best_chunksize
 from ..tune.optimize import check_args, optimize, pending_result
@@ -258,24 +258,17 @@ def execute_iter(
 
     # Items the sample already ran: reuse their results (or re-run kept items for a new func).
     prefix: list[list[Any]] = []  # result blocks
-    rest: Iterator[Any]
-    stash = result._stash if result is not None else None
+    rest: Iterator[Any] = iter(data)
+    stash = result.stash if result is not None else None
     total = known_length(data, n_items)
-    if stash is not None and stash.matches(data):
-        stash.used = True
+    claimed = stash.claim(func, data) if stash is not None else None
+    if claimed is not None:
+        prefix, rest = claimed
         total = result.profile.n_items if result is not None else total
-        if stash.func is func:
-            prefix, rest = stash.result_blocks, stash.rest
-            if stash.failures and errors != "collect":
-                # the sample collected failures the caller did not ask to collect
-                first = next(r for b in prefix for r in b if isinstance(r, ItemFailed))
-                _raise_failure((first.index, first.exception, first.traceback), "serial (sample)")
-        elif stash.one_shot:
-            rest = chain(chain.from_iterable(stash.item_blocks or ()), stash.rest)
-        else:
-            rest = iter(data)
-    else:
-        rest = iter(data)
+        if prefix and stash.failures and errors != "collect":
+            # the sample collected failures the caller did not ask to collect
+            first = next(r for b in prefix for r in b if isinstance(r, ItemFailed))
+            settle([(first.index, first.exception, first.traceback)], "serial (sample)", False)
 
     report = ExecutionReport(
         executor_type=kind,

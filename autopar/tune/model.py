@@ -48,6 +48,7 @@ CPU_RATIO_CPU = 0.75
 CPU_RATIO_IO = 0.3
 MEMORY_SHARE = 0.8  # share of available memory the workers may take
 MAX_THREADS = 64
+FEWER_WORKERS = 1.03  # candidates of one kind this close in time: the fewest workers win
 
 
 @dataclass(frozen=True)
@@ -93,10 +94,14 @@ def workload_type(cpu_ratio: float) -> str:
     return "mixed"
 
 
-def gil_share(profile: Profile) -> float:
-    """Share of an item's time that holds the GIL, from the measured thread scaling."""
+def gil_share(profile: Profile, gil_enabled: bool = True) -> float:
+    """Share of an item's time that holds the GIL, from the measured thread scaling.
+
+    On a free-threaded build (no GIL) nothing holds it unless the probe measured otherwise."""
     s, k = profile.thread_scaling, profile.probe_threads
     if s is None or k < 2:
+        if not gil_enabled:
+            return 0.0
         # Not measured: assume the CPU-busy share holds the GIL (pure Python, the safe side).
         return min(max(profile.cpu_ratio, 0.0), 1.0)
     g = min(max((k / s - 1.0) / (k - 1.0), 0.0), 1.0)
@@ -158,19 +163,21 @@ def _predict(
         work = busiest * t_eff + tail * n / _thread_speedup(n, g, cores, r)
         dispatch = n_chunks * costs.thread_task_overhead
         return Candidate(kind, n, cs, start + work + dispatch, start, work, 0.0, dispatch)
-    # processes
-    w = t + 0.5 * (p.item_pickle_time + p.result_pickle_time)
+    # processes: the worker loads the item and dumps the result, the parent the other halves
+    item_load = p.item_load_time or 0.5 * p.item_pickle_time
+    result_load = p.result_load_time or 0.5 * p.result_pickle_time
+    worker_side = item_load + (p.result_pickle_time - result_load)
+    parent_side = (p.item_pickle_time - item_load) + result_load
+    w = t + worker_side
     w_eff = w * n / _process_speedup(n, cores, r)
     start = costs.process_start(n)
     work = busiest * w_eff + tail
     per_byte = costs.process_seconds_per_byte
-    transfer = remaining * (
-        0.5 * (p.item_pickle_time + p.result_pickle_time) + (p.item_bytes + p.result_bytes) * per_byte
-    )
+    transfer = remaining * (parent_side + (p.item_bytes + p.result_bytes) * per_byte)
     dispatch = n_chunks * (costs.process_task_overhead + p.func_bytes * per_byte)
     parent = transfer + dispatch
     # The busiest worker also waits for its first chunk to arrive.
-    first_chunk = cs * (0.5 * p.item_pickle_time + p.item_bytes * per_byte)
+    first_chunk = cs * ((p.item_pickle_time - item_load) + p.item_bytes * per_byte)
     # All the CPU the run needs, items, pickling both ways and dispatch, shares the cores.
     cpu = remaining * (t * min(r, 1.0) + p.item_pickle_time + p.result_pickle_time) + n_chunks * costs.process_task_cpu
     total = start + max(work + first_chunk, parent, cpu / cores)
@@ -178,10 +185,10 @@ def _predict(
 
 
 def best_chunksize(
-    kind: str, n: int, remaining: int, p: Profile, costs: PoolCosts, cores: int
+    kind: str, n: int, remaining: int, p: Profile, costs: PoolCosts, cores: int, gil_enabled: bool = True
 ) -> Candidate:
     """The best chunksize for ``kind`` x ``n``: the smallest within 2% of the fastest."""
-    g = gil_share(p)
+    g = gil_share(p, gil_enabled)
     cands = [_predict(kind, n, cs, remaining, p, costs, cores, g) for cs in _chunk_options(remaining, n)]
     fastest = min(c.predicted_time for c in cands)
     return min((c for c in cands if c.predicted_time <= fastest * 1.02), key=lambda c: c.chunksize)
@@ -194,6 +201,17 @@ def _n_options(limit: int, cores: int) -> list[int]:
         opts.add(n)
         n *= 2
     return sorted(o for o in opts if 1 <= o <= limit)
+
+
+def _fewest_workers(best: Candidate, ranked: list[Candidate]) -> Candidate:
+    """Within ``FEWER_WORKERS`` of ``best``'s time, the same kind with the fewest workers:
+    a near tie is noise in the model, and extra workers cost memory and contention."""
+    close = [
+        c
+        for c in ranked
+        if c.executor_type == best.executor_type and c.predicted_time <= best.predicted_time * FEWER_WORKERS
+    ]
+    return min(close, key=lambda c: (c.n_jobs, c.predicted_time))
 
 
 def decide(
@@ -240,6 +258,9 @@ def decide(
         )
 
     thread_limit = min(remaining, MAX_THREADS, memory_cap)
+    if wtype != "io" and not (p.thread_scaling and p.probe_threads > cores and p.thread_scaling > cores):
+        # Computing work gets no more threads than cores unless the probe measured a gain.
+        thread_limit = min(thread_limit, cores)
     proc_limit = min(remaining, proc_cap, cores if wtype == "cpu" else 2 * cores)
     if max_jobs is not None:
         thread_limit, proc_limit = min(thread_limit, max_jobs), min(proc_limit, max_jobs)
@@ -265,17 +286,19 @@ def decide(
             ns = [n_jobs] if n_jobs is not None else _n_options(limit, cores)
             for n in ns:
                 if chunksize is not None:
-                    g = gil_share(p)
+                    g = gil_share(p, system.gil_enabled)
                     cands.append(_predict(kind, n, chunksize, remaining, p, costs, cores, g))
                 else:
-                    cands.append(best_chunksize(kind, n, remaining, p, costs, cores))
+                    cands.append(best_chunksize(kind, n, remaining, p, costs, cores, system.gil_enabled))
     ranked = sorted(cands + ([serial] if "serial" in allowed or not cands else []), key=lambda c: c.predicted_time)
 
-    best = ranked[0]
+    best = _fewest_workers(ranked[0], ranked)
+    if not system.gil_enabled and "thread" in allowed:
+        reasons.append("this Python runs without a GIL: threads compute in parallel")
     if best.executor_type == "process":
         thread_alt = next((c for c in ranked if c.executor_type == "thread"), None)
         if thread_alt is not None and thread_alt.predicted_time <= best.predicted_time * THREAD_PREFERENCE:
-            best = thread_alt
+            best = _fewest_workers(thread_alt, ranked)
             reasons.append("threads and processes are predicted within 5%: threads win (no copies)")
     if best.executor_type != "serial" and "serial" in allowed:
         saving = serial.predicted_time - best.predicted_time

@@ -25,7 +25,7 @@ def pending_result(data: Any) -> OptimizationResult | None:
         result = _pending.get(data)
     except TypeError:  # not weak-referenceable (or not hashable)
         return None
-    if result is None or result._stash is None or not result._stash.matches(data):
+    if result is None or result.stash is None or not result.stash.matches(data):
         return None
     return result
 
@@ -155,7 +155,7 @@ def optimize(
         n_items=n_items,
         budget=sample_time,
         probe_threads=max(2, min(system.usable_cores, 4)),
-        probe=kind in (None, "thread", "process"),
+        probe=kind in (None, "thread"),  # helper threads only where threads are candidates
         collect=errors == "collect",
     )
     kinds = EXECUTOR_TYPES if kind is None else (kind,)

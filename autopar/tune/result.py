@@ -55,6 +55,11 @@ class OptimizationResult:
     _stash: SampleStash | None = field(default=None, repr=False, compare=False)
 
     @property
+    def stash(self) -> SampleStash | None:
+        """The sampled items' results, for execute() (claimed once)."""
+        return self._stash
+
+    @property
     def item_time_mean(self) -> float:
         return self.profile.item_time_mean
 

@@ -1,0 +1,135 @@
+"""Low-level meters the sample uses: whose CPU time an item used, and peak resident memory.
+
+:class:`CpuMeter` counts the CPU time of the calling thread, of threads the function starts
+itself, and of native helper threads (a BLAS pool) only while the calling thread computes
+too. Other threads' CPU is left out: another Python thread of the application, the RSS poller,
+or BLAS threads that spin on their own right after ``import numpy`` while the item merely
+sleeps. Per-thread CPU comes from ``/proc/self/task/*/schedstat`` (nanoseconds); where that
+is missing, the whole process's CPU is used.
+
+:class:`PeakRSS` polls the resident memory on a thread; cheaper than ``tracemalloc``, which
+slows allocation-heavy pure Python many times over.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import Any
+
+__all__ = ["CpuMeter", "PeakRSS", "rss"]
+
+CPU_BOUND = 0.5  # the calling thread's CPU/wall from which helper threads count as its own
+
+try:
+    _PAGE = os.sysconf("SC_PAGE_SIZE")
+except (AttributeError, ValueError, OSError):
+    _PAGE = 4096
+
+_TASKS = "/proc/self/task"
+_HAVE_SCHEDSTAT = os.path.exists(f"{_TASKS}/{threading.get_native_id()}/schedstat")
+
+
+def _thread_cpu() -> dict[int, int]:
+    """CPU nanoseconds of every thread of this process, by native id."""
+    out: dict[int, int] = {}
+    for name in os.listdir(_TASKS):
+        try:
+            with open(f"{_TASKS}/{name}/schedstat", "rb") as fh:
+                out[int(name)] = int(fh.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue  # the thread ended meanwhile
+    return out
+
+
+class CpuMeter:
+    """Wall time, the calling thread's CPU and the function's CPU over one span.
+
+    ``attribute=False`` skips the per-thread reading (about 20 us a thread) for spans too
+    short to need it: the process's CPU is the function's then.
+    """
+
+    __slots__ = ("attribute", "_p0", "_h0", "_w0", "_threads0")
+
+    def __init__(self, attribute: bool = True) -> None:
+        self.attribute = attribute and _HAVE_SCHEDSTAT
+
+    def start(self) -> "CpuMeter":
+        self._threads0 = _thread_cpu() if self.attribute else None
+        self._p0, self._h0, self._w0 = time.process_time(), time.thread_time(), time.perf_counter()
+        return self
+
+    def stop(self) -> tuple[float, float, float]:
+        """(wall seconds, calling thread's CPU seconds, the function's CPU seconds)."""
+        wall = time.perf_counter() - self._w0
+        own = time.thread_time() - self._h0
+        process = time.process_time() - self._p0
+        if self._threads0 is None:
+            return wall, own, process
+        after = _thread_cpu()
+        me = threading.get_native_id()
+        python = {t.native_id for t in threading.enumerate()}
+        busy = wall > 0 and own / wall >= CPU_BOUND
+        foreign = 0
+        for tid, ns0 in self._threads0.items():
+            if tid == me or tid not in after:
+                continue
+            if tid in python or not busy:  # another Python thread, or a native one while idle
+                foreign += after[tid] - ns0
+        return wall, own, max(process - foreign / 1e9, own)
+
+
+def rss() -> int:
+    """Resident memory of this process, in bytes."""
+    try:
+        with open("/proc/self/statm", "rb") as fh:
+            return int(fh.read().split()[1]) * _PAGE
+    except (OSError, ValueError, IndexError):
+        import psutil
+
+        return int(psutil.Process().memory_info().rss)
+
+
+_LIBC: Any = None
+
+
+def _trim_heap() -> None:
+    """Hand freed heap pages back to the OS (glibc), so RSS growth shows fresh allocations."""
+    global _LIBC
+    if _LIBC is None:
+        try:
+            import ctypes
+
+            _LIBC = ctypes.CDLL("libc.so.6")
+            _LIBC.malloc_trim.argtypes = [ctypes.c_size_t]
+        except (OSError, AttributeError):
+            _LIBC = False
+    if _LIBC:
+        _LIBC.malloc_trim(0)
+
+
+class PeakRSS:
+    """Polls the resident memory on a thread; ``peak`` is the growth over the start."""
+
+    def __init__(self, interval: float = 0.001) -> None:
+        self.interval = interval
+        self.peak = 0
+        self._stop = threading.Event()
+
+    def _poll(self) -> None:
+        high = self.base
+        while not self._stop.wait(self.interval):
+            high = max(high, rss())
+        self.peak = max(high, rss()) - self.base
+
+    def __enter__(self) -> "PeakRSS":
+        _trim_heap()
+        self.base = rss()
+        self._thread = threading.Thread(target=self._poll, name="autopar-rss", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()

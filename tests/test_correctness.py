@@ -1,0 +1,191 @@
+"""Correctness that must hold on any machine: every item exactly once and in order, nothing
+kept alive, nothing run on a thread it must not run on, pools that finish their work."""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import signal
+import threading
+import time
+import weakref
+
+import pytest
+
+import autopar
+from autopar import execute, get_executor, optimize
+
+from helpers import sleep_tagged
+
+
+def _source(kind: str, items: list):
+    if kind == "list":
+        return items
+    if kind == "generator":
+        return (x for x in items)
+    return iter(items)  # a one-shot iterator that is not a generator
+
+
+# Short jobs are where the sample, the item run ahead and the probe overlap the whole job.
+SHAPES = [(n, t) for n in (1, 2, 3, 4, 5, 7, 12, 40) for t in (0.0001, 0.0015, 0.02) if n * t <= 0.3]
+
+
+@pytest.mark.parametrize("source", ["list", "generator", "iterator"])
+@pytest.mark.parametrize("n,seconds", SHAPES)
+def test_every_item_once_in_order_auto(n, seconds, source):
+    items = [(i, seconds) for i in range(n)]
+    out = execute(sleep_tagged, _source(source, items))
+    assert out == list(range(n))
+
+
+@pytest.mark.parametrize("source", ["list", "generator", "iterator"])
+@pytest.mark.parametrize("n", [1, 3, 10, 1000])
+def test_every_item_once_in_order_each_pool(pool, n, source):
+    items = [(i, 0.0001 if n < 1000 else 0.0) for i in range(n)]
+    for chunksize in (1, 7):
+        out = execute(sleep_tagged, _source(source, items), pool=pool, chunksize=chunksize)
+        assert out == list(range(n))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("source", ["list", "generator"])
+def test_every_item_once_in_order_wide(source):
+    # Item times 0.1-20 ms mixed in one job, sizes up to 1,000 items.
+    import random
+
+    rng = random.Random(7)
+    for n in (6, 33, 150, 1000):
+        items = [(i, rng.choice((0.0001, 0.0005, 0.002, 0.02)) if n <= 150 else 0.0001) for i in range(n)]
+        r = optimize(sleep_tagged, _source(source, items) if source == "list" else items)
+        assert execute(sleep_tagged, items, result=r) == list(range(n))
+
+
+def test_generators_are_not_kept_alive():
+    refs = []
+    for _ in range(30):
+        gen = (x for x in range(20))
+        refs.append(weakref.ref(gen))
+        assert execute(abs, gen) == list(range(20))
+        del gen
+    gc.collect()
+    alive = sum(r() is not None for r in refs)
+    assert alive == 0, f"{alive} of 30 generators still alive"
+
+
+def test_optimized_generator_released_after_execute():
+    gen = (x for x in range(50))
+    ref = weakref.ref(gen)
+    r = optimize(abs, gen)
+    assert execute(abs, gen) == list(range(50))
+    del gen
+    gc.collect()
+    assert ref() is None
+    assert r.stash is not None  # the result itself is still usable as a record
+
+
+def _needs_main_thread(x):
+    # signal.signal() raises ValueError off the main thread (the caller's thread in the
+    # sample, the main thread of each process worker).
+    signal.signal(signal.SIGUSR1, signal.SIG_DFL)
+    time.sleep(0.002)
+    return x * 2
+
+
+def test_process_only_never_runs_the_function_on_helper_threads():
+    r = optimize(_needs_main_thread, list(range(40)), executor_type="process", n_jobs=2)
+    assert r.profile.n_probed == 0 and r.profile.thread_scaling is None
+    out = execute(_needs_main_thread, list(range(40)), executor_type="process", n_jobs=2)
+    assert out == [x * 2 for x in range(40)]
+
+
+def test_serial_only_never_runs_the_function_on_helper_threads():
+    assert execute(_needs_main_thread, list(range(5)), executor_type="serial") == [0, 2, 4, 6, 8]
+
+
+@pytest.mark.parametrize("kind", ["thread", "process", "serial"])
+def test_get_executor_normal_exit_waits_for_queued_work(kind):
+    with get_executor(kind, 1) as pool:
+        futures = [pool.submit(time.sleep, 0.01) for _ in range(10)]
+    assert all(f.done() and not f.cancelled() for f in futures)
+    assert [f.result() for f in futures] == [None] * 10
+
+
+def test_get_executor_exception_cancels_queued_work():
+    futures = []
+    with pytest.raises(RuntimeError):
+        with get_executor("thread", 1) as pool:
+            futures.extend(pool.submit(time.sleep, 0.05) for _ in range(10))
+            raise RuntimeError("stop")
+    assert any(f.cancelled() for f in futures)
+
+
+class _FirstItemBurner:
+    """Burns CPU on another thread until the first item has finished, as a library's threads
+    do for a while after import: background CPU that is not the function's."""
+
+    def __init__(self) -> None:
+        self.first_done = threading.Event()
+        self.thread = threading.Thread(target=self._burn, name="bg-burner")
+
+    def _burn(self) -> None:
+        import hashlib
+
+        block = b"x" * (1 << 20)
+        while not self.first_done.is_set():
+            hashlib.sha256(block).digest()  # C code, GIL released
+
+    def __call__(self, seconds: float) -> float:
+        time.sleep(seconds)
+        self.first_done.set()
+        return seconds
+
+
+def test_background_cpu_is_not_the_functions():
+    burner = _FirstItemBurner()
+    burner.thread.start()
+    try:
+        # Over 1,000 items: no item runs ahead, the first item alone gives the CPU ratio.
+        r = optimize(burner, [0.02] * 2000)
+    finally:
+        burner.first_done.set()
+        burner.thread.join()
+    assert r.workload_type == "io", r.explain()
+    assert r.cpu_ratio < 0.3
+    assert r.executor_type == "thread"
+
+
+def test_threads_the_function_starts_count_as_its_cpu():
+    from helpers import spin_on_helper_thread
+
+    r = optimize(spin_on_helper_thread, [0.01] * 30, executor_type="serial")
+    assert r.cpu_ratio > 0.6, r.profile
+
+
+def test_chunksize_corrected_when_items_are_not_what_the_sample_said():
+    from helpers import square
+
+    data = list(range(4000))
+    r = optimize(square, list(range(50)), executor_type="process", n_jobs=2)
+    # Claim items take 10 ms (they take microseconds): the run must notice and grow chunks.
+    r = dataclasses.replace(r, chunksize=1, profile=dataclasses.replace(r.profile, item_time_mean=0.01))
+    out, report = execute(square, data, result=r, return_report=True)
+    assert out == [x * x for x in data]
+    assert report.chunksize_changes, report.summary()
+    assert report.final_chunksize > 1
+
+
+def test_free_threaded_build_makes_threads_cpu_parallel(monkeypatch):
+    from autopar.tune import model
+    from autopar.tune.costs import pool_costs
+    from autopar.tune.system import system_info
+
+    sysinfo = dataclasses.replace(system_info(blas=False), usable_cores=4)
+    from autopar.workloads import pure_python_cpu
+
+    r = optimize(pure_python_cpu, [20_000] * 30, executor_type="serial")
+    profile = dataclasses.replace(r.profile, n_items=2000, thread_scaling=None, probe_threads=0, exhausted=False)
+    costs = pool_costs()
+    with_gil = model.decide(profile, dataclasses.replace(sysinfo, gil_enabled=True), costs, executor_types=("thread",))
+    free = model.decide(profile, dataclasses.replace(sysinfo, gil_enabled=False), costs, executor_types=("thread",))
+    assert free.best.predicted_time < with_gil.best.predicted_time / 2
+    assert free.best.n_jobs >= 2
