@@ -1,58 +1,58 @@
-"""Brute-force grid against autopar's own choice, per workload.
+"""Regret of autopar's pick against a brute-forced grid, in three size buckets, with the
+baselines a user would write instead.
 
-    python benchmarks/bench_grid.py [--quick] [--out docs/benchmarks.md]
+    python benchmarks/bench_grid.py [--buckets small,medium,large] [--only NAME] [--out docs/benchmarks.md]
 
-For each workload: every grid configuration once (serial; threads x 1,2,4,8,16,32 with
-chunksize len/(4n); processes x 1,2,4 with chunksize 1,4,16,64 and len/(4n)), then the three
-fastest again, keeping the median of their runs as the best time. autopar runs ``--repeats``
-times with ``execute()`` and its own ``optimize()`` inside the timing; its median time over the
-best time is the regret. The overhead is what optimize() took beyond the work its sample did
-(those results are kept), against the serial time. Workloads under 0.1 s serial get five
-times the runs. All figures come from this one run.
+Workloads come from ``benchmarks/suite.py``. Each is sized for the bucket by timing a few of
+its items serially: about 0.2 s of serial work (small), 1 s (medium) and 10 s (large; eight of
+the workloads). For each workload:
+
+1. every grid configuration runs once: serial; threads x 2, 4, 8 (and 16, 64 for work that
+   waits) with chunksize len/(4n); processes x 2 and 4 with chunksize 1, 4, len/(16n) and
+   len/(4n) (chunksize 1 left out past 5,000 items). The large bucket runs a shorter grid.
+2. then rounds, alternating, each running once: autopar (``execute()`` with its own
+   ``optimize()`` inside the timing), the three fastest grid configurations, serial, and the
+   baselines: ``ProcessPoolExecutor()`` and ``ThreadPoolExecutor()`` with their defaults
+   (``list(ex.map(f, items))``, pool start included) and ``joblib.Parallel(n_jobs=-1)``.
+   Medians over the rounds (5 small, 3 medium, 1 large).
+
+Regret is autopar's median over the best median of the re-timed grid entries and serial.
+A baseline's figure is the same ratio for it. All figures come from one run on one machine.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import platform
 import shutil
 import statistics
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Any, Callable
 
-import numpy as np
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import autopar
-from autopar import workloads as W
+import autopar  # noqa: E402
+import suite  # noqa: E402
 
-
-def build_workloads(quick: bool, tmp: str) -> list[tuple[str, Callable[[Any], Any], list[Any]]]:
-    k = 0.5 if quick else 2.0  # full size: about 2 s of serial work per workload
-    n = lambda x: max(4, int(x * k))  # noqa: E731
-    paths = W.make_tiff_stacks(tmp, count=n(16))
-    return [
-        ("pure-Python CPU", W.pure_python_cpu, [300_000] * n(80)),
-        ("NumPy GIL-free", W.numpy_gil_free, list(range(n(40)))),
-        ("sleep I/O", W.sleep_io, [0.01] * n(100)),
-        ("200,000 tiny tasks", W.tiny, list(range(200_000))),
-        ("4 MB results", W.large_result, list(range(n(100)))),
-        ("8 MB inputs", W.large_input, [np.random.default_rng(i).random(1 << 20) for i in range(n(100))]),
-        ("skewed items", W.skewed, W.make_skewed_items(n(1000), base=8_000)),
-        ("image pass", W.image_pass, paths),
-    ]
+BUCKETS = {"small": (0.2, 5), "medium": (1.0, 3), "large": (10.0, 1)}
+LARGE = {"pure-Python loop", "JSON round trips", "sha256 4 MB", "NumPy element-wise", "sleep 20 ms",
+         "skewed loops", "16 MB results", "TIFF to WebP"}
 
 
-def grid(n_items: int) -> list[tuple[str, int, int]]:
-    configs = [("serial", 1, 1)]
-    for n in (1, 2, 4, 8, 16, 32):
-        configs.append(("thread", n, max(1, math.ceil(n_items / (4 * n)))))
-    for n in (1, 2, 4):
-        sizes = sorted({1, 4, 16, 64, max(1, math.ceil(n_items / (4 * n)))})
-        configs.extend(("process", n, cs) for cs in sizes)
-    return configs
+def fresh(items: Any) -> Any:
+    """The input for one run: a new generator for the one-shot workload, else the list."""
+    if isinstance(items, tuple) and items and items[0] == "gen":
+        return (x for x in items[1])
+    return items
+
+
+def count_of(items: Any) -> int:
+    return len(items[1]) if isinstance(items, tuple) else len(items)
 
 
 def timed(fn: Callable[[], Any]) -> float:
@@ -61,107 +61,221 @@ def timed(fn: Callable[[], Any]) -> float:
     return time.perf_counter() - t0
 
 
+def size_for(func: Callable[[Any], Any], factory: Any, target: float, tmp: str) -> tuple[int, float]:
+    """Items for ``target`` seconds of serial work, and the CPU/wall ratio of a few items."""
+    probe = factory(4, tmp)
+    probe = probe[1] if isinstance(probe, tuple) else probe
+    func(probe[0])  # warm-up
+    c0, t0 = time.process_time(), time.perf_counter()
+    for x in probe[1:]:
+        func(x)
+    wall = time.perf_counter() - t0
+    ratio = (time.process_time() - c0) / wall if wall > 0 else 1.0
+    per_item = wall / max(len(probe) - 1, 1)
+    return max(4, round(target / max(per_item, 1e-7))), ratio
+
+
+def grid(n_items: int, waiting: bool, bucket: str) -> list[tuple[str, int, int]]:
+    q = lambda n, parts: max(1, math.ceil(n_items / (parts * n)))  # noqa: E731
+    configs = [("serial", 1, 1)]
+    if bucket == "large":
+        configs += [("thread", 2, q(2, 4))] + ([("thread", 64, q(64, 4))] if waiting else [("thread", 8, q(8, 4))])
+        configs += [("process", 2, cs) for cs in sorted({q(2, 4), q(2, 16)} | ({1} if n_items <= 200 else set()))]
+        configs += [("process", 4, q(4, 4))]
+        return configs
+    for n in (2, 4, 8) + ((16, 64) if waiting else ()):
+        configs.append(("thread", n, q(n, 4)))
+    for n in (2, 4):
+        sizes = {4, q(n, 16), q(n, 4)} | ({1} if n_items <= 5000 else set())
+        configs += [("process", n, cs) for cs in sorted(sizes)]
+    return configs
+
+
 def label(kind: str, n: int, cs: int) -> str:
     return "serial" if kind == "serial" else f"{kind} x{n} cs {cs}"
 
 
-def run_workload(name: str, func: Callable[[Any], Any], items: list[Any], repeats: int) -> dict[str, Any]:
-    serial_times = [timed(lambda: [func(x) for x in items]) for _ in range(repeats)]
-    serial = statistics.median(serial_times)
-    if serial < 0.1:  # fast workloads are noisy and cheap: more runs
-        repeats *= 5
-        serial = statistics.median(serial_times + [timed(lambda: [func(x) for x in items]) for _ in range(repeats)])
-    def forced(kind: str, n: int, cs: int) -> float:
-        return timed(lambda: autopar.execute(func, items, executor_type=kind, n_jobs=n, chunksize=cs, adapt=False))
+def baselines() -> dict[str, Callable[[Callable[[Any], Any], Any], Any]]:
+    def ppe(f: Callable[[Any], Any], items: Any) -> Any:
+        with ProcessPoolExecutor() as ex:
+            return list(ex.map(f, items))
 
-    # Every grid entry once (chunksize 1 over 200,000 items takes tens of seconds), then the
-    # three fastest again.
-    results = sorted((forced(kind, n, cs), kind, n, cs) for kind, n, cs in grid(len(items)))
-    best_runs = []
-    for _, kind, n, cs in results[:3]:
-        runs = [forced(kind, n, cs) for _ in range(repeats - 1)]
-        first = next(t for t, k, nn, c in results if (k, nn, c) == (kind, n, cs))
-        best_runs.append((statistics.median([first, *runs]), kind, n, cs))
-    best_t, bkind, bn, bcs = min(best_runs)
-    auto_times, overheads, picks, predicted, measured = [], [], [], [], []
-    for _ in range(repeats):
+    def tpe(f: Callable[[Any], Any], items: Any) -> Any:
+        with ThreadPoolExecutor() as ex:
+            return list(ex.map(f, items))
+
+    out = {"ProcessPoolExecutor()": ppe, "ThreadPoolExecutor()": tpe}
+    try:
+        from joblib import Parallel, delayed
+
+        out["joblib n_jobs=-1"] = lambda f, items: Parallel(n_jobs=-1)(delayed(f)(x) for x in items)
+    except ImportError:
+        pass
+    return out
+
+
+def run_workload(name: str, func: Callable[[Any], Any], items: Any, waiting: bool, bucket: str, rounds: int) -> dict[str, Any]:
+    n = count_of(items)
+
+    def forced(kind: str, nj: int, cs: int) -> float:
+        if kind == "serial":
+            return timed(lambda: [func(x) for x in fresh(items)])
+        return timed(lambda: autopar.execute(func, fresh(items), executor_type=kind, n_jobs=nj, chunksize=cs, adapt=False))
+
+    first = sorted((forced(*c), c) for c in grid(n, waiting, bucket))
+    top = [c for _, c in first[: 3 if bucket != "large" else 2]]
+    if ("serial", 1, 1) not in top:
+        top.append(("serial", 1, 1))
+    base = baselines()
+    times: dict[str, list[float]] = {label(*c): [] for c in top}
+    times["autopar"] = []
+    for b in base:
+        times[b] = []
+    picks, predicted, measured, overheads = [], [], [], []
+    serial_estimate = next(t for t, c in first if c[0] == "serial")
+    for _ in range(rounds):
         t0 = time.perf_counter()
-        out, report = autopar.execute(func, items, return_report=True)
-        auto_times.append(time.perf_counter() - t0)
-        picks.append(label(report.executor_type, report.n_jobs, report.chunksize))
+        out, report = autopar.execute(func, fresh(items), return_report=True)
+        times["autopar"].append(time.perf_counter() - t0)
+        assert len(out) == n, (name, len(out), n)
+        picks.append(label(report.executor_type, report.n_jobs, report.chunksize) + (" *" if getattr(report, "fell_back", False) else ""))
         predicted.append(report.predicted_speedup or 1.0)
         measured.append(report.measured_speedup or 1.0)
-        # Overhead: optimize() time beyond the serial time of the items its sample ran.
-        useful = report.n_from_sample * serial / len(items)
-        overheads.append(max(report.optimize_time - useful, 0.0) / serial)
-        assert len(out) == len(items)
-    auto = statistics.median(auto_times)
-    pick = max(set(picks), key=picks.count)
+        useful = report.n_from_sample * serial_estimate / n
+        overheads.append(max(report.optimize_time - useful, 0.0) / serial_estimate)
+        for c in top:
+            times[label(*c)].append(forced(*c))
+        for b, fn in base.items():
+            if times[b] and times[b][0] > 20:  # a pathological baseline runs once
+                continue
+            times[b].append(timed(lambda: fn(func, fresh(items))))
+    med = {k: statistics.median(v) for k, v in times.items() if v}
+    grid_meds = {label(*c): med[label(*c)] for c in top}
+    best_label = min(grid_meds, key=grid_meds.get)  # type: ignore[arg-type]
+    best = grid_meds[best_label]
+    serial = med["serial"]
     return {
         "name": name,
-        "items": len(items),
+        "bucket": bucket,
+        "items": n,
         "serial": serial,
-        "best": best_t,
-        "best_config": label(bkind, bn, bcs),
-        "pick": pick,
-        "picks": picks,
-        "auto": auto,
-        "regret": auto / best_t,
-        "vs_serial": auto / serial,
+        "best": best,
+        "best_config": best_label,
+        "pick": max(set(picks), key=picks.count),
+        "auto": med["autopar"],
+        "regret": med["autopar"] / best,
+        "vs_serial": med["autopar"] / serial,
+        "serial_best": best_label == "serial",
         "overhead": statistics.median(overheads),
-        "predicted_speedup": statistics.median(predicted),
-        "measured_speedup": statistics.median(measured),
-        "worst_grid": results[-1][0],
-        "worst_config": label(*results[-1][1:]),
+        "predicted": statistics.median(predicted),
+        "measured": statistics.median(measured),
+        "baselines": {b: med[b] / best for b in base if b in med},
+        "worst": first[-1][0] / best,
+        "worst_config": label(*first[-1][1]),
     }
 
 
-def table(rows: list[dict[str, Any]]) -> str:
+def geo(values: list[float]) -> float:
+    return math.exp(sum(math.log(v) for v in values) / len(values)) if values else float("nan")
+
+
+def table(rows: list[dict[str, Any]], bucket: str) -> str:
+    rows = [r for r in rows if r["bucket"] == bucket]
+    if not rows:
+        return ""
+    names = list(rows[0]["baselines"])
     head = (
-        "| workload | items | serial s | best config | best s | autopar pick | autopar s (with optimize) "
-        "| regret | vs serial | optimize overhead | speedup predicted / measured | worst config (s) |\n"
-        "|---|---:|---:|---|---:|---|---:|---:|---:|---:|---:|---|\n"
+        "| workload | items | serial s | best (brute force) | best s | autopar pick | autopar s | regret "
+        "| vs serial | overhead | speedup pred. / meas. | " + " | ".join(names) + " | worst grid entry |\n"
+        "|---|---:|---:|---|---:|---|---:|---:|---:|---:|---:|" + "---:|" * len(names) + "---|\n"
     )
     lines = []
     for r in rows:
         lines.append(
             f"| {r['name']} | {r['items']} | {r['serial']:.3f} | {r['best_config']} | {r['best']:.3f} | {r['pick']} "
-            f"| {r['auto']:.3f} | {r['regret']:.2f} | {r['vs_serial']:.2f} | {100 * r['overhead']:.1f}% "
-            f"| {r['predicted_speedup']:.2f} / {r['measured_speedup']:.2f} | {r['worst_config']} ({r['worst_grid']:.2f}) |"
+            f"| {r['auto']:.3f} | **{r['regret']:.2f}** | {r['vs_serial']:.2f} | {100 * r['overhead']:.1f}% "
+            f"| {r['predicted']:.2f} / {r['measured']:.2f} | "
+            + " | ".join(f"{r['baselines'].get(b, float('nan')):.2f}" for b in names)
+            + f" | {r['worst_config']} ({r['worst']:.1f}x) |"
         )
     regrets = [r["regret"] for r in rows]
-    geo = math.exp(sum(math.log(x) for x in regrets) / len(regrets))
-    lines.append("")
-    lines.append(f"Geometric-mean regret **{geo:.2f}**, worst **{max(regrets):.2f}** ({rows[regrets.index(max(regrets))]['name']}).")
-    return head + "\n".join(lines)
+    worst = max(rows, key=lambda r: r["regret"])
+    serial_rows = [r for r in rows if r["serial_best"]]
+    summary = [
+        "",
+        f"**{bucket}**: geometric-mean regret **{geo(regrets):.2f}**, worst **{worst['regret']:.2f}** "
+        f"({worst['name']}); {len(rows)} workloads.",
+    ]
+    if serial_rows:
+        w = max(serial_rows, key=lambda r: r["vs_serial"])
+        summary.append(
+            f"Where serial was best ({len(serial_rows)}), autopar took at most **{w['vs_serial']:.2f}x** serial ({w['name']})."
+        )
+    for b in names:
+        vals = [r["baselines"][b] for r in rows if b in r["baselines"]]
+        summary.append(f"{b}: geometric-mean ratio to the best {geo(vals):.2f}, worst {max(vals):.2f}.")
+    return f"### Bucket: {bucket}\n\n" + head + "\n".join(lines) + "\n" + "\n\n".join(summary) + "\n"
+
+
+def tiny_row() -> str:
+    name, func, factory, _ = suite.TINY
+    items = factory(0, "")
+    loops, autos = [], []
+    for _ in range(9):  # alternating
+        loops.append(timed(lambda: [func(x) for x in items]))
+        autos.append(timed(lambda: autopar.execute(func, items)))
+    loop, auto = statistics.median(loops), statistics.median(autos)
+    return (
+        f"{name}: autopar **{auto * 1e3:.1f} ms** against {loop * 1e3:.1f} ms for a bare list "
+        f"comprehension (**{auto / loop:.2f}x**), medians of 9 runs each.\n"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="half-size workloads")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--only", help="run only workloads whose name contains this")
+    parser.add_argument("--buckets", default="small,medium,large")
+    parser.add_argument("--only", help="only workloads whose name contains this")
+    parser.add_argument("--rounds", type=int, help="override the rounds per bucket")
     parser.add_argument("--out", help="write a Markdown report here")
     args = parser.parse_args()
+    autopar.pool_costs()  # measured once per machine; not part of any timing
     info = autopar.system_info()
-    tmp = tempfile.mkdtemp(prefix="autopar-bench-")
-    rows = []
-    try:
-        for name, func, items in build_workloads(args.quick, tmp):
+    rows: list[dict[str, Any]] = []
+    buckets = [b.strip() for b in args.buckets.split(",")]
+    t_all = time.perf_counter()
+    for bucket in buckets:
+        target, rounds = BUCKETS[bucket]
+        rounds = args.rounds or rounds
+        for name, func, factory, _note in suite.WORKLOADS + [suite.TINY] * (bucket == "small"):
+            if bucket == "large" and name not in LARGE:
+                continue
             if args.only and args.only.lower() not in name.lower():
                 continue
-            t0 = time.perf_counter()
-            row = run_workload(name, func, items, args.repeats)
+            tmp = tempfile.mkdtemp(prefix="autopar-bench-")
+            try:
+                count, ratio = size_for(func, factory, target, tmp) if name != suite.TINY[0] else (0, 1.0)
+                items = factory(count, tmp)
+                t0 = time.perf_counter()
+                row = run_workload(name, func, items, ratio < 0.5, bucket, rounds)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
             rows.append(row)
             print(
-                f"{name:20} serial {row['serial']:.3f}s best {row['best_config']} {row['best']:.3f}s | "
-                f"autopar {row['pick']} {row['auto']:.3f}s regret {row['regret']:.2f} "
-                f"overhead {100 * row['overhead']:.1f}% picks {row['picks']} ({time.perf_counter() - t0:.0f}s)",
+                f"[{bucket}] {name:24} n={row['items']:<7} serial {row['serial']:.3f}s best {row['best_config']} "
+                f"{row['best']:.3f}s | autopar {row['pick']} {row['auto']:.3f}s regret {row['regret']:.2f} "
+                f"| baselines {' '.join(f'{v:.2f}' for v in row['baselines'].values())} ({time.perf_counter() - t0:.0f}s)",
                 flush=True,
             )
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    text = table(rows)
+    try:
+        from joblib.externals.loky import get_reusable_executor
+
+        get_reusable_executor().shutdown(wait=True)
+    except ImportError:
+        pass
+    parts = [table(rows, b) for b in buckets]
+    if "small" in buckets and not args.only:
+        parts.append(tiny_row())
+    text = "\n".join(p for p in parts if p)
     print()
     print(text)
     if args.out:
@@ -170,10 +284,17 @@ def main() -> None:
             f"{info.total_memory / 2**30:.0f} GiB, {info.python}, {platform.platform()}, start method {info.start_method}"
         )
         with open(args.out, "w") as fh:
-            fh.write("# Benchmark: brute-force grid against autopar's pick\n\n")
-            fh.write(f"Machine: {machine}. Run: `python benchmarks/bench_grid.py{' --quick' if args.quick else ''} "
-                     f"--repeats {args.repeats} --out {args.out}` on {time.strftime('%Y-%m-%d')}.\n\n")
+            fh.write("# Benchmark: autopar's pick against a brute-forced grid and the usual baselines\n\n")
+            fh.write(
+                f"Machine: {machine}. Run: `python benchmarks/bench_grid.py --buckets {args.buckets}"
+                f"{' --rounds %d' % args.rounds if args.rounds else ''} --out {args.out}` on {time.strftime('%Y-%m-%d')}, "
+                f"{(time.perf_counter() - t_all) / 60:.0f} minutes.\n\n"
+            )
             fh.write((__doc__ or "").split("\n\n", 2)[-1].strip() + "\n\n")
+            fh.write("Columns: regret = autopar / best; vs serial = autopar / serial; overhead = optimize() time "
+                     "beyond the useful work its sample did, over serial; the baseline columns are each "
+                     "baseline's time over the best. A `*` after a pick: the run fell back to another "
+                     "configuration while running.\n\n")
             fh.write(text + "\n")
 
 

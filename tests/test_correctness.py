@@ -12,7 +12,6 @@ import weakref
 
 import pytest
 
-import autopar
 from autopar import execute, get_executor, optimize
 
 from helpers import sleep_tagged
@@ -189,3 +188,53 @@ def test_free_threaded_build_makes_threads_cpu_parallel(monkeypatch):
     free = model.decide(profile, dataclasses.replace(sysinfo, gil_enabled=False), costs, executor_types=("thread",))
     assert free.best.predicted_time < with_gil.best.predicted_time / 2
     assert free.best.n_jobs >= 2
+
+
+class _SlowOffMain:
+    """Fast in the calling thread, 2 ms on any other: a thread pool that loses to serial by
+    far more than the fallback's margin on any machine. Counts calls per item."""
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    def __call__(self, x: int) -> int:
+        if threading.current_thread() is not threading.main_thread():
+            time.sleep(0.002)
+        self.calls.append(x)
+        return x * x
+
+
+def test_threads_fall_back_to_serial_when_losing():
+    func = _SlowOffMain()
+    data = list(range(5000))
+    r = optimize(func, list(range(40)), executor_type="serial")
+    r = dataclasses.replace(r, executor_type="thread", n_jobs=2, chunksize=1)
+    func.calls.clear()
+    out, report = execute(func, data, result=r, return_report=True)
+    assert out == [x * x for x in data]
+    assert report.fell_back, report.summary()
+    at, to, why = report.fallback
+    assert to == "serial" and 0 < at < len(data) and "items/s" in why
+    assert f"from item {at} on, ran serial" in report.summary()
+    assert sorted(func.calls) == data  # every item exactly once
+
+
+def test_processes_fall_back_to_serial_when_losing():
+    # len() of a 4 MB buffer: nothing serially, milliseconds of pickling to a process.
+    buf = b"x" * (4 << 20)
+    data = [buf] * 400
+    r = optimize(len, data[:40], executor_type="serial")
+    r = dataclasses.replace(r, executor_type="process", n_jobs=2, chunksize=1)
+    out, report = execute(len, data, result=r, return_report=True)
+    assert out == [len(buf)] * len(data)
+    assert report.fell_back, report.summary()
+    assert 0 < report.fallback[0] < len(data)
+
+
+def test_no_fall_back_when_the_caller_chose_the_pool():
+    from helpers import square
+
+    data = list(range(3000))
+    out, report = execute(square, data, executor_type="thread", n_jobs=2, chunksize=1, return_report=True)
+    assert out == [x * x for x in data]
+    assert not report.fell_back

@@ -7,51 +7,18 @@ thread or process behind when the block ends, whatever way it ends.
 
 from __future__ import annotations
 
-import multiprocessing as mp
-import os
-from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Iterator
 
 from ..tune.system import default_start_method, usable_cores
+from .local import SerialExecutor
+from .process import make_process_pool, terminate
 
 if TYPE_CHECKING:
     from ..tune.result import OptimizationResult
 
 __all__ = ["SerialExecutor", "get_executor", "executor_kind", "terminate"]
-
-_BLAS_ENV = (
-    "OMP_NUM_THREADS",
-    "OPENBLAS_NUM_THREADS",
-    "MKL_NUM_THREADS",
-    "BLIS_NUM_THREADS",
-    "VECLIB_MAXIMUM_THREADS",
-    "NUMEXPR_NUM_THREADS",
-)
-
-
-class SerialExecutor(Executor):
-    """Runs each task in the caller's thread when it is submitted."""
-
-    _max_workers = 1
-
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
-        future: Future = Future()
-        try:
-            future.set_result(fn(*args, **kwargs))
-        except BaseException as exc:
-            future.set_exception(exc)
-        return future
-
-
-def _init_process_worker(blas_threads: int) -> None:
-    """Process worker start: cap BLAS threads so workers x BLAS threads fit the cores."""
-    for name in _BLAS_ENV:
-        os.environ[name] = str(blas_threads)  # libraries loaded later read these
-    from threadpoolctl import threadpool_limits
-
-    threadpool_limits(limits=blas_threads)  # libraries already loaded (fork)
-
 
 def executor_kind(pool: Executor) -> str:
     if isinstance(pool, SerialExecutor):
@@ -73,45 +40,9 @@ def make_executor(
     if kind == "thread":
         return ThreadPoolExecutor(max_workers=n_jobs, thread_name_prefix="autopar")
     if kind == "process":
-        ctx = mp.get_context(start_method or default_start_method())
         blas = blas_threads if blas_threads is not None else max(1, usable_cores() // n_jobs)
-        return ProcessPoolExecutor(
-            max_workers=n_jobs, mp_context=ctx, initializer=_init_process_worker, initargs=(blas,)
-        )
+        return make_process_pool(n_jobs, start_method or default_start_method(), blas)
     raise ValueError(f"executor kind must be 'serial', 'thread' or 'process', got {kind!r}")
-
-
-def terminate(pool: Executor) -> None:
-    """Stop a pool now: cancel queued work and, for a process pool, kill its workers.
-
-    A thread pool is shut down without waiting: its threads end when their current call
-    returns."""
-    procs = getattr(pool, "_processes", None)  # ProcessPoolExecutor's pid -> Process map
-    processes = list(procs.values()) if isinstance(procs, dict) else []
-    pool.shutdown(wait=False, cancel_futures=True)
-    if not processes:
-        return  # a thread pool: a running call cannot be stopped, and is not waited for
-    for proc in processes:
-        if proc.is_alive():
-            proc.terminate()
-    for proc in processes:
-        proc.join(timeout=5)
-        if proc.is_alive():
-            proc.kill()
-            proc.join(timeout=5)
-    pool.shutdown(wait=True)
-    # The pool's call queue may still have its feeder thread waiting to write to workers that
-    # are gone: with no reader left a write fails instead of blocking, and the thread ends.
-    queue = getattr(pool, "_call_queue", None)
-    if queue is not None:
-        try:
-            queue._reader.close()
-        except (OSError, AttributeError):
-            pass
-        queue.close()
-        feeder = getattr(queue, "_thread", None)
-        if feeder is not None:
-            feeder.join(timeout=5)
 
 
 @contextmanager
@@ -139,7 +70,7 @@ def get_executor(
 
     The yielded executor works with :func:`autopar.execute` (``pool=``) and on its own.
     """
-    from ..tune.optimize import check_pool_args
+    from ..options import check_pool_args
     from ..tune.result import OptimizationResult
 
     if isinstance(kind, OptimizationResult):

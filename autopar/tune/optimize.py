@@ -10,9 +10,10 @@ from .model import Candidate, Decision, decide
 from .result import OptimizationResult
 from .sample import sample
 from .costs import pool_costs
-from .system import START_METHODS, default_start_method, system_info
+from .system import default_start_method, system_info
+from ..options import EXECUTOR_TYPES, Options, check_func_and_data
 
-__all__ = ["optimize", "check_args", "check_pool_args", "pending_result"]
+__all__ = ["optimize", "optimize_with", "pending_result"]
 
 # One-shot iterators optimize() has read from, so that execute(func, it) without the result
 # still finds the items the sample took. Weak: a dropped iterator drops its entry.
@@ -28,58 +29,6 @@ def pending_result(data: Any) -> OptimizationResult | None:
     if result is None or result.stash is None or not result.stash.matches(data):
         return None
     return result
-
-EXECUTOR_TYPES = ("serial", "thread", "process")
-
-
-def check_pool_args(
-    executor_type: str | None, n_jobs: int | None, start_method: str | None = None
-) -> tuple[str | None, int | None]:
-    """Validate the pool arguments; returns (executor_type or None for auto, n_jobs)."""
-    if executor_type in (None, "auto"):
-        executor_type = None
-    elif executor_type not in EXECUTOR_TYPES:
-        raise ValueError(
-            f"executor_type must be one of 'auto', {', '.join(map(repr, EXECUTOR_TYPES))}; "
-            f"got {executor_type!r}"
-        )
-    if n_jobs is not None:
-        if isinstance(n_jobs, bool) or not isinstance(n_jobs, int):
-            raise TypeError(f"n_jobs must be an int, got {type(n_jobs).__name__}")
-        if n_jobs == -1:
-            from .system import usable_cores
-
-            n_jobs = usable_cores()
-        elif n_jobs < 1:
-            raise ValueError(f"n_jobs must be a positive int or -1 (all usable cores), got {n_jobs}")
-    if start_method is not None and start_method not in START_METHODS:
-        raise ValueError(f"start_method must be one of {START_METHODS}, got {start_method!r}")
-    return executor_type, n_jobs
-
-
-def check_args(
-    func: Any,
-    data: Any,
-    executor_type: str | None,
-    n_jobs: int | None,
-    chunksize: int | None,
-    start_method: str | None = None,
-) -> tuple[str | None, int | None]:
-    """Validate the arguments of optimize()/execute(); returns (executor_type, n_jobs)."""
-    if not callable(func):
-        raise TypeError(f"func must be callable, got {type(func).__name__}: {func!r:.80}")
-    try:
-        iter(data)
-    except TypeError:
-        raise TypeError(f"data must be iterable, got {type(data).__name__}") from None
-    executor_type, n_jobs = check_pool_args(executor_type, n_jobs, start_method)
-    if chunksize is not None:
-        if isinstance(chunksize, bool) or not isinstance(chunksize, int):
-            raise TypeError(f"chunksize must be an int, got {type(chunksize).__name__}")
-        if chunksize < 1:
-            raise ValueError(f"chunksize must be a positive int, got {chunksize}")
-    return executor_type, n_jobs
-
 
 def _main_reason(d: Decision, profile: Any) -> str:
     best = d.best
@@ -144,50 +93,68 @@ def optimize(
         ``"collect"``: an item that fails in the sample gets an ``ItemFailed`` in its place
         (as :func:`autopar.execute` does) instead of raising.
     """
+    check_func_and_data(func, data)
+    return optimize_with(func, data, Options.of(locals()))
+
+
+def optimize_with(func: Callable[[Any], Any], data: Iterable[Any], opts: Options) -> OptimizationResult:
+    """optimize() with its options already checked (execute() calls this)."""
     t0 = time.perf_counter()
-    kind, n_jobs = check_args(func, data, executor_type, n_jobs, chunksize, start_method)
-    method = start_method or default_start_method()
+    kind = opts.executor_type
+    method = opts.start_method or default_start_method()
     system = system_info(blas=False)
     costs = pool_costs(method)
     profile, stash = sample(
         func,
         data,
-        n_items=n_items,
-        budget=sample_time,
+        n_items=opts.n_items,
+        budget=opts.sample_time,
         probe_threads=max(2, min(system.usable_cores, 4)),
         probe=kind in (None, "thread"),  # helper threads only where threads are candidates
-        collect=errors == "collect",
+        collect=opts.collect,
     )
-    kinds = EXECUTOR_TYPES if kind is None else (kind,)
     d = decide(
         profile,
         system,
         costs,
-        executor_types=kinds,
-        prefer_threads_for_io=prefer_threads_for_io,
-        max_jobs=max_jobs,
-        n_jobs=n_jobs,
-        chunksize=chunksize,
+        executor_types=EXECUTOR_TYPES if kind is None else (kind,),
+        prefer_threads_for_io=opts.prefer_threads_for_io,
+        max_jobs=opts.max_jobs,
+        n_jobs=opts.n_jobs,
+        chunksize=opts.chunksize,
     )
+    result = _result(d, profile, stash, system, costs, method, kind, time.perf_counter() - t0)
+    if stash.one_shot:
+        try:
+            _pending[data] = result
+        except TypeError:
+            pass  # not weak-referenceable: the caller must pass the result to execute()
+    return result
+
+
+def _runner_ups(d: Decision) -> tuple[Candidate, ...]:
+    """The best candidate of each other (kind, n_jobs), five at most."""
+    seen: set[tuple[str, int]] = {(d.best.executor_type, d.best.n_jobs)}
+    out: list[Candidate] = []
+    for c in d.ranked:
+        if (c.executor_type, c.n_jobs) not in seen and len(out) < 5:
+            seen.add((c.executor_type, c.n_jobs))
+            out.append(c)
+    return tuple(out)
+
+
+def _result(d: Decision, profile: Any, stash: Any, system: Any, costs: Any, method: str, kind: str | None, elapsed: float) -> OptimizationResult:
     best = d.best
     reasons = (_main_reason(d, profile),) + d.reasons
     if kind is not None:
         reasons += (f"executor_type={kind!r} was given",)
-    seen: set[tuple[str, int]] = {(best.executor_type, best.n_jobs)}
-    runner_ups: list[Candidate] = []
-    for c in d.ranked:
-        if (c.executor_type, c.n_jobs) not in seen:
-            seen.add((c.executor_type, c.n_jobs))
-            runner_ups.append(c)
-        if len(runner_ups) == 5:
-            break
     if best.executor_type == "process":
         start_cost = costs.process_start(best.n_jobs)
     elif best.executor_type == "thread":
         start_cost = costs.thread_start(best.n_jobs)
     else:
         start_cost = costs.process_start(system.usable_cores)
-    result = OptimizationResult(
+    return OptimizationResult(
         executor_type=best.executor_type,
         n_jobs=best.n_jobs,
         chunksize=best.chunksize,
@@ -201,15 +168,9 @@ def optimize(
         usable_cores=system.usable_cores,
         profile=profile,
         start_cost=start_cost,
-        runner_ups=tuple(runner_ups),
+        runner_ups=_runner_ups(d),
         reasons=reasons,
         warnings=d.warnings,
-        optimize_time=time.perf_counter() - t0,
+        optimize_time=elapsed,
         _stash=stash,
     )
-    if stash.one_shot:
-        try:
-            _pending[data] = result
-        except TypeError:
-            pass  # not weak-referenceable: the caller must pass the result to execute()
-    return result

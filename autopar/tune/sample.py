@@ -47,13 +47,13 @@ import threading
 import time
 import weakref
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from itertools import chain, islice
 from typing import Any, Callable, Iterable, Iterator
 
 from .. import _serialize
 from ..backends.worker import run_items
-from ..errors import ItemFailed, annotate, settle
+from ..errors import ItemFailed, settle
 from .measure import CPU_BOUND, CpuMeter, PeakRSS, rss
 
 __all__ = ["Profile", "SampleStash", "sample", "known_length"]

@@ -23,7 +23,7 @@ import psutil
 
 __all__ = ["START_METHODS", "SystemInfo", "default_start_method", "system_info", "usable_cores"]
 
-START_METHODS = ("fork", "spawn", "forkserver")
+from ..options import START_METHODS
 
 
 def _cgroup_cpu_quota() -> float | None:

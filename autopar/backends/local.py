@@ -1,0 +1,82 @@
+"""Chunks run in this process: on a thread pool, or inline in the caller (serial, and the
+fallback when a pool is losing to serial part way through a run)."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import Executor, Future
+from typing import Any, Callable
+
+from .worker import run_local
+
+__all__ = ["InlineBackend", "SerialExecutor", "ThreadBackend"]
+
+
+class SerialExecutor(Executor):
+    """Runs each task in the caller's thread when it is submitted."""
+
+    _max_workers = 1
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
+        future: Future = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as exc:
+            future.set_exception(exc)
+        return future
+
+
+class ThreadBackend:
+    """Chunks to a thread pool: no pickling, the exception objects as they are."""
+
+    kind = "thread"
+
+    def __init__(self, func: Callable[[Any], Any], make_pool: Callable[[], Executor], pool: Executor | None, collect: bool) -> None:
+        self.func, self.collect, self.owned = func, collect, pool is None
+        self.ex = pool if pool is not None else make_pool()
+        self.cancel = threading.Event()
+
+    def submit(self, start: int, items: list[Any]) -> Future:
+        return self.ex.submit(run_local, self.func, start, items, self.cancel, self.collect)
+
+    def decode(self, values: Any) -> list[Any]:
+        return values
+
+    @staticmethod
+    def is_broken(exc: BaseException | None) -> bool:
+        return False
+
+    def how_it_ended(self) -> str:
+        return "a thread pool failed"
+
+    def replace(self) -> None:
+        raise RuntimeError("a thread pool cannot be replaced")
+
+    def close(self, clean: bool) -> None:
+        self.cancel.set()  # chunks not yet started return at once
+        if self.owned:
+            self.ex.shutdown(wait=clean, cancel_futures=not clean)
+
+
+class InlineBackend:
+    """Runs each chunk in the caller's thread as it is submitted: the future is done at once."""
+
+    kind = "serial"
+
+    def __init__(self, func: Callable[[Any], Any], collect: bool) -> None:
+        self.func, self.collect = func, collect
+
+    def submit(self, start: int, items: list[Any]) -> Future:
+        future: Future = Future()
+        future.set_result(run_local(self.func, start, items, None, self.collect))
+        return future
+
+    def decode(self, values: Any) -> list[Any]:
+        return values
+
+    @staticmethod
+    def is_broken(exc: BaseException | None) -> bool:
+        return False
+
+    def close(self, clean: bool) -> None:
+        pass

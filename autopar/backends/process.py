@@ -1,0 +1,209 @@
+"""Process pools: the one module that touches CPython's ProcessPoolExecutor internals.
+
+What it adds to ``concurrent.futures``: BLAS threads capped in each worker (so workers x
+BLAS threads fit the cores), :func:`terminate` (kill the workers now, leaving no feeder
+thread behind), :func:`worker_processes` (the pool's Process objects, kept to tell later how
+a worker ended) and :func:`how_it_ended`. :class:`ProcessBackend` is how a run sends chunks:
+items pickled in the caller (an item that cannot be sent is named before the pool sees it),
+the function as cloudpickle bytes under a key, results decoded on the way back.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import time
+import uuid
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any, Callable
+
+from .. import _serialize
+from .worker import run_remote
+
+__all__ = ["ProcessBackend", "Unsendable", "how_it_ended", "make_process_pool", "terminate", "worker_processes"]
+
+_BLAS_ENV = (
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "BLIS_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+)
+
+
+def _init_process_worker(blas_threads: int) -> None:
+    """Process worker start: cap BLAS threads so workers x BLAS threads fit the cores."""
+    for name in _BLAS_ENV:
+        os.environ[name] = str(blas_threads)  # libraries loaded later read these
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=blas_threads)  # libraries already loaded (fork)
+
+
+def make_process_pool(n_jobs: int, start_method: str, blas_threads: int) -> ProcessPoolExecutor:
+    ctx = mp.get_context(start_method)
+    return ProcessPoolExecutor(
+        max_workers=n_jobs, mp_context=ctx, initializer=_init_process_worker, initargs=(blas_threads,)
+    )
+
+
+def worker_processes(pool: Executor) -> dict[int, Any]:
+    """The pool's pid -> Process map as it is now (empty for other executors)."""
+    procs = getattr(pool, "_processes", None)
+    return dict(procs) if isinstance(procs, dict) else {}
+
+
+def terminate(pool: Executor) -> None:
+    """Stop a pool now: cancel queued work and, for a process pool, kill its workers.
+
+    A thread pool is shut down without waiting: its threads end when their current call
+    returns."""
+    procs = getattr(pool, "_processes", None)  # ProcessPoolExecutor's pid -> Process map
+    processes = list(procs.values()) if isinstance(procs, dict) else []
+    pool.shutdown(wait=False, cancel_futures=True)
+    if not processes:
+        return  # a thread pool: a running call cannot be stopped, and is not waited for
+    for proc in processes:
+        if proc.is_alive():
+            proc.terminate()
+    for proc in processes:
+        proc.join(timeout=5)
+        if proc.is_alive():
+            proc.kill()
+            proc.join(timeout=5)
+    pool.shutdown(wait=True)
+    # The pool's call queue may still have its feeder thread waiting to write to workers that
+    # are gone: with no reader left a write fails instead of blocking, and the thread ends.
+    queue = getattr(pool, "_call_queue", None)
+    if queue is not None:
+        try:
+            queue._reader.close()
+        except (OSError, AttributeError):
+            pass
+        queue.close()
+        feeder = getattr(queue, "_thread", None)
+        if feeder is not None:
+            feeder.join(timeout=5)
+
+
+def how_it_ended(processes: dict[int, Any]) -> str:
+    """What became of the workers that did not end by the pool's own terminate()."""
+    from multiprocessing.connection import wait as wait_sentinels
+
+    # The pool's manager thread reaps dead workers too; when it wins that race, the exit code
+    # shows up on the Process a moment later. Give it up to a second.
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline:
+        dead = [p for p in processes.values() if wait_sentinels([p.sentinel], 0)]
+        if all(p.exitcode is not None for p in dead):
+            break
+        time.sleep(0.02)
+    ends = []
+    for pid, proc in processes.items():
+        code = proc.exitcode
+        if code is None or code == -signal.SIGTERM or code == 0:
+            continue
+        if code < 0:
+            try:
+                name = signal.Signals(-code).name
+            except ValueError:
+                name = f"signal {-code}"
+            ends.append(f"worker {pid} was killed by {name}")
+        else:
+            ends.append(f"worker {pid} exited with status {code}")
+    return "; ".join(ends) or "a worker process ended abruptly"
+
+
+class Unsendable(Exception):
+    """A chunk that cannot be pickled: ``index`` is the first item that cannot, ``error`` a
+    TypeError naming it."""
+
+    def __init__(self, index: int, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.index, self.error = index, error
+
+
+class ProcessBackend:
+    """Chunks to a process pool and back. Owns the pool it makes; a given pool is borrowed."""
+
+    kind = "process"
+
+    def __init__(
+        self,
+        func: Callable[[Any], Any],
+        n_jobs: int,
+        make_pool: Callable[[], Executor],
+        pool: Executor | None,
+        transport: str,
+        collect: bool,
+        timeout: float | None,
+    ) -> None:
+        try:
+            self.blob = _serialize.dumps(func, _serialize.CLOUDPICKLE)
+        except Exception as exc:
+            raise TypeError(
+                f"the function cannot be sent to a process worker ({type(exc).__name__}: {exc}); "
+                "use executor_type='thread' or 'serial', or optimize(), which rules processes out"
+            ) from exc
+        self.n_jobs, self._make, self.owned = n_jobs, make_pool, pool is None
+        self.ex = pool if pool is not None else make_pool()
+        self.transport, self.collect, self.timeout = transport, collect, timeout
+        self.key = uuid.uuid4().hex
+        self.processes: dict[int, Any] = {}
+
+    def encode(self, start: int, items: list[Any]) -> bytes:
+        try:
+            return _serialize.dumps(items, self.transport)
+        except Exception as exc:
+            raise self._unsendable(start, items, exc) from None
+
+    def _unsendable(self, start: int, items: list[Any], exc: Exception) -> Unsendable:
+        for i, item in enumerate(items):
+            try:
+                _serialize.dumps(item, self.transport)
+            except Exception as item_exc:
+                error = TypeError(
+                    f"item {start + i} cannot be sent to a process worker ({type(item_exc).__name__}: {item_exc})"
+                )
+                error.__cause__ = item_exc
+                return Unsendable(start + i, error)
+        # each item pickles alone, the chunk does not (shared state): name the chunk
+        error = TypeError(f"items {start}-{start + len(items) - 1} cannot be sent to a process worker ({exc})")
+        error.__cause__ = exc
+        return Unsendable(start, error)
+
+    def submit(self, start: int, items: list[Any]) -> Future:
+        """Send a chunk; raises :class:`Unsendable` when its items do not pickle."""
+        payload = self.encode(start, items)
+        fut = self.ex.submit(run_remote, self.key, self.blob, start, payload, self.transport, self.collect, self.timeout)
+        procs = getattr(self.ex, "_processes", None)
+        if isinstance(procs, dict) and len(procs) != len(self.processes):
+            self.processes.update(procs)  # kept to tell how a worker ended if the pool breaks
+        return fut
+
+    def decode(self, values: Any) -> list[Any]:
+        return _serialize.loads(values) if self.transport == _serialize.CLOUDPICKLE else values
+
+    @staticmethod
+    def is_broken(exc: BaseException | None) -> bool:
+        return isinstance(exc, BrokenProcessPool)
+
+    def how_it_ended(self) -> str:
+        return how_it_ended(self.processes)
+
+    def replace(self) -> None:
+        """Kill this pool and start a fresh one (a new key: the workers are new)."""
+        terminate(self.ex)
+        self.ex = self._make()
+        self.processes = {}
+        self.key = uuid.uuid4().hex
+
+    def close(self, clean: bool) -> None:
+        if self.owned:
+            if clean:
+                self.ex.shutdown(wait=True)
+            else:
+                terminate(self.ex)

@@ -1,0 +1,117 @@
+"""One frozen options object, built once from a public call and read by every step after it.
+
+``optimize()``, ``execute()`` and ``execute_iter()`` keep their explicit keyword arguments
+(what a user reads and an editor completes); each turns them into :class:`Options` with
+:meth:`Options.of` and hands that object on. Validation happens here, once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any, Mapping
+
+__all__ = ["EXECUTOR_TYPES", "Options", "check_func_and_data", "check_pool_args"]
+
+EXECUTOR_TYPES = ("serial", "thread", "process")
+START_METHODS = ("fork", "spawn", "forkserver")
+
+
+def check_pool_args(
+    executor_type: str | None, n_jobs: int | None, start_method: str | None = None
+) -> tuple[str | None, int | None]:
+    """Validate the pool arguments; returns (executor_type or None for auto, n_jobs)."""
+    if executor_type in (None, "auto"):
+        executor_type = None
+    elif executor_type not in EXECUTOR_TYPES:
+        raise ValueError(
+            f"executor_type must be one of 'auto', {', '.join(map(repr, EXECUTOR_TYPES))}; "
+            f"got {executor_type!r}"
+        )
+    if n_jobs is not None:
+        if isinstance(n_jobs, bool) or not isinstance(n_jobs, int):
+            raise TypeError(f"n_jobs must be an int, got {type(n_jobs).__name__}")
+        if n_jobs == -1:
+            from .tune.system import usable_cores
+
+            n_jobs = usable_cores()
+        elif n_jobs < 1:
+            raise ValueError(f"n_jobs must be a positive int or -1 (all usable cores), got {n_jobs}")
+    if start_method is not None and start_method not in START_METHODS:
+        raise ValueError(f"start_method must be one of {START_METHODS}, got {start_method!r}")
+    return executor_type, n_jobs
+
+
+def check_func_and_data(func: Any, data: Any) -> None:
+    if not callable(func):
+        raise TypeError(f"func must be callable, got {type(func).__name__}: {func!r:.80}")
+    try:
+        iter(data)
+    except TypeError:
+        raise TypeError(f"data must be iterable, got {type(data).__name__}") from None
+
+
+def _positive_int(name: str, value: Any) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value}")
+
+
+@dataclass(frozen=True)
+class Options:
+    """How to decide and how to run; see :func:`autopar.execute` for each field."""
+
+    executor_type: str | None = None
+    n_jobs: int | None = None
+    chunksize: int | None = None
+    prefer_threads_for_io: bool = True
+    start_method: str | None = None
+    n_items: int | None = None
+    max_jobs: int | None = None
+    sample_time: float = 0.2
+    errors: str = "raise"
+    progress: Any = False
+    desc: str | None = None
+    adapt: bool = True
+    timeout: float | None = None
+    retries: int = 0
+    retry_backoff: float = 0.1
+
+    def __post_init__(self) -> None:
+        kind, n_jobs = check_pool_args(self.executor_type, self.n_jobs, self.start_method)
+        object.__setattr__(self, "executor_type", kind)  # normalising in __post_init__ only
+        object.__setattr__(self, "n_jobs", n_jobs)
+        _positive_int("chunksize", self.chunksize)
+        _positive_int("max_jobs", self.max_jobs)
+        if self.n_items is not None and (isinstance(self.n_items, bool) or not isinstance(self.n_items, int) or self.n_items < 0):
+            raise ValueError(f"n_items must be an int >= 0, got {self.n_items!r}")
+        if self.errors not in ("raise", "collect"):
+            raise ValueError(f"errors must be 'raise' or 'collect', got {self.errors!r}")
+        t = self.timeout
+        if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or t <= 0):
+            raise ValueError(f"timeout must be a positive number of seconds or None, got {t!r}")
+        r = self.retries
+        if isinstance(r, bool) or not isinstance(r, int) or r < 0:
+            raise ValueError(f"retries must be an int >= 0, got {r!r}")
+        b = self.retry_backoff
+        if isinstance(b, bool) or not isinstance(b, (int, float)) or b < 0:
+            raise ValueError(f"retry_backoff must be a number >= 0, got {b!r}")
+        s = self.sample_time
+        if isinstance(s, bool) or not isinstance(s, (int, float)) or s < 0:
+            raise ValueError(f"sample_time must be a number of seconds >= 0, got {s!r}")
+
+    @classmethod
+    def of(cls, arguments: Mapping[str, Any]) -> "Options":
+        """The options among a call's ``locals()``."""
+        return cls(**{f.name: arguments[f.name] for f in fields(cls) if f.name in arguments})
+
+    @property
+    def collect(self) -> bool:
+        return self.errors == "collect"
+
+    @property
+    def fully_given(self) -> bool:
+        """Nothing left to decide: serial, or a pool kind with n_jobs and chunksize."""
+        return self.executor_type == "serial" or bool(self.executor_type and self.n_jobs and self.chunksize)

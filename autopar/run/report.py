@@ -1,0 +1,170 @@
+"""What a run reports: :class:`ExecutionReport` (predicted against measured), progress
+(a bar or a callback) and :class:`ExecutionIterator` (results in order, report filled in as
+the run goes)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from itertools import chain
+from typing import Any, Callable, Iterator
+
+__all__ = ["ExecutionIterator", "ExecutionReport", "Progress", "ranges"]
+
+
+@dataclass
+class ExecutionReport:
+    """What a run did, against what the model predicted. Times in seconds."""
+
+    executor_type: str
+    n_jobs: int
+    chunksize: int
+    start_method: str | None
+    n_items: int = 0
+    n_from_sample: int = 0
+    n_chunks: int = 0
+    final_chunksize: int = 0
+    optimize_time: float = 0.0
+    run_time: float = 0.0
+    wall_time: float = 0.0
+    predicted_time: float | None = None
+    predicted_speedup: float | None = None
+    predicted_item_time: float | None = None
+    measured_item_time: float | None = None
+    serial_estimate: float | None = None
+    chunksize_changes: list[tuple[int, int, int, str]] = field(default_factory=list)
+    failures: list[int] = field(default_factory=list)
+    retried: list[int] = field(default_factory=list)
+    fallback: tuple[int, str, str] | None = None  # (at item, switched to, why)
+    completed: bool = False
+
+    @property
+    def fell_back(self) -> bool:
+        """Whether the run left its pool for another configuration part way."""
+        return self.fallback is not None
+
+    @property
+    def measured_speedup(self) -> float | None:
+        """Serial estimate of the items this run executed over the time it took to run them."""
+        if self.serial_estimate is None or self.run_time <= 0 or self.n_items == self.n_from_sample:
+            return None
+        return self.serial_estimate / self.run_time
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["measured_speedup"] = self.measured_speedup
+        d["fell_back"] = self.fell_back
+        return d
+
+    def summary(self) -> str:
+        lines = [
+            f"ran {self.n_items} items on {self.executor_type}"
+            + (f" x{self.n_jobs} (chunksize {self.chunksize})" if self.executor_type != "serial" else "")
+            + f" in {self.wall_time:.3f} s"
+        ]
+        if self.optimize_time > 1e-3:
+            lines.append(f"optimize() took {self.optimize_time:.3f} s of it")
+        if self.n_from_sample:
+            lines.append(f"{self.n_from_sample} results came from optimize()'s sample")
+        if self.predicted_time is not None:
+            lines.append(
+                f"the other {self.n_items - self.n_from_sample} items: predicted {self.predicted_time:.3f} s, "
+                f"measured {self.run_time:.3f} s"
+            )
+        if self.predicted_item_time and self.measured_item_time:
+            lines.append(
+                f"item time: predicted {self.predicted_item_time * 1e3:.3f} ms, "
+                f"measured {self.measured_item_time * 1e3:.3f} ms in the workers"
+            )
+        if self.measured_speedup is not None:
+            lines.append(
+                f"speedup over serial for those items: measured x{self.measured_speedup:.2f}"
+                + (f", predicted x{self.predicted_speedup:.2f}" if self.predicted_speedup else "")
+            )
+        if self.failures:
+            lines.append(f"{len(self.failures)} items failed: {ranges(self.failures)}")
+        if self.retried:
+            lines.append(f"{len(self.retried)} items ran again after a worker died: {ranges(self.retried)}")
+        for at, old, new, why in self.chunksize_changes:
+            lines.append(f"chunksize {old} -> {new} at item {at}: {why}")
+        if self.fallback is not None:
+            at, to, why = self.fallback
+            lines.append(f"from item {at} on, ran {to}: {why}")
+        return "\n".join(lines)
+
+
+class Progress:
+    """Counts items: a tqdm bar (``progress=True``), a callback ``f(done, total)``, or nothing."""
+
+    def __init__(self, progress: Any, total: int | None, desc: str | None) -> None:
+        self.done = 0
+        self.total = total
+        self.callback: Callable[[int, int | None], Any] | None = None
+        self.bar = None
+        if callable(progress):
+            self.callback = progress
+        elif progress:
+            from tqdm.auto import tqdm
+
+            class _Bar(tqdm):  # type: ignore[misc, valid-type]
+                monitor_interval = 0  # no monitor thread left behind after the run
+
+            self.bar = _Bar(total=total, unit="item", desc=desc or "autopar", dynamic_ncols=True)
+
+    def update(self, n: int) -> None:
+        if n <= 0:
+            return
+        self.done += n
+        if self.bar is not None:
+            self.bar.update(n)
+        if self.callback is not None:
+            self.callback(self.done, self.total)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+class ExecutionIterator(Iterator[Any]):
+    """Results in input order, as they are ready. ``report`` is filled in as the run goes.
+
+    Closing it early (``close()``, leaving a ``with`` block or dropping it after a ``break``)
+    stops the run and its pool.
+    """
+
+    def __init__(self, blocks: Iterator[list[Any]], report: ExecutionReport) -> None:
+        self._gen = blocks  # lists of results, in order
+        self._flat = chain.from_iterable(blocks)
+        self.report = report
+
+    def __iter__(self) -> "ExecutionIterator":
+        return self
+
+    def __next__(self) -> Any:
+        return next(self._flat)
+
+    def blocks(self) -> Iterator[list[Any]]:
+        """The results as lists (one per chunk), cheaper than one at a time for tiny items."""
+        return self._gen
+
+    def close(self) -> None:
+        self._gen.close()  # type: ignore[attr-defined]
+
+    def __enter__(self) -> "ExecutionIterator":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def ranges(indices: list[int]) -> str:
+    indices = sorted(indices)
+    out: list[str] = []
+    start = prev = indices[0] if indices else 0
+    for i in indices[1:] + [None]:  # type: ignore[list-item]
+        if i is not None and i == prev + 1:
+            prev = i
+            continue
+        out.append(f"{start}" if start == prev else f"{start}-{prev}")
+        if i is not None:
+            start = prev = i
+    return ", ".join(out)
