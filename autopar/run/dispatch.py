@@ -230,9 +230,6 @@ class PoolRun:
         self.done_chunks = 0
         self.last_progress = time.monotonic()
         self.backend = self._backend()
-        from .recovery import Watchdog  # recovery works on a PoolRun
-
-        self.watchdog = Watchdog(self)
 
     def _backend(self) -> ProcessBackend | ThreadBackend:
         job = self.job
@@ -361,7 +358,7 @@ class PoolRun:
     # -- the loop --------------------------------------------------------------------------
 
     def results(self) -> Iterator[list[Any]]:
-        from .recovery import recover
+        from .recovery import Watchdog, recover  # recovery works on a PoolRun
 
         clean = False
         try:
@@ -372,12 +369,12 @@ class PoolRun:
                 pending = [c.future for c in self.inflight if not c.checked]
                 if pending:
                     busy_inline = self._can_run_inline()
-                    timeout = 0 if busy_inline else self.watchdog.wait_timeout()
+                    timeout = 0 if busy_inline else Watchdog.wait_timeout(self)
                     done, _ = wait(pending, timeout=timeout, return_when=FIRST_COMPLETED)
                     if not done and busy_inline:
                         continue
                     if not done:
-                        self.watchdog.stuck()
+                        Watchdog.stuck(self)
                         continue
                 if not self.harvest():
                     recover(self)

@@ -25,25 +25,27 @@ __all__ = ["Watchdog", "recover"]
 
 
 class Watchdog:
-    def __init__(self, run: "PoolRun") -> None:
-        self.run = run
+    """Stateless checks on a run (it holds no reference to the run: no cycle keeps a finished
+    run's pool, and its pipes, alive until the garbage collector finds it)."""
 
-    def stuck_limit(self) -> float:
+    @staticmethod
+    def stuck_limit(run: "PoolRun") -> float:
         """Seconds without a finished chunk after which the pool counts as stuck."""
-        run = self.run
         longest = max(len(c.items) for c in run.inflight)
         return longest * (run.job.opts.timeout or 0.0) + (1.0 if run.job.kind == "process" else 0.0)
 
-    def wait_timeout(self) -> float | None:
+    @classmethod
+    def wait_timeout(cls, run: "PoolRun") -> float | None:
         """How long to wait for a chunk now (None: forever, when there is no timeout)."""
-        if self.run.job.opts.timeout is None:
+        if run.job.opts.timeout is None:
             return None
-        return max(self.stuck_limit() - (time.monotonic() - self.run.last_progress), 0.01)
+        return max(cls.stuck_limit(run) - (time.monotonic() - run.last_progress), 0.01)
 
-    def stuck(self) -> None:
-        run, job = self.run, self.run.job
+    @classmethod
+    def stuck(cls, run: "PoolRun") -> None:
+        job = run.job
         timeout = job.opts.timeout
-        if timeout is None or time.monotonic() - run.last_progress < self.stuck_limit():
+        if timeout is None or time.monotonic() - run.last_progress < cls.stuck_limit(run):
             return
         unfinished = [c for c in run.inflight if not c.checked and not c.future.done()]
         if not unfinished:
