@@ -216,4 +216,7 @@ WORKLOADS: list[tuple[str, Callable[[Any], Any], Factory, str]] = [
     ("TIFF to WebP", image_pass, lambda n, tmp: W.make_tiff_stacks(tmp, count=n, shape=(16, 384, 384)), "image pass"),
 ]
 
+# Items kept whole in memory several times over (results lists, forked workers): capped.
+MAX_ITEMS = {"16 MB results": 120, "8 MB inputs": 250, "sorting lists": 400, "JSON round trips": 600}
+
 TINY = ("300,000 tiny calls", tiny, lambda n, tmp: list(range(300_000)), "x + 1")

@@ -60,7 +60,8 @@ __all__ = ["Profile", "SampleStash", "sample", "known_length"]
 
 SAMPLE_SHARE = 0.025  # share of the estimated total the serial sample (and the probe) may take
 IO_BOUND = 0.3  # CPU/wall under which work is probed on IO_PROBE_THREADS threads
-IO_PROBE_THREADS = 8
+IO_PROBE_THREADS = 16
+AHEAD_MAX = 16  # items a short job of waiting items runs at once beside its first
 PROBE_ROUND_MIN = 0.02  # seconds of work per thread and round, at least
 PROBE_CLEAR = (1.15, 0.85)  # a round scaling <= 1.15, or >= 0.85 k, settles the probe
 SPECULATE_MAX_ITEMS = 1000  # jobs of at most this many items start a second item early
@@ -227,37 +228,77 @@ class _Source:
         return self.it
 
 
-class _Speculation:
-    """Runs one item on a helper thread if the caller's item is still running after ``delay``.
+class _Ahead:
+    """Items run ahead on helper threads while the caller runs the first item.
 
-    The thread starts at once but waits: ``stop_or_finish()`` either cancels it (the first
-    item was quick: nothing ran) or waits for its item to finish."""
+    A coordinator thread looks at the caller's thread after ``EARLY`` seconds: if the first
+    item is still running and mostly waiting (its CPU clock barely moved), every item given
+    runs at once on threads of its own (slow start for waiting work: a job of a few slow
+    waits is done in the time of one). Otherwise, past ``delay``, one item runs beside the
+    first, so that a core does not idle through a slow item. Items that did not run go back
+    to the input; ``stop_or_finish()`` cancels what has not started and waits for the rest.
+    """
 
-    def __init__(self, func: Callable[..., Any], item: Any, delay: float) -> None:
-        self.item = item
-        self.result: Any = None
-        self.error: BaseException | None = None
-        self.ran = False
-        self.wall = self.own_cpu = 0.0
+    EARLY = 0.002
+
+    def __init__(self, func: Callable[..., Any], items: list[Any], delay: float, caller: int) -> None:
+        self.func, self.items, self.delay = func, items, delay
+        n = len(items)
+        self.results: list[Any] = [None] * n
+        self.errors: list[BaseException | None] = [None] * n
+        self.walls, self.cpus = [0.0] * n, [0.0] * n
+        self.ran = [False] * n
+        self.waiting = False
+        self.round_wall = 0.0
         self._cancel = threading.Event()
-
-        def work() -> None:
-            if self._cancel.wait(delay):
-                return
-            self.ran = True
-            h0, t0 = time.thread_time(), time.perf_counter()
-            try:
-                self.result = func(item)
-            except BaseException as exc:  # handed to the caller by the sampler
-                self.error = exc
-            self.wall, self.own_cpu = time.perf_counter() - t0, time.thread_time() - h0
-
-        self._thread = threading.Thread(target=work, name="autopar-sample-ahead", daemon=True)
+        try:
+            self._clock: int | None = time.pthread_getcpuclockid(caller)
+        except (AttributeError, OSError):
+            self._clock = None
+        self._thread = threading.Thread(target=self._coordinate, name="autopar-sample-ahead", daemon=True)
         self._thread.start()
+
+    def _run_one(self, i: int) -> None:
+        self.ran[i] = True
+        h0, t0 = time.thread_time(), time.perf_counter()
+        try:
+            self.results[i] = self.func(self.items[i])
+        except BaseException as exc:  # handed to the caller by the sampler
+            self.errors[i] = exc
+        self.walls[i], self.cpus[i] = time.perf_counter() - t0, time.thread_time() - h0
+
+    def _coordinate(self) -> None:
+        t0 = time.perf_counter()
+        c0 = time.clock_gettime(self._clock) if self._clock is not None else 0.0
+        if self._cancel.wait(self.EARLY):
+            return
+        if self._clock is not None and len(self.items) > 1:
+            used = time.clock_gettime(self._clock) - c0
+            self.waiting = used / max(time.perf_counter() - t0, 1e-9) < IO_BOUND
+        if self.waiting:
+            helpers = [
+                threading.Thread(target=self._run_one, args=(i,), name=f"autopar-sample-ahead-{i}", daemon=True)
+                for i in range(1, len(self.items))
+            ]
+            t1 = time.perf_counter()
+            for t in helpers:
+                t.start()
+            self._run_one(0)
+            for t in helpers:
+                t.join()
+            self.round_wall = time.perf_counter() - t1
+            return
+        if self._cancel.wait(max(self.delay - self.EARLY, 0.0)):
+            return
+        self._run_one(0)
 
     def stop_or_finish(self) -> None:
         self._cancel.set()
         self._thread.join()
+
+    def n_ran(self) -> int:
+        """Items that ran: always the first ``n_ran()`` given."""
+        return sum(self.ran)
 
 
 def _probe(
@@ -358,6 +399,7 @@ class _Sampler:
         self.first_time = self.first_cpu = 0.0
         self.watch_memory = False
         self.waiting = False
+        self.ahead_round: tuple[float, int, int] | None = None  # (scaling, threads, items)
 
     # -- steps --------------------------------------------------------------------------
 
@@ -383,9 +425,9 @@ class _Sampler:
         spec = None
         n = self.n_total
         if n is not None and 3 <= n <= SPECULATE_MAX_ITEMS and self.probe_wanted:
-            second = self.src.pull(1)
-            if second:
-                spec = _Speculation(self.func, second[0], self.min_budget)
+            ahead = self.src.pull(min(n - 1, AHEAD_MAX))
+            if ahead:
+                spec = _Ahead(self.func, ahead, self.min_budget, threading.get_ident())
         rss0 = rss()
         meter = CpuMeter().start()
         try:
@@ -400,12 +442,14 @@ class _Sampler:
                 spec.stop_or_finish()
         self.peak = max(rss() - rss0, 0)
         self._keep(first, [result])
-        if spec is not None and spec.ran and wall > 0 and own / wall >= CPU_BOUND / 2:
+        if spec is not None and spec.n_ran() and wall > 0 and own / wall >= CPU_BOUND / 2:
             # The helper shared the machine with the first item: its own CPU time is its
             # serial time, and its CPU ratio its own.
             wall = cpu = max(own, 1e-9)
         self.first_time, self.first_cpu = wall, cpu
         if spec is not None:
+            if spec.waiting:  # the RSS growth was theirs too
+                self.peak //= 1 + spec.n_ran()
             self._speculated(spec)
         # Peak memory: an item under 1 ms cannot touch much memory, so only its RSS growth
         # counts; a longer one has the next item, or the probe, watched by the RSS poller.
@@ -414,20 +458,27 @@ class _Sampler:
         self.waiting = wall >= 1e-3 and cpu / wall < IO_BOUND
         return True
 
-    def _speculated(self, spec: _Speculation) -> None:
-        if not spec.ran:  # the first item was quick: the second runs with the others
-            self.src.push_back([spec.item])
-            return
-        result = spec.result
-        if spec.error is not None:
-            result = ItemFailed(1, spec.error)
-            self.failures += settle([(1, spec.error, "")], "thread (sample)", self.collect)
-        self._keep([spec.item], [result])
-        if spec.error is None and spec.wall > 0:
-            # A timed item: its own CPU time when CPU-bound (it shared the machine), else wall.
-            cpu_bound = spec.own_cpu / spec.wall >= CPU_BOUND / 2
-            self.batches.append((1, max(spec.own_cpu, 1e-9) if cpu_bound else spec.wall))
-            self.ratios.append(1.0 if cpu_bound else spec.own_cpu / spec.wall)
+    def _speculated(self, spec: _Ahead) -> None:
+        """Keep what ran ahead (a prefix of the items given); the rest goes back in front."""
+        n = spec.n_ran()
+        self.src.push_back(spec.items[n:])
+        for i in range(n):
+            index, result, error = self.done, spec.results[i], spec.errors[i]
+            if error is not None:
+                result = ItemFailed(index, error)
+                self.failures += settle([(index, error, "")], "thread (sample)", self.collect)
+            self._keep([spec.items[i]], [result])
+            wall, cpu = spec.walls[i], spec.cpus[i]
+            if error is None and wall > 0:
+                # A timed item: its own CPU time when CPU-bound (it shared the machine), else wall.
+                cpu_bound = cpu / wall >= CPU_BOUND / 2
+                self.batches.append((1, max(cpu, 1e-9) if cpu_bound else wall))
+                self.ratios.append(1.0 if cpu_bound else cpu / wall)
+        if spec.waiting and n >= 2 and spec.round_wall > 0:
+            # They ran at once, beside the first item: a probe round already.
+            k = n + 1
+            busy = sum(spec.walls[:n]) + self.first_time
+            self.ahead_round = (min(busy / max(spec.round_wall, self.first_time), float(k)), k, n)
 
     def _target(self, mean: float) -> float:
         if self.n_total is None:
@@ -490,7 +541,11 @@ class _Sampler:
         item_method: str | None = _serialize.PICKLE
         result_method: str | None = _serialize.PICKLE
         errors = [f"function: {ferr}"] if ferr else []
+        work = self.first_time + sum(t for _, t in self.batches)  # seconds of items run so far
+        measured = 0
         for b, j in picks:
+            if measured and out.item_time + out.result_time > 0.25 * work:
+                break  # pickling costs more than a quarter of the work: one pair tells enough
             i = sum(len(x) for x in self.item_blocks[:b]) + j
             m, size, secs, load, err = _serialize.measure(self.item_blocks[b][j])
             item_method = _serialize.worse(item_method, m)
@@ -503,7 +558,8 @@ class _Sampler:
             out.result_load += load
             if err:
                 errors.append(f"result of item {i}: {err}")
-        n = max(len(picks), 1)
+            measured += 1
+        n = max(measured, 1)
         for name in ("item_bytes", "item_time", "item_load", "result_bytes", "result_time", "result_load"):
             setattr(out, name, getattr(out, name) / n)
         out.transport = _serialize.worse(item_method, result_method) if fmethod is not None else None
@@ -531,16 +587,20 @@ class _Sampler:
     def probe(self, stats: _Stats) -> tuple[float | None, int, int]:
         """Rounds on k threads until the scaling is clear; (scaling, threads, rounds)."""
         remaining = None if self.n_total is None else self.n_total - self.done
-        if not (
+        best, k_used, rounds = 0.0, 0, 0
+        if self.ahead_round is not None:
+            best, k_used, _ = self.ahead_round
+            rounds = 1
+        worth = (
             self.probe_wanted
             and self.done > 0
             and not (self.src.exhausted and not self.src.ahead)
             and (remaining is None or (remaining >= 2 and remaining * stats.mean > 0.005))
-        ):
-            return None, 0, 0
+        )
+        if not worth or (rounds and (best <= PROBE_CLEAR[0] or best >= PROBE_CLEAR[1] * k_used)):
+            return (min(max(best, 0.1), float(k_used)) if rounds else None), k_used, rounds
         k, per_thread = self._probe_plan(stats, remaining)
-        best, k_used, rounds = 0.0, 0, 0
-        for _ in range(2):
+        for _ in range(2 - rounds):
             left = None if self.n_total is None else self.n_total - self.done
             if rounds and left is not None and left < 2 * k * per_thread:
                 break  # a second round would eat the job
