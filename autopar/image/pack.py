@@ -158,8 +158,25 @@ def pack(
         raise image.ImageError(f"{src}: no such input folder")
     if not dry_run:
         _check_output(out)
+    run = (executor, jobs, progress)
+    paths = _find_files(src, report)
+    infos = _scan_pass(paths, z_crop, z_threshold, report, run) if paths else []
+    if infos:
+        z0 = min(i.z_start for i in infos)
+        z1 = max(i.z_end for i in infos)
+        limits, global_limits = _limits_pass(infos, z0, z1, stretch, report)
+        render = dict(output_dir=str(out), quality=quality, method=method, lossless=lossless, dry_run=dry_run)
+        done = _render_pass(infos, z0, z1, limits, global_limits, per_image_contrast, render, report, run)
+        report.manifest = _manifest(infos, z0, z1, done, limits, global_limits, per_image_contrast)
+        if done and not dry_run:
+            with atomic_write(out / "manifest.json", "w") as fh:
+                json.dump(report.manifest, fh, indent=2)
+    report.wall_time = time.perf_counter() - t_begin
+    return report
 
-    # Files: the glob, then the exact name pattern; largest first.
+
+def _find_files(src: Path, report: PackReport) -> list[str]:
+    """The glob, then the exact name pattern; largest first."""
     paths = []
     for p in sorted(src.glob(image.FILE_GLOB)):
         if image.FILE_PATTERN.match(p.name):
@@ -168,14 +185,16 @@ def pack(
             report.errors.append(f"{p}: the name does not match *_ch<N>_stack<NNNN>*.tif[f]; skipped")
     if not paths:
         report.errors.append(f"{src}: no files matching {image.FILE_GLOB}")
-        report.wall_time = time.perf_counter() - t_begin
-        return report
     paths.sort(key=lambda p: os.path.getsize(p), reverse=True)
-    total_mb = sum(os.path.getsize(p) for p in paths) / 1e6
+    return paths
 
-    # Pass 0: scan every stack once.
-    scan = _Scan(z_crop, z_threshold)
-    scanned = _run_pass("pass 0: scan", scan, paths, total_mb, report, executor, jobs, progress)
+
+def _scan_pass(
+    paths: list[str], z_crop: str, z_threshold: float | None, report: PackReport, run: tuple[str, int | None, bool]
+) -> list[image.StackInfo]:
+    """Pass 0: scan every stack once; keep those of the common height and width."""
+    total_mb = sum(os.path.getsize(p) for p in paths) / 1e6
+    scanned = _run_pass("pass 0: scan", _Scan(z_crop, z_threshold), paths, total_mb, report, *run)
     infos: list[image.StackInfo] = []
     for path, res in zip(paths, scanned):
         if isinstance(res, ItemFailed):
@@ -190,31 +209,43 @@ def pack(
                 f"{i.path}: its slices are {i.shape[2]}x{i.shape[1]}, the others' {common[1]}x{common[0]}; skipped"
             )
         infos = [i for i in infos if i.shape[1:] == common]
-    if not infos:
-        report.wall_time = time.perf_counter() - t_begin
-        return report
-    z0 = min(i.z_start for i in infos)
-    z1 = max(i.z_end for i in infos)
+    return infos
 
-    # Pass 1: limits of the cropped stacks, from pass 0's histograms (no second read).
+
+def _limits_pass(
+    infos: list[image.StackInfo], z0: int, z1: int, stretch: str, report: PackReport
+) -> tuple[dict[str, image.Limits], dict[int, image.Limits]]:
+    """Pass 1: limits of the cropped stacks from pass 0's histograms (no second read);
+    per stack, and per channel over all timepoints."""
     t1 = time.perf_counter()
     limits: dict[str, image.Limits] = {}
     for i in infos:  # float stacks have no histograms: contrast_limits reads them again
         limits[i.path] = image.contrast_limits(i, z0, min(z1, i.shape[0] - 1), stretch)
         i.histograms = None  # done with them
-    report.passes.append(
-        PassReport("pass 1: limits", "serial", 1, 1, time.perf_counter() - t1, len(infos), 0.0)
-    )
-    global_limits: dict[int, image.Limits] = {}
+    report.passes.append(PassReport("pass 1: limits", "serial", 1, 1, time.perf_counter() - t1, len(infos), 0.0))
     by_channel: dict[int, list[image.Limits]] = defaultdict(list)
     for i in infos:
         by_channel[i.channel].append(limits[i.path])
+    global_limits: dict[int, image.Limits] = {}
     for ch, ls in by_channel.items():
         lo, hi = min(x.p_low for x in ls), max(x.p_high for x in ls)
         global_limits[ch] = image.Limits(lo, hi if hi > lo else lo + 1e-6)
+    return limits, global_limits
 
-    # Pass 2: render every stack.
-    jobs_ = [
+
+def _render_pass(
+    infos: list[image.StackInfo],
+    z0: int,
+    z1: int,
+    limits: dict[str, image.Limits],
+    global_limits: dict[int, image.Limits],
+    per_image_contrast: bool,
+    render: dict[str, Any],
+    report: PackReport,
+    run: tuple[str, int | None, bool],
+) -> list[tuple[image.RenderJob, dict[str, Any]]]:
+    """Pass 2: crop, stretch, tile and write every stack; (job, result) of those written."""
+    jobs = [
         image.RenderJob(
             path=i.path,
             channel=i.channel,
@@ -222,26 +253,32 @@ def pack(
             z_start=z0,
             z_end=min(z1, i.shape[0] - 1),
             limits=limits[i.path] if per_image_contrast else global_limits[i.channel],
-            output_dir=str(out),
-            quality=quality,
-            method=method,
-            lossless=lossless,
-            dry_run=dry_run,
+            **render,
         )
         for i in infos
     ]
-    rendered = _run_pass(
-        "pass 2: render", image.render_stack, jobs_, sum(i.nbytes for i in infos) / 1e6, report, executor, jobs, progress
-    )
+    total_mb = sum(i.nbytes for i in infos) / 1e6
+    rendered = _run_pass("pass 2: render", image.render_stack, jobs, total_mb, report, *run)
     done = []
-    for job, res in zip(jobs_, rendered):
+    for job, res in zip(jobs, rendered):
         if isinstance(res, ItemFailed):
             report.errors.append(_failure_text(job.path, res))
         else:
             done.append((job, res))
             report.written.append(res["file"])
+    return done
 
-    # Manifest: what was written, in the viewers' schema.
+
+def _manifest(
+    infos: list[image.StackInfo],
+    z0: int,
+    z1: int,
+    done: list[tuple[image.RenderJob, dict[str, Any]]],
+    limits: dict[str, image.Limits],
+    global_limits: dict[int, image.Limits],
+    per_image_contrast: bool,
+) -> dict[str, Any]:
+    """What was written, in the viewers' schema (PixelPacker 0.3.0's manifest.json)."""
     height, width = infos[0].shape[1:]
     depth = z1 - z0 + 1
     cols, rows = image.atlas_layout(depth)
@@ -249,28 +286,23 @@ def pack(
     for job, res in sorted(done, key=lambda d: (d[0].time_id, d[0].channel)):
         tp = timepoints.setdefault(job.time_id, {"time": job.time_id, "files": {}})
         tp["files"][f"c{job.channel}"] = {"file": res["file"], "p_low": job.limits.p_low, "p_high": job.limits.p_high}
+    channels = sorted({i.channel for i in infos})
     if per_image_contrast:
         intensity = {
             f"c{ch}": {"p_low": min(limits[i.path].p_low for i in infos if i.channel == ch),
                        "p_high": max(limits[i.path].p_high for i in infos if i.channel == ch)}
-            for ch in sorted(by_channel)
+            for ch in channels
         }
     else:
         intensity = {f"c{ch}": {"p_low": lim.p_low, "p_high": lim.p_high} for ch, lim in sorted(global_limits.items())}
-    manifest = {
+    return {
         "tile_layout": {"cols": cols, "rows": rows},
         "volume_size": {"width": width, "height": height, "depth": depth},
-        "channels": max(i.channel for i in infos) + 1,
+        "channels": max(channels) + 1,
         "global_z_crop_range": [z0, z1],
         "timepoints": [timepoints[t] for t in sorted(timepoints)],
         "global_intensity": intensity,
     }
-    report.manifest = manifest
-    if done and not dry_run:
-        with atomic_write(out / "manifest.json", "w") as fh:
-            json.dump(manifest, fh, indent=2)
-    report.wall_time = time.perf_counter() - t_begin
-    return report
 
 
 class _Scan:

@@ -40,7 +40,7 @@ from .report import ExecutionReport, Progress
 __all__ = ["Job", "PoolRun"]
 
 ADAPT_FACTOR = 2.0  # measured/expected item time outside [1/2, 2] triggers a new chunksize
-FALLBACK_RATE = 0.95  # a pool delivering under this share of serial's rate gives way to serial
+FALLBACK_RATE = 0.9  # a pool delivering under this share of serial's rate gives way to serial
 FALLBACK_MIN_TIME = 0.03  # seconds of steady running before a fallback is judged
 
 
@@ -193,9 +193,11 @@ class Fallback:
         self.items_first = 0
         self.chunks_seen = 0
 
-    def losing(self, done_items: int) -> str | None:
+    def losing(self, done_items: int, worker_item: float) -> str | None:
         """Why the pool should give way, or None. Judged on the steady rate: from the first
-        chunk back (the pool's start is paid whatever happens next)."""
+        chunk back (the pool's start is paid whatever happens next), against serial's rate:
+        the sample's item time or, for processes, the time items take in the workers if
+        longer (a sample that ran quick items must not make the pool look slow)."""
         if not (self.job.chosen and self.job.opts.adapt and self.serial_item > 0):
             return None
         self.chunks_seen += 1
@@ -206,7 +208,10 @@ class Fallback:
         span, items = now - self.t_first, done_items - self.items_first
         if span < FALLBACK_MIN_TIME or self.chunks_seen < 2 * self.job.n_jobs + 1 or items <= 0:
             return None
-        rate, serial_rate = items / span, 1.0 / self.serial_item
+        serial_item = self.serial_item
+        if self.job.kind == "process":  # thread times include waiting for the GIL: not those
+            serial_item = max(serial_item, worker_item)
+        rate, serial_rate = items / span, 1.0 / serial_item
         if rate >= FALLBACK_RATE * serial_rate:
             return None
         return (
@@ -339,7 +344,7 @@ class PoolRun:
         if self.inline is not None:
             return
         self.tuner.adapt(self.feeder, self.done_time, self.done_items, self.done_chunks)
-        why = self.fallback.losing(self.done_items)
+        why = self.fallback.losing(self.done_items, self.done_time / max(self.done_items, 1))
         if why is not None:
             self._fall_back(why)
 

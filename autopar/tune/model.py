@@ -214,6 +214,64 @@ def _fewest_workers(best: Candidate, ranked: list[Candidate]) -> Candidate:
     return min(close, key=lambda c: (c.n_jobs, c.predicted_time))
 
 
+def _worker_limits(
+    p: Profile,
+    system: SystemInfo,
+    costs: PoolCosts,
+    remaining: int,
+    wtype: str,
+    max_jobs: int | None,
+    reasons: list[str],
+    warnings: list[str],
+) -> tuple[int, int, int]:
+    """(thread limit, process limit, memory cap): n workers must hold n items at their peak."""
+    cores = system.usable_cores
+    per_worker = max(p.peak_memory_per_item, int(p.item_bytes + p.result_bytes))
+    memory_cap = MAX_THREADS
+    if per_worker > 0:
+        memory_cap = max(1, int(MEMORY_SHARE * system.available_memory // per_worker))
+    proc_cap = max(1, int(MEMORY_SHARE * system.available_memory // (per_worker + costs.process_worker_memory + 1)))
+    results_total = (p.n_done + remaining) * p.result_bytes
+    if results_total > 0.5 * system.available_memory:
+        warnings.append(
+            f"the results will take about {results_total / 2**30:.1f} GiB, more than half of the "
+            f"{system.available_memory / 2**30:.1f} GiB available; consider execute_iter() to stream them"
+        )
+    thread_limit = min(remaining, MAX_THREADS, memory_cap)
+    if wtype != "io" and not (p.thread_scaling and p.probe_threads > cores and p.thread_scaling > cores):
+        # Computing work gets no more threads than cores unless the probe measured a gain.
+        thread_limit = min(thread_limit, cores)
+    proc_limit = min(remaining, proc_cap, cores if wtype == "cpu" else 2 * cores)
+    if max_jobs is not None:
+        thread_limit, proc_limit = min(thread_limit, max_jobs), min(proc_limit, max_jobs)
+    if memory_cap < min(remaining, cores):
+        reasons.append(
+            f"memory caps the workers at {memory_cap}: {p.peak_memory_per_item / 2**20:.0f} MiB "
+            f"peak per item against {system.available_memory / 2**30:.1f} GiB available"
+        )
+    return thread_limit, proc_limit, memory_cap
+
+
+def _choose(ranked: list[Candidate], serial: Candidate, serial_allowed: bool, reasons: list[str]) -> Candidate:
+    """The fastest, with the fewest workers in a near tie; threads over processes within
+    ``THREAD_PREFERENCE``; serial unless parallel is clearly faster."""
+    best = _fewest_workers(ranked[0], ranked)
+    if best.executor_type == "process":
+        thread_alt = next((c for c in ranked if c.executor_type == "thread"), None)
+        if thread_alt is not None and thread_alt.predicted_time <= best.predicted_time * THREAD_PREFERENCE:
+            best = _fewest_workers(thread_alt, ranked)
+            reasons.append("threads and processes are predicted within 5%: threads win (no copies)")
+    if best.executor_type != "serial" and serial_allowed:
+        saving = serial.predicted_time - best.predicted_time
+        if serial.predicted_time < best.predicted_time * MIN_SPEEDUP or saving < MIN_SAVING:
+            reasons.append(
+                f"serial: the best parallel choice, {best.label()}, is not clearly faster "
+                f"({best.predicted_time:.3g} s against {serial.predicted_time:.3g} s serial)"
+            )
+            best = serial
+    return best
+
+
 def decide(
     profile: Profile,
     system: SystemInfo,
@@ -244,31 +302,7 @@ def decide(
 
     serial = Candidate("serial", 1, 1, remaining * p.item_time_mean, work=remaining * p.item_time_mean)
 
-    # Memory: n workers must hold n items at their peak.
-    per_worker = max(p.peak_memory_per_item, int(p.item_bytes + p.result_bytes))
-    memory_cap = MAX_THREADS
-    if per_worker > 0:
-        memory_cap = max(1, int(MEMORY_SHARE * system.available_memory // per_worker))
-    proc_cap = max(1, int(MEMORY_SHARE * system.available_memory // (per_worker + costs.process_worker_memory + 1)))
-    results_total = (p.n_done + remaining) * p.result_bytes
-    if results_total > 0.5 * system.available_memory:
-        warnings.append(
-            f"the results will take about {results_total / 2**30:.1f} GiB, more than half of the "
-            f"{system.available_memory / 2**30:.1f} GiB available; consider execute_iter() to stream them"
-        )
-
-    thread_limit = min(remaining, MAX_THREADS, memory_cap)
-    if wtype != "io" and not (p.thread_scaling and p.probe_threads > cores and p.thread_scaling > cores):
-        # Computing work gets no more threads than cores unless the probe measured a gain.
-        thread_limit = min(thread_limit, cores)
-    proc_limit = min(remaining, proc_cap, cores if wtype == "cpu" else 2 * cores)
-    if max_jobs is not None:
-        thread_limit, proc_limit = min(thread_limit, max_jobs), min(proc_limit, max_jobs)
-    if memory_cap < min(remaining, cores):
-        reasons.append(
-            f"memory caps the workers at {memory_cap}: {p.peak_memory_per_item / 2**20:.0f} MiB "
-            f"peak per item against {system.available_memory / 2**30:.1f} GiB available"
-        )
+    thread_limit, proc_limit, memory_cap = _worker_limits(p, system, costs, remaining, wtype, max_jobs, reasons, warnings)
 
     if "process" in allowed and profile.transport is None:
         allowed.discard("process")
@@ -292,22 +326,9 @@ def decide(
                     cands.append(best_chunksize(kind, n, remaining, p, costs, cores, system.gil_enabled))
     ranked = sorted(cands + ([serial] if "serial" in allowed or not cands else []), key=lambda c: c.predicted_time)
 
-    best = _fewest_workers(ranked[0], ranked)
+    best = _choose(ranked, serial, "serial" in allowed, reasons)
     if not system.gil_enabled and "thread" in allowed:
         reasons.append("this Python runs without a GIL: threads compute in parallel")
-    if best.executor_type == "process":
-        thread_alt = next((c for c in ranked if c.executor_type == "thread"), None)
-        if thread_alt is not None and thread_alt.predicted_time <= best.predicted_time * THREAD_PREFERENCE:
-            best = _fewest_workers(thread_alt, ranked)
-            reasons.append("threads and processes are predicted within 5%: threads win (no copies)")
-    if best.executor_type != "serial" and "serial" in allowed:
-        saving = serial.predicted_time - best.predicted_time
-        if serial.predicted_time < best.predicted_time * MIN_SPEEDUP or saving < MIN_SAVING:
-            reasons.append(
-                f"serial: the best parallel choice, {best.label()}, is not clearly faster "
-                f"({best.predicted_time:.3g} s against {serial.predicted_time:.3g} s serial)"
-            )
-            best = serial
 
     if remaining == 0:
         reasons.append(f"the sample already ran all {p.n_done} items")

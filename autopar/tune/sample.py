@@ -62,7 +62,7 @@ SAMPLE_SHARE = 0.025  # share of the estimated total the serial sample (and the 
 IO_BOUND = 0.3  # CPU/wall under which work is probed on IO_PROBE_THREADS threads
 IO_PROBE_THREADS = 16
 AHEAD_MAX = 16  # items a short job of waiting items runs at once beside its first
-PROBE_ROUND_MIN = 0.02  # seconds of work per thread and round, at least
+PROBE_ROUND_MIN = (0.006, 0.02)  # seconds of work per thread: first round, second round
 PROBE_CLEAR = (1.15, 0.85)  # a round scaling <= 1.15, or >= 0.85 k, settles the probe
 SPECULATE_MAX_ITEMS = 1000  # jobs of at most this many items start a second item early
 
@@ -408,7 +408,7 @@ class _Sampler:
             self.serial_batches()
         stats = self.item_stats()
         pickling = self.pickling()
-        scaling, k_used, rounds = self.probe(stats)
+        scaling, k_used, rounds = _probe_step(self, stats)
         return self.assemble(stats, pickling, scaling, k_used, rounds)
 
     def _keep(self, items: list[Any], results: list[Any]) -> None:
@@ -566,71 +566,6 @@ class _Sampler:
         out.error = "; ".join(errors) or None
         return out
 
-    def _probe_plan(self, stats: _Stats, remaining: int | None) -> tuple[int, int]:
-        """(threads, items per thread and round)."""
-        ref = max(stats.reference, 1e-9)
-        k = max(2, self.probe_threads)
-        if stats.cpu_ratio < IO_BOUND:
-            k = max(k, IO_PROBE_THREADS)  # waiting work: more threads, and more of it done
-        if remaining is not None:
-            k = min(k, max(2, remaining // 2))
-        budget = 0.5 * self.budget
-        if remaining is not None:
-            budget = min(budget, max(self.min_budget, SAMPLE_SHARE * remaining * ref))
-        per_thread = max(1, math.ceil(budget / k / ref))
-        # A round shorter than ~20 ms per thread measures the scheduler more than the work.
-        per_thread = min(max(per_thread, math.ceil(PROBE_ROUND_MIN / ref)), 10_000)
-        if remaining is not None:
-            per_thread = max(1, min(per_thread, remaining // (2 * k)))
-        return k, per_thread
-
-    def probe(self, stats: _Stats) -> tuple[float | None, int, int]:
-        """Rounds on k threads until the scaling is clear; (scaling, threads, rounds)."""
-        remaining = None if self.n_total is None else self.n_total - self.done
-        best, k_used, rounds = 0.0, 0, 0
-        if self.ahead_round is not None:
-            best, k_used, _ = self.ahead_round
-            rounds = 1
-        worth = (
-            self.probe_wanted
-            and self.done > 0
-            and not (self.src.exhausted and not self.src.ahead)
-            and (remaining is None or (remaining >= 2 and remaining * stats.mean > 0.005))
-        )
-        if not worth or (rounds and (best <= PROBE_CLEAR[0] or best >= PROBE_CLEAR[1] * k_used)):
-            return (min(max(best, 0.1), float(k_used)) if rounds else None), k_used, rounds
-        k, per_thread = self._probe_plan(stats, remaining)
-        for _ in range(2 - rounds):
-            left = None if self.n_total is None else self.n_total - self.done
-            if rounds and left is not None and left < 2 * k * per_thread:
-                break  # a second round would eat the job
-            items = self.src.pull(k * per_thread)
-            if len(items) < 2:
-                if items:  # the input ended: run the straggler serially
-                    out, failed = run_items(self.func, self.done, items, self.collect, remote=False)
-                    self.failures += settle(failed, "serial (sample)", self.collect)
-                    self._keep(items, out)
-                break
-            kk = min(k, len(items))
-            with PeakRSS() if self.watch_memory else nullcontext() as mem:
-                results, wall, cpu = _probe(self.func, items, kk, self.done, self.collect)
-            self.failures += [r.index for r in results if isinstance(r, ItemFailed)]
-            if self.watch_memory:  # items too long for a second serial one: k ran at once here
-                self.peak, self.watch_memory = max(self.peak, mem.peak // kk), False
-            self._keep(items, results)
-            self.n_probed += len(items)
-            k_used, rounds = max(k_used, kk), rounds + 1
-            if wall > 0:
-                if stats.cpu_ratio >= CPU_BOUND:
-                    # CPU-bound: cores kept busy at once over cores one item keeps busy.
-                    s = (cpu / wall) / stats.cpu_ratio
-                else:
-                    s = len(items) * stats.reference / wall
-                best = max(best, s)
-            if best <= PROBE_CLEAR[0] or best >= PROBE_CLEAR[1] * kk:
-                break  # clear evidence: no second round
-        return (min(max(best, 0.1), float(k_used)) if rounds else None), k_used, rounds
-
     def assemble(self, stats: _Stats, pk: _Pickling, scaling: float | None, k_used: int, rounds: int) -> tuple[Profile, SampleStash]:
         exhausted = self.src.exhausted and not self.src.ahead
         n_total = self.done if exhausted else self.n_total
@@ -673,13 +608,81 @@ class _Sampler:
         return profile, stash
 
 
+def _probe_plan(sp: "_Sampler", stats: _Stats, remaining: int | None, round_min: float) -> tuple[int, int]:
+    """(threads, items per thread and round)."""
+    ref = max(stats.reference, 1e-9)
+    k = max(2, sp.probe_threads)
+    if stats.cpu_ratio < IO_BOUND:
+        k = max(k, IO_PROBE_THREADS)  # waiting work: more threads, and more of it done
+    if remaining is not None:
+        k = min(k, max(2, remaining // 2))
+    budget = 0.5 * sp.budget
+    if remaining is not None:
+        budget = min(budget, max(sp.min_budget, SAMPLE_SHARE * remaining * ref))
+    per_thread = max(1, math.ceil(budget / k / ref))
+    # A round shorter than ~20 ms per thread measures the scheduler more than the work.
+    # A first round of 6 ms per thread shows clear cases (pure Python at 1x, GIL-free work at
+    # k x); only an unclear one earns a second round of 20 ms.
+    per_thread = min(max(per_thread, math.ceil(round_min / ref)), 10_000)
+    if remaining is not None:
+        per_thread = max(1, min(per_thread, remaining // (2 * k)))
+    return k, per_thread
+
+def _probe_step(sp: "_Sampler", stats: _Stats) -> tuple[float | None, int, int]:
+    """Rounds on k threads until the scaling is clear; (scaling, threads, rounds)."""
+    remaining = None if sp.n_total is None else sp.n_total - sp.done
+    best, k_used, rounds = 0.0, 0, 0
+    if sp.ahead_round is not None:
+        best, k_used, _ = sp.ahead_round
+        rounds = 1
+    worth = (
+        sp.probe_wanted
+        and sp.done > 0
+        and not (sp.src.exhausted and not sp.src.ahead)
+        and (remaining is None or (remaining >= 2 and remaining * stats.mean > 0.005))
+    )
+    if not worth or (rounds and (best <= PROBE_CLEAR[0] or best >= PROBE_CLEAR[1] * k_used)):
+        return (min(max(best, 0.1), float(k_used)) if rounds else None), k_used, rounds
+    for _ in range(2 - rounds):
+        k, per_thread = _probe_plan(sp, stats, remaining, PROBE_ROUND_MIN[min(rounds, 1)])
+        left = None if sp.n_total is None else sp.n_total - sp.done
+        if rounds and left is not None and left < 2 * k * per_thread:
+            break  # a second round would eat the job
+        items = sp.src.pull(k * per_thread)
+        if len(items) < 2:
+            if items:  # the input ended: run the straggler serially
+                out, failed = run_items(sp.func, sp.done, items, sp.collect, remote=False)
+                sp.failures += settle(failed, "serial (sample)", sp.collect)
+                sp._keep(items, out)
+            break
+        kk = min(k, len(items))
+        with PeakRSS() if sp.watch_memory else nullcontext() as mem:
+            results, wall, cpu = _probe(sp.func, items, kk, sp.done, sp.collect)
+        sp.failures += [r.index for r in results if isinstance(r, ItemFailed)]
+        if sp.watch_memory:  # items too long for a second serial one: k ran at once here
+            sp.peak, sp.watch_memory = max(sp.peak, mem.peak // kk), False
+        sp._keep(items, results)
+        sp.n_probed += len(items)
+        k_used, rounds = max(k_used, kk), rounds + 1
+        if wall > 0:
+            if stats.cpu_ratio >= CPU_BOUND:
+                # CPU-bound: cores kept busy at once over cores one item keeps busy.
+                s = (cpu / wall) / stats.cpu_ratio
+            else:
+                s = len(items) * stats.reference / wall
+            best = max(best, s)
+        if best <= PROBE_CLEAR[0] or best >= PROBE_CLEAR[1] * kk:
+            break  # clear evidence: no second round
+    return (min(max(best, 0.1), float(k_used)) if rounds else None), k_used, rounds
+
+
 def sample(
     func: Callable[..., Any],
     data: Iterable[Any],
     *,
     n_items: int | None = None,
     budget: float = 0.2,
-    min_budget: float = 0.02,
+    min_budget: float = 0.01,
     probe_threads: int = 2,
     probe: bool = True,
     collect: bool = False,
