@@ -11,7 +11,8 @@ the workloads). For each workload:
    waits) with chunksize len/(4n); processes x 2 and 4 with chunksize 1, 4, len/(16n) and
    len/(4n) (chunksize 1 left out past 5,000 items). The large bucket runs a shorter grid.
 2. then rounds, alternating, each running once: autopar (``execute()`` with its own
-   ``optimize()`` inside the timing), the three fastest grid configurations, serial, and the
+   ``optimize()`` inside the timing), the three fastest grid configurations (two in the large
+   bucket) and the fastest of each kind (serial, threads, processes), and the
    baselines: ``ProcessPoolExecutor()`` and ``ThreadPoolExecutor()`` with their defaults
    (``list(ex.map(f, items))``, pool start included) and ``joblib.Parallel(n_jobs=-1)``.
    Medians over the rounds (5 small, 3 medium, 1 large).
@@ -66,10 +67,11 @@ def size_for(func: Callable[[Any], Any], factory: Any, target: float, tmp: str) 
     probe = factory(6, tmp)
     probe = probe[1] if isinstance(probe, tuple) else probe
     func(probe[0])  # warm-up
-    c0, t0 = time.process_time(), time.perf_counter()
-    kept = [func(x) for x in probe[1:]]  # results kept, as the real run keeps them
-    wall = time.perf_counter() - t0
-    del kept
+    for _ in range(2):  # the second pass is the steady state (memory reused, caches warm)
+        c0, t0 = time.process_time(), time.perf_counter()
+        kept = [func(x) for x in probe[1:]]  # results kept, as the real run keeps them
+        wall = time.perf_counter() - t0
+        del kept
     ratio = (time.process_time() - c0) / wall if wall > 0 else 1.0
     per_item = wall / max(len(probe) - 1, 1)
     return max(4, round(target / max(per_item, 1e-7))), ratio
@@ -124,8 +126,10 @@ def run_workload(name: str, func: Callable[[Any], Any], items: Any, waiting: boo
 
     first = sorted((forced(*c), c) for c in grid(n, waiting, bucket))
     top = [c for _, c in first[: 3 if bucket != "large" else 2]]
-    if ("serial", 1, 1) not in top:
-        top.append(("serial", 1, 1))
+    for kind in ("serial", "thread", "process"):  # one pass is noisy: each kind's best goes on
+        best_of_kind = next(c for _, c in first if c[0] == kind)
+        if best_of_kind not in top:
+            top.append(best_of_kind)
     base = baselines()
     times: dict[str, list[float]] = {label(*c): [] for c in top}
     times["autopar"] = []

@@ -130,3 +130,15 @@ def test_large_results_warn():
     d = decide(p, system(8, available=16 * GiB), COSTS)
     assert any("execute_iter()" in w for w in d.warnings)
     assert not any("execute_iter()" in w for w in decide(profile(), system(8), COSTS).warnings)
+
+
+def test_threads_slower_together_without_the_gil_rule_out_a_process_gain():
+    # Threads ran at 0.7x of one on work that is only 60% computing: something outside Python
+    # (a disk journal) serialized them; processes would queue on it too.
+    p = profile(cpu_ratio=0.6, thread_scaling=0.7, probe_threads=2)
+    d = decide(p, system(2), COSTS)
+    assert d.best.executor_type == "serial", [c.label() for c in d.ranked]
+    assert any("shared resource" in r for r in d.reasons)
+    # Pure Python reads about 1.0: processes stay the answer.
+    p = profile(cpu_ratio=1.0, thread_scaling=1.0, probe_threads=2)
+    assert decide(p, system(2), COSTS).best.executor_type == "process"

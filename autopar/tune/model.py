@@ -138,6 +138,18 @@ def _thread_speedup(n: int, g: float, cores: int, r: float) -> float:
     return max(min(float(n), amdahl, cpu_cap), 1e-3)
 
 
+SHARED_RESOURCE_SCALING = 0.85
+
+
+def shared_resource(p: Profile) -> bool:
+    """Threads ran slower together than one alone, and not for the GIL: work that is not
+    pure computing (CPU/wall under 0.9) contends for something outside Python (a disk's
+    journal, a lock, memory bandwidth), which processes would share too. Pure Python reads
+    about 1.0 here, GIL-free work k."""
+    s = p.thread_scaling
+    return s is not None and p.probe_threads >= 2 and s < SHARED_RESOURCE_SCALING and p.cpu_ratio < 0.9
+
+
 def _process_speedup(n: int, cores: int, r: float) -> float:
     cpu_cap = cores / r if r > 1e-3 else float("inf")
     return max(min(float(n), cpu_cap), 1e-3)
@@ -158,9 +170,10 @@ def _predict(
     busiest = _makespan_items(remaining, cs, n)
     tail = p.item_time_std * math.sqrt(cs) * math.sqrt(2.0 * math.log(n)) if n > 1 else 0.0
     if kind == "thread":
-        t_eff = t * n / _thread_speedup(n, g, cores, r)
+        speedup = 1.0 if shared_resource(p) else _thread_speedup(n, g, cores, r)
+        t_eff = t * n / speedup
         start = costs.thread_start(n)
-        work = busiest * t_eff + tail * n / _thread_speedup(n, g, cores, r)
+        work = busiest * t_eff + tail * n / speedup
         dispatch = n_chunks * costs.thread_task_overhead
         return Candidate(kind, n, cs, start + work + dispatch, start, work, 0.0, dispatch)
     # processes: the worker loads the item and dumps the result, the parent the other halves
@@ -169,7 +182,8 @@ def _predict(
     worker_side = item_load + (p.result_pickle_time - result_load)
     parent_side = (p.item_pickle_time - item_load) + result_load
     w = t + worker_side
-    w_eff = w * n / _process_speedup(n, cores, r)
+    # With a shared resource the workers queue on what slowed the threads: no gain from n.
+    w_eff = w * n / (1.0 if shared_resource(p) else _process_speedup(n, cores, r))
     start = costs.process_start(n)
     work = busiest * w_eff + tail
     per_byte = costs.process_seconds_per_byte
@@ -326,6 +340,11 @@ def decide(
                     cands.append(best_chunksize(kind, n, remaining, p, costs, cores, system.gil_enabled))
     ranked = sorted(cands + ([serial] if "serial" in allowed or not cands else []), key=lambda c: c.predicted_time)
 
+    if shared_resource(p):
+        reasons.append(
+            f"{p.probe_threads} threads ran x{p.thread_scaling:.2f} as fast as one, and not for the GIL "
+            "(the work is not pure computing): a shared resource, which processes would queue on too"
+        )
     best = _choose(ranked, serial, "serial" in allowed, reasons)
     if not system.gil_enabled and "thread" in allowed:
         reasons.append("this Python runs without a GIL: threads compute in parallel")
