@@ -3,7 +3,9 @@ guard that fails any test leaving child processes, threads or temp files behind.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 import threading
 import time
@@ -15,6 +17,7 @@ import pytest
 # Measured pool costs go to a cache of the test session's own, not the user's.
 _CACHE = tempfile.mkdtemp(prefix="autopar-test-cache-")
 os.environ["AUTOPAR_CACHE_DIR"] = _CACHE
+atexit.register(shutil.rmtree, _CACHE, True)  # the session's own cache goes with it
 
 import autopar  # noqa: E402
 

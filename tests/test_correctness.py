@@ -157,7 +157,9 @@ def test_threads_the_function_starts_count_as_its_cpu():
     from helpers import spin_on_helper_thread
 
     r = optimize(spin_on_helper_thread, [0.01] * 30, executor_type="serial")
-    assert r.cpu_ratio > 0.6, r.profile
+    # 10 ms of CPU per item on the thread it starts (the wall time grows on a loaded machine,
+    # the CPU time does not).
+    assert r.cpu_ratio * r.item_time_mean > 0.008, r.profile
 
 
 def test_chunksize_corrected_when_items_are_not_what_the_sample_said():

@@ -103,13 +103,14 @@ class _Alarm:
 
 def run_local(
     func: Callable[[Any], Any], start: int, items: list[Any], cancel: threading.Event | None, collect: bool = False
-) -> tuple[list[Any], float, list[Failure]]:
-    """A chunk on a thread (or inline): no serialization, the exception object as it is."""
+) -> tuple[list[Any], float, list[Failure], float]:
+    """A chunk on a thread (or inline): no serialization, the exception object as it is.
+    Returns (results, wall seconds, failures, CPU seconds of this thread)."""
     if cancel is not None and cancel.is_set():
-        return [], 0.0, []
-    t0 = time.perf_counter()
+        return [], 0.0, [], 0.0
+    c0, t0 = time.thread_time(), time.perf_counter()
     out, failures = run_items(func, start, items, collect, remote=False)
-    return out, time.perf_counter() - t0, failures
+    return out, time.perf_counter() - t0, failures, time.thread_time() - c0
 
 
 def _get_func(key: str, blob: bytes) -> Callable[[Any], Any]:
@@ -126,15 +127,15 @@ def _get_func(key: str, blob: bytes) -> Callable[[Any], Any]:
 
 def run_remote(
     key: str, blob: bytes, start: int, payload: Any, transport: str, collect: bool = False, timeout: float | None = None
-) -> tuple[Any, float, list[Failure]]:
-    """A chunk in a worker process. ``payload`` is the pickled list of items."""
+) -> tuple[Any, float, list[Failure], float]:
+    """A chunk in a worker process; (results, wall seconds, failures, CPU seconds). ``payload`` is the pickled list of items."""
     func = _get_func(key, blob)
     if timeout is not None:
         func = _Alarm(func, timeout)
     items = loads(payload)
-    t0 = time.perf_counter()
+    c0, t0 = time.thread_time(), time.perf_counter()
     out, failures = run_items(func, start, items, collect, remote=True)
-    elapsed = time.perf_counter() - t0
+    elapsed, cpu = time.perf_counter() - t0, time.thread_time() - c0
     if transport == CLOUDPICKLE:
-        return dumps(out, CLOUDPICKLE), elapsed, failures
-    return out, elapsed, failures
+        return dumps(out, CLOUDPICKLE), elapsed, failures, cpu
+    return out, elapsed, failures, cpu

@@ -193,11 +193,12 @@ class Fallback:
         self.items_first = 0
         self.chunks_seen = 0
 
-    def losing(self, done_items: int, worker_item: float) -> str | None:
+    def losing(self, done_items: int, worker_cpu: float) -> str | None:
         """Why the pool should give way, or None. Judged on the steady rate: from the first
         chunk back (the pool's start is paid whatever happens next), against serial's rate:
-        the sample's item time or, for processes, the time items take in the workers if
-        longer (a sample that ran quick items must not make the pool look slow)."""
+        the sample's item time or, for processes, the CPU time items take in the workers if
+        longer (a sample of quick items must not make the pool look slow; CPU time, unlike
+        wall time, does not grow when the workers and the parent share too few cores)."""
         if not (self.job.chosen and self.job.opts.adapt and self.serial_item > 0):
             return None
         self.chunks_seen += 1
@@ -210,7 +211,7 @@ class Fallback:
             return None
         serial_item = self.serial_item
         if self.job.kind == "process":  # thread times include waiting for the GIL: not those
-            serial_item = max(serial_item, worker_item)
+            serial_item = max(serial_item, worker_cpu)
         rate, serial_rate = items / span, 1.0 / serial_item
         if rate >= FALLBACK_RATE * serial_rate:
             return None
@@ -231,6 +232,7 @@ class PoolRun:
         self.fallback = Fallback(job)
         self.inline: InlineBackend | None = None
         self.done_time = 0.0
+        self.done_cpu = 0.0
         self.done_items = 0
         self.done_chunks = 0
         self.last_progress = time.monotonic()
@@ -315,7 +317,7 @@ class PoolRun:
                 self.inflight.remove(c)
                 self.fail_chunk(c, exc)
                 continue
-            values, elapsed, failures = c.future.result()
+            values, elapsed, failures, cpu = c.future.result()
             job.failed(failures)
             c.values = values if c.inline else self.backend.decode(values)
             c.checked = True
@@ -323,6 +325,7 @@ class PoolRun:
             self.last_progress = time.monotonic()
             if not c.inline:
                 self.done_time += elapsed
+                self.done_cpu += cpu
                 self.done_items += len(c.items)
                 self.done_chunks += 1
                 self._judge()
@@ -344,7 +347,7 @@ class PoolRun:
         if self.inline is not None:
             return
         self.tuner.adapt(self.feeder, self.done_time, self.done_items, self.done_chunks)
-        why = self.fallback.losing(self.done_items, self.done_time / max(self.done_items, 1))
+        why = self.fallback.losing(self.done_items, self.done_cpu / max(self.done_items, 1))
         if why is not None:
             self._fall_back(why)
 

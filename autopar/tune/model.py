@@ -48,6 +48,7 @@ CPU_RATIO_CPU = 0.75
 CPU_RATIO_IO = 0.3
 MEMORY_SHARE = 0.8  # share of available memory the workers may take
 MAX_THREADS = 64
+CHUNK_SECONDS = 0.2  # a chunk holds about this much work at most, unless the model needs more
 FEWER_WORKERS = 1.03  # candidates of one kind this close in time: the fewest workers win
 
 
@@ -201,11 +202,19 @@ def _predict(
 def best_chunksize(
     kind: str, n: int, remaining: int, p: Profile, costs: PoolCosts, cores: int, gil_enabled: bool = True
 ) -> Candidate:
-    """The best chunksize for ``kind`` x ``n``: the smallest within 2% of the fastest."""
+    """The best chunksize for ``kind`` x ``n``: the largest within 2% of the fastest, up to
+    a quarter of each worker's share (at least 4 chunks a worker, for balance and so the run
+    can still correct itself) and about ``CHUNK_SECONDS`` of work (progress, retries and the
+    fallback act per chunk). Fewer, larger chunks cost less dispatch than the model's
+    per-task figures show on a full machine."""
     g = gil_share(p, gil_enabled)
     cands = [_predict(kind, n, cs, remaining, p, costs, cores, g) for cs in _chunk_options(remaining, n)]
     fastest = min(c.predicted_time for c in cands)
-    return min((c for c in cands if c.predicted_time <= fastest * 1.02), key=lambda c: c.chunksize)
+    cap = max(1, min(-(-remaining // (4 * n)), int(CHUNK_SECONDS / max(p.item_time_mean, 1e-9))))
+    close = [c for c in cands if c.predicted_time <= fastest * 1.02 and c.chunksize <= cap]
+    if not close:
+        return min(cands, key=lambda c: c.predicted_time)
+    return max(close, key=lambda c: c.chunksize)
 
 
 def _n_options(limit: int, cores: int) -> list[int]:

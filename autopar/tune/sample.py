@@ -228,11 +228,35 @@ class _Source:
         return self.it
 
 
+def _busy_clock(ident: int, native_id: int) -> Callable[[], float] | None:
+    """Seconds a thread has run or waited for a core (on a loaded machine a computing thread
+    waits in the run queue: that is not waiting on I/O). From the thread's schedstat where
+    there is one, else its CPU clock."""
+    path = f"/proc/self/task/{native_id}/schedstat"
+    try:
+        with open(path, "rb") as fh:
+            fh.read()
+
+        def busy() -> float:
+            with open(path, "rb") as fh:
+                run, queued = fh.read().split()[:2]
+            return (int(run) + int(queued)) / 1e9
+
+        return busy
+    except OSError:
+        pass
+    try:
+        clock = time.pthread_getcpuclockid(ident)
+    except (AttributeError, OSError):
+        return None
+    return lambda: time.clock_gettime(clock)
+
+
 class _Ahead:
     """Items run ahead on helper threads while the caller runs the first item.
 
     A coordinator thread looks at the caller's thread after ``EARLY`` seconds: if the first
-    item is still running and mostly waiting (its CPU clock barely moved), every item given
+    item is still running and mostly waiting (it barely ran or queued for a core), every item given
     runs at once on threads of its own (slow start for waiting work: a job of a few slow
     waits is done in the time of one). Otherwise, past ``delay``, one item runs beside the
     first, so that a core does not idle through a slow item. Items that did not run go back
@@ -241,7 +265,7 @@ class _Ahead:
 
     EARLY = 0.002
 
-    def __init__(self, func: Callable[..., Any], items: list[Any], delay: float, caller: int) -> None:
+    def __init__(self, func: Callable[..., Any], items: list[Any], delay: float, caller: int, caller_tid: int) -> None:
         self.func, self.items, self.delay = func, items, delay
         n = len(items)
         self.results: list[Any] = [None] * n
@@ -251,10 +275,7 @@ class _Ahead:
         self.waiting = False
         self.round_wall = 0.0
         self._cancel = threading.Event()
-        try:
-            self._clock: int | None = time.pthread_getcpuclockid(caller)
-        except (AttributeError, OSError):
-            self._clock = None
+        self._busy = _busy_clock(caller, caller_tid)
         self._thread = threading.Thread(target=self._coordinate, name="autopar-sample-ahead", daemon=True)
         self._thread.start()
 
@@ -269,11 +290,11 @@ class _Ahead:
 
     def _coordinate(self) -> None:
         t0 = time.perf_counter()
-        c0 = time.clock_gettime(self._clock) if self._clock is not None else 0.0
+        c0 = self._busy() if self._busy is not None else 0.0
         if self._cancel.wait(self.EARLY):
             return
-        if self._clock is not None and len(self.items) > 1:
-            used = time.clock_gettime(self._clock) - c0
+        if self._busy is not None and len(self.items) > 1:
+            used = self._busy() - c0
             self.waiting = used / max(time.perf_counter() - t0, 1e-9) < IO_BOUND
         if self.waiting:
             helpers = [
@@ -427,7 +448,7 @@ class _Sampler:
         if n is not None and 3 <= n <= SPECULATE_MAX_ITEMS and self.probe_wanted:
             ahead = self.src.pull(min(n - 1, AHEAD_MAX))
             if ahead:
-                spec = _Ahead(self.func, ahead, self.min_budget, threading.get_ident())
+                spec = _Ahead(self.func, ahead, self.min_budget, threading.get_ident(), threading.get_native_id())
         rss0 = rss()
         meter = CpuMeter().start()
         try:
