@@ -42,7 +42,8 @@ def test_tiny_tasks_run_serially():
 
 @pytest.mark.skipif(autopar.usable_cores() < 2, reason="needs 2 usable cores")
 def test_gil_free_numpy_on_big_arrays_goes_to_threads():
-    arrays = [np.random.default_rng(i).random(1 << 20) for i in range(40)]  # 8 MB each
+    distinct = [np.random.default_rng(i).random(1 << 20) for i in range(8)]  # 8 MB each
+    arrays = [distinct[i % 8] for i in range(160)]
     r = optimize(large_input, arrays)
     assert r.executor_type == "thread", r.explain()
     assert r.thread_scaling is not None and r.thread_scaling > 1.3

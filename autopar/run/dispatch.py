@@ -41,7 +41,7 @@ __all__ = ["Job", "PoolRun"]
 
 ADAPT_FACTOR = 2.0  # measured/expected item time outside [1/2, 2] triggers a new chunksize
 FALLBACK_RATE = 0.9  # a pool delivering under this share of serial's rate gives way to serial
-FALLBACK_MIN_TIME = 0.03  # seconds of steady running before a fallback is judged
+FALLBACK_MIN_TIME = 0.02  # seconds of steady running before a fallback is judged
 
 
 @dataclass
@@ -207,7 +207,7 @@ class Fallback:
             self.t_first, self.items_first = now, done_items
             return None
         span, items = now - self.t_first, done_items - self.items_first
-        if span < FALLBACK_MIN_TIME or self.chunks_seen < 2 * self.job.n_jobs + 1 or items <= 0:
+        if span < FALLBACK_MIN_TIME or self.chunks_seen < self.job.n_jobs + 1 or items <= 0:
             return None
         serial_item = self.serial_item
         if self.job.kind == "process":  # thread times include waiting for the GIL: not those

@@ -61,7 +61,8 @@ __all__ = ["Profile", "SampleStash", "sample", "known_length"]
 SAMPLE_SHARE = 0.025  # share of the estimated total the serial sample (and the probe) may take
 IO_BOUND = 0.3  # CPU/wall under which work is probed on IO_PROBE_THREADS threads
 IO_PROBE_THREADS = 16
-AHEAD_MAX = 16  # items a short job of waiting items runs at once beside its first
+AHEAD_MAX = 64  # items a short job of waiting items runs at once beside its first
+AHEAD_MEMORY_SHARE = 0.05  # of available memory, for the items run ahead (growth so far x count)
 PROBE_ROUND_MIN = (0.006, 0.02)  # seconds of work per thread: first round, second round
 PROBE_CLEAR = (1.15, 0.85)  # a round scaling <= 1.15, or >= 0.85 k, settles the probe
 SPECULATE_MAX_ITEMS = 1000  # jobs of at most this many items start a second item early
@@ -263,7 +264,7 @@ class _Ahead:
     to the input; ``stop_or_finish()`` cancels what has not started and waits for the rest.
     """
 
-    EARLY = 0.002
+    EARLY = 0.005
 
     def __init__(self, func: Callable[..., Any], items: list[Any], delay: float, caller: int, caller_tid: int) -> None:
         self.func, self.items, self.delay = func, items, delay
@@ -291,15 +292,23 @@ class _Ahead:
     def _coordinate(self) -> None:
         t0 = time.perf_counter()
         c0 = self._busy() if self._busy is not None else 0.0
+        rss0 = rss()
         if self._cancel.wait(self.EARLY):
             return
         if self._busy is not None and len(self.items) > 1:
             used = self._busy() - c0
             self.waiting = used / max(time.perf_counter() - t0, 1e-9) < IO_BOUND
         if self.waiting:
+            # Memory: what the first item has grown so far, times the items run beside it.
+            count = len(self.items)  # the rest (never started) goes back to the input
+            grown = rss() - rss0
+            if grown > 0:
+                import psutil
+
+                count = min(count, max(1, int(AHEAD_MEMORY_SHARE * psutil.virtual_memory().available // grown)))
             helpers = [
                 threading.Thread(target=self._run_one, args=(i,), name=f"autopar-sample-ahead-{i}", daemon=True)
-                for i in range(1, len(self.items))
+                for i in range(1, count)
             ]
             t1 = time.perf_counter()
             for t in helpers:
@@ -468,19 +477,28 @@ class _Sampler:
             # serial time, and its CPU ratio its own.
             wall = cpu = max(own, 1e-9)
         self.first_time, self.first_cpu = wall, cpu
+        contended = False
         if spec is not None:
             if spec.waiting:  # the RSS growth was theirs too
                 self.peak //= 1 + spec.n_ran()
-            self._speculated(spec)
+            contended = self._speculated(spec)
+        if contended:  # the first item shared too few cores: its own CPU time is its time
+            self.first_time = wall = cpu = max(own, 1e-9)
+            self.first_cpu = own
         # Peak memory: an item under 1 ms cannot touch much memory, so only its RSS growth
         # counts; a longer one has the next item, or the probe, watched by the RSS poller.
         self.watch_memory = wall >= 1e-3
         # An item that mostly waits: the thread probe measures it better than serial items.
-        self.waiting = wall >= 1e-3 and cpu / wall < IO_BOUND
+        self.waiting = not contended and wall >= 1e-3 and cpu / wall < IO_BOUND
         return True
 
-    def _speculated(self, spec: _Ahead) -> None:
-        """Keep what ran ahead (a prefix of the items given); the rest goes back in front."""
+    def _speculated(self, spec: _Ahead) -> bool:
+        """Keep what ran ahead (a prefix of the items given); the rest goes back in front.
+
+        Items that ran at once count as timed items and as a first probe round only if the
+        round mostly waited. A round that kept cores busy came from a first item that only
+        looked like waiting (importing on its first call, say): its items' times are those of
+        items sharing too few cores, so their results are kept and their times are not."""
         n = spec.n_ran()
         self.src.push_back(spec.items[n:])
         for i in range(n):
@@ -489,17 +507,24 @@ class _Sampler:
                 result = ItemFailed(index, error)
                 self.failures += settle([(index, error, "")], "thread (sample)", self.collect)
             self._keep([spec.items[i]], [result])
+        timed, contended = range(n), False
+        if spec.waiting and n >= 2 and spec.round_wall > 0:
+            wall = max(spec.round_wall, self.first_time)
+            contended = (sum(spec.cpus[:n]) + self.first_cpu) / wall >= 0.5
+            if contended:
+                timed = range(0)
+            else:  # a probe round already: throughput of k items at once
+                k = n + 1
+                scaling = (sum(spec.walls[:n]) + self.first_time) / wall
+                self.ahead_round = (min(scaling, float(k)), k, n)
+        for i in timed:
             wall, cpu = spec.walls[i], spec.cpus[i]
-            if error is None and wall > 0:
+            if spec.errors[i] is None and wall > 0:
                 # A timed item: its own CPU time when CPU-bound (it shared the machine), else wall.
                 cpu_bound = cpu / wall >= CPU_BOUND / 2
                 self.batches.append((1, max(cpu, 1e-9) if cpu_bound else wall))
                 self.ratios.append(1.0 if cpu_bound else cpu / wall)
-        if spec.waiting and n >= 2 and spec.round_wall > 0:
-            # They ran at once, beside the first item: a probe round already.
-            k = n + 1
-            busy = sum(spec.walls[:n]) + self.first_time
-            self.ahead_round = (min(busy / max(spec.round_wall, self.first_time), float(k)), k, n)
+        return contended
 
     def _target(self, mean: float) -> float:
         if self.n_total is None:
@@ -635,13 +660,15 @@ def _probe_plan(sp: "_Sampler", stats: _Stats, remaining: int | None, round_min:
     k = max(2, sp.probe_threads)
     if stats.cpu_ratio < IO_BOUND:
         k = max(k, IO_PROBE_THREADS)  # waiting work: more threads, and more of it done
+    if remaining is not None and remaining <= 2 * k:
+        # The rest is hardly more than a round: run it all at once, one item a thread.
+        return min(k, remaining), max(1, -(-remaining // k))
     if remaining is not None:
         k = min(k, max(2, remaining // 2))
     budget = 0.5 * sp.budget
     if remaining is not None:
         budget = min(budget, max(sp.min_budget, SAMPLE_SHARE * remaining * ref))
     per_thread = max(1, math.ceil(budget / k / ref))
-    # A round shorter than ~20 ms per thread measures the scheduler more than the work.
     # A first round of 6 ms per thread shows clear cases (pure Python at 1x, GIL-free work at
     # k x); only an unclear one earns a second round of 20 ms.
     per_thread = min(max(per_thread, math.ceil(round_min / ref)), 10_000)
