@@ -437,7 +437,7 @@ class _Sampler:
         if self.first_item():
             self.serial_batches()
         stats = self.item_stats()
-        pickling = self.pickling()
+        pickling = _pickling_step(self)
         scaling, k_used, rounds = _probe_step(self, stats)
         return self.assemble(stats, pickling, scaling, k_used, rounds)
 
@@ -578,40 +578,6 @@ class _Sampler:
         ratio = sorted(self.ratios)[(len(self.ratios) - 1) // 2] if self.ratios else 1.0
         return _Stats(mean, math.sqrt(var), tmax, ratio, _robust_mean(self.batches) or mean)
 
-    def pickling(self) -> _Pickling:
-        """The function (always cloudpickle) and the first, middle and last (item, result)."""
-        fmethod, fbytes, ftime, _, ferr = _serialize.measure(self.func, allow_plain=False)
-        out = _Pickling(None, None, fbytes, ftime)
-        nb = len(self.item_blocks)
-        picks = sorted({(0, 0), (nb // 2, 0), (nb - 1, len(self.item_blocks[-1]) - 1)}) if nb else []
-        item_method: str | None = _serialize.PICKLE
-        result_method: str | None = _serialize.PICKLE
-        errors = [f"function: {ferr}"] if ferr else []
-        work = self.first_time + sum(t for _, t in self.batches)  # seconds of items run so far
-        measured = 0
-        for b, j in picks:
-            if measured and out.item_time + out.result_time > 0.25 * work:
-                break  # pickling costs more than a quarter of the work: one pair tells enough
-            i = sum(len(x) for x in self.item_blocks[:b]) + j
-            m, size, secs, load, err = _serialize.measure(self.item_blocks[b][j])
-            item_method = _serialize.worse(item_method, m)
-            out.item_bytes, out.item_time, out.item_load = out.item_bytes + size, out.item_time + secs, out.item_load + load
-            if err:
-                errors.append(f"item {i}: {err}")
-            m, size, secs, load, err = _serialize.measure(self.result_blocks[b][j])
-            result_method = _serialize.worse(result_method, m)
-            out.result_bytes, out.result_time = out.result_bytes + size, out.result_time + secs
-            out.result_load += load
-            if err:
-                errors.append(f"result of item {i}: {err}")
-            measured += 1
-        n = max(measured, 1)
-        for name in ("item_bytes", "item_time", "item_load", "result_bytes", "result_time", "result_load"):
-            setattr(out, name, getattr(out, name) / n)
-        out.transport = _serialize.worse(item_method, result_method) if fmethod is not None else None
-        out.error = "; ".join(errors) or None
-        return out
-
     def assemble(self, stats: _Stats, pk: _Pickling, scaling: float | None, k_used: int, rounds: int) -> tuple[Profile, SampleStash]:
         exhausted = self.src.exhausted and not self.src.ahead
         n_total = self.done if exhausted else self.n_total
@@ -652,6 +618,41 @@ class _Sampler:
             failures=self.failures,
         )
         return profile, stash
+
+
+def _pickling_step(sp: "_Sampler") -> _Pickling:
+    """The function (always cloudpickle) and the first, middle and last (item, result)."""
+    fmethod, fbytes, ftime, _, ferr = _serialize.measure(sp.func, allow_plain=False)
+    out = _Pickling(None, None, fbytes, ftime)
+    nb = len(sp.item_blocks)
+    picks = sorted({(0, 0), (nb // 2, 0), (nb - 1, len(sp.item_blocks[-1]) - 1)}) if nb else []
+    item_method: str | None = _serialize.PICKLE
+    result_method: str | None = _serialize.PICKLE
+    errors = [f"function: {ferr}"] if ferr else []
+    work = sp.first_time + sum(t for _, t in sp.batches)  # seconds of items run so far
+    measured = 0
+    for b, j in picks:
+        if measured and out.item_time + out.result_time > 0.25 * work:
+            break  # pickling costs more than a quarter of the work: one pair tells enough
+        i = sum(len(x) for x in sp.item_blocks[:b]) + j
+        m, size, secs, load, err = _serialize.measure(sp.item_blocks[b][j])
+        item_method = _serialize.worse(item_method, m)
+        out.item_bytes, out.item_time, out.item_load = out.item_bytes + size, out.item_time + secs, out.item_load + load
+        if err:
+            errors.append(f"item {i}: {err}")
+        m, size, secs, load, err = _serialize.measure(sp.result_blocks[b][j])
+        result_method = _serialize.worse(result_method, m)
+        out.result_bytes, out.result_time = out.result_bytes + size, out.result_time + secs
+        out.result_load += load
+        if err:
+            errors.append(f"result of item {i}: {err}")
+        measured += 1
+    n = max(measured, 1)
+    for name in ("item_bytes", "item_time", "item_load", "result_bytes", "result_time", "result_load"):
+        setattr(out, name, getattr(out, name) / n)
+    out.transport = _serialize.worse(item_method, result_method) if fmethod is not None else None
+    out.error = "; ".join(errors) or None
+    return out
 
 
 def _probe_plan(sp: "_Sampler", stats: _Stats, remaining: int | None, round_min: float) -> tuple[int, int]:
