@@ -79,7 +79,7 @@ def test_optimized_generator_released_after_execute():
     del gen
     gc.collect()
     assert ref() is None
-    assert r.stash is not None  # the result itself is still usable as a record
+    assert r.profile.n_done > 0  # the result is still a usable record
 
 
 def _needs_main_thread(x):

@@ -46,12 +46,6 @@ class ThreadBackend:
     def is_broken(exc: BaseException | None) -> bool:
         return False
 
-    def how_it_ended(self) -> str:
-        return "a thread pool failed"
-
-    def replace(self) -> None:
-        raise RuntimeError("a thread pool cannot be replaced")
-
     def close(self, clean: bool) -> None:
         self.cancel.set()  # chunks not yet started return at once
         if self.owned:

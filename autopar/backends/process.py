@@ -61,8 +61,7 @@ def terminate(pool: Executor) -> None:
 
     A thread pool is shut down without waiting: its threads end when their current call
     returns."""
-    procs = getattr(pool, "_processes", None)  # ProcessPoolExecutor's pid -> Process map
-    processes = list(procs.values()) if isinstance(procs, dict) else []
+    processes = list(worker_processes(pool).values())
     pool.shutdown(wait=False, cancel_futures=True)
     if not processes:
         return  # a thread pool: a running call cannot be stopped, and is not waited for
@@ -134,7 +133,6 @@ class ProcessBackend:
     def __init__(
         self,
         func: Callable[[Any], Any],
-        n_jobs: int,
         make_pool: Callable[[], Executor],
         pool: Executor | None,
         transport: str,
@@ -148,7 +146,7 @@ class ProcessBackend:
                 f"the function cannot be sent to a process worker ({type(exc).__name__}: {exc}); "
                 "use executor_type='thread' or 'serial', or optimize(), which rules processes out"
             ) from exc
-        self.n_jobs, self._make, self.owned = n_jobs, make_pool, pool is None
+        self._make, self.owned = make_pool, pool is None
         self.ex = pool if pool is not None else make_pool()
         self.transport, self.collect, self.timeout = transport, collect, timeout
         self.key = uuid.uuid4().hex
@@ -179,8 +177,8 @@ class ProcessBackend:
         """Send a chunk; raises :class:`Unsendable` when its items do not pickle."""
         payload = self.encode(start, items)
         fut = self.ex.submit(run_remote, self.key, self.blob, start, payload, self.transport, self.collect, self.timeout)
-        procs = getattr(self.ex, "_processes", None)
-        if isinstance(procs, dict) and len(procs) != len(self.processes):
+        procs = worker_processes(self.ex)
+        if len(procs) != len(self.processes):
             self.processes.update(procs)  # kept to tell how a worker ended if the pool breaks
         return fut
 

@@ -147,8 +147,9 @@ class Feeder:
         return start, chunk
 
     @property
-    def done(self) -> bool:
-        return self.exhausted and not self.front and not self.retry
+    def has_more(self) -> bool:
+        """Chunks still to hand out (retries aside)."""
+        return not self.exhausted or bool(self.front)
 
 
 class ChunkTuner:
@@ -247,7 +248,7 @@ class PoolRun:
         if job.kind == "thread":
             return ThreadBackend(job.func, make, job.pool, job.opts.collect)
         transport = (job.result.profile.transport if job.result is not None else None) or "pickle"
-        return ProcessBackend(job.func, job.n_jobs, make, job.pool, transport, job.opts.collect, job.opts.timeout)
+        return ProcessBackend(job.func, make, job.pool, transport, job.opts.collect, job.opts.timeout)
 
     # -- fill ------------------------------------------------------------------------------
 
@@ -286,7 +287,7 @@ class PoolRun:
                 if nxt is not None:
                     self.submit(*nxt)
             return
-        while len(self.inflight) < feeder.limit:
+        while len(self.inflight) < feeder.limit and feeder.has_more:
             nxt = feeder.next_chunk()
             if nxt is None:
                 break
@@ -295,7 +296,7 @@ class PoolRun:
     def _can_run_inline(self) -> bool:
         return (
             self.inline is not None
-            and not (self.feeder.exhausted and not self.feeder.front)
+            and self.feeder.has_more
             and sum(1 for c in self.inflight if c.inline) < self.feeder.limit
         )
 

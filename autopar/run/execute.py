@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import Executor
+from dataclasses import replace
 from itertools import islice
 from typing import Any, Callable, Iterable, Iterator
 
@@ -93,7 +94,7 @@ def run_with(
         pkind = executor_kind(pool)
         if opts.executor_type is not None and opts.executor_type != pkind:
             raise ValueError(f"executor_type={opts.executor_type!r} does not match the given {pkind} pool")
-        opts = Options.of({**opts.__dict__, "executor_type": pkind, "n_jobs": opts.n_jobs or pool_size(pool)})
+        opts = replace(opts, executor_type=pkind, n_jobs=opts.n_jobs or pool_size(pool))
     if result is None:
         result = pending_result(data)
     if result is None and not opts.fully_given:

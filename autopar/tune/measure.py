@@ -16,8 +16,9 @@ from __future__ import annotations
 import os
 import threading
 import time
+from typing import Callable
 
-__all__ = ["CpuMeter", "PeakRSS", "rss"]
+__all__ = ["CpuMeter", "PeakRSS", "busy_clock", "rss"]
 
 CPU_BOUND = 0.5  # the calling thread's CPU/wall from which helper threads count as its own
 
@@ -30,16 +31,35 @@ _TASKS = "/proc/self/task"
 _HAVE_SCHEDSTAT = os.path.exists(f"{_TASKS}/{threading.get_native_id()}/schedstat")
 
 
+def _schedstat(tid: int | str) -> tuple[int, int]:
+    """(nanoseconds on a CPU, nanoseconds waiting in the run queue) of one thread."""
+    with open(f"{_TASKS}/{tid}/schedstat", "rb") as fh:
+        run, queued = fh.read().split()[:2]
+    return int(run), int(queued)
+
+
 def _thread_cpu() -> dict[int, int]:
     """CPU nanoseconds of every thread of this process, by native id."""
     out: dict[int, int] = {}
     for name in os.listdir(_TASKS):
         try:
-            with open(f"{_TASKS}/{name}/schedstat", "rb") as fh:
-                out[int(name)] = int(fh.read().split()[0])
+            out[int(name)] = _schedstat(name)[0]
         except (OSError, ValueError, IndexError):
             continue  # the thread ended meanwhile
     return out
+
+
+def busy_clock(ident: int, native_id: int) -> Callable[[], float] | None:
+    """A clock of the seconds one thread has run or waited for a core (on a loaded machine a
+    computing thread waits in the run queue: that is not waiting on I/O). From its schedstat
+    where there is one, else its CPU clock; None where neither exists."""
+    if _HAVE_SCHEDSTAT:
+        return lambda: sum(_schedstat(native_id)) / 1e9
+    try:
+        clock = time.pthread_getcpuclockid(ident)
+    except (AttributeError, OSError):
+        return None
+    return lambda: time.clock_gettime(clock)
 
 
 class CpuMeter:

@@ -54,7 +54,7 @@ from typing import Any, Callable, Iterable, Iterator
 from .. import _serialize
 from ..backends.worker import run_items
 from ..errors import ItemFailed, settle
-from .measure import CPU_BOUND, CpuMeter, PeakRSS, rss
+from .measure import CPU_BOUND, CpuMeter, PeakRSS, busy_clock, rss
 
 __all__ = ["Profile", "SampleStash", "sample", "known_length"]
 
@@ -145,20 +145,18 @@ class SampleStash:
         self._rest = rest  # where a re-iterable input goes on (None for a one-shot iterator)
         self.exhausted = exhausted
         self.failures = failures
-        self.n_results = sum(map(len, result_blocks))
         self._used = False
         self._lock = threading.Lock()
+        self._id = id(data)
         try:
-            self._ref: Callable[[], Any] = weakref.ref(data)
-        except TypeError:
-            ident = id(data)
-            self._ref = lambda: ident  # compared by id below
-        self._by_id = not isinstance(self._ref, weakref.ref)
+            self._ref: weakref.ref[Any] | None = weakref.ref(data)
+        except TypeError:  # not weak-referenceable: compared by id
+            self._ref = None
 
     def matches(self, data: Any) -> bool:
         if self._used:
             return False
-        return self._ref() == id(data) if self._by_id else self._ref() is data
+        return self._id == id(data) if self._ref is None else self._ref() is data
 
     def claim(self, func: Callable[..., Any], data: Any) -> tuple[list[list[Any]], Iterator[Any]] | None:
         """(result blocks to hand back first, iterator over the items still to run), once."""
@@ -219,6 +217,11 @@ class _Source:
     def push_back(self, items: list[Any]) -> None:
         self.ahead[:0] = items
 
+    @property
+    def done(self) -> bool:
+        """Nothing left to pull: the input ended and nothing was put back."""
+        return self.exhausted and not self.ahead
+
     def rest(self) -> Iterator[Any] | None:
         """The input's own iterator past what was pulled (None for a one-shot iterator)."""
         if self.one_shot:
@@ -227,30 +230,6 @@ class _Source:
             self.it = iter(self.seq)
             self.it.__setstate__(self.pos)  # type: ignore[attr-defined]
         return self.it
-
-
-def _busy_clock(ident: int, native_id: int) -> Callable[[], float] | None:
-    """Seconds a thread has run or waited for a core (on a loaded machine a computing thread
-    waits in the run queue: that is not waiting on I/O). From the thread's schedstat where
-    there is one, else its CPU clock."""
-    path = f"/proc/self/task/{native_id}/schedstat"
-    try:
-        with open(path, "rb") as fh:
-            fh.read()
-
-        def busy() -> float:
-            with open(path, "rb") as fh:
-                run, queued = fh.read().split()[:2]
-            return (int(run) + int(queued)) / 1e9
-
-        return busy
-    except OSError:
-        pass
-    try:
-        clock = time.pthread_getcpuclockid(ident)
-    except (AttributeError, OSError):
-        return None
-    return lambda: time.clock_gettime(clock)
 
 
 class _Ahead:
@@ -276,7 +255,7 @@ class _Ahead:
         self.waiting = False
         self.round_wall = 0.0
         self._cancel = threading.Event()
-        self._busy = _busy_clock(caller, caller_tid)
+        self._busy = busy_clock(caller, caller_tid)
         self._thread = threading.Thread(target=self._coordinate, name="autopar-sample-ahead", daemon=True)
         self._thread.start()
 
@@ -535,7 +514,7 @@ class _Sampler:
         """Timed batches, doubling while items take under 1 ms, until the budget is spent."""
         min_timed = 0 if self.waiting else (2 if self.first_time < 0.005 else 1)
         batch_size = 1
-        while not self.src.exhausted or self.src.ahead:
+        while not self.src.done:
             timed = sum(b for b, _ in self.batches)
             mean = sum(t for _, t in self.batches) / timed if timed else self.first_time
             if self.n_total is not None and self.done >= self.n_total:
@@ -579,7 +558,7 @@ class _Sampler:
         return _Stats(mean, math.sqrt(var), tmax, ratio, _robust_mean(self.batches) or mean)
 
     def assemble(self, stats: _Stats, pk: _Pickling, scaling: float | None, k_used: int, rounds: int) -> tuple[Profile, SampleStash]:
-        exhausted = self.src.exhausted and not self.src.ahead
+        exhausted = self.src.done
         n_total = self.done if exhausted else self.n_total
         profile = Profile(
             n_sampled=self.done - self.n_probed,
@@ -687,7 +666,7 @@ def _probe_step(sp: "_Sampler", stats: _Stats) -> tuple[float | None, int, int]:
     worth = (
         sp.probe_wanted
         and sp.done > 0
-        and not (sp.src.exhausted and not sp.src.ahead)
+        and not sp.src.done
         and (remaining is None or (remaining >= 2 and remaining * stats.mean > 0.005))
     )
     if not worth or (rounds and (best <= PROBE_CLEAR[0] or best >= PROBE_CLEAR[1] * k_used)):
