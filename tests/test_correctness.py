@@ -6,10 +6,12 @@ from __future__ import annotations
 import dataclasses
 import gc
 import signal
+import os
 import threading
 import time
 import weakref
 
+import psutil
 import pytest
 
 from autopar import execute, get_executor, optimize
@@ -222,15 +224,40 @@ def test_threads_fall_back_to_serial_when_losing():
 
 
 def test_processes_fall_back_to_serial_when_losing():
-    # len() of a 4 MB buffer: nothing serially, milliseconds of pickling to a process.
+    from helpers import where_and_children
+
+    # A 4 MB buffer per item: nothing to do, milliseconds of pickling to a process.
     buf = b"x" * (4 << 20)
     data = [buf] * 400
-    r = optimize(len, data[:40], executor_type="serial")
+    r = optimize(where_and_children, data[:40], executor_type="serial")
     r = dataclasses.replace(r, executor_type="process", n_jobs=2, chunksize=1)
-    out, report = execute(len, data, result=r, return_report=True)
-    assert out == [len(buf)] * len(data)
+    before = frozenset(c.pid for c in psutil.Process().children())  # e.g. a shared test pool
+    out, report = execute(where_and_children, data, result=r, return_report=True)
+    assert len(out) == len(data)
     assert report.fell_back, report.summary()
-    assert 0 < report.fallback[0] < len(data)
+    at = report.fallback[0]
+    assert 0 < at < len(data)
+    me = os.getpid()
+    assert all(p != me for p, _ in out[: min(at, 3)])  # the pool ran the first chunks
+    # The last item ran in the caller, after the pool's workers were gone.
+    assert out[-1][0] == me and out[-1][1] <= before
+
+
+def test_chosen_pool_ramps_its_chunks_up():
+    from helpers import nap
+
+    data = [0.002] * 200
+    r = optimize(nap, data[:20], executor_type="serial")
+    r = dataclasses.replace(r, executor_type="thread", n_jobs=2, chunksize=40)
+    out, report = execute(nap, data, result=r, return_report=True)
+    assert out == data
+    # Chunks start at about 10 ms of work and double as they come back: more chunks than
+    # 200 / 40, the chunksize reached in the end.
+    assert report.n_chunks > len(data) // 40, report.summary()
+    assert report.final_chunksize == 40
+    # A chunksize the caller fixed is used from the first chunk.
+    out, report = execute(nap, data, executor_type="thread", n_jobs=2, chunksize=40, return_report=True)
+    assert report.n_chunks == len(data) // 40
 
 
 def test_no_fall_back_when_the_caller_chose_the_pool():

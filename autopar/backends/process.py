@@ -10,6 +10,7 @@ the function as cloudpickle bytes under a key, results decoded on the way back.
 
 from __future__ import annotations
 
+import gc
 import multiprocessing as mp
 import os
 import signal
@@ -35,7 +36,13 @@ _BLAS_ENV = (
 
 
 def _init_process_worker(blas_threads: int) -> None:
-    """Process worker start: cap BLAS threads so workers x BLAS threads fit the cores."""
+    """Process worker start: cap BLAS threads so workers x BLAS threads fit the cores, and
+    keep the garbage collector off the heap a forked worker inherits.
+
+    Without ``gc.freeze()`` every full collection in the worker walks (and, by touching
+    their headers, copies) all the parent's objects: JSON round trips of 100 KB dicts ran
+    at half speed in forked workers while the parent held 600 of them."""
+    gc.freeze()
     for name in _BLAS_ENV:
         os.environ[name] = str(blas_threads)  # libraries loaded later read these
     from threadpoolctl import threadpool_limits
