@@ -10,7 +10,7 @@ the workloads). For each workload:
 1. every grid configuration runs once: serial; threads x 2, 4, 8 (and 16, 64 for work that
    waits) with chunksize len/(4n); processes x 2 and 4 with chunksize 1, 4, len/(16n) and
    len/(4n) (chunksize 1 left out past 5,000 items). The large bucket runs a shorter grid.
-2. then rounds, alternating, each running once: autopar (``execute()`` with its own
+2. then rounds, each running once, each round starting one entry later than the last: autopar (``execute()`` with its own
    ``optimize()`` inside the timing), the three fastest grid configurations (two in the large
    bucket) and the fastest of each kind (serial, threads, processes), and the
    baselines: ``ProcessPoolExecutor()`` and ``ThreadPoolExecutor()`` with their defaults
@@ -57,9 +57,12 @@ def count_of(items: Any) -> int:
 
 
 def timed(fn: Callable[[], Any]) -> float:
+    """Seconds ``fn()`` took; its result is freed after the clock stops, as for every entry."""
     t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
+    out = fn()
+    elapsed = time.perf_counter() - t0
+    del out
+    return elapsed
 
 
 def size_for(func: Callable[[Any], Any], factory: Any, target: float, tmp: str) -> tuple[int, float]:
@@ -137,22 +140,35 @@ def run_workload(name: str, func: Callable[[Any], Any], items: Any, waiting: boo
         times[b] = []
     picks, predicted, measured, overheads = [], [], [], []
     serial_estimate = next(t for t, c in first if c[0] == "serial")
-    for _ in range(rounds):
+    def auto() -> None:
         t0 = time.perf_counter()
         out, report = autopar.execute(func, fresh(items), return_report=True)
         times["autopar"].append(time.perf_counter() - t0)
         assert len(out) == n, (name, len(out), n)
+        del out
         picks.append(label(report.executor_type, report.n_jobs, report.chunksize) + (" *" if getattr(report, "fell_back", False) else ""))
         predicted.append(report.predicted_speedup or 1.0)
         measured.append(report.measured_speedup or 1.0)
         useful = report.n_from_sample * serial_estimate / n
         overheads.append(max(report.optimize_time - useful, 0.0) / serial_estimate)
-        for c in top:
-            times[label(*c)].append(forced(*c))
-        for b, fn in base.items():
-            if times[b] and times[b][0] > 20:  # a pathological baseline runs once
-                continue
-            times[b].append(timed(lambda: fn(func, fresh(items))))
+
+    def entry(key: str, fn: Callable[[], float]) -> Callable[[], None]:
+        def run() -> None:
+            if key in base and times[key] and times[key][0] > 20:  # a pathological baseline runs once
+                return
+            times[key].append(fn())
+
+        return run
+
+    entries = [auto]
+    entries += [entry(label(*c), lambda c=c: forced(*c)) for c in top]
+    entries += [entry(b, lambda fn=fn: timed(lambda: fn(func, fresh(items)))) for b, fn in base.items()]
+    for r in range(rounds):
+        # Each round starts one entry later: no entry always runs after the same one (a
+        # baseline that churns memory would otherwise always precede the same neighbour).
+        k = r % len(entries)
+        for run in entries[k:] + entries[:k]:
+            run()
     med = {k: statistics.median(v) for k, v in times.items() if v}
     # The best is the fastest grid configuration re-timed in the rounds (serial included).
     # Baselines are reported against it; one under 1.0 beat the grid (e.g. joblib's workers
