@@ -142,3 +142,21 @@ def test_threads_slower_together_without_the_gil_rule_out_a_process_gain():
     # Pure Python reads about 1.0: processes stay the answer.
     p = profile(cpu_ratio=1.0, thread_scaling=1.0, probe_threads=2)
     assert decide(p, system(2), COSTS).best.executor_type == "process"
+
+
+def test_one_object_as_every_item_is_pickled_once_a_chunk():
+    # 2 ms items of pure Python whose item costs 5 ms to pickle: processes lose, unless the
+    # item is one shared object that a chunk pickles once.
+    kw = dict(n_items=500, item_time_mean=2e-3, item_bytes=270_000, item_pickle_time=5e-3, item_load_time=3e-3)
+    distinct = decide(profile(**kw), system(cores=2), COSTS)
+    shared = decide(profile(items_shared=True, **kw), system(cores=2), COSTS)
+    assert distinct.best.executor_type == "serial"
+    assert shared.best.executor_type == "process"
+
+
+def test_the_sample_sees_one_object_passed_as_every_item():
+    from autopar import optimize
+
+    table = list(range(1000))
+    assert optimize(len, [table] * 50, executor_type="serial").profile.items_shared
+    assert not optimize(len, [list(table) for _ in range(50)], executor_type="serial").profile.items_shared

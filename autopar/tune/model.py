@@ -179,23 +179,25 @@ def _predict(
         dispatch = n_chunks * costs.thread_task_overhead
         return Candidate(kind, n, cs, start + work + dispatch, start, work, 0.0, dispatch)
     # processes: the worker loads the item and dumps the result, the parent the other halves
-    item_load = p.item_load_time or 0.5 * p.item_pickle_time
+    share = 1.0 / cs if p.items_shared else 1.0  # one object as every item: once a chunk
+    item_pickle, item_bytes = p.item_pickle_time * share, p.item_bytes * share
+    item_load = (p.item_load_time or 0.5 * p.item_pickle_time) * share
     result_load = p.result_load_time or 0.5 * p.result_pickle_time
     worker_side = item_load + (p.result_pickle_time - result_load)
-    parent_side = (p.item_pickle_time - item_load) + result_load
+    parent_side = (item_pickle - item_load) + result_load
     w = t + worker_side
     # With a shared resource the workers queue on what slowed the threads: no gain from n.
     w_eff = w * n / (1.0 if shared_resource(p) else _process_speedup(n, cores, r))
     start = costs.process_start(n)
     work = busiest * w_eff + tail
     per_byte = costs.process_seconds_per_byte
-    transfer = remaining * (parent_side + (p.item_bytes + p.result_bytes) * per_byte)
+    transfer = remaining * (parent_side + (item_bytes + p.result_bytes) * per_byte)
     dispatch = n_chunks * (costs.process_task_overhead + p.func_bytes * per_byte)
     parent = transfer + dispatch
     # The busiest worker also waits for its first chunk to arrive.
-    first_chunk = cs * ((p.item_pickle_time - item_load) + p.item_bytes * per_byte)
+    first_chunk = cs * ((item_pickle - item_load) + item_bytes * per_byte)
     # All the CPU the run needs, items, pickling both ways and dispatch, shares the cores.
-    cpu = remaining * (t * min(r, 1.0) + p.item_pickle_time + p.result_pickle_time) + n_chunks * costs.process_task_cpu
+    cpu = remaining * (t * min(r, 1.0) + item_pickle + p.result_pickle_time) + n_chunks * costs.process_task_cpu
     total = start + max(work + first_chunk, parent, cpu / cores)
     return Candidate(kind, n, cs, total, start, work, transfer, dispatch)
 

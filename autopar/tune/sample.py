@@ -98,6 +98,7 @@ class Profile:
     item_load_time: float = 0.0
     result_load_time: float = 0.0
     probe_rounds: int = 0
+    items_shared: bool = False  # every sampled item is one and the same object
 
     @property
     def n_done(self) -> int:
@@ -375,6 +376,7 @@ class _Pickling:
     result_bytes: float = 0.0
     result_time: float = 0.0
     result_load: float = 0.0
+    items_shared: bool = False
 
 
 class _Sampler:
@@ -584,6 +586,7 @@ class _Sampler:
             item_load_time=pk.item_load,
             result_load_time=pk.result_load,
             probe_rounds=rounds,
+            items_shared=pk.items_shared,
         )
         stash = SampleStash(
             func=self.func,
@@ -631,6 +634,10 @@ def _pickling_step(sp: "_Sampler") -> _Pickling:
         setattr(out, name, getattr(out, name) / n)
     out.transport = _serialize.worse(item_method, result_method) if fmethod is not None else None
     out.error = "; ".join(errors) or None
+    # One object passed as every item (``[table] * n``) is pickled once per chunk: pickle's
+    # memo sends the repeats as references.
+    items = [x for block in sp.item_blocks for x in block]
+    out.items_shared = len(items) >= 2 and all(x is items[0] for x in items)
     return out
 
 
