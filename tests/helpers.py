@@ -151,7 +151,7 @@ def spin_on_helper_thread(seconds: float) -> float:
     return seconds
 
 
-def where_and_children(buf: bytes) -> "tuple[int, frozenset[int]]":
+def where_and_children(item: object) -> "tuple[int, frozenset[int]]":
     """(pid that ran the item, the pids of its child processes then)."""
     import psutil
 

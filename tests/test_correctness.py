@@ -226,9 +226,10 @@ def test_threads_fall_back_to_serial_when_losing():
 def test_processes_fall_back_to_serial_when_losing():
     from helpers import where_and_children
 
-    # A 4 MB buffer per item: nothing to do, milliseconds of pickling to a process.
+    # A 4 MB buffer per item: nothing to do, milliseconds of pickling to a process. (Distinct
+    # items: one object as every item would be pickled once a chunk, and chunks would grow.)
     buf = b"x" * (4 << 20)
-    data = [buf] * 400
+    data = [(i, buf) for i in range(400)]
     r = optimize(where_and_children, data[:40], executor_type="serial")
     r = dataclasses.replace(r, executor_type="process", n_jobs=2, chunksize=1)
     before = frozenset(c.pid for c in psutil.Process().children())  # e.g. a shared test pool
