@@ -41,6 +41,7 @@ pending results): ``execute()`` passes the same iterator back.
 
 from __future__ import annotations
 
+import itertools
 import math
 import operator
 import threading
@@ -65,6 +66,7 @@ AHEAD_MAX = 64  # items a short job of waiting items runs at once beside its fir
 AHEAD_MEMORY_SHARE = 0.05  # of available memory, for the items run ahead (growth so far x count)
 PROBE_ROUND_MIN = (0.006, 0.02)  # seconds of work per thread: first round, second round
 PROBE_CLEAR = (1.15, 0.85)  # a round scaling <= 1.15, or >= 0.85 k, settles the probe
+PROBE_MIN_WORK = 0.03  # seconds of work left, under which no pool can win back what a probe costs
 SPECULATE_MAX_ITEMS = 1000  # jobs of at most this many items start a second item early
 
 
@@ -314,21 +316,29 @@ class _Ahead:
 def _probe(
     func: Callable[..., Any], items: list[Any], k: int, first_index: int, collect: bool
 ) -> tuple[list[Any], float, float]:
-    """Run ``items`` on ``k`` threads at once. Returns (results, wall, the function's CPU)."""
+    """Run ``items`` on ``k`` threads at once. Returns (results, wall, the function's CPU).
+
+    The wall time is the mean over the threads of the time each took: the round's tail (one
+    thread still on its last item while the others are done) says nothing about how the
+    threads run together, and a pool's tail is the model's makespan term already."""
     results: list[Any] = [None] * len(items)
     failures: list[tuple[int, BaseException, str]] = []
     barrier = threading.Barrier(k + 1)
+    ends = [0.0] * k
 
     def worker(slot: int) -> None:
         barrier.wait()
-        for i in range(slot, len(items), k):
-            try:
-                results[i] = func(items[i])
-            except BaseException as exc:  # settled in the caller below
-                failures.append((first_index + i, exc, ""))
-                if not collect or not isinstance(exc, Exception):
-                    return
-                results[i] = ItemFailed(first_index + i, exc)
+        try:
+            for i in range(slot, len(items), k):
+                try:
+                    results[i] = func(items[i])
+                except BaseException as exc:  # settled in the caller below
+                    failures.append((first_index + i, exc, ""))
+                    if not collect or not isinstance(exc, Exception):
+                        return
+                    results[i] = ItemFailed(first_index + i, exc)
+        finally:
+            ends[slot] = time.perf_counter()
 
     threads = [
         threading.Thread(target=worker, args=(s,), name=f"autopar-probe-{s}", daemon=True) for s in range(k)
@@ -340,7 +350,8 @@ def _probe(
     barrier.wait()
     for t in threads:
         t.join()
-    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    cpu = time.process_time() - c0
+    wall = sum(ends) / k - t0
     settle(sorted(failures, key=lambda f: f[0]), "thread (probe)", collect)
     return results, wall, cpu
 
@@ -636,8 +647,9 @@ def _pickling_step(sp: "_Sampler") -> _Pickling:
     out.error = "; ".join(errors) or None
     # One object passed as every item (``[table] * n``) is pickled once per chunk: pickle's
     # memo sends the repeats as references.
-    items = [x for block in sp.item_blocks for x in block]
-    out.items_shared = len(items) >= 2 and all(x is items[0] for x in items)
+    items = itertools.chain.from_iterable(sp.item_blocks)
+    first = next(items, None)
+    out.items_shared = sp.done >= 2 and all(x is first for x in items)
     return out
 
 
@@ -674,7 +686,7 @@ def _probe_step(sp: "_Sampler", stats: _Stats) -> tuple[float | None, int, int]:
         sp.probe_wanted
         and sp.done > 0
         and not sp.src.done
-        and (remaining is None or (remaining >= 2 and remaining * stats.mean > 0.005))
+        and (remaining is None or (remaining >= 2 and remaining * stats.mean > PROBE_MIN_WORK))
     )
     if not worth or (rounds and (best <= PROBE_CLEAR[0] or best >= PROBE_CLEAR[1] * k_used)):
         return (min(max(best, 0.1), float(k_used)) if rounds else None), k_used, rounds
