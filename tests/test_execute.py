@@ -7,7 +7,7 @@ import itertools
 import pytest
 
 import autopar
-from autopar import execute, execute_iter
+from autopar import execute, execute_iter, optimize
 
 from helpers import Unpicklable, fail_on, square, value_of
 
@@ -154,3 +154,13 @@ def test_pool_and_executor_type_must_agree(_pools):
 def test_n_jobs_minus_one_means_all_cores():
     _, report = execute(square, range(10), executor_type="thread", n_jobs=-1, chunksize=2, return_report=True)
     assert report.n_jobs == autopar.usable_cores()
+
+
+def test_serial_run_caps_blas_where_the_sample_found_it_faster():
+    import dataclasses
+
+    from helpers import blas_threads
+
+    r = optimize(blas_threads, list(range(20)), executor_type="serial")
+    faster = dataclasses.replace(r, profile=dataclasses.replace(r.profile, single_blas_time=r.profile.item_time_mean / 2))
+    assert set(execute(blas_threads, list(range(40)), result=faster)[20:]) == {1}

@@ -160,3 +160,14 @@ def test_the_sample_sees_one_object_passed_as_every_item():
     table = list(range(1000))
     assert optimize(len, [table] * 50, executor_type="serial").profile.items_shared
     assert not optimize(len, [list(table) for _ in range(50)], executor_type="serial").profile.items_shared
+
+
+def test_items_timed_with_blas_capped_count_for_the_pools():
+    # Items keep 2 cores busy through a BLAS pool (CPU/wall 2): no pool of 2 can gain,
+    # unless the items, timed with BLAS at one thread, take one core each.
+    kw = dict(n_items=300, item_time_mean=3e-3, cpu_ratio=2.0, thread_scaling=1.0)
+    plain = decide(profile(**kw), system(cores=2), COSTS)
+    capped = decide(profile(single_blas_time=2.8e-3, **kw), system(cores=2), COSTS)
+    assert plain.best.executor_type == "serial"
+    assert capped.best.executor_type == "process"
+    assert any("BLAS" in r for r in capped.reasons)

@@ -11,16 +11,17 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import Executor
+from contextlib import nullcontext
 from dataclasses import replace
 from itertools import islice
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, ContextManager, Iterable, Iterator
 
 from ..backends.pools import executor_kind, pool_size
 from ..backends.worker import _Alarm, run_items
 from ..errors import ItemFailed, settle
 from ..options import Options, check_func_and_data
 from ..tune.costs import pool_costs
-from ..tune.model import best_chunksize
+from ..tune.model import best_chunksize, serial_blas_time
 from ..tune.optimize import optimize_with, pending_result
 from ..tune.result import OptimizationResult
 from ..tune.sample import known_length
@@ -238,6 +239,19 @@ def _serial(job: Job, rest: Iterator[Any], index: int) -> Iterator[list[Any]]:
         job.report.measured_item_time = (time.perf_counter() - t0) / (index - first)
 
 
+def _native_threads(job: Job) -> ContextManager[Any]:
+    """BLAS pools capped while the run lasts, where the sample found items faster so: one
+    thread serially, cores // n on n threads (process workers cap their own)."""
+    result = job.result
+    if result is None or not result.profile.single_blas_time or job.kind == "process":
+        return nullcontext()
+    if job.kind == "serial" and not serial_blas_time(result.profile):
+        return nullcontext()
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=max(1, result.usable_cores // job.n_jobs) if job.kind == "thread" else 1)
+
+
 def _run(job: Job, prefix: list[list[Any]], rest: Iterator[Any], total: int | None, t_begin: float) -> Iterator[list[Any]]:
     report = job.report
     t_run = time.perf_counter()
@@ -246,9 +260,10 @@ def _run(job: Job, prefix: list[list[Any]], rest: Iterator[Any], total: int | No
         job.bar.update(n_prefix)
         yield from prefix
         blocks = _serial(job, rest, index) if job.kind == "serial" else PoolRun(job, rest, index, total).results()
-        for values in blocks:
-            index += len(values)
-            yield values
+        with _native_threads(job):
+            for values in blocks:
+                index += len(values)
+                yield values
         report.completed = True
     finally:
         job.bar.close()

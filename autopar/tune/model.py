@@ -32,7 +32,7 @@ other, threads win (no copies, no pickling).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Iterable
 
 from .sample import Profile
@@ -50,6 +50,7 @@ MEMORY_SHARE = 0.8  # share of available memory the workers may take
 MAX_THREADS = 64
 CHUNK_SECONDS = 0.2  # a chunk holds about this much work at most, unless the model needs more
 PARALLEL_SCALING = 0.8  # a probe this close to k threads' worth: the work does not hold the GIL
+BLAS_GAIN = 0.9  # a serial run caps BLAS at one thread where items are this much faster so
 PURE_CPU = 0.95  # CPU/wall from here on: the item never waits
 FEWER_WORKERS = 1.03  # candidates of one kind this close in time: the fewest workers win
 
@@ -95,6 +96,13 @@ def workload_type(cpu_ratio: float) -> str:
     if cpu_ratio <= CPU_RATIO_IO:
         return "io"
     return "mixed"
+
+
+def serial_blas_time(p: Profile) -> float | None:
+    """Item time of a serial run with BLAS capped at one thread, where that is clearly faster."""
+    if p.single_blas_time and p.single_blas_time < BLAS_GAIN * p.item_time_mean:
+        return p.single_blas_time
+    return None
 
 
 def gil_share(profile: Profile, gil_enabled: bool = True) -> float:
@@ -335,7 +343,24 @@ def decide(
             "(pass n_items= for a better estimate)"
         )
 
-    serial = Candidate("serial", 1, 1, remaining * p.item_time_mean, work=remaining * p.item_time_mean)
+    serial_item = p.item_time_mean
+    if p.single_blas_time:
+        # Pools cap native (BLAS) threads at cores // n a worker: items take the time
+        # measured with one, and keep one core busy. Serial runs so too where it is faster.
+        serial_item = serial_blas_time(p) or serial_item
+        reasons.append(
+            f"native (BLAS) threads capped at one per worker: items took {p.single_blas_time * 1e3:.3g} ms "
+            f"so, {p.item_time_mean * 1e3:.3g} ms with the default threads"
+        )
+        ratio = p.single_blas_time / p.item_time_mean
+        p = replace(
+            p,
+            item_time_mean=p.single_blas_time,
+            item_time_std=p.item_time_std * ratio,
+            item_time_max=p.item_time_max * ratio,
+            cpu_ratio=min(p.cpu_ratio, 1.0),
+        )
+    serial = Candidate("serial", 1, 1, remaining * serial_item, work=remaining * serial_item)
 
     thread_limit, proc_limit, memory_cap = _worker_limits(p, system, costs, remaining, wtype, max_jobs, reasons, warnings)
 
