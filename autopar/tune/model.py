@@ -221,13 +221,16 @@ def best_chunksize(
 ) -> Candidate:
     """The best chunksize for ``kind`` x ``n``: the largest within 2% of the fastest, up to
     a quarter of each worker's share (at least 4 chunks a worker, for balance and so the run
-    can still correct itself) and about ``CHUNK_SECONDS`` of work (progress, retries and the
+    can still correct itself) and about ``CHUNK_SECONDS`` of work (a quarter of that for
+    input of unknown length) (progress, retries and the
     fallback act per chunk). Fewer, larger chunks cost less dispatch than the model's
     per-task figures show on a full machine."""
     g = gil_share(p, gil_enabled)
     cands = [_predict(kind, n, cs, remaining, p, costs, cores, g) for cs in _chunk_options(remaining, n)]
     fastest = min(c.predicted_time for c in cands)
-    cap = max(1, min(-(-remaining // (4 * n)), int(CHUNK_SECONDS / max(p.item_time_mean, 1e-9))))
+    # Input of unknown length: its end, and so the run's tail of one chunk, comes unannounced.
+    seconds = CHUNK_SECONDS if p.n_items is not None else CHUNK_SECONDS / 4
+    cap = max(1, min(-(-remaining // (4 * n)), int(seconds / max(p.item_time_mean, 1e-9))))
     close = [c for c in cands if c.predicted_time <= fastest * 1.02 and c.chunksize <= cap]
     if not close:
         return min(cands, key=lambda c: c.predicted_time)

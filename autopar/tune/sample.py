@@ -56,6 +56,7 @@ from .. import _serialize
 from ..backends.worker import run_items
 from ..errors import ItemFailed, settle
 from .measure import CPU_BOUND, CpuMeter, PeakRSS, busy_clock, rss
+from .system import usable_cores
 
 __all__ = ["Profile", "SampleStash", "sample", "known_length"]
 
@@ -425,6 +426,7 @@ class _Sampler:
         self.watch_memory = False
         self.waiting = False
         self.ahead_round: tuple[float, int, int] | None = None  # (scaling, threads, items)
+        self.single_blas_time: float | None = None
 
     # -- steps --------------------------------------------------------------------------
 
@@ -433,7 +435,7 @@ class _Sampler:
             self.serial_batches()
         stats = self.item_stats()
         pickling = _pickling_step(self)
-        pickling.single_blas_time = _blas_step(self, stats)
+        pickling.single_blas_time = self.single_blas_time = _blas_step(self, stats)
         scaling, k_used, rounds = _probe_step(self, stats)
         return self.assemble(stats, pickling, scaling, k_used, rounds)
 
@@ -680,6 +682,16 @@ def _blas_step(sp: "_Sampler", stats: _Stats) -> float | None:
     return None if failed else per_item
 
 
+def _blas_capped(sp: "_Sampler", k: int) -> Any:
+    """BLAS capped for a probe on k threads as a pool of k threads caps it, once the sample
+    has timed items so (native threads spinning beside each item would read as scaling)."""
+    if not sp.single_blas_time:
+        return nullcontext()
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=max(1, usable_cores() // k))
+
+
 def _probe_plan(sp: "_Sampler", stats: _Stats, remaining: int | None, round_min: float) -> tuple[int, int]:
     """(threads, items per thread and round)."""
     ref = max(stats.reference, 1e-9)
@@ -730,7 +742,7 @@ def _probe_step(sp: "_Sampler", stats: _Stats) -> tuple[float | None, int, int]:
                 sp._keep(items, out)
             break
         kk = min(k, len(items))
-        with PeakRSS() if sp.watch_memory else nullcontext() as mem:
+        with PeakRSS() if sp.watch_memory else nullcontext() as mem, _blas_capped(sp, kk):
             results, wall, cpu = _probe(sp.func, items, kk, sp.done, sp.collect)
         sp.failures += [r.index for r in results if isinstance(r, ItemFailed)]
         if sp.watch_memory:  # items too long for a second serial one: k ran at once here
@@ -739,11 +751,14 @@ def _probe_step(sp: "_Sampler", stats: _Stats) -> tuple[float | None, int, int]:
         sp.n_probed += len(items)
         k_used, rounds = max(k_used, kk), rounds + 1
         if wall > 0:
-            if stats.cpu_ratio >= CPU_BOUND:
-                # CPU-bound: cores kept busy at once over cores one item keeps busy.
-                s = (cpu / wall) / stats.cpu_ratio
+            throughput = len(items) * (sp.single_blas_time or stats.reference) / wall
+            if stats.cpu_ratio >= CPU_BOUND and not sp.single_blas_time:
+                # CPU-bound: cores kept busy at once over cores one item keeps busy, unless
+                # fewer items got done than that says: a native library serializing its
+                # callers (OpenBLAS) may spin on its lock and keep cores busy for nothing.
+                s = min((cpu / wall) / stats.cpu_ratio, max(throughput, 1.0))
             else:
-                s = len(items) * stats.reference / wall
+                s = throughput
             best = max(best, s)
         if best <= PROBE_CLEAR[0] or best >= PROBE_CLEAR[1] * kk:
             break  # clear evidence: no second round
