@@ -17,8 +17,9 @@ The loop in :meth:`PoolRun.results` reads: fill → wait → harvest → recover
 release. A pool autopar chose starts with chunks of about 10 ms of work that double with
 each chunk back (unless the pool is losing), so a pool that loses to serial is seen early;
 a doubt is checked by timing one small chunk in the caller before the run falls back, and
-after a fallback the pool is shut down as soon as its last chunk is back. No pool the run made outlives it: shut down when the run ends cleanly, its workers
-killed otherwise (an error, Ctrl-C, an iterator closed early).
+after a fallback the pool is shut down as soon as its last chunk is back. No pool the run
+made outlives it: shut down when the run ends cleanly, its workers killed otherwise (an
+error, Ctrl-C, an iterator closed early).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from ..backends.process import ProcessBackend, Unsendable
 from ..errors import ItemFailed, settle
 from ..options import Options
 from ..tune.costs import pool_costs
-from ..tune.model import best_chunksize
+from ..tune.model import CPU_RATIO_CPU, best_chunksize
 from ..tune.result import OptimizationResult
 from .report import ExecutionReport, Progress
 
@@ -215,7 +216,7 @@ class Fallback:
         self.job = job
         profile = job.result.profile if job.result is not None else None
         self.serial_item = profile.item_time_mean if profile is not None else 0.0
-        self.cpu_bound = profile is not None and profile.cpu_ratio >= 0.75
+        self.cpu_bound = profile is not None and profile.cpu_ratio >= CPU_RATIO_CPU
         self.checked = False  # serial_item comes from a chunk timed in the caller
         self.doubt = False  # the last window lost to serial's rate: chunks stop growing
         self.t0: float | None = None  # window start: the first chunk back, or the check

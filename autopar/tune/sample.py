@@ -103,7 +103,7 @@ class Profile:
     result_load_time: float = 0.0
     probe_rounds: int = 0
     items_shared: bool = False  # every sampled item is one and the same object
-    single_blas_time: float | None = None  # item time with native (BLAS) pools at one thread, if faster
+    single_blas_time: float | None = None  # item time with BLAS at one thread (items kept native threads busy)
 
     @property
     def n_done(self) -> int:
@@ -391,7 +391,6 @@ class _Pickling:
     result_time: float = 0.0
     result_load: float = 0.0
     items_shared: bool = False
-    single_blas_time: float | None = None
 
 
 class _Sampler:
@@ -435,7 +434,7 @@ class _Sampler:
             self.serial_batches()
         stats = self.item_stats()
         pickling = _pickling_step(self)
-        pickling.single_blas_time = self.single_blas_time = _blas_step(self, stats)
+        self.single_blas_time = _blas_step(self, stats)
         scaling, k_used, rounds = _probe_step(self, stats)
         return self.assemble(stats, pickling, scaling, k_used, rounds)
 
@@ -604,7 +603,7 @@ class _Sampler:
             result_load_time=pk.result_load,
             probe_rounds=rounds,
             items_shared=pk.items_shared,
-            single_blas_time=pk.single_blas_time,
+            single_blas_time=self.single_blas_time,
         )
         stash = SampleStash(
             func=self.func,
@@ -661,8 +660,8 @@ def _pickling_step(sp: "_Sampler") -> _Pickling:
 
 
 def _blas_step(sp: "_Sampler", stats: _Stats) -> float | None:
-    """Native threads (a BLAS pool) computed beside the first item: time two items with
-    them capped at one thread, as every pool of ``cores`` workers runs them. Small matrix
+    """Native threads (a BLAS pool) computed beside the items: time two more with them
+    capped at one thread, as every pool of ``cores`` workers runs them. Small matrix
     work often runs faster so (an SVD of 220 x 220 took 2.6 ms on one OpenBLAS thread, 4.8
     ms on two)."""
     first = sp.first_cpu / sp.first_time if sp.first_time > 0 else 0.0
