@@ -150,9 +150,3 @@ def spin_on_helper_thread(seconds: float) -> float:
     t.join()
     return seconds
 
-
-def where_and_children(item: object) -> "tuple[int, frozenset[int]]":
-    """(pid that ran the item, the pids of its child processes then)."""
-    import psutil
-
-    return os.getpid(), frozenset(c.pid for c in psutil.Process().children())

@@ -11,7 +11,6 @@ import threading
 import time
 import weakref
 
-import psutil
 import pytest
 
 from autopar import execute, get_executor, optimize
@@ -186,7 +185,11 @@ def test_free_threaded_build_makes_threads_cpu_parallel(monkeypatch):
     from autopar.workloads import pure_python_cpu
 
     r = optimize(pure_python_cpu, [20_000] * 30, executor_type="serial")
-    profile = dataclasses.replace(r.profile, n_items=2000, thread_scaling=None, probe_threads=0, exhausted=False)
+    # cpu_ratio fixed: the model is under test here, not the meter (on a busy machine the
+    # measured ratio can exceed 1, which caps threads at cores / ratio).
+    profile = dataclasses.replace(
+        r.profile, n_items=2000, thread_scaling=None, probe_threads=0, exhausted=False, cpu_ratio=1.0
+    )
     costs = pool_costs()
     with_gil = model.decide(profile, dataclasses.replace(sysinfo, gil_enabled=True), costs, executor_types=("thread",))
     free = model.decide(profile, dataclasses.replace(sysinfo, gil_enabled=False), costs, executor_types=("thread",))
@@ -224,24 +227,22 @@ def test_threads_fall_back_to_serial_when_losing():
 
 
 def test_processes_fall_back_to_serial_when_losing():
-    from helpers import where_and_children
+    from helpers import pid
 
     # A 4 MB buffer per item: nothing to do, milliseconds of pickling to a process. (Distinct
     # items: one object as every item would be pickled once a chunk, and chunks would grow.)
     buf = b"x" * (4 << 20)
     data = [(i, buf) for i in range(400)]
-    r = optimize(where_and_children, data[:40], executor_type="serial")
+    r = optimize(pid, data[:40], executor_type="serial")
     r = dataclasses.replace(r, executor_type="process", n_jobs=2, chunksize=1)
-    before = frozenset(c.pid for c in psutil.Process().children())  # e.g. a shared test pool
-    out, report = execute(where_and_children, data, result=r, return_report=True)
+    out, report = execute(pid, data, result=r, return_report=True)
     assert len(out) == len(data)
     assert report.fell_back, report.summary()
     at = report.fallback[0]
     assert 0 < at < len(data)
     me = os.getpid()
-    assert all(p != me for p, _ in out[: min(at, 3)])  # the pool ran the first chunks
-    # The last item ran in the caller, after the pool's workers were gone.
-    assert out[-1][0] == me and out[-1][1] <= before
+    assert all(p != me for p in out[: min(at, 3)])  # the pool ran the first chunks
+    assert all(p == me for p in out[at:])  # from the fallback on, the caller ran them
 
 
 def test_chosen_pool_ramps_its_chunks_up():
