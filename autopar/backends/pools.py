@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Iterator
 
 from ..tune.system import default_start_method, usable_cores
+from .blas import blas_share
 from .local import SerialExecutor
 from .process import make_process_pool, terminate
 
@@ -40,7 +41,7 @@ def make_executor(
     if kind == "thread":
         return ThreadPoolExecutor(max_workers=n_jobs, thread_name_prefix="autopar")
     if kind == "process":
-        blas = blas_threads if blas_threads is not None else max(1, usable_cores() // n_jobs)
+        blas = blas_threads if blas_threads is not None else blas_share(n_jobs)
         return make_process_pool(n_jobs, start_method or default_start_method(), blas)
     raise ValueError(f"executor kind must be 'serial', 'thread' or 'process', got {kind!r}")
 

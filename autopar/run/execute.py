@@ -16,6 +16,7 @@ from dataclasses import replace
 from itertools import islice
 from typing import Any, Callable, ContextManager, Iterable, Iterator
 
+from ..backends.blas import blas_share, capped_blas
 from ..backends.pools import executor_kind, pool_size
 from ..backends.worker import _Alarm, run_items
 from ..errors import ItemFailed, settle
@@ -245,11 +246,9 @@ def _native_threads(job: Job) -> ContextManager[Any]:
     result = job.result
     if result is None or not result.profile.single_blas_time or job.kind == "process":
         return nullcontext()
-    if job.kind == "serial" and not serial_blas_time(result.profile):
-        return nullcontext()
-    from threadpoolctl import threadpool_limits
-
-    return threadpool_limits(limits=max(1, result.usable_cores // job.n_jobs) if job.kind == "thread" else 1)
+    if job.kind == "serial":
+        return capped_blas(1) if serial_blas_time(result.profile) else nullcontext()
+    return capped_blas(blas_share(job.n_jobs, result.usable_cores))
 
 
 def _run(job: Job, prefix: list[list[Any]], rest: Iterator[Any], total: int | None, t_begin: float) -> Iterator[list[Any]]:

@@ -246,9 +246,8 @@ def best_chunksize(
 ) -> Candidate:
     """The best chunksize for ``kind`` x ``n``: the largest within 2% of the fastest, up to
     a quarter of each worker's share (at least 4 chunks a worker, for balance and so the run
-    can still correct itself) and about ``CHUNK_SECONDS`` of work (a quarter of that for
-    input of unknown length) (progress, retries and the
-    fallback act per chunk). Fewer, larger chunks cost less dispatch than the model's
+    can still correct itself) and about ``CHUNK_SECONDS`` of work, a quarter of that for
+    input of unknown length (progress, retries and the fallback act per chunk). Fewer, larger chunks cost less dispatch than the model's
     per-task figures show on a full machine."""
     g = gil_share(p, gil_enabled)
     cands = [_predict(kind, n, cs, remaining, p, costs, cores, g) for cs in _chunk_options(remaining, n)]

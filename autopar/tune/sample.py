@@ -53,10 +53,10 @@ from itertools import chain, islice
 from typing import Any, Callable, Iterable, Iterator
 
 from .. import _serialize
+from ..backends.blas import blas_share, capped_blas
 from ..backends.worker import run_items
 from ..errors import ItemFailed, settle
 from .measure import CPU_BOUND, CpuMeter, PeakRSS, busy_clock, rss
-from .system import usable_cores
 
 __all__ = ["Profile", "SampleStash", "sample", "known_length"]
 
@@ -670,9 +670,7 @@ def _blas_step(sp: "_Sampler", stats: _Stats) -> float | None:
     items = sp.src.pull(2)
     if not items:
         return None
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(limits=1):
+    with capped_blas(1):
         t0 = time.perf_counter()
         out, failed = run_items(sp.func, sp.done, items, sp.collect, remote=False)
         per_item = (time.perf_counter() - t0) / len(items)
@@ -684,11 +682,7 @@ def _blas_step(sp: "_Sampler", stats: _Stats) -> float | None:
 def _blas_capped(sp: "_Sampler", k: int) -> Any:
     """BLAS capped for a probe on k threads as a pool of k threads caps it, once the sample
     has timed items so (native threads spinning beside each item would read as scaling)."""
-    if not sp.single_blas_time:
-        return nullcontext()
-    from threadpoolctl import threadpool_limits
-
-    return threadpool_limits(limits=max(1, usable_cores() // k))
+    return capped_blas(blas_share(k)) if sp.single_blas_time else nullcontext()
 
 
 def _probe_plan(sp: "_Sampler", stats: _Stats, remaining: int | None, round_min: float) -> tuple[int, int]:
@@ -750,14 +744,15 @@ def _probe_step(sp: "_Sampler", stats: _Stats) -> tuple[float | None, int, int]:
         sp.n_probed += len(items)
         k_used, rounds = max(k_used, kk), rounds + 1
         if wall > 0:
-            throughput = len(items) * (sp.single_blas_time or stats.reference) / wall
             if stats.cpu_ratio >= CPU_BOUND and not sp.single_blas_time:
-                # CPU-bound: cores kept busy at once over cores one item keeps busy, unless
-                # fewer items got done than that says: a native library serializing its
-                # callers (OpenBLAS) may spin on its lock and keep cores busy for nothing.
-                s = min((cpu / wall) / stats.cpu_ratio, max(throughput, 1.0))
+                # CPU-bound: cores kept busy at once over cores one item keeps busy. (Not
+                # capped by the round's throughput: a few items of uneven size make that
+                # too noisy; GIL-free NumPy read x1.0-1.13 so.)
+                s = (cpu / wall) / stats.cpu_ratio
             else:
-                s = throughput
+                # Waiting work, or BLAS capped (a BLAS library serializing its callers
+                # spins on its lock and keeps cores busy for nothing): throughput.
+                s = len(items) * (sp.single_blas_time or stats.reference) / wall
             best = max(best, s)
         if best <= PROBE_CLEAR[0] or best >= PROBE_CLEAR[1] * kk:
             break  # clear evidence: no second round
