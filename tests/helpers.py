@@ -17,6 +17,13 @@ def fail_on(x: int, bad: int = 7) -> int:
     return x
 
 
+def fail_every(x: int, period: int = 9973) -> int:
+    """Fails on items 5, 5 + period, 5 + 2 * period, ...: failures spread over a long job."""
+    if x % period == 5:
+        raise ValueError(f"bad item {x}")
+    return x + 1
+
+
 class Unpicklable:
     """An item no serializer can send (it holds a lock)."""
 

@@ -15,7 +15,10 @@ import pytest
 
 from autopar import execute, get_executor, optimize
 
-from helpers import sleep_tagged
+from autopar import ItemFailed
+from autopar.tune.sample import _Span
+
+from helpers import fail_every, sleep_tagged
 
 
 def _source(kind: str, items: list):
@@ -45,6 +48,29 @@ def test_every_item_once_in_order_each_pool(pool, n, source):
     for chunksize in (1, 7):
         out = execute(sleep_tagged, _source(source, items), pool=pool, chunksize=chunksize)
         assert out == list(range(n))
+
+
+@pytest.mark.parametrize("kind", [list, tuple, iter])
+def test_tiny_items_collected_failures_keep_their_places(kind):
+    # Tiny items: the sample's batches read the input in place and write into one results
+    # list, which execute() hands back; failures fall in the sample and in the run after it.
+    n = 60_000
+    out, report = execute(fail_every, kind(range(n)), errors="collect", return_report=True)
+    bad = [i for i in range(n) if i % 9973 == 5]
+    assert len(out) == n and report.failures == bad
+    assert all(isinstance(out[i], ItemFailed) and out[i].index == i for i in bad)
+    assert [x for i, x in enumerate(out) if i % 9973 != 5] == [i + 1 for i in range(n) if i % 9973 != 5]
+    assert report.n_from_sample > bad[0]  # a failure in the sample's batches too
+
+
+@pytest.mark.parametrize("seq", [list(range(10)), tuple(range(10))])
+def test_span_reads_like_a_slice(seq):
+    for start, n in [(0, 10), (3, 4), (9, 1), (10, 0)]:
+        span = _Span(seq, start, n)
+        assert list(span) == list(seq[start : start + n]) and len(span) == n
+        assert [span[j] for j in range(-n, n)] == list(seq[start : start + n]) * 2
+        with pytest.raises(IndexError):
+            span[n]
 
 
 @pytest.mark.slow

@@ -10,14 +10,13 @@ unpickle it once per key and keep the last few, so one pool can serve many calls
 
 from __future__ import annotations
 
-import operator
 import pickle
 import signal
 import threading
 import time
 import traceback
 from collections import OrderedDict
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Iterator
 
 from .._serialize import CLOUDPICKLE, dumps, loads
 from ..errors import ItemFailed, ItemTimeout, WorkerError
@@ -37,34 +36,40 @@ def _portable(exc: BaseException) -> BaseException:
         return WorkerError(type(exc).__name__, str(exc))
 
 
-def map_items(func: Callable[[Any], Any], items: list[Any]) -> tuple[list[Any], int, BaseException | None]:
-    """``list(map(func, items))`` at C speed; on an exception, also the offset of the item.
+def map_items(func: Callable[[Any], Any], it: Iterator[Any], out: list[Any]) -> tuple[int, BaseException | None]:
+    """``out.extend(map(func, it))`` at C speed; on an exception, also the offset of the item.
 
-    The offset comes from how far the list iterator got, so no per-item Python runs;
-    ``list.extend`` keeps the results before the failing item.
-    Returns (results so far, offset of the failing item or -1, exception or None).
+    ``list.extend`` keeps the results before the failing item in ``out``, so their count is
+    the offset: no per-item Python runs. Returns (offset of the failing item from where ``it``
+    stood, or -1; the exception or None). ``it`` then stands past the failing item.
     """
-    out: list[Any] = []
-    it = iter(items)
+    n0 = len(out)
     try:
         out.extend(map(func, it))
-        return out, -1, None
+        return -1, None
     except BaseException as exc:
-        return out, len(items) - operator.length_hint(it) - 1, exc
+        return len(out) - n0, exc
 
 
 def run_items(
-    func: Callable[[Any], Any], start: int, items: list[Any], collect: bool, remote: bool
+    func: Callable[[Any], Any],
+    start: int,
+    items: Iterable[Any],
+    collect: bool,
+    remote: bool,
+    out: list[Any] | None = None,
 ) -> tuple[list[Any], list[Failure]]:
     """Run a chunk. Stops at the first failure unless ``collect``; then a failed item's place
     holds an :class:`ItemFailed` and the chunk goes on. Only ``Exception`` is collected:
-    KeyboardInterrupt, SystemExit and the like always stop the run."""
-    out: list[Any] = []
+    KeyboardInterrupt, SystemExit and the like always stop the run. Results go on the end of
+    ``out`` where given (one list for many chunks: no copy to join them), else a new list.
+    ``items`` may be any iterable (the sample passes an ``islice`` of the input: no copy)."""
+    out = [] if out is None else out
     failures: list[Failure] = []
+    it = iter(items)
     done = 0
-    while done < len(items):
-        part, offset, exc = map_items(func, items[done:] if done else items)
-        out.extend(part)
+    while True:
+        offset, exc = map_items(func, it, out)
         if exc is None:
             break
         index = start + done + offset

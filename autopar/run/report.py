@@ -143,7 +143,8 @@ class ExecutionIterator(Iterator[Any]):
         return next(self._flat)
 
     def blocks(self) -> Iterator[list[Any]]:
-        """The results as lists (one per chunk), cheaper than one at a time for tiny items."""
+        """The results as lists (one per chunk), cheaper than one at a time for tiny items.
+        Each is a fresh list that nothing else holds: the caller may keep and extend it."""
         return self._gen
 
     def close(self) -> None:

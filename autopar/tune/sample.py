@@ -175,8 +175,9 @@ class SampleStash:
             rest = iter(())
         elif self.ahead:
             rest = chain(self.ahead, rest)
-        if func is self.func:
-            return self.result_blocks, rest
+        if func is self.func:  # handed over: the caller may keep (and extend) these lists
+            blocks, self.result_blocks = self.result_blocks, []
+            return blocks, rest
         if self.one_shot:  # another function: the kept items run again, then the rest
             return [], chain(chain.from_iterable(self.item_blocks or ()), rest)
         return [], iter(data)
@@ -220,6 +221,16 @@ class _Source:
         self.exhausted = self.exhausted or len(batch) < n
         return head + batch if head else batch
 
+    def span(self, n: int) -> "list[Any] | _Span":
+        """The next ``n`` items without copying them where the input is a list or tuple and
+        nothing was put back (tiny items: the copy cost as much as the loop's overhead)."""
+        if self.seq is None or self.ahead:
+            return self.pull(n)
+        part = _Span(self.seq, self.pos, min(n, len(self.seq) - self.pos))
+        self.pos += len(part)
+        self.exhausted = self.exhausted or len(part) < n
+        return part
+
     def push_back(self, items: list[Any]) -> None:
         self.ahead[:0] = items
 
@@ -236,6 +247,28 @@ class _Source:
             self.it = iter(self.seq)
             self.it.__setstate__(self.pos)  # type: ignore[attr-defined]
         return self.it
+
+
+class _Span:
+    """Items ``start`` to ``start + n`` of a list or tuple, read in place."""
+
+    __slots__ = ("seq", "start", "n")
+
+    def __init__(self, seq: Any, start: int, n: int) -> None:
+        self.seq, self.start, self.n = seq, start, max(n, 0)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, j: int) -> Any:
+        if not -self.n <= j < self.n:
+            raise IndexError(j)
+        return self.seq[self.start + j % self.n]
+
+    def __iter__(self) -> Iterator[Any]:
+        it = iter(self.seq)
+        it.__setstate__(self.start)  # type: ignore[attr-defined]
+        return islice(it, self.n)
 
 
 class _Ahead:
@@ -413,8 +446,8 @@ class _Sampler:
         self.probe_threads, self.probe_wanted, self.collect = probe_threads, probe, collect
         self.src = _Source(data)
         self.n_total = known_length(data, n_items)
-        self.item_blocks: list[list[Any]] = []  # items and results in blocks, one per batch
-        self.result_blocks: list[list[Any]] = []
+        self.item_blocks: list[list[Any] | _Span] = []  # items in blocks, one per batch
+        self.results: list[Any] = []  # one list: execute() adopts it, no join of blocks
         self.failures: list[int] = []  # indices of the items that failed (collect mode)
         self.done = 0
         self.n_probed = 0
@@ -438,9 +471,10 @@ class _Sampler:
         scaling, k_used, rounds = _probe_step(self, stats)
         return self.assemble(stats, pickling, scaling, k_used, rounds)
 
-    def _keep(self, items: list[Any], results: list[Any]) -> None:
+    def _keep(self, items: "list[Any] | _Span", results: list[Any]) -> None:
         self.item_blocks.append(items)
-        self.result_blocks.append(results)
+        if results is not self.results:  # serial batches write into it directly
+            self.results.extend(results)
         self.done += len(items)
 
     def first_item(self) -> bool:
@@ -546,13 +580,13 @@ class _Sampler:
                 break
             if self.n_total is not None:
                 batch_size = min(batch_size, self.n_total - self.done)
-            batch = self.src.pull(batch_size)
+            batch = self.src.span(batch_size)
             if not batch:
                 break
             meter = CpuMeter(attribute=batch_size * mean >= 1e-3)
             with PeakRSS() if self.watch_memory else nullcontext() as mem:
                 meter.start()
-                out, failed = run_items(self.func, self.done, batch, self.collect, remote=False)
+                out, failed = run_items(self.func, self.done, batch, self.collect, remote=False, out=self.results)
                 dt, _, dc = meter.stop()
             self.failures += settle(failed, "serial (sample)", self.collect)
             if self.watch_memory:
@@ -610,7 +644,7 @@ class _Sampler:
             data=self.data,
             one_shot=self.src.one_shot,
             item_blocks=self.item_blocks,
-            result_blocks=self.result_blocks,
+            result_blocks=[self.results] if self.results else [],
             ahead=self.src.ahead,
             rest=self.src.rest(),
             exhausted=exhausted,
@@ -639,7 +673,7 @@ def _pickling_step(sp: "_Sampler") -> _Pickling:
         out.item_bytes, out.item_time, out.item_load = out.item_bytes + size, out.item_time + secs, out.item_load + load
         if err:
             errors.append(f"item {i}: {err}")
-        m, size, secs, load, err = _serialize.measure(sp.result_blocks[b][j])
+        m, size, secs, load, err = _serialize.measure(sp.results[i])
         result_method = _serialize.worse(result_method, m)
         out.result_bytes, out.result_time = out.result_bytes + size, out.result_time + secs
         out.result_load += load
