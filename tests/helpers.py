@@ -44,6 +44,14 @@ def blas_threads(_: object) -> int:
     return min((p["num_threads"] for p in info), default=-1)
 
 
+def blas_threads_after_busy(_: object) -> int:
+    """Two milliseconds of computing, then the BLAS threads this item saw."""
+    t0 = time.thread_time()
+    while time.thread_time() - t0 < 0.002:
+        pass
+    return blas_threads(_)
+
+
 def busy(n: int) -> int:
     total = 0
     for i in range(n):

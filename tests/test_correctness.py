@@ -13,7 +13,7 @@ import weakref
 
 import pytest
 
-from autopar import execute, get_executor, optimize
+from autopar import execute, get_executor, optimize, usable_cores
 
 from autopar import ItemFailed
 from autopar.tune.sample import _Span
@@ -178,6 +178,31 @@ def test_background_cpu_is_not_the_functions():
     assert r.workload_type == "io", r.explain()
     assert r.cpu_ratio < 0.3
     assert r.executor_type == "thread"
+
+
+@pytest.mark.skipif(usable_cores() < 2, reason="needs 2 usable cores")
+def test_background_cpu_is_not_the_probes():
+    # Pure Python on 2 threads keeps one core busy; a thread already running C code beside
+    # the probe (as a BLAS pool spins on after a call) must not read as the probe's scaling.
+    from autopar.workloads import pure_python_cpu
+
+    stop = threading.Event()
+
+    def burn() -> None:
+        import hashlib
+
+        block = b"x" * (1 << 20)
+        while not stop.is_set():
+            hashlib.sha256(block).digest()  # C code, GIL released
+
+    burner = threading.Thread(target=burn, name="bg-burner")
+    burner.start()
+    try:
+        r = optimize(pure_python_cpu, [100_000] * 100, executor_type="thread")
+    finally:
+        stop.set()
+        burner.join()
+    assert r.thread_scaling is not None and r.thread_scaling < 1.4, r.explain()
 
 
 def test_threads_the_function_starts_count_as_its_cpu():

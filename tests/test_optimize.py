@@ -180,3 +180,21 @@ def test_sample_exception_names_the_item():
     with pytest.raises(ValueError) as info:
         optimize(fail_on, range(20))
     assert info.value.autopar_item_index == 7
+
+
+@pytest.mark.skipif(autopar.usable_cores() < 2, reason="BLAS has one thread on one core")
+@pytest.mark.parametrize("loaded", [True, False])
+def test_items_timed_with_blas_capped_where_a_threaded_blas_is_loaded(monkeypatch, loaded):
+    # Whether a BLAS pool's second thread shows in an item's CPU time varies from run to run;
+    # with a multi-threaded BLAS loaded, two computing items of a millisecond or more are
+    # timed with BLAS at one thread whatever their CPU/wall read.
+    from autopar.tune import sample as S
+
+    from helpers import blas_threads_after_busy
+
+    monkeypatch.setattr(S, "NATIVE_THREADS", 1e9)  # the CPU/wall reading never decides here
+    monkeypatch.setattr(S, "threaded_blas_loaded", lambda: loaded)
+    items = list(range(200))
+    r = optimize(blas_threads_after_busy, items, executor_type="serial")
+    seen = execute(blas_threads_after_busy, items, result=r)[: r.profile.n_sampled]
+    assert seen.count(1) == (2 if loaded else 0)

@@ -35,7 +35,7 @@ import math
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Iterable
 
-from .sample import Profile
+from .sample import BLAS_FASTER, Profile
 from .costs import PoolCosts
 from .system import SystemInfo
 
@@ -54,7 +54,6 @@ MEMORY_SHARE = 0.8  # share of available memory the workers may take
 MAX_THREADS = 64
 CHUNK_SECONDS = 0.2  # a chunk holds about this much work at most, unless the model needs more
 PARALLEL_SCALING = 0.8  # a probe this close to k threads' worth: the work does not hold the GIL
-BLAS_GAIN = 0.9  # a serial run caps BLAS at one thread where items are this much faster so
 PURE_CPU = 0.95  # CPU/wall from here on: the item never waits
 FEWER_WORKERS = 1.03  # candidates of one kind this close in time: the fewest workers win
 
@@ -125,7 +124,7 @@ def _with_blas_capped(p: Profile, reasons: list[str]) -> tuple[Profile, float]:
 
 def serial_blas_time(p: Profile) -> float | None:
     """Item time of a serial run with BLAS capped at one thread, where that is clearly faster."""
-    if p.single_blas_time and p.single_blas_time < BLAS_GAIN * p.item_time_mean:
+    if p.single_blas_time and p.single_blas_time < BLAS_FASTER * p.item_time_mean:
         return p.single_blas_time
     return None
 

@@ -56,7 +56,8 @@ from .. import _serialize
 from ..backends.blas import blas_share, capped_blas
 from ..backends.worker import run_items
 from ..errors import ItemFailed, settle
-from .measure import CPU_BOUND, CpuMeter, PeakRSS, busy_clock, rss
+from .measure import CPU_BOUND, CpuMeter, NewThreadsCpu, PeakRSS, busy_clock, rss
+from .system import threaded_blas_loaded
 
 __all__ = ["Profile", "SampleStash", "sample", "known_length"]
 
@@ -67,6 +68,7 @@ AHEAD_MAX = 64  # items a short job of waiting items runs at once beside its fir
 AHEAD_MEMORY_SHARE = 0.05  # of available memory, for the items run ahead (growth so far x count)
 PROBE_ROUND_MIN = (0.006, 0.02)  # seconds of work per thread: first round, second round
 PROBE_CLEAR = (1.15, 0.85)  # a round scaling <= 1.15, or >= 0.85 k, settles the probe
+BLAS_FASTER = 0.9  # items this much faster with BLAS at one thread are BLAS work
 NATIVE_THREADS = 1.3  # items' CPU/wall from which native threads computed beside them
 PROBE_MIN_WORK = 0.03  # seconds of work left, under which no pool can win back what a probe costs
 SPECULATE_MAX_ITEMS = 1000  # jobs of at most this many items start a second item early
@@ -379,14 +381,15 @@ def _probe(
     threads = [
         threading.Thread(target=worker, args=(s,), name=f"autopar-probe-{s}", daemon=True) for s in range(k)
     ]
+    # The probe's threads count, threads that ran before it (the caller, a BLAS pool) do not.
+    meter = NewThreadsCpu().start()
     for t in threads:
         t.start()
-    # The probe threads are Python threads the function did not start: count them in.
-    c0, t0 = time.process_time(), time.perf_counter()
+    t0 = time.perf_counter()
     barrier.wait()
     for t in threads:
         t.join()
-    cpu = time.process_time() - c0
+    cpu = meter.stop()
     wall = sum(ends) / k - t0
     settle(sorted(failures, key=lambda f: f[0]), "thread (probe)", collect)
     return results, wall, cpu
@@ -694,12 +697,18 @@ def _pickling_step(sp: "_Sampler") -> _Pickling:
 
 
 def _blas_step(sp: "_Sampler", stats: _Stats) -> float | None:
-    """Native threads (a BLAS pool) computed beside the items: time two more with them
-    capped at one thread, as every pool of ``cores`` workers runs them. Small matrix
-    work often runs faster so (an SVD of 220 x 220 took 2.6 ms on one OpenBLAS thread, 4.8
-    ms on two)."""
+    """Native threads (a BLAS pool) computed beside the items, or may have: time two more
+    with BLAS capped at one thread, as every pool of ``cores`` workers runs them. Small
+    matrix work often runs faster so (an SVD of 220 x 220 took 2.6 ms on one OpenBLAS
+    thread, 4.8 ms on two). Whether the pool's second thread shows in the CPU time varies
+    (it spins or sleeps: the same SVD read CPU/wall 1.0-2.3), so with a multi-threaded BLAS
+    loaded, computing items of a millisecond or more are timed so too, and count as BLAS
+    work where capping made them 10% faster."""
     first = sp.first_cpu / sp.first_time if sp.first_time > 0 else 0.0
-    if sp.src.done or max(first, stats.cpu_ratio) < NATIVE_THREADS or stats.mean < 1e-3:
+    native = max(first, stats.cpu_ratio) >= NATIVE_THREADS
+    if sp.src.done or stats.mean < 1e-3 or stats.cpu_ratio < CPU_BOUND:
+        return None
+    if not native and not threaded_blas_loaded():
         return None
     items = sp.src.pull(2)
     if not items:
@@ -710,7 +719,9 @@ def _blas_step(sp: "_Sampler", stats: _Stats) -> float | None:
         per_item = (time.perf_counter() - t0) / len(items)
     sp.failures += settle(failed, "serial (sample)", sp.collect)
     sp._keep(items, out)
-    return None if failed else per_item
+    if failed or not (native or per_item < BLAS_FASTER * stats.mean):
+        return None
+    return per_item
 
 
 def _blas_capped(sp: "_Sampler", k: int) -> Any:

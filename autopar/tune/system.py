@@ -86,6 +86,24 @@ def _blas_pools() -> tuple[dict[str, Any], ...]:
     return tuple({k: pool.get(k) for k in keys} for pool in threadpool_info())
 
 
+_blas_seen: tuple[int, bool] = (-1, False)
+
+
+def threaded_blas_loaded() -> bool:
+    """Whether a BLAS library with more than one thread is loaded. The scan (about 0.2 ms,
+    1 ms the first time) runs again only when modules were imported since the last one:
+    native libraries come in with imports."""
+    global _blas_seen
+    n = len(sys.modules)
+    if _blas_seen[0] != n:
+        try:
+            found = any(p.get("user_api") == "blas" and (p.get("num_threads") or 1) > 1 for p in _blas_pools())
+        except Exception:  # threadpoolctl could not inspect a library: take none as loaded
+            found = False
+        _blas_seen = (n, found)
+    return _blas_seen[1]
+
+
 @dataclass(frozen=True)
 class SystemInfo:
     """What autopar knows about the machine, read when asked (cheap)."""
