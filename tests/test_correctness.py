@@ -313,6 +313,41 @@ def test_chosen_pool_ramps_its_chunks_up():
     assert report.n_chunks == len(data) // 40
 
 
+def test_ramped_chunks_shrink_towards_a_known_end():
+    from autopar.run.dispatch import Feeder
+
+    # Doubling alone gave 8, 16, 32, 64, 64, ...: a last chunk of 64 while the other worker
+    # idles. Towards the end, a chunk holds at most a 2n-th of what is left (not below the
+    # ramp's first size).
+    feeder = Feeder(iter(range(300)), 0, 64, 5, ramp=8, end=300, workers=2)
+    sizes, seen = [], []
+    while (nxt := feeder.next_chunk()) is not None:
+        start, items = nxt
+        assert start == len(seen)
+        left = 300 - start
+        assert len(items) <= max(8, -(-left // 4))
+        sizes.append(len(items))
+        seen += items
+        feeder.grow()
+    assert seen == list(range(300))
+    assert sizes[:3] == [8, 16, 32] and max(sizes) <= 64 and sizes[-1] <= 8
+    # Without a known end (or a ramp), chunks are the chunksize.
+    plain = Feeder(iter(range(300)), 0, 64, 5)
+    assert len(plain.next_chunk()[1]) == 64
+
+
+def test_ramp_starts_above_what_a_chunk_costs():
+    # One object passed as every item travels once a chunk: a process pool's first chunks
+    # hold ten times that cost in work, not 10 ms; threads copy nothing and start at 10 ms.
+    from autopar.run.dispatch import RAMP_CHUNK_COST, RAMP_SECONDS, ramp_start
+
+    r = optimize(len, [[1, 2]] * 30, executor_type="serial")
+    p = dataclasses.replace(r.profile, item_time_mean=0.001, items_shared=True, item_pickle_time=0.01, item_load_time=0.01)
+    assert ramp_start(p, "process") == round(RAMP_CHUNK_COST * 0.02 / 0.001)
+    assert ramp_start(p, "thread") == round(RAMP_SECONDS / 0.001)
+    assert ramp_start(dataclasses.replace(p, items_shared=False), "process") == round(RAMP_SECONDS / 0.001)
+
+
 def test_no_fall_back_when_the_caller_chose_the_pool():
     from helpers import square
 

@@ -39,6 +39,7 @@ from ..options import Options
 from ..tune.costs import pool_costs
 from ..tune.model import CPU_RATIO_CPU, best_chunksize
 from ..tune.result import OptimizationResult
+from ..tune.sample import Profile
 from .report import ExecutionReport, Progress
 
 __all__ = ["Job", "PoolRun"]
@@ -47,6 +48,7 @@ ADAPT_FACTOR = 2.0  # measured/expected item time outside [1/2, 2] triggers a ne
 FALLBACK_RATE = 0.9  # a pool delivering under this share of serial's rate gives way to serial
 FALLBACK_MIN_TIME = 0.02  # seconds of steady running before a fallback is judged
 RAMP_SECONDS = 0.01  # work in a chosen pool's first chunks
+RAMP_CHUNK_COST = 10.0  # ... or this many times what a chunk costs whatever its size
 
 
 @dataclass
@@ -119,15 +121,33 @@ class InOrder:
             yield self.chunks.popleft().values  # type: ignore[misc]
 
 
+def ramp_start(p: Profile, kind: str) -> int:
+    """Items in a ramp's first chunk: about RAMP_SECONDS of work, and what a chunk costs
+    whatever its size (one object passed as every item travels once a chunk: 266 KB of
+    words, 5.7 ms) no more than a tenth of it. 0 (no ramp) without an item time."""
+    t = p.item_time_mean
+    if t <= 0:
+        return 0
+    per_chunk = p.item_pickle_time + p.item_load_time if kind == "process" and p.items_shared else 0.0
+    return max(1, round(max(RAMP_SECONDS, RAMP_CHUNK_COST * per_chunk) / t))
+
+
 class Feeder:
     """Chunks from the input, at most ``limit`` in flight; items to retry, and chunks handed
     back by a fallback, go first."""
 
-    def __init__(self, rest: Iterator[Any], first_index: int, chunksize: int, limit: int, ramp: int = 0) -> None:
+    def __init__(
+        self, rest: Iterator[Any], first_index: int, chunksize: int, limit: int, ramp: int = 0, end: int | None = None, workers: int = 1
+    ) -> None:
         self.rest = rest
         self.next_index = first_index
         self.chunksize = chunksize
         self.ramp = ramp  # chunk size while it doubles up to chunksize (0: no ramp)
+        # With a ramp and a known end, chunks shrink towards it (guided scheduling): doubled
+        # chunks left one worker a chunk of a quarter of the job while the other idled.
+        self.end = end if ramp else None
+        self.workers = workers
+        self.floor = ramp
         self.limit = limit
         self.exhausted = False
         self.retry: deque[tuple[int, list[Any], int]] = deque()  # (start, items, attempt)
@@ -148,6 +168,8 @@ class Feeder:
         size = size or self.chunksize
         if self.ramp:
             size = min(size, self.ramp)
+        if self.end is not None:
+            size = min(size, max(self.floor, -(-(self.end - self.next_index) // (2 * self.workers))))
         chunk = list(islice(self.rest, size))
         if not chunk:
             self.exhausted = True
@@ -265,7 +287,8 @@ class PoolRun:
 
     def __init__(self, job: Job, rest: Iterator[Any], first_index: int, total: int | None) -> None:
         self.job = job
-        self.feeder = Feeder(rest, first_index, job.chunksize, 2 * job.n_jobs + 1, self._ramp())
+        end = None if total is None else total
+        self.feeder = Feeder(rest, first_index, job.chunksize, 2 * job.n_jobs + 1, self._ramp(), end, job.n_jobs)
         self.inflight = InOrder()
         self.tuner = ChunkTuner(job, first_index, total)
         self.fallback = Fallback(job)
@@ -284,8 +307,7 @@ class PoolRun:
         job = self.job
         if not (job.chosen and job.opts.adapt) or job.result is None:
             return 0
-        t = job.result.profile.item_time_mean
-        return max(1, int(RAMP_SECONDS / t)) if t > 0 else 0
+        return ramp_start(job.result.profile, job.kind)
 
     def _backend(self) -> ProcessBackend | ThreadBackend:
         job = self.job
