@@ -46,10 +46,20 @@ def blas_threads(_: object) -> int:
 
 def blas_threads_after_busy(_: object) -> int:
     """Two milliseconds of computing, then the BLAS threads this item saw."""
+    return _busy_then_blas(0.002)
+
+
+def blas_threads_after_nap(_: object) -> int:
+    """Two milliseconds of waiting and one of computing, then the BLAS threads it saw."""
+    time.sleep(0.002)
+    return _busy_then_blas(0.001)
+
+
+def _busy_then_blas(seconds: float) -> int:
     t0 = time.thread_time()
-    while time.thread_time() - t0 < 0.002:
+    while time.thread_time() - t0 < seconds:
         pass
-    return blas_threads(_)
+    return blas_threads(None)
 
 
 def busy(n: int) -> int:

@@ -171,3 +171,17 @@ def test_items_timed_with_blas_capped_count_for_the_pools():
     assert plain.best.executor_type == "serial"
     assert capped.best.executor_type == "process"
     assert any("BLAS" in r for r in capped.reasons)
+
+
+def test_work_that_also_waits_takes_the_most_threads_in_a_near_tie():
+    # CPU/wall 0.75 on 2 cores: threads up to ceil(2 * 2 / 0.75) = 6, all predicted within
+    # the cores / r cap alike; waits that vary need the extra threads.
+    kw = dict(cpu_ratio=0.75, thread_scaling=1.9, n_items=2000)
+    d = decide(profile(**kw), system(cores=2), COSTS)
+    assert d.best.executor_type == "thread"
+    ties = [c for c in d.ranked if c.executor_type == "thread" and c.predicted_time <= d.ranked[0].predicted_time * 1.03]
+    assert len(ties) > 1 and d.best.n_jobs == max(c.n_jobs for c in ties) <= 6
+    # Pure computing keeps the fewest workers in a tie.
+    d = decide(profile(cpu_ratio=1.0, thread_scaling=2.0, n_items=2000), system(cores=2), COSTS)
+    ties = [c for c in d.ranked if c.executor_type == d.best.executor_type and c.predicted_time <= d.ranked[0].predicted_time * 1.03]
+    assert d.best.n_jobs == min(c.n_jobs for c in ties)

@@ -68,6 +68,7 @@ AHEAD_MAX = 64  # items a short job of waiting items runs at once beside its fir
 AHEAD_MEMORY_SHARE = 0.05  # of available memory, for the items run ahead (growth so far x count)
 PROBE_ROUND_MIN = (0.006, 0.02)  # seconds of work per thread: first round, second round
 PROBE_CLEAR = (1.15, 0.85)  # a round scaling <= 1.15, or >= 0.85 k, settles the probe
+PURE_COMPUTE = 0.9  # CPU/wall from which items are timed with BLAS capped on suspicion
 BLAS_FASTER = 0.9  # items this much faster with BLAS at one thread are BLAS work
 NATIVE_THREADS = 1.3  # items' CPU/wall from which native threads computed beside them
 PROBE_MIN_WORK = 0.03  # seconds of work left, under which no pool can win back what a probe costs
@@ -710,8 +711,8 @@ def _blas_step(sp: "_Sampler", stats: _Stats) -> float | None:
     native = max(first, stats.cpu_ratio) >= NATIVE_THREADS
     if sp.src.done or stats.mean < 1e-3 or stats.cpu_ratio < CPU_BOUND:
         return None
-    if not native and not threaded_blas_loaded():
-        return None
+    if not native and (stats.cpu_ratio < PURE_COMPUTE or not threaded_blas_loaded()):
+        return None  # (work that waits times unevenly: file writes read 10% faster capped)
     items = sp.src.pull(2)
     if not items:
         return None
