@@ -62,6 +62,14 @@ def _busy_then_blas(seconds: float) -> int:
     return blas_threads(None)
 
 
+def spin_wall(seconds: float) -> float:
+    """Computes for ``seconds`` of wall time, however the machine shares its cores."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+    return seconds
+
+
 def busy(n: int) -> int:
     total = 0
     for i in range(n):

@@ -206,3 +206,21 @@ def test_items_timed_with_blas_capped_where_a_threaded_blas_is_loaded(monkeypatc
     r = optimize(blas_threads_after_nap, items, executor_type="serial")
     assert r.cpu_ratio < 0.9
     assert 1 not in execute(blas_threads_after_nap, items, result=r)[: r.profile.n_sampled]
+
+
+@pytest.mark.skipif(autopar.usable_cores() < 2, reason="BLAS has one thread on one core")
+def test_native_threads_that_capping_does_not_change_are_not_the_items(monkeypatch):
+    # A BLAS pool spinning on after someone else's call computes beside the first items:
+    # pure Python read CPU/wall 1.7. Capping BLAS leaves such items as they are, so the
+    # native threads were not theirs and the CPU ratio is the calling thread's own.
+    from autopar.tune import sample as S
+
+    from helpers import spin_wall
+
+    sp = S._Sampler(spin_wall, [0.003] * 200, None, 0.2, 0.01, 2, False, False)
+    sp.first_item()
+    sp.serial_batches()
+    seen = dataclasses.replace(sp.item_stats(), cpu_ratio=1.7)  # as if the natives counted
+    single, stats = S._blas_step(sp, seen)
+    assert single is None
+    assert stats.cpu_ratio == seen.own_ratio < S.NATIVE_THREADS

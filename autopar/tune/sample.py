@@ -48,7 +48,7 @@ import threading
 import time
 import weakref
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from itertools import chain, islice
 from typing import Any, Callable, Iterable, Iterator
 
@@ -67,9 +67,11 @@ IO_PROBE_THREADS = 16
 AHEAD_MAX = 64  # items a short job of waiting items runs at once beside its first
 AHEAD_MEMORY_SHARE = 0.05  # of available memory, for the items run ahead (growth so far x count)
 PROBE_ROUND_MIN = (0.006, 0.02)  # seconds of work per thread: first round, second round
+SECOND_ROUND_SHARE = 0.1  # a second probe round takes at most this share of the items left
 PROBE_CLEAR = (1.15, 0.85)  # a round scaling <= 1.15, or >= 0.85 k, settles the probe
 PURE_COMPUTE = 0.9  # CPU/wall from which items are timed with BLAS capped on suspicion
 BLAS_FASTER = 0.9  # items this much faster with BLAS at one thread are BLAS work
+NATIVE_FASTER = 0.95  # the same, for items native threads were seen computing beside
 NATIVE_THREADS = 1.3  # items' CPU/wall from which native threads computed beside them
 PROBE_MIN_WORK = 0.03  # seconds of work left, under which no pool can win back what a probe costs
 SPECULATE_MAX_ITEMS = 1000  # jobs of at most this many items start a second item early
@@ -413,6 +415,7 @@ class _Stats:
     tmax: float
     cpu_ratio: float
     reference: float  # the robust mean, for the probe
+    own_ratio: float  # the calling thread's CPU / wall alone (no native threads counted)
 
 
 @dataclass
@@ -457,8 +460,9 @@ class _Sampler:
         self.n_probed = 0
         self.batches: list[tuple[int, float]] = []  # timed (items, seconds)
         self.ratios: list[float] = []  # the function's CPU / wall of batches long enough to tell
+        self.own_ratios: list[float] = []  # the calling thread's alone, of the same batches
         self.peak = 0
-        self.first_time = self.first_cpu = 0.0
+        self.first_time = self.first_cpu = self.first_own = 0.0
         self.watch_memory = False
         self.waiting = False
         self.ahead_round: tuple[float, int, int] | None = None  # (scaling, threads, items)
@@ -471,7 +475,7 @@ class _Sampler:
             self.serial_batches()
         stats = self.item_stats()
         pickling = _pickling_step(self)
-        self.single_blas_time = _blas_step(self, stats)
+        self.single_blas_time, stats = _blas_step(self, stats)
         scaling, k_used, rounds = _probe_step(self, stats)
         return self.assemble(stats, pickling, scaling, k_used, rounds)
 
@@ -511,7 +515,7 @@ class _Sampler:
             # The helper shared the machine with the first item: its own CPU time is its
             # serial time, and its CPU ratio its own.
             wall = cpu = max(own, 1e-9)
-        self.first_time, self.first_cpu = wall, cpu
+        self.first_time, self.first_cpu, self.first_own = wall, cpu, min(own, cpu)
         contended = False
         if spec is not None:
             if spec.waiting:  # the RSS growth was theirs too
@@ -591,7 +595,7 @@ class _Sampler:
             with PeakRSS() if self.watch_memory else nullcontext() as mem:
                 meter.start()
                 out, failed = run_items(self.func, self.done, batch, self.collect, remote=False, out=self.results)
-                dt, _, dc = meter.stop()
+                dt, do, dc = meter.stop()
             self.failures += settle(failed, "serial (sample)", self.collect)
             if self.watch_memory:
                 self.peak, self.watch_memory = max(self.peak, mem.peak // len(batch)), False
@@ -599,19 +603,21 @@ class _Sampler:
             self.batches.append((len(batch), dt))
             if dt >= 1e-3:  # long enough for the CPU clock to mean something
                 self.ratios.append(dc / dt)
+                self.own_ratios.append(min(do, dc) / dt)
             batch_size = batch_size * 2 if dt / len(batch) < 1e-3 else 1
 
     def item_stats(self) -> _Stats:
         timed = sum(b for b, _ in self.batches)
         if not timed:  # only the first item ran
             t = self.first_time
-            ratio = self.first_cpu / t if t > 0 else 1.0
-            return _Stats(t, 0.0, t, ratio, t)
+            ratio, own = (self.first_cpu / t, self.first_own / t) if t > 0 else (1.0, 1.0)
+            return _Stats(t, 0.0, t, ratio, t, own)
         mean = sum(t for _, t in self.batches) / timed
         var = sum(b * (t / b - mean) ** 2 for b, t in self.batches) / len(self.batches)
         tmax = max(max(t / b for b, t in self.batches), self.first_time)
         ratio = sorted(self.ratios)[(len(self.ratios) - 1) // 2] if self.ratios else 1.0
-        return _Stats(mean, math.sqrt(var), tmax, ratio, _robust_mean(self.batches) or mean)
+        own = sorted(self.own_ratios)[(len(self.own_ratios) - 1) // 2] if self.own_ratios else ratio
+        return _Stats(mean, math.sqrt(var), tmax, ratio, _robust_mean(self.batches) or mean, own)
 
     def assemble(self, stats: _Stats, pk: _Pickling, scaling: float | None, k_used: int, rounds: int) -> tuple[Profile, SampleStash]:
         exhausted = self.src.done
@@ -699,32 +705,39 @@ def _pickling_step(sp: "_Sampler") -> _Pickling:
     return out
 
 
-def _blas_step(sp: "_Sampler", stats: _Stats) -> float | None:
+def _blas_step(sp: "_Sampler", stats: _Stats) -> tuple[float | None, _Stats]:
     """Native threads (a BLAS pool) computed beside the items, or may have: time two more
     with BLAS capped at one thread, as every pool of ``cores`` workers runs them. Small
     matrix work often runs faster so (an SVD of 220 x 220 took 2.6 ms on one OpenBLAS
     thread, 4.8 ms on two). Whether the pool's second thread shows in the CPU time varies
     (it spins or sleeps: the same SVD read CPU/wall 1.0-2.3), so with a multi-threaded BLAS
-    loaded, computing items of a millisecond or more are timed so too, and count as BLAS
-    work where capping made them 10% faster."""
+    loaded, computing items of a millisecond or more are timed so too. Returns the capped
+    item time where capping made items 10% faster (BLAS work), and the stats: where native
+    threads seemed to compute beside the items but capping them changed nothing, they were
+    not the items' (a BLAS pool spinning on after someone else's call: pure Python read
+    CPU/wall 1.7), and the CPU ratio is the calling thread's own."""
     first = sp.first_cpu / sp.first_time if sp.first_time > 0 else 0.0
     native = max(first, stats.cpu_ratio) >= NATIVE_THREADS
     if sp.src.done or stats.mean < 1e-3 or stats.cpu_ratio < CPU_BOUND:
-        return None
+        return None, stats
     if not native and (stats.cpu_ratio < PURE_COMPUTE or not threaded_blas_loaded()):
-        return None  # (work that waits times unevenly: file writes read 10% faster capped)
+        return None, stats  # (work that waits times unevenly: file writes read 10% faster capped)
     items = sp.src.pull(2)
     if not items:
-        return None
+        return None, stats
     with capped_blas(1):
         t0 = time.perf_counter()
         out, failed = run_items(sp.func, sp.done, items, sp.collect, remote=False)
         per_item = (time.perf_counter() - t0) / len(items)
     sp.failures += settle(failed, "serial (sample)", sp.collect)
     sp._keep(items, out)
-    if failed or not (native or per_item < BLAS_FASTER * stats.mean):
-        return None
-    return per_item
+    if failed:
+        return None, stats
+    if per_item < (NATIVE_FASTER if native else BLAS_FASTER) * stats.mean:
+        return per_item, stats
+    if native and per_item * BLAS_FASTER < stats.mean:  # capped, neither faster nor slower
+        return None, replace(stats, cpu_ratio=min(stats.own_ratio, stats.cpu_ratio))
+    return None, stats
 
 
 def _blas_capped(sp: "_Sampler", k: int) -> Any:
@@ -773,8 +786,8 @@ def _probe_step(sp: "_Sampler", stats: _Stats) -> tuple[float | None, int, int]:
     for _ in range(2 - rounds):
         k, per_thread = _probe_plan(sp, stats, remaining, PROBE_ROUND_MIN[min(rounds, 1)])
         left = None if sp.n_total is None else sp.n_total - sp.done
-        if rounds and left is not None and left < 2 * k * per_thread:
-            break  # a second round would eat the job
+        if rounds and left is not None and k * per_thread > SECOND_ROUND_SHARE * left:
+            break  # a second round would cost too much of a short job: the first one stands
         items = sp.src.pull(k * per_thread)
         if len(items) < 2:
             if items:  # the input ended: run the straggler serially
