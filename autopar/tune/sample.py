@@ -67,7 +67,7 @@ IO_PROBE_THREADS = 16
 AHEAD_MAX = 64  # items a short job of waiting items runs at once beside its first
 AHEAD_MEMORY_SHARE = 0.05  # of available memory, for the items run ahead (growth so far x count)
 PROBE_ROUND_MIN = (0.006, 0.02)  # seconds of work per thread: first round, second round
-SECOND_ROUND_SHARE = 0.1  # a second probe round takes at most this share of the items left
+SECOND_ROUND_SHARE = 0.25  # a second probe round takes at most this share of the items left
 PROBE_CLEAR = (1.15, 0.85)  # a round scaling <= 1.15, or >= 0.85 k, settles the probe
 PURE_COMPUTE = 0.9  # CPU/wall from which items are timed with BLAS capped on suspicion
 BLAS_FASTER = 0.9  # items this much faster with BLAS at one thread are BLAS work
@@ -764,6 +764,8 @@ def _probe_plan(sp: "_Sampler", stats: _Stats, remaining: int | None, round_min:
     # A first round of 6 ms per thread shows clear cases (pure Python at 1x, GIL-free work at
     # k x); only an unclear one earns a second round of 20 ms.
     per_thread = min(max(per_thread, math.ceil(round_min / ref)), 10_000)
+    if stats.cpu_ratio >= CPU_BOUND:
+        per_thread = max(per_thread, 2)  # one computing item a thread: its start is the reading
     if remaining is not None:
         per_thread = max(1, min(per_thread, remaining // (2 * k)))
     return k, per_thread
