@@ -205,6 +205,35 @@ def test_background_cpu_is_not_the_probes():
     assert r.thread_scaling is not None and r.thread_scaling < 1.4, r.explain()
 
 
+def test_new_threads_cpu_counts_from_the_mark():
+    # The probe's threads count from the start signal on (their start-up spin does not),
+    # threads that ran before the meter started never count.
+    from autopar.tune.measure import NewThreadsCpu
+
+    def burn(seconds: float) -> None:
+        t0 = time.thread_time()
+        while time.thread_time() - t0 < seconds:
+            pass
+
+    ready, go = threading.Event(), threading.Event()
+
+    def work() -> None:
+        burn(0.05)
+        ready.set()
+        go.wait()
+        burn(0.01)
+
+    meter = NewThreadsCpu().start()
+    worker = threading.Thread(target=work)
+    worker.start()
+    assert ready.wait(30)  # the worker's first 50 ms are done, before the mark
+    meter.mark()
+    go.set()
+    burn(0.03)  # the caller's CPU is not the new threads'
+    worker.join()
+    assert 0.008 <= meter.stop() < 0.03
+
+
 def test_threads_the_function_starts_count_as_its_cpu():
     from helpers import spin_on_helper_thread
 

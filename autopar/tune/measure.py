@@ -100,24 +100,31 @@ class CpuMeter:
 
 
 class NewThreadsCpu:
-    """CPU over a span of the threads started during it (a probe's threads and any they
-    start): the process's CPU less what threads already running used. A BLAS pool woken by
-    an earlier call spins on for a while, and read as the probe's scaling (pure Python on 2
-    threads read x1.86)."""
+    """CPU over a span of the threads started since ``start()`` (a probe's threads and any
+    they start), counted from ``mark()`` (or ``start()``): the process's CPU less what
+    threads already running used. A BLAS pool woken by an earlier call spins on for a
+    while, and read as the probe's scaling (pure Python on 2 threads read x1.86)."""
 
-    __slots__ = ("_p0", "_threads0")
+    __slots__ = ("_p0", "_threads0", "_base")
 
     def start(self) -> "NewThreadsCpu":
         self._threads0 = _thread_cpu() if _HAVE_SCHEDSTAT else None
+        self._base = self._threads0
         self._p0 = time.process_time()
         return self
 
+    def mark(self) -> None:
+        """Count from now on (threads started since ``start()`` still count as new)."""
+        self._base = _thread_cpu() if self._threads0 is not None else None
+        self._p0 = time.process_time()
+
     def stop(self) -> float:
         process = time.process_time() - self._p0
-        if self._threads0 is None:
+        if self._threads0 is None or self._base is None:
             return process
-        after = _thread_cpu()
-        foreign = sum(after[tid] - ns0 for tid, ns0 in self._threads0.items() if tid in after)
+        after = _thread_cpu()  # (the new threads may have ended: count the others out)
+        old = [tid for tid in self._threads0 if tid in after and tid in self._base]
+        foreign = sum(after[tid] - self._base[tid] for tid in old)
         return max(process - foreign / 1e9, 0.0)
 
 

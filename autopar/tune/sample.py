@@ -67,7 +67,7 @@ IO_PROBE_THREADS = 16
 AHEAD_MAX = 64  # items a short job of waiting items runs at once beside its first
 AHEAD_MEMORY_SHARE = 0.05  # of available memory, for the items run ahead (growth so far x count)
 PROBE_ROUND_MIN = (0.006, 0.02)  # seconds of work per thread: first round, second round
-SECOND_ROUND_SHARE = 0.25  # a second probe round takes at most this share of the items left
+SECOND_ROUND_SHARE = 0.5  # a second probe round takes at most this share of the items left
 PROBE_CLEAR = (1.15, 0.85)  # a round scaling <= 1.15, or >= 0.85 k, settles the probe
 PURE_COMPUTE = 0.9  # CPU/wall from which items are timed with BLAS capped on suspicion
 BLAS_FASTER = 0.9  # items this much faster with BLAS at one thread are BLAS work
@@ -359,16 +359,24 @@ def _probe(
 ) -> tuple[list[Any], float, float]:
     """Run ``items`` on ``k`` threads at once. Returns (results, wall, the function's CPU).
 
+    The threads start together only once all of them run: each yields its turn until the
+    last has arrived (sleeping threads would let their cores idle again). A core that sat
+    idle through the serial sample can take milliseconds to wake on a virtual machine, and
+    a round of 6 ms then read x1.0 for work that runs x1.95 on two threads.
     The wall time is the mean over the threads of the time each took: the round's tail (one
     thread still on its last item while the others are done) says nothing about how the
     threads run together, and a pool's tail is the model's makespan term already."""
     results: list[Any] = [None] * len(items)
     failures: list[tuple[int, BaseException, str]] = []
-    barrier = threading.Barrier(k + 1)
+    arrived = [0]
+    lock = threading.Lock()
     ends = [0.0] * k
 
     def worker(slot: int) -> None:
-        barrier.wait()
+        with lock:
+            arrived[0] += 1
+        while arrived[0] <= k:  # the caller counts itself in once all k are here
+            time.sleep(0)
         try:
             for i in range(slot, len(items), k):
                 try:
@@ -384,12 +392,17 @@ def _probe(
     threads = [
         threading.Thread(target=worker, args=(s,), name=f"autopar-probe-{s}", daemon=True) for s in range(k)
     ]
-    # The probe's threads count, threads that ran before it (the caller, a BLAS pool) do not.
+    # The probe's threads count from the start signal on; threads that ran before the probe
+    # (the caller, a BLAS pool spinning on after an earlier call) do not.
     meter = NewThreadsCpu().start()
     for t in threads:
         t.start()
+    while arrived[0] < k:
+        time.sleep(0)
+    meter.mark()
     t0 = time.perf_counter()
-    barrier.wait()
+    with lock:
+        arrived[0] += 1  # go
     for t in threads:
         t.join()
     cpu = meter.stop()
