@@ -69,6 +69,7 @@ AHEAD_MEMORY_SHARE = 0.05  # of available memory, for the items run ahead (growt
 PROBE_ROUND_MIN = (0.006, 0.02)  # seconds of work per thread: first round, second round
 SECOND_ROUND_SHARE = 0.5  # a second probe round takes at most this share of the items left
 PROBE_CLEAR = (1.15, 0.85)  # a round scaling <= 1.15, or >= 0.85 k, settles the probe
+BLAS_STEP_MIN_ITEMS = 40  # items left from which two are worth timing with BLAS capped
 PURE_COMPUTE = 0.9  # CPU/wall from which items are timed with BLAS capped on suspicion
 BLAS_FASTER = 0.9  # items this much faster with BLAS at one thread are BLAS work
 NATIVE_FASTER = 0.95  # the same, for items native threads were seen computing beside
@@ -356,8 +357,9 @@ class _Ahead:
 
 def _probe(
     func: Callable[..., Any], items: list[Any], k: int, first_index: int, collect: bool
-) -> tuple[list[Any], float, float]:
-    """Run ``items`` on ``k`` threads at once. Returns (results, wall, the function's CPU).
+) -> tuple[list[Any], float, float, float]:
+    """Run ``items`` on ``k`` threads at once. Returns (results, wall, the function's CPU,
+    the round's whole wall time).
 
     The threads start together only once all of them run: each yields its turn until the
     last has arrived (sleeping threads would let their cores idle again). A core that sat
@@ -365,7 +367,9 @@ def _probe(
     a round of 6 ms then read x1.0 for work that runs x1.95 on two threads.
     The wall time is the mean over the threads of the time each took: the round's tail (one
     thread still on its last item while the others are done) says nothing about how the
-    threads run together, and a pool's tail is the model's makespan term already."""
+    threads run together, and a pool's tail is the model's makespan term already. CPU over
+    wall, though, takes the whole round: threads holding the GIL take turns unevenly (one
+    ran both its items, then the other), and over their mean wall pure Python read x1.3-1.5."""
     results: list[Any] = [None] * len(items)
     failures: list[tuple[int, BaseException, str]] = []
     arrived = [0]
@@ -408,7 +412,7 @@ def _probe(
     cpu = meter.stop()
     wall = sum(ends) / k - t0
     settle(sorted(failures, key=lambda f: f[0]), "thread (probe)", collect)
-    return results, wall, cpu
+    return results, wall, cpu, max(ends) - t0
 
 
 def _robust_mean(batches: list[tuple[int, float]]) -> float | None:
@@ -731,8 +735,9 @@ def _blas_step(sp: "_Sampler", stats: _Stats) -> tuple[float | None, _Stats]:
     CPU/wall 1.7), and the CPU ratio is the calling thread's own."""
     first = sp.first_cpu / sp.first_time if sp.first_time > 0 else 0.0
     native = max(first, stats.cpu_ratio) >= NATIVE_THREADS
-    if sp.src.done or stats.mean < 1e-3 or stats.cpu_ratio < CPU_BOUND:
-        return None, stats
+    left = None if sp.n_total is None else sp.n_total - sp.done
+    if sp.src.done or stats.mean < 1e-3 or stats.cpu_ratio < CPU_BOUND or (left is not None and left < BLAS_STEP_MIN_ITEMS):
+        return None, stats  # (two serial items of a short job cost more than they tell)
     if not native and (stats.cpu_ratio < PURE_COMPUTE or not threaded_blas_loaded()):
         return None, stats  # (work that waits times unevenly: file writes read 10% faster capped)
     items = sp.src.pull(2)
@@ -799,7 +804,9 @@ def _probe_step(sp: "_Sampler", stats: _Stats) -> tuple[float | None, int, int]:
     if not worth or (rounds and (best <= PROBE_CLEAR[0] or best >= PROBE_CLEAR[1] * k_used)):
         return (min(max(best, 0.1), float(k_used)) if rounds else None), k_used, rounds
     for _ in range(2 - rounds):
-        k, per_thread = _probe_plan(sp, stats, remaining, PROBE_ROUND_MIN[min(rounds, 1)])
+        # A second round: as short as the first to confirm a low reading, else longer.
+        short = rounds == 0 or best <= PROBE_CLEAR[0]
+        k, per_thread = _probe_plan(sp, stats, remaining, PROBE_ROUND_MIN[0 if short else 1])
         left = None if sp.n_total is None else sp.n_total - sp.done
         if rounds and left is not None and k * per_thread > SECOND_ROUND_SHARE * left:
             break  # a second round would cost too much of a short job: the first one stands
@@ -812,7 +819,7 @@ def _probe_step(sp: "_Sampler", stats: _Stats) -> tuple[float | None, int, int]:
             break
         kk = min(k, len(items))
         with PeakRSS() if sp.watch_memory else nullcontext() as mem, _blas_capped(sp, kk):
-            results, wall, cpu = _probe(sp.func, items, kk, sp.done, sp.collect)
+            results, wall, cpu, whole = _probe(sp.func, items, kk, sp.done, sp.collect)
         sp.failures += [r.index for r in results if isinstance(r, ItemFailed)]
         if sp.watch_memory:  # items too long for a second serial one: k ran at once here
             sp.peak, sp.watch_memory = max(sp.peak, mem.peak // kk), False
@@ -824,14 +831,15 @@ def _probe_step(sp: "_Sampler", stats: _Stats) -> tuple[float | None, int, int]:
                 # CPU-bound: cores kept busy at once over cores one item keeps busy. (Not
                 # capped by the round's throughput: a few items of uneven size make that
                 # too noisy; GIL-free NumPy read x1.0-1.13 so.)
-                s = (cpu / wall) / stats.cpu_ratio
+                s = (cpu / whole) / stats.cpu_ratio
             else:
                 # Waiting work, or BLAS capped (a BLAS library serializing its callers
                 # spins on its lock and keeps cores busy for nothing): throughput.
                 s = len(items) * (sp.single_blas_time or stats.reference) / wall
             best = max(best, s)
-        if best <= PROBE_CLEAR[0] or best >= PROBE_CLEAR[1] * kk:
-            break  # clear evidence: no second round
+        if best >= PROBE_CLEAR[1] * kk or (best <= PROBE_CLEAR[0] and rounds >= 2):
+            break  # clear evidence. A low reading needs a second: a core the host stalls
+            # for a few ms read GIL-free work as x1.0 in about one round of four
     return (min(max(best, 0.1), float(k_used)) if rounds else None), k_used, rounds
 
 
