@@ -194,10 +194,21 @@ def test_items_timed_with_blas_capped_where_a_threaded_blas_is_loaded(monkeypatc
 
     monkeypatch.setattr(S, "NATIVE_THREADS", 1e9)  # the CPU/wall reading never decides here
     monkeypatch.setattr(S, "threaded_blas_loaded", lambda: loaded)
+    from autopar.tune.costs import pool_costs
+    from autopar.tune.system import default_start_method
+
+    pool_costs(default_start_method())  # measured now if not yet: a fork stops BLAS threads
+    a = np.ones((300, 300))
+    a @ a  # the BLAS pool starts its threads: a pool that never ran is not capped
+    assert S.native_threads() > 0
     items = list(range(200))
     r = optimize(blas_threads_after_busy, items, executor_type="serial")
     seen = execute(blas_threads_after_busy, items, result=r)[: r.profile.n_sampled]
     assert seen.count(1) == (2 if loaded else 0)
+    # A BLAS pool whose threads never started was not used: capping it would start them.
+    monkeypatch.setattr(S, "native_threads", lambda: 0)
+    r = optimize(blas_threads_after_busy, items, executor_type="serial")
+    assert 1 not in execute(blas_threads_after_busy, items, result=r)[: r.profile.n_sampled]
     # Work that waits is not timed so: its times are too uneven to tell (file writes and
     # reads read 10% faster capped, and went to processes).
     from helpers import blas_threads_after_nap

@@ -49,6 +49,14 @@ def _thread_cpu() -> dict[int, int]:
     return out
 
 
+def native_threads() -> int:
+    """Threads of this process that Python did not start (a BLAS pool, once started)."""
+    if not _HAVE_SCHEDSTAT:
+        return 0
+    python = {t.native_id for t in threading.enumerate()}
+    return sum(1 for name in os.listdir(_TASKS) if name.isdigit() and int(name) not in python)
+
+
 def busy_clock(ident: int, native_id: int) -> Callable[[], float] | None:
     """A clock of the seconds one thread has run or waited for a core (on a loaded machine a
     computing thread waits in the run queue: that is not waiting on I/O). From its schedstat

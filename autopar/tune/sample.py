@@ -56,7 +56,7 @@ from .. import _serialize
 from ..backends.blas import blas_share, capped_blas
 from ..backends.worker import run_items
 from ..errors import ItemFailed, settle
-from .measure import CPU_BOUND, CpuMeter, NewThreadsCpu, PeakRSS, busy_clock, rss
+from .measure import CPU_BOUND, CpuMeter, NewThreadsCpu, PeakRSS, busy_clock, native_threads, rss
 from .system import threaded_blas_loaded
 
 __all__ = ["Profile", "SampleStash", "sample", "known_length"]
@@ -738,8 +738,11 @@ def _blas_step(sp: "_Sampler", stats: _Stats) -> tuple[float | None, _Stats]:
     left = None if sp.n_total is None else sp.n_total - sp.done
     if sp.src.done or stats.mean < 1e-3 or stats.cpu_ratio < CPU_BOUND or (left is not None and left < BLAS_STEP_MIN_ITEMS):
         return None, stats  # (two serial items of a short job cost more than they tell)
-    if not native and (stats.cpu_ratio < PURE_COMPUTE or not threaded_blas_loaded()):
-        return None, stats  # (work that waits times unevenly: file writes read 10% faster capped)
+    if not native and (stats.cpu_ratio < PURE_COMPUTE or not native_threads() or not threaded_blas_loaded()):
+        # Work that waits times unevenly (file writes read 10% faster capped). A BLAS pool
+        # that has not started its threads was not used: capping it would start them, and
+        # they spin for about 0.1 s after (the probe after it read sha256 as x1.0).
+        return None, stats
     items = sp.src.pull(2)
     if not items:
         return None, stats
