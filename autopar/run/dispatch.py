@@ -287,8 +287,7 @@ class PoolRun:
 
     def __init__(self, job: Job, rest: Iterator[Any], first_index: int, total: int | None) -> None:
         self.job = job
-        end = None if total is None else total
-        self.feeder = Feeder(rest, first_index, job.chunksize, 2 * job.n_jobs + 1, self._ramp(), end, job.n_jobs)
+        self.feeder = Feeder(rest, first_index, job.chunksize, 2 * job.n_jobs + 1, self._ramp(), total, job.n_jobs)
         self.inflight = InOrder()
         self.tuner = ChunkTuner(job, first_index, total)
         self.fallback = Fallback(job)

@@ -49,11 +49,15 @@ def _thread_cpu() -> dict[int, int]:
     return out
 
 
+def _python_threads() -> set[int]:
+    return {t.native_id for t in threading.enumerate() if t.native_id is not None}
+
+
 def native_threads() -> int:
     """Threads of this process that Python did not start (a BLAS pool, once started)."""
     if not _HAVE_SCHEDSTAT:
         return 0
-    python = {t.native_id for t in threading.enumerate()}
+    python = _python_threads()
     return sum(1 for name in os.listdir(_TASKS) if name.isdigit() and int(name) not in python)
 
 
@@ -96,7 +100,7 @@ class CpuMeter:
             return wall, own, process
         after = _thread_cpu()
         me = threading.get_native_id()
-        python = {t.native_id for t in threading.enumerate()}
+        python = _python_threads()
         busy = wall > 0 and own / wall >= CPU_BOUND
         foreign = 0
         for tid, ns0 in self._threads0.items():

@@ -273,9 +273,9 @@ def _fewest_workers(best: Candidate, ranked: list[Candidate], cpu_ratio: float =
     """Within ``FEWER_WORKERS`` of ``best``'s time, the same kind with the fewest workers:
     a near tie is noise in the model, and extra workers cost memory and contention. Threads
     for work that computes but also waits are the exception: the most threads in the tie
-    (up to the ``2 * cores / r`` limit). The model overlaps
-    waits perfectly up to ``cores / r``; waits that vary need more threads to hide them
-    (file writes and reads: thread x8 0.40 s, x4 0.69 s, both predicted alike)."""
+    (up to the ``2 * cores / r`` limit). The model overlaps waits perfectly up to
+    ``cores / r``; waits that vary need more threads to hide them (file writes and reads:
+    thread x8 0.40 s, x4 0.69 s, both predicted alike)."""
     close = [
         c
         for c in ranked

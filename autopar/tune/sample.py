@@ -729,7 +729,8 @@ def _blas_step(sp: "_Sampler", stats: _Stats) -> tuple[float | None, _Stats]:
     thread, 4.8 ms on two). Whether the pool's second thread shows in the CPU time varies
     (it spins or sleeps: the same SVD read CPU/wall 1.0-2.3), so with a multi-threaded BLAS
     loaded, computing items of a millisecond or more are timed so too. Returns the capped
-    item time where capping made items 10% faster (BLAS work), and the stats: where native
+    item time where capping made items faster (BLAS work: by 5% where native threads were
+    seen beside them, 10% on suspicion), and the stats: where native
     threads seemed to compute beside the items but capping them changed nothing, they were
     not the items' (a BLAS pool spinning on after someone else's call: pure Python read
     CPU/wall 1.7), and the CPU ratio is the calling thread's own."""
