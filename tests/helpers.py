@@ -183,3 +183,10 @@ def spin_on_helper_thread(seconds: float) -> float:
     t.join()
     return seconds
 
+
+
+def threads_not_pythons(_: object) -> int:
+    """Threads of this process that Python did not start (a BLAS pool's, once started)."""
+    from autopar.tune.measure import native_threads
+
+    return native_threads()

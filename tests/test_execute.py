@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ProcessPoolExecutor
 import itertools
 
 import pytest
@@ -45,14 +46,14 @@ def test_exception_names_the_item(pool):
     exc = info.value
     assert exc.autopar_item_index == 7
     assert any("item 7" in note for note in exc.__notes__)
-    if pool.__class__.__name__ == "ProcessPoolExecutor":
+    if isinstance(pool, ProcessPoolExecutor):
         assert isinstance(exc.__cause__, autopar.RemoteTraceback)
         assert "fail_on" in str(exc.__cause__)
 
 
 def test_unpicklable_item(pool):
     items = [Unpicklable(i) for i in range(6)]
-    if pool.__class__.__name__ == "ProcessPoolExecutor":
+    if isinstance(pool, ProcessPoolExecutor):
         with pytest.raises(TypeError, match="item 0 cannot be sent to a process worker"):
             execute(value_of, items, pool=pool, chunksize=2)
     else:
@@ -113,6 +114,27 @@ def test_process_workers_limit_blas_threads():
     counts = execute(blas_threads, range(4), executor_type="process", n_jobs=n, chunksize=1)
     expected = max(1, autopar.usable_cores() // n)
     assert set(counts) == {expected}
+
+
+def test_forked_workers_inherit_the_blas_cap_and_start_no_blas_threads():
+    """Capping OpenBLAS in a forked child starts its threads (they spin for about 0.1 s):
+    the workers inherit the caller's cap instead, and the caller's own setting comes back
+    when the pool shuts down."""
+    np = pytest.importorskip("numpy")
+    from threadpoolctl import threadpool_info
+
+    from helpers import blas_threads, threads_not_pythons
+
+    np.ones((64, 64)) @ np.ones((64, 64))
+    if not autopar.tune.system.threaded_blas_loaded():
+        pytest.skip("no threaded BLAS loaded")
+    before = [p["num_threads"] for p in threadpool_info()]
+    with autopar.get_executor("process", 2, start_method="fork") as ex:
+        started = list(ex.map(threads_not_pythons, range(2)))
+        counts = list(ex.map(blas_threads, range(2)))
+    assert started == [0, 0]
+    assert counts == [max(1, autopar.usable_cores() // 2)] * 2
+    assert [p["num_threads"] for p in threadpool_info()] == before
 
 
 def test_early_close_stops_the_pool():

@@ -312,7 +312,7 @@ class PoolRun:
         job = self.job
 
         def make() -> Executor:
-            return make_executor(job.kind, job.n_jobs, start_method=job.method)
+            return make_executor(job.kind, job.n_jobs, start_method=job.method, one_run=True)
 
         if job.kind == "thread":
             return ThreadBackend(job.func, make, job.pool, job.opts.collect)
