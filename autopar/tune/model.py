@@ -25,7 +25,8 @@ usable cores::
   the sample; start costs, task overhead and seconds per byte by :mod:`autopar.tune.costs`.
 
 Serial wins unless the best parallel candidate is clearly faster (``MIN_SPEEDUP`` and
-``MIN_SAVING``); between a thread and a process candidate within ``THREAD_PREFERENCE`` of each
+``MIN_SAVING``), a process candidate even with its pickling at ``TRANSFER_DOUBT`` times the
+measured cost; between a thread and a process candidate within ``THREAD_PREFERENCE`` of each
 other, threads win (no copies, no pickling).
 """
 
@@ -33,7 +34,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, replace
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from .sample import BLAS_FASTER, Profile
 from .costs import PoolCosts
@@ -42,6 +43,11 @@ from .system import SystemInfo
 __all__ = ["Candidate", "Decision", "decide", "best_chunksize", "workload_type"]
 
 MIN_SPEEDUP = 1.1
+# Pickling measured in the caller understates it in a forked worker: objects built there land
+# on pages shared with the caller, each first write a copy. JSON round trips of 100 KB dicts
+# loaded in 0.6 ms in a worker against 0.4 ms in the caller and ran 1.2-1.6x slower on a
+# worker's first pass; processes predicted x1.3 ran no faster than serial.
+TRANSFER_DOUBT = 2.0
 MIN_SAVING = 0.01  # seconds
 THREAD_PREFERENCE = 1.05
 # Work that waits (CPU/wall under PURE_CPU): what process workers contend for while they wait
@@ -327,8 +333,25 @@ def _worker_limits(
     return thread_limit, proc_limit, memory_cap
 
 
+def _doubted(c: Candidate, remaining: int, p: Profile, costs: PoolCosts, cores: int, gil_enabled: bool) -> Candidate:
+    """A process candidate predicted again with its pickling at ``TRANSFER_DOUBT`` times
+    the measured cost (other candidates as they are)."""
+    if c.executor_type != "process":
+        return c
+    d = TRANSFER_DOUBT
+    doubted = replace(
+        p,
+        item_pickle_time=p.item_pickle_time * d,
+        item_load_time=p.item_load_time * d,
+        result_pickle_time=p.result_pickle_time * d,
+        result_load_time=p.result_load_time * d,
+    )
+    return _predict("process", c.n_jobs, c.chunksize, remaining, doubted, costs, cores, gil_share(p, gil_enabled))
+
+
 def _choose(
-    ranked: list[Candidate], serial: Candidate, serial_allowed: bool, cpu_ratio: float, reasons: list[str]
+    ranked: list[Candidate], serial: Candidate, serial_allowed: bool, cpu_ratio: float, reasons: list[str],
+    doubt: "Callable[[Candidate], Candidate]" = lambda c: c,
 ) -> Candidate:
     """The fastest, with the fewest workers in a near tie; threads over processes within
     ``THREAD_PREFERENCE`` (``WAITING_THREAD_PREFERENCE`` for work that also waits); serial
@@ -344,10 +367,18 @@ def _choose(
             )
     if best.executor_type != "serial" and serial_allowed:
         saving = serial.predicted_time - best.predicted_time
+        doubted = doubt(best)
         if serial.predicted_time < best.predicted_time * MIN_SPEEDUP or saving < MIN_SAVING:
             reasons.append(
                 f"serial: the best parallel choice, {best.label()}, is not clearly faster "
                 f"({best.predicted_time:.3g} s against {serial.predicted_time:.3g} s serial)"
+            )
+            best = serial
+        elif serial.predicted_time < doubted.predicted_time * MIN_SPEEDUP:
+            reasons.append(
+                f"serial: {best.label()} is predicted {best.predicted_time:.3g} s against "
+                f"{serial.predicted_time:.3g} s serial, but {doubted.predicted_time:.3g} s if pickling costs "
+                f"{TRANSFER_DOUBT:g}x as much in the workers as here (objects built in a forked worker cost more)"
             )
             best = serial
     return best
@@ -414,7 +445,10 @@ def decide(
             f"{p.probe_threads} threads ran x{p.thread_scaling:.2f} as fast as one, and not for the GIL "
             "(the work is not pure computing): a shared resource, which processes would queue on too"
         )
-    best = _choose(ranked, serial, "serial" in allowed, p.cpu_ratio, reasons)
+    best = _choose(
+        ranked, serial, "serial" in allowed, p.cpu_ratio, reasons,
+        lambda c: _doubted(c, remaining, p, costs, cores, system.gil_enabled),
+    )
     if not system.gil_enabled and "thread" in allowed:
         reasons.append("this Python runs without a GIL: threads compute in parallel")
 
