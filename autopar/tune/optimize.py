@@ -41,6 +41,8 @@ def _main_reason(d: Decision, profile: Any) -> str:
     if best.executor_type == "serial":
         if d.remaining == 0:
             return "serial: nothing is left to run"
+        if any(r.startswith("serial:") for r in d.reasons):  # the model said why
+            return "serial: no pool is predicted to be clearly faster than running the items here"
         return (
             f"serial: the remaining work ({d.serial.predicted_time:.3g} s) is too small for a pool "
             "to pay for its start and dispatch costs"
