@@ -168,6 +168,19 @@ def test_unknown_length_warns():
     assert any("number of items is unknown" in w for w in r.warnings)
 
 
+def test_input_of_unknown_length_is_sampled_as_a_second_of_work():
+    """The sample takes its share of the work assumed (a second), not its whole budget
+    (0.2 s: 100 items of 2 ms, where about 12 are asked for); the model assumes at least a
+    second of work is left."""
+    from autopar.tune.sample import SAMPLE_SHARE, UNKNOWN_SECONDS
+
+    from helpers import spin_wall
+
+    r = optimize(spin_wall, (0.002 for _ in range(400)), executor_type="process")  # no probe
+    assert r.profile.n_sampled <= 2 + 2 * SAMPLE_SHARE * UNKNOWN_SECONDS / 0.002
+    assert r.n_remaining * r.profile.item_time_mean >= 0.99 * UNKNOWN_SECONDS
+
+
 def test_n_items_hint():
     r = optimize(sleep_io, (0.002 for _ in range(500)), n_items=500)
     assert r.profile.n_items == 500

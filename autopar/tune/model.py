@@ -36,7 +36,7 @@ import math
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Callable, Iterable
 
-from .sample import BLAS_FASTER, Profile
+from .sample import BLAS_FASTER, UNKNOWN_SECONDS, Profile
 from .costs import PoolCosts
 from .system import SystemInfo
 
@@ -406,7 +406,8 @@ def decide(
     remaining = p.n_remaining
     assumed = remaining is None
     if remaining is None:
-        remaining = max(10 * p.n_done, 100)
+        # At least UNKNOWN_SECONDS of work (the sample's assumption too; see there).
+        remaining = max(10 * p.n_done, 100, math.ceil(UNKNOWN_SECONDS / max(p.item_time_mean, 1e-9)))
         warnings.append(
             f"the number of items is unknown; the model assumed {remaining} more "
             "(pass n_items= for a better estimate)"

@@ -63,6 +63,11 @@ from .system import threaded_blas_loaded
 __all__ = ["Profile", "SampleStash", "sample", "known_length"]
 
 SAMPLE_SHARE = 0.025  # share of the estimated total the serial sample (and the probe) may take
+# Input of unknown length is taken to hold this much work, for the sample's share as for the
+# model (which assumes no less): a pool picked for a shorter job loses its start, serial
+# picked for a longer one the whole speedup. A generator of 341 items of 3 ms spent 0.4 s
+# of a 1 s job in the sample when its budget was the full 0.2 s (and the probe half that).
+UNKNOWN_SECONDS = 1.0
 IO_BOUND = 0.3  # CPU/wall under which work is probed on IO_PROBE_THREADS threads
 IO_PROBE_THREADS = 16
 AHEAD_MAX = 64  # items a short job of waiting items runs at once beside its first
@@ -600,7 +605,7 @@ class _Sampler:
 
     def _target(self, mean: float) -> float:
         if self.n_total is None:
-            return self.budget
+            return min(self.budget, max(self.min_budget, SAMPLE_SHARE * UNKNOWN_SECONDS))
         return min(self.budget, max(self.min_budget, SAMPLE_SHARE * self.n_total * mean))
 
     def serial_batches(self) -> None:
@@ -796,8 +801,8 @@ def _probe_plan(sp: "_Sampler", stats: _Stats, remaining: int | None, round_min:
     if remaining is not None:
         k = min(k, max(2, remaining // 2))
     budget = 0.5 * sp.budget
-    if remaining is not None:
-        budget = min(budget, max(sp.min_budget, SAMPLE_SHARE * remaining * ref))
+    work_left = remaining * ref if remaining is not None else UNKNOWN_SECONDS
+    budget = min(budget, max(sp.min_budget, SAMPLE_SHARE * work_left))
     per_thread = max(1, math.ceil(budget / k / ref))
     # A first round of 6 ms per thread shows clear cases (pure Python at 1x, GIL-free work at
     # k x); only an unclear one earns a second round of 20 ms.
