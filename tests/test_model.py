@@ -203,3 +203,12 @@ def test_processes_must_win_even_with_pickling_doubled():
     # The same work with pickling a tenth of that still goes to processes.
     light = dataclasses.replace(heavy, item_pickle_time=0.07e-3, item_load_time=0.04e-3, item_bytes=4_000)
     assert decide(light, system(cores=2), COSTS).best.executor_type == "process"
+
+
+def test_chunks_stay_under_a_quarter_of_a_workers_share_when_items_look_alike():
+    # Identical items make one chunk a worker the model's fastest (no tail); the cap holds
+    # anyway, so a worker that runs slow has chunks the other can take.
+    p = profile(n_items=76, n_sampled=16, n_probed=0, item_time_mean=2.4e-3, item_time_std=0.0)
+    c = best_chunksize("process", 2, 60, p, COSTS, 2)
+    assert c.chunksize <= 60 // (4 * 2) + 1
+    assert c.chunksize >= 1

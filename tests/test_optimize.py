@@ -248,3 +248,29 @@ def test_native_threads_that_capping_does_not_change_are_not_the_items(monkeypat
     single, stats = S._blas_step(sp, seen)
     assert single is None
     assert stats.cpu_ratio == seen.own_ratio < S.NATIVE_THREADS
+
+
+def _affinity_and_thread(_: object) -> tuple[frozenset, int]:
+    import os
+
+    return frozenset(os.sched_getaffinity(0)), threading.get_ident()
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "sched_setaffinity"), reason="Linux only")
+def test_probe_threads_run_on_cpus_of_their_own():
+    import os
+
+    from autopar.tune import sample as S
+
+    cpus = os.sched_getaffinity(0)
+    if len(cpus) < 2:
+        pytest.skip("needs two CPUs")
+    results, *_ = S._probe(_affinity_and_thread, list(range(8)), 2, 0, False)
+    by_thread: dict[int, set] = {}
+    for aff, tid in results:
+        by_thread.setdefault(tid, set()).add(aff)
+    sets = [next(iter(a)) for a in by_thread.values()]
+    assert len(sets) == 2 and all(len(a) == 1 for a in by_thread.values())
+    assert not (sets[0] & sets[1])  # disjoint
+    assert sets[0] | sets[1] == cpus  # between them, every CPU the process may use
+    assert os.sched_getaffinity(0) == cpus  # the caller is left as it was
