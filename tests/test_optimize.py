@@ -274,3 +274,22 @@ def test_probe_threads_run_on_cpus_of_their_own():
     assert not (sets[0] & sets[1])  # disjoint
     assert sets[0] | sets[1] == cpus  # between them, every CPU the process may use
     assert os.sched_getaffinity(0) == cpus  # the caller is left as it was
+
+
+def test_items_growing_along_the_input_are_extrapolated():
+    from helpers import spin_wall
+
+    items = [i * 1e-4 for i in range(60)]  # 0 to 5.9 ms, sorted by size
+    r = optimize(spin_wall, items, executor_type="serial")
+    p = r.profile
+    left = sum(items[p.n_done:])
+    assert p.n_remaining and left > 0
+    # Judged on its first (smallest) items alone, the rest looked like a fifth of its work.
+    assert p.item_time_mean * p.n_remaining >= 0.5 * left
+
+
+def test_items_alike_are_not_taken_for_growing():
+    from helpers import spin_wall
+
+    r = optimize(spin_wall, [5e-4] * 60, executor_type="serial")
+    assert r.profile.item_time_mean < 1.5 * 5e-4 + 2e-4

@@ -82,6 +82,9 @@ NATIVE_FASTER = 0.95  # the same, for items native threads were seen computing b
 NATIVE_THREADS = 1.3  # items' CPU/wall from which native threads computed beside them
 PROBE_MIN_WORK = 0.03  # seconds of work left, under which no pool can win back what a probe costs
 SPECULATE_MAX_ITEMS = 1000  # jobs of at most this many items start a second item early
+GROWTH_POINTS = 4  # timed batches from which a trend along the input is fitted
+GROWTH_FIT = 0.8  # R^2 of the linear fit from which items count as growing
+GROWTH_FACTOR = 1.5  # items ahead at least this much over the mean so far
 
 
 @dataclass(frozen=True)
@@ -513,6 +516,7 @@ class _Sampler:
         self.done = 0
         self.n_probed = 0
         self.batches: list[tuple[int, float]] = []  # timed (items, seconds)
+        self.batch_pos: list[float] = []  # each timed batch's middle position in the input
         self.ratios: list[float] = []  # the function's CPU / wall of batches long enough to tell
         self.own_ratios: list[float] = []  # the calling thread's alone, of the same batches
         self.peak = 0
@@ -616,6 +620,7 @@ class _Sampler:
                 # A timed item: its own CPU time when CPU-bound (it shared the machine), else wall.
                 cpu_bound = cpu / wall >= CPU_BOUND / 2
                 self.batches.append((1, max(cpu, 1e-9) if cpu_bound else wall))
+                self.batch_pos.append(1.0 + i)  # the first item is at 0, these right after it
                 self.ratios.append(1.0 if cpu_bound else cpu / wall)
         return contended
 
@@ -655,6 +660,7 @@ class _Sampler:
                 self.peak, self.watch_memory = max(self.peak, mem.peak // len(batch)), False
             self._keep(batch, out)
             self.batches.append((len(batch), dt))
+            self.batch_pos.append(self.done - (len(batch) + 1) / 2)  # _keep counted them
             if dt >= 1e-3:  # long enough for the CPU clock to mean something
                 self.ratios.append(dc / dt)
                 self.own_ratios.append(min(do, dc) / dt)
@@ -671,7 +677,36 @@ class _Sampler:
         tmax = max(max(t / b for b, t in self.batches), self.first_time)
         ratio = sorted(self.ratios)[(len(self.ratios) - 1) // 2] if self.ratios else 1.0
         own = sorted(self.own_ratios)[(len(self.own_ratios) - 1) // 2] if self.own_ratios else ratio
-        return _Stats(mean, math.sqrt(var), tmax, ratio, _robust_mean(self.batches) or mean, own)
+        reference = _robust_mean(self.batches) or mean
+        ahead = self._growing_mean(mean)
+        if ahead > mean:  # the items not run yet, if the trend goes on; the probe runs those
+            var += (ahead - mean) ** 2
+            mean, tmax, reference = ahead, max(tmax, ahead), ahead
+        return _Stats(mean, math.sqrt(var), tmax, ratio, reference, own)
+
+    def _growing_mean(self, mean: float) -> float:
+        """Mean item time over the items not run yet where the timed batches show items
+        growing along the input (a clear linear trend: R^2 >= GROWTH_FIT over at least
+        GROWTH_POINTS batches, items ahead at least GROWTH_FACTOR times the mean so far);
+        else ``mean``. Input sorted by size (small first) was judged on its smallest
+        items: 55 items growing from 0.07 to 7 ms looked like 40 ms of work and ran
+        serially, at 1.63x the best (process x2)."""
+        n, pts = self.n_total, list(zip(self.batch_pos, self.batches))
+        if n is None or n <= self.done or len(pts) < GROWTH_POINTS:
+            return mean
+        w = [b for _, (b, _) in pts]
+        x = [pos for pos, _ in pts]
+        y = [t / b for _, (b, t) in pts]
+        W = sum(w)
+        mx = sum(wi * xi for wi, xi in zip(w, x)) / W
+        my = sum(wi * yi for wi, yi in zip(w, y)) / W
+        sxx = sum(wi * (xi - mx) ** 2 for wi, xi in zip(w, x))
+        syy = sum(wi * (yi - my) ** 2 for wi, yi in zip(w, y))
+        sxy = sum(wi * (xi - mx) * (yi - my) for wi, xi, yi in zip(w, x, y))
+        if sxx <= 0 or syy <= 0 or sxy <= 0 or sxy * sxy < GROWTH_FIT * sxx * syy:
+            return mean
+        ahead = my + sxy / sxx * ((self.done + n - 1) / 2 - mx)
+        return ahead if ahead >= GROWTH_FACTOR * mean else mean
 
     def assemble(self, stats: _Stats, pk: _Pickling, scaling: float | None, k_used: int, rounds: int) -> tuple[Profile, SampleStash]:
         exhausted = self.src.done
