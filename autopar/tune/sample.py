@@ -75,6 +75,7 @@ AHEAD_MEMORY_SHARE = 0.05  # of available memory, for the items run ahead (growt
 PROBE_ROUND_MIN = (0.006, 0.02)  # seconds of work per thread: first round, second round
 SECOND_ROUND_SHARE = 0.5  # a second probe round takes at most this share of the items left
 PROBE_CLEAR = (1.15, 0.85)  # a round scaling <= 1.15, or >= 0.85 k, settles the probe
+WAIT_CLEAR = 0.5  # ... or >= 0.5 k on more threads than CPUs (waiting work)
 BLAS_STEP_MIN_ITEMS = 40  # items left from which two are worth timing with BLAS capped
 PURE_COMPUTE = 0.9  # CPU/wall from which items are timed with BLAS capped on suspicion
 BLAS_FASTER = 0.9  # items this much faster with BLAS at one thread are BLAS work
@@ -864,6 +865,14 @@ def _probe_plan(sp: "_Sampler", stats: _Stats, remaining: int | None, round_min:
         per_thread = max(1, min(per_thread, remaining // (2 * k)))
     return k, per_thread
 
+def _clear_gain(k: int) -> float:
+    """A scaling on k threads that settles the probe: 0.85 k, or half of k where k is more
+    than the CPUs (waiting work, many threads: whether 53 or 60 of 65 threads' worth, the
+    model picks the same; a second round of 20 ms sleeps after a round that read x53 on
+    65 threads ran 16 items on 65 threads, 20 ms of a 0.2 s job)."""
+    return PROBE_CLEAR[1] * k if k <= _cpus() else min(PROBE_CLEAR[1], WAIT_CLEAR) * k
+
+
 def _probe_step(sp: "_Sampler", stats: _Stats) -> tuple[float | None, int, int]:
     """Rounds on k threads until the scaling is clear; (scaling, threads, rounds)."""
     remaining = None if sp.n_total is None else sp.n_total - sp.done
@@ -877,7 +886,7 @@ def _probe_step(sp: "_Sampler", stats: _Stats) -> tuple[float | None, int, int]:
         and not sp.src.done
         and (remaining is None or (remaining >= 2 and remaining * stats.mean > PROBE_MIN_WORK))
     )
-    if not worth or (rounds and (best <= PROBE_CLEAR[0] or best >= PROBE_CLEAR[1] * k_used)):
+    if not worth or (rounds and (best <= PROBE_CLEAR[0] or best >= _clear_gain(k_used))):
         return (min(max(best, 0.1), float(k_used)) if rounds else None), k_used, rounds
     for _ in range(2 - rounds):
         # A second round: as short as the first to confirm a low reading, else longer.
@@ -913,7 +922,7 @@ def _probe_step(sp: "_Sampler", stats: _Stats) -> tuple[float | None, int, int]:
                 # spins on its lock and keeps cores busy for nothing): throughput.
                 s = len(items) * (sp.single_blas_time or stats.reference) / wall
             best = max(best, s)
-        if best >= PROBE_CLEAR[1] * kk or (best <= PROBE_CLEAR[0] and rounds >= 2):
+        if best >= _clear_gain(kk) or (best <= PROBE_CLEAR[0] and rounds >= 2):
             break  # clear evidence. A low reading needs a second: a core the host stalls
             # for a few ms read GIL-free work as x1.0 in about one round of four
     return (min(max(best, 0.1), float(k_used)) if rounds else None), k_used, rounds
