@@ -293,3 +293,14 @@ def test_items_alike_are_not_taken_for_growing():
 
     r = optimize(spin_wall, [5e-4] * 60, executor_type="serial")
     assert r.profile.item_time_mean < 1.5 * 5e-4 + 2e-4
+
+
+def test_waiting_items_run_wide_at_once_settle_the_probe_in_one_round():
+    from helpers import nap
+
+    r = optimize(nap, [0.01] * 300)  # on 65 threads: about x47, short of 0.85 k
+    p = r.profile
+    assert r.executor_type == "thread"
+    # The items run beside the first (one round on many threads) read far beyond the CPUs:
+    # no second round of sleeps on as many threads.
+    assert p.probe_rounds == 1 and p.probe_threads > 2
