@@ -212,3 +212,11 @@ def test_chunks_stay_under_a_quarter_of_a_workers_share_when_items_look_alike():
     c = best_chunksize("process", 2, 60, p, COSTS, 2)
     assert c.chunksize <= 60 // (4 * 2) + 1
     assert c.chunksize >= 1
+
+
+def test_a_probe_at_three_quarters_of_k_reads_as_no_gil():
+    # GIL-free work on a busy machine reads x1.5-1.6 on 2 threads; work that holds the GIL
+    # part of the time reads x1.2-1.35 and keeps a GIL share.
+    assert gil_share(profile(thread_scaling=1.5, probe_threads=2)) == 0.0
+    assert gil_share(profile(thread_scaling=1.3, probe_threads=2)) > 0.4
+    assert decide(profile(thread_scaling=1.5), system(2), COSTS).best.executor_type == "thread"
