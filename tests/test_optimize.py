@@ -304,3 +304,31 @@ def test_waiting_items_run_wide_at_once_settle_the_probe_in_one_round():
     # The items run beside the first (one round on many threads) read far beyond the CPUs:
     # no second round of sleeps on as many threads.
     assert p.probe_rounds == 1 and p.probe_threads > 2
+
+
+@pytest.mark.skipif(autopar.usable_cores() < 2, reason="BLAS has one thread on one core")
+def test_probe_caps_a_running_blas_pool_as_a_thread_pool_would(monkeypatch):
+    # Two SVDs at two BLAS threads each read x0.53 on 2 threads, and uncapped thread pools
+    # ran slower than serial: the probe and thread pools cap a running BLAS pool at
+    # cores // k a thread even where items time alike capped (no single_blas_time).
+    from autopar.backends.blas import blas_share
+    from autopar.tune import sample as S
+    from autopar.tune.costs import pool_costs
+    from autopar.tune.system import default_start_method
+
+    from helpers import blas_threads_after_busy
+
+    monkeypatch.setattr(S, "_blas_step", lambda sp, stats: (None, stats))
+    monkeypatch.setattr(S, "threaded_blas_loaded", lambda: True)
+    pool_costs(default_start_method())  # measured now if not yet: a fork stops BLAS threads
+    a = np.ones((300, 300))
+    a @ a  # the BLAS pool starts its threads
+    items = list(range(300))
+    r = optimize(blas_threads_after_busy, items)
+    p = r.profile
+    assert p.blas_live and p.single_blas_time is None and p.n_probed > 0
+    seen = execute(blas_threads_after_busy, items, result=r, executor_type="serial")
+    assert set(seen[p.n_sampled : p.n_done]) == {blas_share(p.probe_threads)}
+    # A thread pool caps it the same way.
+    out = execute(blas_threads_after_busy, items, result=r, executor_type="thread", n_jobs=2)
+    assert set(out[p.n_done :]) == {blas_share(2)}

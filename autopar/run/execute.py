@@ -254,10 +254,12 @@ def _native_threads(job: Job) -> ContextManager[Any]:
     """BLAS pools capped while the run lasts, where the sample found items faster so: one
     thread serially, cores // n on n threads (process workers cap their own)."""
     result = job.result
-    if result is None or not result.profile.single_blas_time or job.kind == "process":
+    if result is None or job.kind == "process":
         return nullcontext()
     if job.kind == "serial":
         return capped_blas(1) if serial_blas_time(result.profile) else nullcontext()
+    if not (result.profile.single_blas_time or result.profile.blas_live):
+        return nullcontext()
     return capped_blas(blas_share(job.n_jobs, result.usable_cores))
 
 

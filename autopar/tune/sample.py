@@ -121,6 +121,7 @@ class Profile:
     probe_rounds: int = 0
     items_shared: bool = False  # every sampled item is one and the same object
     single_blas_time: float | None = None  # item time with BLAS at one thread (items kept native threads busy)
+    blas_live: bool = False  # a BLAS pool of several threads was loaded and running: probes and thread pools cap it
 
     @property
     def n_done(self) -> int:
@@ -527,6 +528,7 @@ class _Sampler:
         self.waiting = False
         self.ahead_round: tuple[float, int, int] | None = None  # (scaling, threads, items)
         self.single_blas_time: float | None = None
+        self.blas_live = False
 
     # -- steps --------------------------------------------------------------------------
 
@@ -739,6 +741,7 @@ class _Sampler:
             probe_rounds=rounds,
             items_shared=pk.items_shared,
             single_blas_time=self.single_blas_time,
+            blas_live=self.blas_live,
         )
         stash = SampleStash(
             func=self.func,
@@ -839,7 +842,7 @@ def _blas_step(sp: "_Sampler", stats: _Stats) -> tuple[float | None, _Stats]:
 def _blas_capped(sp: "_Sampler", k: int) -> Any:
     """BLAS capped for a probe on k threads as a pool of k threads caps it, once the sample
     has timed items so (native threads spinning beside each item would read as scaling)."""
-    return capped_blas(blas_share(k)) if sp.single_blas_time else nullcontext()
+    return capped_blas(blas_share(k)) if sp.single_blas_time or sp.blas_live else nullcontext()
 
 
 def _probe_plan(sp: "_Sampler", stats: _Stats, remaining: int | None, round_min: float) -> tuple[int, int]:
@@ -889,6 +892,10 @@ def _probe_step(sp: "_Sampler", stats: _Stats) -> tuple[float | None, int, int]:
     )
     if not worth or (rounds and (best <= PROBE_CLEAR[0] or best >= _clear_gain(k_used))):
         return (min(max(best, 0.1), float(k_used)) if rounds else None), k_used, rounds
+    # A running BLAS pool of several threads is capped on the probe's threads as a thread
+    # pool caps it (cores // k each): two SVDs of 220 x 220 at two BLAS threads each read
+    # x0.53 on 2 threads (0.25 s of probing), and uncapped thread pools ran slower than serial.
+    sp.blas_live = stats.cpu_ratio >= CPU_BOUND and native_threads() > 0 and threaded_blas_loaded()
     for _ in range(2 - rounds):
         # A second round: as short as the first to confirm a low reading, else longer.
         short = rounds == 0 or best <= PROBE_CLEAR[0]
