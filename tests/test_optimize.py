@@ -332,3 +332,48 @@ def test_probe_caps_a_running_blas_pool_as_a_thread_pool_would(monkeypatch):
     # A thread pool caps it the same way.
     out = execute(blas_threads_after_busy, items, result=r, executor_type="thread", n_jobs=2)
     assert set(out[p.n_done :]) == {blas_share(2)}
+
+
+def _scripted_probe(monkeypatch, readings, slow_factor=1.0):
+    """The probe's rounds run their items for real (serially); their timings are scripted:
+    round i reads ``readings[i]`` cores busy, over ``slow_factor`` times the serial time."""
+    import time as _time
+
+    from autopar.tune import sample as S
+
+    calls = []
+
+    def probe(func, items, k, first_index, collect):
+        t0 = _time.perf_counter()
+        results = [func(x) for x in items]
+        whole = (_time.perf_counter() - t0) * slow_factor
+        calls.append(len(items))
+        return results, whole, readings[len(calls) - 1] * whole, whole
+
+    monkeypatch.setattr(S, "_probe", probe)
+    return calls
+
+
+def test_a_low_reading_where_threads_did_less_than_one_settles_at_once(monkeypatch):
+    from helpers import spin_wall
+
+    calls = _scripted_probe(monkeypatch, [1.0, 1.0], slow_factor=2.0)  # x0.5 throughput
+    p = optimize(spin_wall, [0.002] * 200).profile
+    assert len(calls) == 1 and p.probe_rounds == 1 and p.thread_scaling <= 1.15
+
+
+def test_a_low_reading_at_one_threads_worth_is_confirmed(monkeypatch):
+    from helpers import spin_wall
+
+    calls = _scripted_probe(monkeypatch, [1.0, 1.0], slow_factor=1.0)  # a stalled core reads so
+    p = optimize(spin_wall, [0.002] * 200).profile
+    assert len(calls) == 2 and p.probe_rounds == 2
+
+
+def test_a_low_reading_and_an_unclear_one_keep_the_low_one(monkeypatch):
+    from helpers import spin_wall
+
+    _scripted_probe(monkeypatch, [1.0, 1.5])
+    r = optimize(spin_wall, [0.002] * 200)
+    assert r.profile.probe_rounds == 2 and r.profile.thread_scaling <= 1.15
+    assert r.executor_type != "thread"

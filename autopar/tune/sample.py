@@ -77,6 +77,7 @@ SECOND_ROUND_SHARE = 0.5  # a second probe round takes at most this share of the
 LONG_ROUND_SHARE = 0.1  # ... and a longer one (an unclear first reading) about this share, if more than a first round
 PROBE_CLEAR = (1.15, 0.85)  # a round scaling <= 1.15, or >= 0.85 k, settles the probe
 WAIT_CLEAR = 0.5  # ... or >= 0.5 k on more threads than CPUs (waiting work)
+SLOWER_TOGETHER = 0.85  # a round's throughput under this (of one thread's) settles a low reading at once
 BLAS_STEP_MIN_ITEMS = 40  # items left from which two are worth timing with BLAS capped
 PURE_COMPUTE = 0.9  # CPU/wall from which items are timed with BLAS capped on suspicion
 BLAS_FASTER = 0.9  # items this much faster with BLAS at one thread are BLAS work
@@ -896,6 +897,8 @@ def _probe_step(sp: "_Sampler", stats: _Stats) -> tuple[float | None, int, int]:
     # pool caps it (cores // k each): two SVDs of 220 x 220 at two BLAS threads each read
     # x0.53 on 2 threads (0.25 s of probing), and uncapped thread pools ran slower than serial.
     sp.blas_live = stats.cpu_ratio >= CPU_BOUND and native_threads() > 0 and threaded_blas_loaded()
+    slower = False  # the last round's threads did clearly less than one thread alone
+    low = best if rounds else float("inf")  # the lowest reading
     for _ in range(2 - rounds):
         # A second round: as short as the first to confirm a low reading, else longer.
         short = rounds == 0 or best <= PROBE_CLEAR[0]
@@ -931,14 +934,24 @@ def _probe_step(sp: "_Sampler", stats: _Stats) -> tuple[float | None, int, int]:
                 # capped by the round's throughput: a few items of uneven size make that
                 # too noisy; GIL-free NumPy read x1.0-1.13 so.)
                 s = (cpu / whole) / stats.cpu_ratio
+                slower = len(items) * stats.reference < SLOWER_TOGETHER * whole
             else:
                 # Waiting work, or BLAS capped (a BLAS library serializing its callers
                 # spins on its lock and keeps cores busy for nothing): throughput.
                 s = len(items) * (sp.single_blas_time or stats.reference) / wall
+            low = min(low, s)
             best = max(best, s)
-        if best >= _clear_gain(kk) or (best <= PROBE_CLEAR[0] and rounds >= 2):
+        if best >= _clear_gain(kk) or (best <= PROBE_CLEAR[0] and (rounds >= 2 or slower)):
             break  # clear evidence. A low reading needs a second: a core the host stalls
-            # for a few ms read GIL-free work as x1.0 in about one round of four
+            # for a few ms read GIL-free work as x1.0 in about one round of four. Not
+            # where the threads did clearly less together than one alone (they fought
+            # over the GIL: JSON round trips ran at x0.6 on 2 threads, a second round
+            # cost 10 ms of a 0.2 s job); a stalled core reads as one thread's worth.
+    if low <= PROBE_CLEAR[0] < best < _clear_gain(k_used):
+        # A low reading and an unclear one: the low one stands. Pure Python's confirming
+        # round read x1.4-1.6 in about 1 call in 10 (and went to threads, at 2x the best);
+        # processes for GIL-free work cost far less than threads for GIL-held work.
+        best = low
     return (min(max(best, 0.1), float(k_used)) if rounds else None), k_used, rounds
 
 
