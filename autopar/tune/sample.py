@@ -76,7 +76,7 @@ PROBE_ROUND_MIN = (0.006, 0.02)  # seconds of work per thread: first round, seco
 SECOND_ROUND_SHARE = 0.5  # a second probe round takes at most this share of the items left
 LONG_ROUND_SHARE = 0.1  # ... and a longer one (an unclear first reading) about this share, if more than a first round
 PROBE_CLEAR = (1.15, 0.85)  # a round scaling <= 1.15, or >= 0.85 k, settles the probe
-WAIT_CLEAR = 0.5  # ... or >= 0.5 k on more threads than CPUs (waiting work)
+WAIT_CLEAR = 0.3  # ... or >= 0.3 k on more threads than CPUs (waiting work)
 SLOWER_TOGETHER = 0.85  # a round's throughput under this (of one thread's) settles a low reading at once
 BLAS_STEP_MIN_ITEMS = 40  # items left from which two are worth timing with BLAS capped
 PURE_COMPUTE = 0.9  # CPU/wall from which items are timed with BLAS capped on suspicion
@@ -871,10 +871,12 @@ def _probe_plan(sp: "_Sampler", stats: _Stats, remaining: int | None, round_min:
     return k, per_thread
 
 def _clear_gain(k: int) -> float:
-    """A scaling on k threads that settles the probe: 0.85 k, or half of k where k is more
-    than the CPUs (waiting work, many threads: whether 53 or 60 of 65 threads' worth, the
-    model picks the same; a second round of 20 ms sleeps after a round that read x53 on
-    65 threads ran 16 items on 65 threads, 20 ms of a 0.2 s job)."""
+    """A scaling on k threads that settles the probe: 0.85 k, or 0.3 k where k is more than
+    the CPUs (waiting work, many threads: whether 24 or 60 of 65 threads' worth, the model
+    picks the same; a second round of 20 ms sleeps after a round that read x53 on 65
+    threads ran 16 items on 65 threads, 20 ms of a 0.2 s job. A process's first 64
+    threads took 53 ms to start on this machine, later ones 24 ms: the first round read
+    x24.5)."""
     return PROBE_CLEAR[1] * k if k <= _cpus() else min(PROBE_CLEAR[1], WAIT_CLEAR) * k
 
 
