@@ -393,6 +393,19 @@ def _choose(
     return best
 
 
+def _remaining(p: Profile, warnings: list[str]) -> int:
+    """Items left; for input of unknown length, at least UNKNOWN_SECONDS of work (the
+    sample's assumption too; see there), with a warning."""
+    if p.n_remaining is not None:
+        return p.n_remaining
+    remaining = max(10 * p.n_done, 100, math.ceil(UNKNOWN_SECONDS / max(p.item_time_mean, 1e-9)))
+    warnings.append(
+        f"the number of items is unknown; the model assumed {remaining} more "
+        "(pass n_items= for a better estimate)"
+    )
+    return remaining
+
+
 def decide(
     profile: Profile,
     system: SystemInfo,
@@ -412,16 +425,8 @@ def decide(
     cores = system.usable_cores
     wtype = workload_type(p.cpu_ratio)
 
-    remaining = p.n_remaining
-    assumed = remaining is None
-    if remaining is None:
-        # At least UNKNOWN_SECONDS of work (the sample's assumption too; see there).
-        remaining = max(10 * p.n_done, 100, math.ceil(UNKNOWN_SECONDS / max(p.item_time_mean, 1e-9)))
-        warnings.append(
-            f"the number of items is unknown; the model assumed {remaining} more "
-            "(pass n_items= for a better estimate)"
-        )
-
+    assumed = p.n_remaining is None
+    remaining = _remaining(p, warnings)
     p, serial_item = _with_blas_capped(p, reasons)
     serial = Candidate("serial", 1, 1, remaining * serial_item, work=remaining * serial_item)
 

@@ -683,35 +683,11 @@ class _Sampler:
         ratio = sorted(self.ratios)[(len(self.ratios) - 1) // 2] if self.ratios else 1.0
         own = sorted(self.own_ratios)[(len(self.own_ratios) - 1) // 2] if self.own_ratios else ratio
         reference = _robust_mean(self.batches) or mean
-        ahead = self._growing_mean(mean)
+        ahead = _growing_mean(self.batches, self.batch_pos, self.done, self.n_total, mean)
         if ahead > mean:  # the items not run yet, if the trend goes on; the probe runs those
             var += (ahead - mean) ** 2
             mean, tmax, reference = ahead, max(tmax, ahead), ahead
         return _Stats(mean, math.sqrt(var), tmax, ratio, reference, own)
-
-    def _growing_mean(self, mean: float) -> float:
-        """Mean item time over the items not run yet where the timed batches show items
-        growing along the input (a clear linear trend: R^2 >= GROWTH_FIT over at least
-        GROWTH_POINTS batches, items ahead at least GROWTH_FACTOR times the mean so far);
-        else ``mean``. Input sorted by size (small first) was judged on its smallest
-        items: 55 items growing from 0.07 to 7 ms looked like 40 ms of work and ran
-        serially, at 1.63x the best (process x2)."""
-        n, pts = self.n_total, list(zip(self.batch_pos, self.batches))
-        if n is None or n <= self.done or len(pts) < GROWTH_POINTS:
-            return mean
-        w = [b for _, (b, _) in pts]
-        x = [pos for pos, _ in pts]
-        y = [t / b for _, (b, t) in pts]
-        W = sum(w)
-        mx = sum(wi * xi for wi, xi in zip(w, x)) / W
-        my = sum(wi * yi for wi, yi in zip(w, y)) / W
-        sxx = sum(wi * (xi - mx) ** 2 for wi, xi in zip(w, x))
-        syy = sum(wi * (yi - my) ** 2 for wi, yi in zip(w, y))
-        sxy = sum(wi * (xi - mx) * (yi - my) for wi, xi, yi in zip(w, x, y))
-        if sxx <= 0 or syy <= 0 or sxy <= 0 or sxy * sxy < GROWTH_FIT * sxx * syy:
-            return mean
-        ahead = my + sxy / sxx * ((self.done + n - 1) / 2 - mx)
-        return ahead if ahead >= GROWTH_FACTOR * mean else mean
 
     def assemble(self, stats: _Stats, pk: _Pickling, scaling: float | None, k_used: int, rounds: int) -> tuple[Profile, SampleStash]:
         exhausted = self.src.done
@@ -756,6 +732,33 @@ class _Sampler:
             failures=self.failures,
         )
         return profile, stash
+
+
+def _growing_mean(
+    batches: list[tuple[int, float]], positions: list[float], done: int, n_total: int | None, mean: float
+) -> float:
+    """Mean item time over the items not run yet where the timed batches (items, seconds; at
+    ``positions`` in the input) show items growing along the input (a clear linear trend:
+    R^2 >= GROWTH_FIT over at least GROWTH_POINTS batches, items ahead at least
+    GROWTH_FACTOR times the mean so far); else ``mean``. Input sorted by size (small first)
+    was judged on its smallest items: 55 items growing from 0.07 to 7 ms looked like 40 ms
+    of work and ran serially, at 1.63x the best (process x2)."""
+    n, pts = n_total, list(zip(positions, batches))
+    if n is None or n <= done or len(pts) < GROWTH_POINTS:
+        return mean
+    w = [b for _, (b, _) in pts]
+    x = [pos for pos, _ in pts]
+    y = [t / b for _, (b, t) in pts]
+    W = sum(w)
+    mx = sum(wi * xi for wi, xi in zip(w, x)) / W
+    my = sum(wi * yi for wi, yi in zip(w, y)) / W
+    sxx = sum(wi * (xi - mx) ** 2 for wi, xi in zip(w, x))
+    syy = sum(wi * (yi - my) ** 2 for wi, yi in zip(w, y))
+    sxy = sum(wi * (xi - mx) * (yi - my) for wi, xi, yi in zip(w, x, y))
+    if sxx <= 0 or syy <= 0 or sxy <= 0 or sxy * sxy < GROWTH_FIT * sxx * syy:
+        return mean
+    ahead = my + sxy / sxx * ((done + n - 1) / 2 - mx)
+    return ahead if ahead >= GROWTH_FACTOR * mean else mean
 
 
 def _pickling_step(sp: "_Sampler") -> _Pickling:
