@@ -251,8 +251,9 @@ def _serial(job: Job, rest: Iterator[Any], index: int) -> Iterator[list[Any]]:
 
 
 def _native_threads(job: Job) -> ContextManager[Any]:
-    """BLAS pools capped while the run lasts, where the sample found items faster so: one
-    thread serially, cores // n on n threads (process workers cap their own)."""
+    """BLAS pools capped while the run lasts: one thread serially where the sample found items
+    faster so; cores // n on n threads there or wherever a multi-threaded BLAS pool was
+    running (``Profile.blas_live``); process workers cap their own."""
     result = job.result
     if result is None or job.kind == "process":
         return nullcontext()

@@ -392,10 +392,11 @@ def _probe(
     ends = [0.0] * k
     spin = k <= _cpus()
     go = threading.Event()
+    cpus = _cpu_list() if spin else []
 
     def worker(slot: int) -> None:
-        if spin:
-            _own_cpus(slot, k)
+        if cpus:
+            _own_cpus(cpus[slot::k])
         with lock:
             arrived[0] += 1
         if not spin:
@@ -437,26 +438,29 @@ def _probe(
     return results, wall, cpu, max(ends) - t0
 
 
-def _own_cpus(slot: int, k: int) -> None:
-    """Keep probe thread ``slot`` of ``k`` on CPUs of its own (every k-th usable CPU from
-    ``slot``; threads it starts inherit them). Left to the scheduler, two threads started on
-    one CPU ran there for the first milliseconds while the other CPU woke: GIL-free work
-    (lzma, FFT, sha256) read x0.9-1.1 on 2 threads in a third of first rounds, and 1 in 30
-    so kept apart. Only the probe's own short-lived threads are moved."""
+def _own_cpus(cpus: list[int]) -> None:
+    """Keep the calling probe thread on ``cpus`` (probe thread ``slot`` of k gets every k-th
+    usable CPU from ``slot``; threads it starts inherit them). Left to the scheduler, two
+    threads started on one CPU ran there for the first milliseconds while the other CPU
+    woke: GIL-free work (lzma, FFT, sha256) read x0.9-1.1 on 2 threads in a third of first
+    rounds, and 1 in 30 so kept apart. Only the probe's own short-lived threads are moved."""
     try:
-        cpus = sorted(os.sched_getaffinity(0))
-        if len(cpus) >= k:
-            os.sched_setaffinity(0, cpus[slot::k])  # 0: the calling thread, on Linux
+        os.sched_setaffinity(0, cpus)  # 0: the calling thread, on Linux
     except (AttributeError, OSError):  # not on Linux, or not allowed: the scheduler decides
         pass
 
 
+def _cpu_list() -> list[int]:
+    """CPUs this process may run on (affinity), empty where that cannot be read."""
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return []
+
+
 def _cpus() -> int:
     """CPUs this process may run on (affinity; no quota: a yielding thread needs a CPU)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+    return len(_cpu_list()) or os.cpu_count() or 1
 
 
 def _robust_mean(batches: list[tuple[int, float]]) -> float | None:
@@ -844,8 +848,9 @@ def _blas_step(sp: "_Sampler", stats: _Stats) -> tuple[float | None, _Stats]:
 
 
 def _blas_capped(sp: "_Sampler", k: int) -> Any:
-    """BLAS capped for a probe on k threads as a pool of k threads caps it, once the sample
-    has timed items so (native threads spinning beside each item would read as scaling)."""
+    """BLAS capped for a probe on k threads as a pool of k threads caps it: where the sample
+    timed items so (native threads spinning beside each item would read as scaling), or a
+    multi-threaded BLAS pool is running (``blas_live``)."""
     return capped_blas(blas_share(k)) if sp.single_blas_time or sp.blas_live else nullcontext()
 
 
@@ -874,13 +879,11 @@ def _probe_plan(sp: "_Sampler", stats: _Stats, remaining: int | None, round_min:
     return k, per_thread
 
 def _clear_gain(k: int) -> float:
-    """A scaling on k threads that settles the probe: 0.85 k, or 0.3 k where k is more than
-    the CPUs (waiting work, many threads: whether 24 or 60 of 65 threads' worth, the model
-    picks the same; a second round of 20 ms sleeps after a round that read x53 on 65
-    threads ran 16 items on 65 threads, 20 ms of a 0.2 s job. A process's first 64
-    threads took 53 ms to start on this machine, later ones 24 ms: the first round read
-    x24.5)."""
-    return PROBE_CLEAR[1] * k if k <= _cpus() else min(PROBE_CLEAR[1], WAIT_CLEAR) * k
+    """A scaling on k threads that settles the probe: 0.85 k, or WAIT_CLEAR k on more threads
+    than CPUs (waiting work: whether 24 or 60 of 65 threads' worth, the model picks the
+    same; a process's first 64 threads took 53 ms to start here and read x24.5, and a
+    second round of 20 ms sleeps on 65 threads cost 20 ms of a 0.2 s job)."""
+    return (PROBE_CLEAR[1] if k <= _cpus() else WAIT_CLEAR) * k
 
 
 def _probe_step(sp: "_Sampler", stats: _Stats) -> tuple[float | None, int, int]:
