@@ -50,7 +50,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"  process round trip   {costs.process_task_overhead * 1e6:.0f} us per task, {costs.process_seconds_per_byte * 1e9:.2f} ns per byte")
     print(f"  process worker       {costs.process_worker_memory / 2**20:.1f} MiB private memory")
     print(f"  thread pool start    {costs.thread_start_base * 1e6:.0f} us + {costs.thread_start_per_worker * 1e6:.0f} us per worker")
-    print(f"  thread round trip    {costs.thread_task_overhead * 1e6:.1f} us per task")
+    print(f"  thread round trip    {costs.thread_task_overhead * 1e6:.1f} us per task, {costs.thread_chunk_cost * 1e6:.1f} us per chunk of a run")
     return 0
 
 

@@ -37,7 +37,7 @@ def system(cores: int = 8, available: int = 16 * GiB) -> SystemInfo:
 COSTS = PoolCosts(
     start_method="fork", process_start_base=0.01, process_start_per_worker=0.005,
     process_task_overhead=1e-4, process_task_cpu=1.5e-4, process_seconds_per_byte=3e-9, process_worker_memory=20 << 20,
-    thread_start_base=2e-4, thread_start_per_worker=1e-4, thread_task_overhead=5e-6,
+    thread_start_base=2e-4, thread_start_per_worker=1e-4, thread_task_overhead=5e-6, thread_chunk_cost=2e-5,
     measured_at=0.0, measure_time=0.0,
 )
 

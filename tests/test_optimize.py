@@ -306,6 +306,28 @@ def test_waiting_items_run_wide_at_once_settle_the_probe_in_one_round():
     assert p.probe_rounds == 1 and p.probe_threads > 2
 
 
+def test_a_first_round_of_short_waits_is_two_ms_a_thread(monkeypatch):
+    # Waiting work on more threads than CPUs is clear after 2 ms a thread (it needs a third
+    # of k): 16 threads ran 5 sleeps of 1 ms each, 80 of 187 items, where the run had 64.
+    from autopar.tune import sample as S
+
+    from helpers import nap
+
+    rounds = []
+    real = S._probe
+
+    def probe(func, items, k, first_index, collect):
+        rounds.append((len(items), k))
+        return real(func, items, k, first_index, collect)
+
+    monkeypatch.setattr(S, "_probe", probe)
+    r = optimize(nap, [0.001] * 300)
+    if r.profile.probe_threads > S._cpus():
+        for n_items, k in rounds:
+            assert n_items <= 2 * k  # sleeps of at least 1 ms: 2 a thread
+    assert execute(nap, [0.001] * 300, result=r) == [0.001] * 300
+
+
 @pytest.mark.skipif(autopar.usable_cores() < 2, reason="BLAS has one thread on one core")
 def test_probe_caps_a_running_blas_pool_as_a_thread_pool_would(monkeypatch):
     # Two SVDs at two BLAS threads each read x0.53 on 2 threads, and uncapped thread pools

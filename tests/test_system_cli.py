@@ -61,6 +61,7 @@ def test_pool_costs_are_positive():
     c = autopar.pool_costs()
     assert c.process_start(2) > c.thread_start(2) > 0
     assert c.process_task_overhead > c.thread_task_overhead > 0
+    assert c.thread_chunk_cost >= c.thread_task_overhead  # the runner's chunk costs at least a bare task
     assert c.process_seconds_per_byte > 0
 
 

@@ -28,7 +28,7 @@ from .system import START_METHODS, default_start_method, usable_cores
 
 __all__ = ["PoolCosts", "cache_dir", "pool_costs"]
 
-_COSTS_VERSION = 4
+_COSTS_VERSION = 5
 
 
 
@@ -41,6 +41,8 @@ class PoolCosts:
     ``process_task_overhead`` is the wall time per task when tasks are pipelined;
     ``process_task_cpu`` the core time one task costs when the workers fill every core
     (parent and worker compete for the cores then), at least the CPU time both spend on it.
+    ``thread_chunk_cost`` is what one more chunk costs autopar's own run on a thread pool
+    (submit, harvest, bookkeeping, and the worker's side, all under one GIL).
     """
 
     start_method: str
@@ -53,6 +55,7 @@ class PoolCosts:
     thread_start_base: float
     thread_start_per_worker: float
     thread_task_overhead: float
+    thread_chunk_cost: float
     measured_at: float
     measure_time: float
 
@@ -147,6 +150,27 @@ def _task_overhead(pool: Any, n_tasks: int) -> float:
     return (time.perf_counter() - t0) / n_tasks
 
 
+def _thread_chunk_cost(n: int, items: int = 400, big: int = 100) -> float:
+    """Seconds one more chunk costs a run on n threads: the same no-op items through
+    autopar's runner in chunks of 1 and of ``big``, the difference per chunk. A bare
+    executor's pipelined round trip (``thread_task_overhead``) is a fifth of it: 927 sleeps
+    of 1 ms on 64 threads ran 41 ms in chunks of 1 and 28 ms in chunks of 16 here, about
+    15 us a chunk, where the model charged 5.7 us and chose chunks of 2."""
+    from ..run.execute import execute  # the runner itself; it needs no costs when told all
+
+    data = list(range(items))
+
+    def run(cs: int) -> float:
+        t0 = time.perf_counter()
+        execute(_noop, data, executor_type="thread", n_jobs=n, chunksize=cs, adapt=False)
+        return time.perf_counter() - t0
+
+    run(1)  # warm
+    small = _median([run(1) for _ in range(3)])
+    large = _median([run(big) for _ in range(3)])
+    return max(small - large, 0.0) / (items - -(-items // big))
+
+
 def _median(values: list[float]) -> float:
     values = sorted(values)
     return values[len(values) // 2]
@@ -200,6 +224,7 @@ def _measure(start_method: str) -> PoolCosts:
     with ThreadPoolExecutor(max_workers=1) as tpool:
         _task_overhead(tpool, 50)
         t_task = _median([_task_overhead(tpool, 500) for _ in range(3)])
+    t_chunk = max(_thread_chunk_cost(2 * n_hi), t_task)
 
     return PoolCosts(
         start_method=start_method,
@@ -212,6 +237,7 @@ def _measure(start_method: str) -> PoolCosts:
         thread_start_base=max(t1 - t_per_worker, 0.0),
         thread_start_per_worker=t_per_worker,
         thread_task_overhead=t_task,
+        thread_chunk_cost=t_chunk,
         measured_at=time.time(),
         measure_time=time.perf_counter() - t_begin,
     )

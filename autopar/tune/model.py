@@ -4,7 +4,7 @@ For ``R`` remaining items of mean time ``t`` (spread ``sd``), CPU/wall ratio ``r
 usable cores::
 
     serial          R * t
-    threads  x n    start(n) + makespan(R, cs, n) * t_eff + chunks * task_overhead
+    threads  x n    start(n) + makespan(R, cs, n) * t_eff + chunks * chunk_cost
     processes x n   start(n) + max(makespan(R, cs, n) * w_eff,  parent_serial) [+ tail]
 
 * ``makespan`` counts the items the busiest worker runs when chunks of ``cs`` items are handed
@@ -224,7 +224,7 @@ def _predict(
         t_eff = t * n / speedup
         start = costs.thread_start(n)
         work = busiest * t_eff + tail * n / speedup
-        dispatch = n_chunks * costs.thread_task_overhead
+        dispatch = n_chunks * costs.thread_chunk_cost
         return Candidate(kind, n, cs, start + work + dispatch, start, work, 0.0, dispatch)
     # processes: the worker loads the item and dumps the result, the parent the other halves
     share = 1.0 / cs if p.items_shared else 1.0  # one object as every item: once a chunk

@@ -73,6 +73,7 @@ IO_PROBE_THREADS = 16
 AHEAD_MAX = 64  # items a short job of waiting items runs at once beside its first
 AHEAD_MEMORY_SHARE = 0.05  # of available memory, for the items run ahead (growth so far x count)
 PROBE_ROUND_MIN = (0.006, 0.02)  # seconds of work per thread: first round, second round
+WAIT_ROUND_MIN = 0.002  # ... a first round of waiting work on more threads than CPUs
 SECOND_ROUND_SHARE = 0.5  # a second probe round takes at most this share of the items left
 LONG_ROUND_SHARE = 0.1  # ... and a longer one (an unclear first reading) about this share, if more than a first round
 PROBE_CLEAR = (1.15, 0.85)  # a round scaling <= 1.15, or >= 0.85 k, settles the probe
@@ -870,7 +871,11 @@ def _probe_plan(sp: "_Sampler", stats: _Stats, remaining: int | None, round_min:
     budget = min(budget, max(sp.min_budget, SAMPLE_SHARE * work_left))
     per_thread = max(1, math.ceil(budget / k / ref))
     # A first round of 6 ms per thread shows clear cases (pure Python at 1x, GIL-free work at
-    # k x); only an unclear one earns a second round of 20 ms.
+    # k x); only an unclear one earns a second round of 20 ms. Waiting work on more threads
+    # than CPUs needs a third of that: WAIT_CLEAR is a third of k, and 16 threads on sleeps
+    # of 1 ms read x15 with 5 items each, where the run would have had 64.
+    if round_min == PROBE_ROUND_MIN[0] and k > _cpus() and stats.cpu_ratio < IO_BOUND:
+        round_min = WAIT_ROUND_MIN
     per_thread = min(max(per_thread, math.ceil(round_min / ref)), 10_000)
     if stats.cpu_ratio >= CPU_BOUND:
         per_thread = max(per_thread, 2)  # one computing item a thread: its start is the reading
