@@ -47,6 +47,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     source = "measured now" if took > 0.05 else "cached"
     print(f"pool costs ({costs.start_method}, {source}):")
     print(f"  process pool start   {costs.process_start_base * 1e3:.1f} ms + {costs.process_start_per_worker * 1e3:.1f} ms per worker")
+    if costs.process_fork_per_byte:
+        print(f"  forked worker        {costs.process_fork_per_byte * (1 << 30) * 1e3:.1f} ms more per GB the parent holds")
     print(f"  process round trip   {costs.process_task_overhead * 1e6:.0f} us per task, {costs.process_seconds_per_byte * 1e9:.2f} ns per byte")
     print(f"  process worker       {costs.process_worker_memory / 2**20:.1f} MiB private memory")
     print(f"  thread pool start    {costs.thread_start_base * 1e6:.0f} us + {costs.thread_start_per_worker * 1e6:.0f} us per worker")

@@ -70,6 +70,12 @@ def spin_wall(seconds: float) -> float:
     return seconds
 
 
+def spin_big_result(seconds: float) -> bytes:
+    """Computes for ``seconds`` of wall time and returns 2 MB, which costs to pickle."""
+    spin_wall(seconds)
+    return b"\1" * (2 << 20)
+
+
 def busy(n: int) -> int:
     total = 0
     for i in range(n):

@@ -384,18 +384,41 @@ def test_a_low_reading_where_threads_did_less_than_one_settles_at_once(monkeypat
     assert len(calls) == 1 and p.probe_rounds == 1 and p.thread_scaling <= 1.15
 
 
-def test_a_low_reading_at_one_threads_worth_is_confirmed(monkeypatch):
-    from helpers import spin_wall
+def test_a_low_reading_at_one_threads_worth_is_confirmed_where_a_misread_costs(monkeypatch):
+    # A stalled core reads GIL-free work as one thread's worth; processes would run it in
+    # parallel too, so a second round is paid only where pickling makes them dear.
+    from helpers import spin_big_result  # 2 MB results: pickled, far over 5% of 2 ms
 
-    calls = _scripted_probe(monkeypatch, [1.0, 1.0], slow_factor=1.0)  # a stalled core reads so
-    p = optimize(spin_wall, [0.002] * 200).profile
+    calls = _scripted_probe(monkeypatch, [1.0, 1.0], slow_factor=1.0)
+    p = optimize(spin_big_result, [0.002] * 200).profile
     assert len(calls) == 2 and p.probe_rounds == 2
 
 
-def test_a_low_reading_and_an_unclear_one_keep_the_low_one(monkeypatch):
+@pytest.mark.parametrize("reading", [1.0, 1.3])
+def test_a_reading_for_processes_settles_at_once_where_a_misread_costs_little(monkeypatch, reading):
+    # Low, or unclear but under the model's 0.75 k: processes either way, and right even
+    # for GIL-free work (they run it in parallel too) where pickling costs little.
     from helpers import spin_wall
 
-    _scripted_probe(monkeypatch, [1.0, 1.5])
+    calls = _scripted_probe(monkeypatch, [reading, 2.0], slow_factor=1.0)
     r = optimize(spin_wall, [0.002] * 200)
+    assert len(calls) == 1 and r.profile.probe_rounds == 1
+    assert r.executor_type in ("process", "serial")
+
+
+def test_a_reading_for_threads_is_confirmed_even_where_a_misread_costs_little(monkeypatch):
+    # 1.6 of 2 would send pure Python to threads if it were an inflated reading.
+    from helpers import spin_wall
+
+    calls = _scripted_probe(monkeypatch, [1.6, 1.0], slow_factor=1.0)
+    optimize(spin_wall, [0.002] * 200)
+    assert len(calls) == 2
+
+
+def test_a_low_reading_and_an_unclear_one_keep_the_low_one(monkeypatch):
+    from helpers import spin_big_result  # pickling is dear: the low reading is confirmed
+
+    _scripted_probe(monkeypatch, [1.0, 1.5])
+    r = optimize(spin_big_result, [0.002] * 200)
     assert r.profile.probe_rounds == 2 and r.profile.thread_scaling <= 1.15
     assert r.executor_type != "thread"

@@ -22,6 +22,7 @@ from ..backends.worker import _Alarm, run_items
 from ..errors import ItemFailed, settle
 from ..options import Options, check_func_and_data
 from ..tune.costs import pool_costs
+from ..tune.measure import rss
 from ..tune.model import best_chunksize, serial_blas_time
 from ..tune.optimize import optimize_with, pending_result
 from ..tune.result import OptimizationResult
@@ -52,7 +53,7 @@ def _configure(result: OptimizationResult | None, opts: Options) -> tuple[str, i
         if same and n == result.n_jobs:
             chunksize = result.chunksize
         else:
-            costs = pool_costs(result.start_method)
+            costs = pool_costs(result.start_method).for_parent(rss())
             remaining = max(result.n_remaining, 1)
             chunksize = best_chunksize(kind, n, remaining, result.profile, costs, result.usable_cores).chunksize
     return kind, n, chunksize

@@ -17,18 +17,19 @@ import platform
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import psutil
 
 from .._atomic import atomic_write
+from .measure import rss
 from .system import START_METHODS, default_start_method, usable_cores
 
 __all__ = ["PoolCosts", "cache_dir", "pool_costs"]
 
-_COSTS_VERSION = 5
+_COSTS_VERSION = 6
 
 
 
@@ -43,6 +44,9 @@ class PoolCosts:
     (parent and worker compete for the cores then), at least the CPU time both spend on it.
     ``thread_chunk_cost`` is what one more chunk costs autopar's own run on a thread pool
     (submit, harvest, bookkeeping, and the worker's side, all under one GIL).
+    ``process_fork_per_byte`` is what a forked worker's start and exit cost more per byte
+    the parent holds resident beyond ``measured_rss`` (its page tables are copied and torn
+    down); :meth:`for_parent` applies it.
     """
 
     start_method: str
@@ -56,6 +60,8 @@ class PoolCosts:
     thread_start_per_worker: float
     thread_task_overhead: float
     thread_chunk_cost: float
+    process_fork_per_byte: float
+    measured_rss: int
     measured_at: float
     measure_time: float
 
@@ -67,6 +73,14 @@ class PoolCosts:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def for_parent(self, resident: int) -> "PoolCosts":
+        """These costs for a parent of ``resident`` bytes: forked workers cost more to start
+        and end the more the parent holds (2 workers: 6 ms at 35 MB, 25 ms at 2 GB here)."""
+        extra = max(resident - self.measured_rss, 0) * self.process_fork_per_byte
+        if self.start_method != "fork" or extra <= 0:
+            return self
+        return replace(self, process_start_per_worker=self.process_start_per_worker + extra)
 
 
 def cache_dir() -> Path:
@@ -150,6 +164,24 @@ def _task_overhead(pool: Any, n_tasks: int) -> float:
     return (time.perf_counter() - t0) / n_tasks
 
 
+FORK_BALLAST = 512 << 20  # bytes held while timing forks from a larger parent
+
+
+def _fork_per_byte(make_pool: Any, n: int, hold: float, small: float) -> float:
+    """Seconds per worker and byte of the parent's resident memory that a forked pool of n
+    costs more to start and shut down: timed again with ``FORK_BALLAST`` more resident (an
+    eighth of the available memory at most). ``small`` is the time without it."""
+    size = min(FORK_BALLAST, psutil.virtual_memory().available // 8)
+    if size < 64 << 20:
+        return 0.0
+    ballast = b"\1" * size  # written, so resident
+    try:
+        big = _median([_time_pool_start(make_pool, n, hold) for _ in range(3)])
+    finally:
+        del ballast
+    return max(big - small, 0.0) / (n * size)
+
+
 def _thread_chunk_cost(n: int, items: int = 400, big: int = 100) -> float:
     """Seconds one more chunk costs a run on n threads: the same no-op items through
     autopar's runner in chunks of 1 and of ``big``, the difference per chunk. A bare
@@ -186,10 +218,12 @@ def _measure(start_method: str) -> PoolCosts:
         return ProcessPoolExecutor(max_workers=n, mp_context=ctx)
 
     # Start cost at n=1 and n=n_hi, two tries each; a line through the medians.
+    resident = rss()
     p1 = _median([_time_pool_start(make_proc, 1, hold) for _ in range(2)])
-    phi = _median([_time_pool_start(make_proc, n_hi, hold) for _ in range(2)])
+    phi = _median([_time_pool_start(make_proc, n_hi, hold) for _ in range(3)])
     per_worker = max((phi - p1) / (n_hi - 1), 0.0)
     base = max(p1 - per_worker, 0.0)
+    fork_per_byte = _fork_per_byte(make_proc, n_hi, hold, phi) if start_method == "fork" else 0.0
 
     pool = ProcessPoolExecutor(max_workers=1, mp_context=ctx)
     try:
@@ -238,6 +272,8 @@ def _measure(start_method: str) -> PoolCosts:
         thread_start_per_worker=t_per_worker,
         thread_task_overhead=t_task,
         thread_chunk_cost=t_chunk,
+        process_fork_per_byte=fork_per_byte,
+        measured_rss=resident,
         measured_at=time.time(),
         measure_time=time.perf_counter() - t_begin,
     )

@@ -10,6 +10,7 @@ from .model import Candidate, Decision, decide
 from .result import OptimizationResult
 from .sample import sample
 from .costs import pool_costs
+from .measure import rss
 from .system import default_start_method, system_info
 from ..options import EXECUTOR_TYPES, Options, check_func_and_data
 
@@ -105,7 +106,7 @@ def optimize_with(func: Callable[[Any], Any], data: Iterable[Any], opts: Options
     kind = opts.executor_type
     method = opts.start_method or default_start_method()
     system = system_info(blas=False)
-    costs = pool_costs(method)
+    costs = pool_costs(method).for_parent(rss())  # a large parent forks slowly
     profile, stash = sample(
         func,
         data,

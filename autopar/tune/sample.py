@@ -79,6 +79,12 @@ LONG_ROUND_SHARE = 0.1  # ... and a longer one (an unclear first reading) about 
 PROBE_CLEAR = (1.15, 0.85)  # a round scaling <= 1.15, or >= 0.85 k, settles the probe
 WAIT_CLEAR = 0.3  # ... or >= 0.3 k on more threads than CPUs (waiting work)
 SLOWER_TOGETHER = 0.85  # a round's throughput under this (of one thread's) settles a low reading at once
+# A probe this close to k threads' worth: the work does not hold the GIL (the model's
+# rule). GIL-free work (lzma, FFT) still read x1.4-1.6 on 2 threads in about a quarter of
+# optimize() calls, and went to processes; work that does hold it part of the time (NumPy
+# small calls, processes 3.6x faster than threads) read x1.22-1.35 in 30 calls.
+PARALLEL_SCALING = 0.75
+CHEAP_MISREAD = 0.05  # pickling an item and its result, over its time: under it a low reading settles at once
 BLAS_STEP_MIN_ITEMS = 40  # items left from which two are worth timing with BLAS capped
 PURE_COMPUTE = 0.9  # CPU/wall from which items are timed with BLAS capped on suspicion
 BLAS_FASTER = 0.9  # items this much faster with BLAS at one thread are BLAS work
@@ -544,7 +550,7 @@ class _Sampler:
         stats = self.item_stats()
         pickling = _pickling_step(self)
         self.single_blas_time, stats = _blas_step(self, stats)
-        scaling, k_used, rounds = _probe_step(self, stats)
+        scaling, k_used, rounds = _probe_step(self, stats, _misread_is_cheap(pickling, stats))
         return self.assemble(stats, pickling, scaling, k_used, rounds)
 
     def _keep(self, items: "list[Any] | _Span", results: list[Any]) -> None:
@@ -891,8 +897,24 @@ def _clear_gain(k: int) -> float:
     return (PROBE_CLEAR[1] if k <= _cpus() else WAIT_CLEAR) * k
 
 
-def _probe_step(sp: "_Sampler", stats: _Stats) -> tuple[float | None, int, int]:
-    """Rounds on k threads until the scaling is clear; (scaling, threads, rounds)."""
+def _misread_is_cheap(pk: _Pickling, stats: _Stats) -> bool:
+    """Whether reading GIL-free items as GIL-bound would cost little: they would go to
+    processes, which run them in parallel too, and pickling them (twice, for the bytes'
+    way there and back) takes under ``CHEAP_MISREAD`` of their time. A reading that sends
+    the items to processes then needs no second round: noise only ever slows a round, and
+    the second round is there for GIL-free work read low (2 first rounds in 60 since the
+    probe's threads have CPUs of their own). It cost pure-Python jobs of 0.2 s about a
+    tenth of their time, and NumPy small calls (read x1.22-1.35) a long second round.
+    A reading that would send them to threads is still confirmed."""
+    if pk.transport is None or pk.error is not None:
+        return False
+    item = 0.0 if pk.items_shared else pk.item_time  # one object as every item: once a chunk
+    return 2.0 * (item + pk.result_time) <= CHEAP_MISREAD * max(stats.reference, 1e-9)
+
+
+def _probe_step(sp: "_Sampler", stats: _Stats, cheap_low: bool = False) -> tuple[float | None, int, int]:
+    """Rounds on k threads until the scaling is clear; (scaling, threads, rounds).
+    ``cheap_low``: a low reading settles at once (see :func:`_misread_is_cheap`)."""
     remaining = None if sp.n_total is None else sp.n_total - sp.done
     best, k_used, rounds = 0.0, 0, 0
     if sp.ahead_round is not None:
@@ -954,6 +976,8 @@ def _probe_step(sp: "_Sampler", stats: _Stats) -> tuple[float | None, int, int]:
                 s = len(items) * (sp.single_blas_time or stats.reference) / wall
             low = min(low, s)
             best = max(best, s)
+        if cheap_low and best < PARALLEL_SCALING * kk:
+            break  # GIL-bound by the model's rule: processes, right even if it is not
         if best >= _clear_gain(kk) or (best <= PROBE_CLEAR[0] and (rounds >= 2 or slower)):
             break  # clear evidence. A low reading needs a second: a core the host stalls
             # for a few ms read GIL-free work as x1.0 in about one round of four. Not
