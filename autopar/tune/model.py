@@ -59,6 +59,7 @@ CPU_RATIO_IO = 0.3
 MEMORY_SHARE = 0.8  # share of available memory the workers may take
 MAX_THREADS = 64
 CHUNK_SECONDS = 0.2  # a chunk holds about this much work at most, unless the model needs more
+FEW_ITEMS = 4  # items a core, up to which every item may get a worker of its own
 PURE_CPU = 0.95  # CPU/wall from here on: the item never waits
 FEWER_WORKERS = 1.03  # candidates of one kind this close in time: the fewest workers win
 
@@ -323,13 +324,16 @@ def _worker_limits(
             f"{system.available_memory / 2**30:.1f} GiB available; consider execute_iter() to stream them"
         )
     thread_limit = min(remaining, MAX_THREADS, memory_cap)
+    # A few items left, not a multiple of the cores: one worker each, sharing the cores, ends
+    # them together (7 zlib items of 27 ms: 0.10 s on 8 threads, 0.11 s on 2 in 4 rounds).
+    few = remaining if remaining <= FEW_ITEMS * cores else 0
     if wtype != "io" and not (p.thread_scaling and p.probe_threads > cores and p.thread_scaling > cores):
         # Computing work gets no more threads than cores unless the probe measured a gain;
         # work that also waits (CPU/wall r) needs about cores / r to keep the cores busy,
         # twice that for the GIL and the spread of the waits.
         r = max(p.cpu_ratio, 1e-3)
-        thread_limit = min(thread_limit, cores if r >= PURE_CPU else math.ceil(2 * cores / r))
-    proc_limit = min(remaining, proc_cap, cores if wtype == "cpu" else 2 * cores)
+        thread_limit = min(thread_limit, max(cores if r >= PURE_CPU else math.ceil(2 * cores / r), few))
+    proc_limit = min(remaining, proc_cap, max(cores if wtype == "cpu" else 2 * cores, few))
     if max_jobs is not None:
         thread_limit, proc_limit = min(thread_limit, max_jobs), min(proc_limit, max_jobs)
     if memory_cap < min(remaining, cores):
