@@ -406,6 +406,16 @@ def test_a_reading_for_processes_settles_at_once_where_a_misread_costs_little(mo
     assert r.executor_type in ("process", "serial")
 
 
+def test_a_reading_under_one_threads_worth_is_confirmed_even_where_a_misread_costs_little(monkeypatch):
+    # x0.8 reads as a shared resource outside Python, ruling processes out as well: one
+    # round (a thread that drew the long item, a core the host stalled) must not decide it.
+    from helpers import spin_wall
+
+    calls = _scripted_probe(monkeypatch, [0.8, 1.0], slow_factor=1.0)
+    optimize(spin_wall, [0.002] * 200)
+    assert len(calls) == 2
+
+
 def test_a_reading_for_threads_is_confirmed_even_where_a_misread_costs_little(monkeypatch):
     # 1.6 of 2 would send pure Python to threads if it were an inflated reading.
     from helpers import spin_wall

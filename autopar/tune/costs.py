@@ -217,7 +217,7 @@ def _measure(start_method: str) -> PoolCosts:
     def make_proc(n: int) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(max_workers=n, mp_context=ctx)
 
-    # Start cost at n=1 and n=n_hi, two tries each; a line through the medians.
+    # Start cost at n=1 and n=n_hi (two tries and three); a line through the medians.
     resident = rss()
     p1 = _median([_time_pool_start(make_proc, 1, hold) for _ in range(2)])
     phi = _median([_time_pool_start(make_proc, n_hi, hold) for _ in range(3)])

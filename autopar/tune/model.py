@@ -36,7 +36,7 @@ import math
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Callable, Iterable
 
-from .sample import BLAS_FASTER, PARALLEL_SCALING, UNKNOWN_SECONDS, Profile
+from .sample import BLAS_FASTER, PARALLEL_SCALING, SHARED_RESOURCE_SCALING, UNKNOWN_SECONDS, Profile
 from .costs import PoolCosts
 from .system import SystemInfo
 
@@ -184,7 +184,6 @@ def _thread_speedup(n: int, g: float, cores: int, r: float) -> float:
     return max(min(float(n), amdahl, cpu_cap), 1e-3)
 
 
-SHARED_RESOURCE_SCALING = 0.85
 
 
 def shared_resource(p: Profile) -> bool:

@@ -84,6 +84,9 @@ SLOWER_TOGETHER = 0.85  # a round's throughput under this (of one thread's) sett
 # optimize() calls, and went to processes; work that does hold it part of the time (NumPy
 # small calls, processes 3.6x faster than threads) read x1.22-1.35 in 30 calls.
 PARALLEL_SCALING = 0.75
+# ... and under this (CPU/wall under 0.9), threads slower together than one alone: a shared
+# resource outside Python, which processes would share too.
+SHARED_RESOURCE_SCALING = 0.85
 CHEAP_MISREAD = 0.05  # pickling an item and its result, over its time: under it a low reading settles at once
 BLAS_STEP_MIN_ITEMS = 40  # items left from which two are worth timing with BLAS capped
 PURE_COMPUTE = 0.9  # CPU/wall from which items are timed with BLAS capped on suspicion
@@ -976,8 +979,10 @@ def _probe_step(sp: "_Sampler", stats: _Stats, cheap_low: bool = False) -> tuple
                 s = len(items) * (sp.single_blas_time or stats.reference) / wall
             low = min(low, s)
             best = max(best, s)
-        if cheap_low and best < PARALLEL_SCALING * kk:
-            break  # GIL-bound by the model's rule: processes, right even if it is not
+        if cheap_low and SHARED_RESOURCE_SCALING <= best < PARALLEL_SCALING * kk:
+            break  # GIL-bound by the model's rule: processes, right even if it is not. Not
+            # under 0.85: the model would see a shared resource and rule processes out too
+            # (skewed loops read so when one thread drew the long item; 17 s ran serially).
         if best >= _clear_gain(kk) or (best <= PROBE_CLEAR[0] and (rounds >= 2 or slower)):
             break  # clear evidence. A low reading needs a second: a core the host stalls
             # for a few ms read GIL-free work as x1.0 in about one round of four. Not
