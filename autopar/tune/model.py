@@ -184,8 +184,6 @@ def _thread_speedup(n: int, g: float, cores: int, r: float) -> float:
     return max(min(float(n), amdahl, cpu_cap), 1e-3)
 
 
-
-
 def shared_resource(p: Profile) -> bool:
     """Threads ran slower together than one alone, and not for the GIL: work that is not
     pure computing (CPU/wall under 0.9) contends for something outside Python (a disk's

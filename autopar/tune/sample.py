@@ -87,7 +87,7 @@ PARALLEL_SCALING = 0.75
 # ... and under this (CPU/wall under 0.9), threads slower together than one alone: a shared
 # resource outside Python, which processes would share too.
 SHARED_RESOURCE_SCALING = 0.85
-CHEAP_MISREAD = 0.05  # pickling an item and its result, over its time: under it a low reading settles at once
+CHEAP_MISREAD = 0.05  # pickling an item and its result, over its time: under it a reading for processes settles at once
 BLAS_STEP_MIN_ITEMS = 40  # items left from which two are worth timing with BLAS capped
 PURE_COMPUTE = 0.9  # CPU/wall from which items are timed with BLAS capped on suspicion
 BLAS_FASTER = 0.9  # items this much faster with BLAS at one thread are BLAS work
@@ -917,7 +917,8 @@ def _misread_is_cheap(pk: _Pickling, stats: _Stats) -> bool:
 
 def _probe_step(sp: "_Sampler", stats: _Stats, cheap_low: bool = False) -> tuple[float | None, int, int]:
     """Rounds on k threads until the scaling is clear; (scaling, threads, rounds).
-    ``cheap_low``: a low reading settles at once (see :func:`_misread_is_cheap`)."""
+    ``cheap_low``: a reading between ``SHARED_RESOURCE_SCALING`` and ``PARALLEL_SCALING * k``
+    (processes, to the model) settles at once (see :func:`_misread_is_cheap`)."""
     remaining = None if sp.n_total is None else sp.n_total - sp.done
     best, k_used, rounds = 0.0, 0, 0
     if sp.ahead_round is not None:
