@@ -124,3 +124,12 @@ def settle(failures: "list[tuple[int, BaseException, str]]", where: str, collect
         if not collect or not isinstance(exc, Exception):
             raise exc
     return [index for index, _, _ in failures]
+
+
+def unwrapped(exc: RuntimeError) -> BaseException:
+    """The StopIteration an item raised, where leaving a generator of autopar's turned it
+    into ``RuntimeError("generator raised StopIteration")`` (PEP 479); else ``exc``."""
+    cause = exc.__cause__
+    if isinstance(cause, StopIteration) and getattr(cause, "autopar_item_index", None) is not None:
+        return cause
+    return exc

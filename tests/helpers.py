@@ -196,3 +196,10 @@ def threads_not_pythons(_: object) -> int:
     from autopar.tune.measure import native_threads
 
     return native_threads()
+
+
+def stop_at(x: int, bad: int = 3) -> int:
+    """Raises StopIteration for item ``bad``: a failure like any other, not the end of the items."""
+    if x == bad:
+        raise StopIteration(f"item {x}")
+    return x + 1

@@ -15,10 +15,10 @@ import pytest
 
 from autopar import execute, get_executor, optimize, usable_cores
 
-from autopar import ItemFailed
-from autopar.tune.sample import _Span
+from autopar import ItemFailed, execute_iter
+from autopar.backends.worker import Span, run_items, take
 
-from helpers import fail_every, sleep_tagged
+from helpers import fail_every, sleep_tagged, stop_at
 
 
 def _source(kind: str, items: list):
@@ -66,11 +66,65 @@ def test_tiny_items_collected_failures_keep_their_places(kind):
 @pytest.mark.parametrize("seq", [list(range(10)), tuple(range(10))])
 def test_span_reads_like_a_slice(seq):
     for start, n in [(0, 10), (3, 4), (9, 1), (10, 0)]:
-        span = _Span(seq, start, n)
+        span = Span(seq, start, n)
         assert list(span) == list(seq[start : start + n]) and len(span) == n
         assert [span[j] for j in range(-n, n)] == list(seq[start : start + n]) * 2
         with pytest.raises(IndexError):
             span[n]
+
+
+@pytest.mark.parametrize("kind", [list, tuple, range])
+def test_take_reads_a_list_in_place_and_anything_else_by_copy(kind):
+    it = iter(kind(range(10)) if kind is not range else range(10))
+    next(it)
+    parts = [take(it, 4), take(it, 4), take(it, 4)]
+    assert [list(p) for p in parts] == [[1, 2, 3, 4], [5, 6, 7, 8], [9]]
+    assert {type(p) for p in parts} == ({list} if kind is range else {Span})
+    assert len(take(it, 4)) == 0 and list(it) == []
+
+
+def test_take_from_a_generator_is_a_list():
+    gen = (x for x in range(5))
+    assert take(gen, 3) == [0, 1, 2] and list(gen) == [3, 4]
+
+
+@pytest.mark.parametrize("bad", [0, 4, 9])
+def test_a_failing_item_is_named_wherever_the_chunk_reads_from(bad):
+    # A chunk that stops at its first failure runs a list, tuple or span as a comprehension
+    # and finds the failing item from where the sequence's iterator stopped.
+    seq = list(range(20))
+    for items, start in [(seq[5:15], 5), (tuple(seq[5:15]), 5), (Span(seq, 5, 10), 5), (Span(seq, 10, 10), 10)]:
+        for remote in (False, True):
+            out, failures = run_items(lambda x: 1 // (x - start - bad), 100, items, collect=False, remote=remote)
+            assert [f[0] for f in failures] == [100 + bad]
+            assert isinstance(failures[0][1], ZeroDivisionError) and bool(failures[0][2]) == remote
+
+
+@pytest.mark.parametrize("errors", ["raise", "collect"])
+def test_an_item_raising_stopiteration_is_a_failure_not_the_end(pool, errors):
+    # map() reads a StopIteration from the function as the end of the items: the rest of the
+    # chunk was dropped without a word.
+    items = list(range(8))
+    if errors == "collect":
+        out = execute(stop_at, items, pool=pool, chunksize=3, errors="collect")
+        assert len(out) == 8 and isinstance(out[3], ItemFailed) and out[3].index == 3
+        assert [x for i, x in enumerate(out) if i != 3] == [i + 1 for i in items if i != 3]
+        return
+    with pytest.raises(StopIteration) as info:
+        execute(stop_at, items, pool=pool, chunksize=3)
+    assert info.value.autopar_item_index == 3
+    with pytest.raises(RuntimeError) as info:  # an iterator cannot let a StopIteration out
+        list(execute_iter(stop_at, items, pool=pool, chunksize=3))
+    assert info.value.__cause__.autopar_item_index == 3
+
+
+def test_a_job_of_tiny_items_ends_in_the_sample():
+    # The batch that would leave less than itself behind takes the rest: nothing is left for
+    # a serial loop to start on (every bound here holds on any machine: 24,000 additions).
+    n = 3 * 2**13
+    r = optimize(abs, list(range(n)))
+    assert r.profile.n_done == n and r.executor_type == "serial"
+    assert execute(abs, list(range(-n, 0))) == list(range(n, 0, -1))
 
 
 @pytest.mark.slow

@@ -13,13 +13,12 @@ import time
 from concurrent.futures import Executor
 from contextlib import nullcontext
 from dataclasses import replace
-from itertools import islice
 from typing import Any, Callable, ContextManager, Iterable, Iterator
 
 from ..backends.blas import blas_share, capped_blas
 from ..backends.pools import executor_kind, pool_size
-from ..backends.worker import _Alarm, run_items
-from ..errors import ItemFailed, settle
+from ..backends.worker import _Alarm, run_items, take
+from ..errors import ItemFailed, settle, unwrapped
 from ..options import Options, check_func_and_data
 from ..tune.costs import pool_costs
 from ..tune.measure import rss
@@ -81,7 +80,12 @@ def execute_iter(
     retries: int = 0,
     retry_backoff: float = 0.1,
 ) -> ExecutionIterator:
-    """Like :func:`execute`, but yields results in input order as they are ready."""
+    """Like :func:`execute`, but yields results in input order as they are ready.
+
+    An item that raises StopIteration fails like any other; where :func:`execute` raises
+    the StopIteration itself, this iterator raises ``RuntimeError`` from it (as a generator
+    does): a StopIteration out of ``__next__`` would end the caller's loop without a word.
+    """
     t_begin = time.perf_counter()
     check_func_and_data(func, data)
     return run_with(func, data, Options.of(locals()), result, pool, t_begin)
@@ -214,12 +218,18 @@ def execute(
     check_func_and_data(func, data)
     it = run_with(func, data, Options.of(locals()), result, pool, t_begin)
     results: list[Any] | None = None
-    with it:
-        for block in it.blocks():
-            if results is None:  # blocks are fresh lists: the first becomes the result (the
-                results = block  # sample's results of tiny items are most of them; no copy)
-            else:
-                results.extend(block)
+    try:
+        with it:
+            for block in it.blocks():
+                if results is None:  # blocks are fresh lists: the first becomes the result (the
+                    results = block  # sample's results of tiny items are most of them; no copy)
+                else:
+                    results.extend(block)
+    except RuntimeError as exc:
+        err = unwrapped(exc)
+        if err is exc:
+            raise
+        raise err from exc.__cause__.__cause__  # type: ignore[union-attr]
     results = [] if results is None else results
     return (results, it.report) if return_report else results
 
@@ -236,7 +246,7 @@ def _serial(job: Job, rest: Iterator[Any], index: int) -> Iterator[list[Any]]:
     item_time = job.result.profile.item_time_mean if job.result is not None else 0.0
     block_size = min(max(int(0.002 / item_time), 1), MAX_SERIAL_BLOCK) if item_time > 0 else 1
     while True:
-        block = list(islice(rest, block_size))
+        block = take(rest, block_size)
         if not block:
             break
         tb = time.perf_counter()

@@ -16,7 +16,9 @@ def _fmt_time(seconds: float) -> str:
         return f"{seconds:.2f} s"
     if seconds >= 1e-3:
         return f"{seconds * 1e3:.1f} ms"
-    return f"{seconds * 1e6:.1f} us"
+    if seconds >= 1e-6 or seconds == 0:
+        return f"{seconds * 1e6:.1f} us"
+    return f"{seconds * 1e9:.0f} ns"  # tiny items (a bare call is tens of ns)
 
 
 def _fmt_bytes(n: float) -> str:

@@ -55,7 +55,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from .. import _serialize
 from ..backends.blas import blas_share, capped_blas
-from ..backends.worker import run_items
+from ..backends.worker import Span, run_items
 from ..errors import ItemFailed, settle
 from .measure import CPU_BOUND, CpuMeter, NewThreadsCpu, PeakRSS, busy_clock, native_threads, rss
 from .system import threaded_blas_loaded
@@ -250,12 +250,12 @@ class _Source:
         self.exhausted = self.exhausted or len(batch) < n
         return head + batch if head else batch
 
-    def span(self, n: int) -> "list[Any] | _Span":
+    def span(self, n: int) -> "list[Any] | Span":
         """The next ``n`` items without copying them where the input is a list or tuple and
         nothing was put back (tiny items: the copy cost as much as the loop's overhead)."""
         if self.seq is None or self.ahead:
             return self.pull(n)
-        part = _Span(self.seq, self.pos, min(n, len(self.seq) - self.pos))
+        part = Span(self.seq, self.pos, min(n, len(self.seq) - self.pos))
         self.pos += len(part)
         self.exhausted = self.exhausted or len(part) < n
         return part
@@ -276,28 +276,6 @@ class _Source:
             self.it = iter(self.seq)
             self.it.__setstate__(self.pos)  # type: ignore[attr-defined]
         return self.it
-
-
-class _Span:
-    """Items ``start`` to ``start + n`` of a list or tuple, read in place."""
-
-    __slots__ = ("seq", "start", "n")
-
-    def __init__(self, seq: Any, start: int, n: int) -> None:
-        self.seq, self.start, self.n = seq, start, max(n, 0)
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, j: int) -> Any:
-        if not -self.n <= j < self.n:
-            raise IndexError(j)
-        return self.seq[self.start + j % self.n]
-
-    def __iter__(self) -> Iterator[Any]:
-        it = iter(self.seq)
-        it.__setstate__(self.start)  # type: ignore[attr-defined]
-        return islice(it, self.n)
 
 
 class _Ahead:
@@ -528,7 +506,7 @@ class _Sampler:
         self.probe_threads, self.probe_wanted, self.collect = probe_threads, probe, collect
         self.src = _Source(data)
         self.n_total = known_length(data, n_items)
-        self.item_blocks: list[list[Any] | _Span] = []  # items in blocks, one per batch
+        self.item_blocks: list[list[Any] | Span] = []  # items in blocks, one per batch
         self.results: list[Any] = []  # one list: execute() adopts it, no join of blocks
         self.failures: list[int] = []  # indices of the items that failed (collect mode)
         self.done = 0
@@ -556,7 +534,7 @@ class _Sampler:
         scaling, k_used, rounds = _probe_step(self, stats, _misread_is_cheap(pickling, stats))
         return self.assemble(stats, pickling, scaling, k_used, rounds)
 
-    def _keep(self, items: "list[Any] | _Span", results: list[Any]) -> None:
+    def _keep(self, items: "list[Any] | Span", results: list[Any]) -> None:
         self.item_blocks.append(items)
         if results is not self.results:  # serial batches write into it directly
             self.results.extend(results)
@@ -658,14 +636,19 @@ class _Sampler:
             if self.n_total is not None and self.done >= self.n_total:
                 break
             elapsed = time.perf_counter() - self.t_begin
+            target = self._target(mean)
             # The first item pays the warm-up: it stands alone only when it is longer than the
             # whole budget (items of seconds), never just longer than a small job's share.
-            if (elapsed >= self._target(mean) or self.waiting) and (
-                timed >= min_timed or self.first_time >= self.budget
-            ):
+            if (elapsed >= target or self.waiting) and (timed >= min_timed or self.first_time >= self.budget):
                 break
             if self.n_total is not None:
-                batch_size = min(batch_size, self.n_total - self.done)
+                left = self.n_total - self.done
+                batch_size = min(batch_size, left)
+                if batch_size < left <= 2 * batch_size and left * mean <= target:
+                    # A batch that would leave less than itself behind takes the rest where
+                    # the rest is no more work than the sample's budget: a job of tiny items
+                    # ends here, read to its end in place, with no loop to start for the rest.
+                    batch_size = left
             batch = self.src.span(batch_size)
             if not batch:
                 break

@@ -15,7 +15,6 @@ import os
 import platform
 import sys
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import psutil
@@ -26,31 +25,41 @@ __all__ = ["START_METHODS", "SystemInfo", "default_start_method", "system_info",
 from ..options import START_METHODS
 
 
+def _read(path: str) -> str | None:
+    """A small file's text, or None where it cannot be read (plain ``open``: ``pathlib``
+    costs more than the read, and these run on every optimize())."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read().decode()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
 def _cgroup_cpu_quota() -> float | None:
     """Cores allowed by the cgroup CPU quota, or None when there is no quota."""
-    try:  # cgroup v2
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
-        if quota != "max":
-            return int(quota) / int(period)
-        return None
-    except (OSError, ValueError):
-        pass
+    text = _read("/sys/fs/cgroup/cpu.max")  # cgroup v2
+    if text is not None:
+        try:
+            quota, period = text.split()[:2]
+            return None if quota == "max" else int(quota) / int(period)
+        except ValueError:
+            pass
     try:  # cgroup v1
-        quota_us = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text())
-        period_us = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text())
+        quota_us = int(_read("/sys/fs/cgroup/cpu/cpu.cfs_quota_us") or "")
+        period_us = int(_read("/sys/fs/cgroup/cpu/cpu.cfs_period_us") or "")
         if quota_us > 0 and period_us > 0:
             return quota_us / period_us
-    except (OSError, ValueError):
+    except ValueError:
         pass
     return None
 
 
 def _cgroup_memory_limit() -> int | None:
     for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
-        try:
-            text = Path(path).read_text().strip()
-        except OSError:
+        text = _read(path)
+        if text is None:
             continue
+        text = text.strip()
         if text.isdigit() and int(text) < 1 << 60:
             return int(text)
     return None
@@ -61,6 +70,10 @@ def usable_cores() -> int:
 
     ``AUTOPAR_CPU_COUNT`` overrides the measured figure (useful to model a smaller machine).
     """
+    return _usable_cores(_cgroup_cpu_quota())
+
+
+def _usable_cores(quota: float | None) -> int:
     override = os.environ.get("AUTOPAR_CPU_COUNT")
     if override:
         return max(1, int(override))
@@ -68,7 +81,6 @@ def usable_cores() -> int:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         cores = os.cpu_count() or 1
-    quota = _cgroup_cpu_quota()
     if quota is not None:
         cores = min(cores, max(1, math.ceil(quota)))
     return max(1, cores)
@@ -149,11 +161,12 @@ def system_info(*, blas: bool = True) -> SystemInfo:
     vm = psutil.virtual_memory()
     mem_limit = _cgroup_memory_limit()
     available = vm.available if mem_limit is None else min(vm.available, mem_limit)
+    quota = _cgroup_cpu_quota()
     return SystemInfo(
-        usable_cores=usable_cores(),
+        usable_cores=_usable_cores(quota),
         total_memory=vm.total,
         available_memory=available,
-        cgroup_cpu_quota=_cgroup_cpu_quota(),
+        cgroup_cpu_quota=quota,
         cgroup_memory_limit=mem_limit,
         start_method=default_start_method(),
         blas=_blas_pools() if blas else (),
