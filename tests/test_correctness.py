@@ -18,7 +18,7 @@ from autopar import execute, get_executor, optimize, usable_cores
 from autopar import ItemFailed, execute_iter
 from autopar.backends.worker import Span, run_items, take
 
-from helpers import fail_every, sleep_tagged, stop_at
+from helpers import fail_every, sleep_tagged, spin_wall, stop_at
 
 
 def _source(kind: str, items: list):
@@ -118,13 +118,19 @@ def test_an_item_raising_stopiteration_is_a_failure_not_the_end(pool, errors):
     assert info.value.__cause__.autopar_item_index == 3
 
 
-def test_a_job_of_tiny_items_ends_in_the_sample():
-    # The batch that would leave less than itself behind takes the rest: nothing is left for
-    # a serial loop to start on (every bound here holds on any machine: 24,000 additions).
-    n = 3 * 2**13
-    r = optimize(abs, list(range(n)))
-    assert r.profile.n_done == n and r.executor_type == "serial"
-    assert execute(abs, list(range(-n, 0))) == list(range(n, 0, -1))
+def test_the_sample_runs_a_small_rest_itself(monkeypatch):
+    # Once the items timed are a fair share of the rest (a quarter of it here), a rest under
+    # MIN_SAVING runs in the sample: no loop or pool starts for it. MIN_SAVING is raised so
+    # that the bounds on timing decide: 16 items of 0.5 ms are timed by about 8 ms, under
+    # the 15 ms budget, and 32 take 16 ms at least, over it.
+    import autopar.tune.sample as sampling
+
+    monkeypatch.setattr(sampling, "MIN_SAVING", 10.0)
+    items = [0.0005] * 76
+    assert optimize(spin_wall, items, sample_time=0.015).profile.n_done == 76
+    # Serial no candidate: the sample stops at its budget and leaves the rest to the pool.
+    assert optimize(spin_wall, items, sample_time=0.015, executor_type="process").profile.n_done == 32
+    assert execute(spin_wall, items, sample_time=0.015) == items
 
 
 @pytest.mark.slow

@@ -38,10 +38,12 @@ def _schedstat(tid: int | str) -> tuple[int, int]:
     return int(run), int(queued)
 
 
-def _thread_cpu() -> dict[int, int]:
-    """CPU nanoseconds of every thread of this process, by native id."""
+def _thread_cpu(skip: int = -1) -> dict[int, int]:
+    """CPU nanoseconds of every thread of this process but ``skip``, by native id."""
     out: dict[int, int] = {}
     for name in os.listdir(_TASKS):
+        if name == str(skip):
+            continue
         try:
             out[int(name)] = _schedstat(name)[0]
         except (OSError, ValueError, IndexError):
@@ -87,7 +89,8 @@ class CpuMeter:
         self.attribute = attribute and _HAVE_SCHEDSTAT
 
     def start(self) -> "CpuMeter":
-        self._threads0 = _thread_cpu() if self.attribute else None
+        # The calling thread's own figure comes from its clock: its schedstat is not read.
+        self._threads0 = _thread_cpu(threading.get_native_id()) if self.attribute else None
         self._p0, self._h0, self._w0 = time.process_time(), time.thread_time(), time.perf_counter()
         return self
 
@@ -96,15 +99,14 @@ class CpuMeter:
         wall = time.perf_counter() - self._w0
         own = time.thread_time() - self._h0
         process = time.process_time() - self._p0
-        if self._threads0 is None:
+        if not self._threads0:  # not attributing, or no other thread was there
             return wall, own, process
-        after = _thread_cpu()
-        me = threading.get_native_id()
+        after = _thread_cpu(threading.get_native_id())
         python = _python_threads()
         busy = wall > 0 and own / wall >= CPU_BOUND
         foreign = 0
         for tid, ns0 in self._threads0.items():
-            if tid == me or tid not in after:
+            if tid not in after:
                 continue
             if tid in python or not busy:  # another Python thread, or a native one while idle
                 foreign += after[tid] - ns0

@@ -36,7 +36,7 @@ import math
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Callable, Iterable
 
-from .sample import BLAS_FASTER, PARALLEL_SCALING, SHARED_RESOURCE_SCALING, UNKNOWN_SECONDS, Profile
+from .sample import BLAS_FASTER, MIN_SAVING, PARALLEL_SCALING, SHARED_RESOURCE_SCALING, UNKNOWN_SECONDS, Profile
 from .costs import PoolCosts
 from .system import SystemInfo
 
@@ -48,7 +48,6 @@ MIN_SPEEDUP = 1.1
 # loaded in 0.6 ms in a worker against 0.4 ms in the caller and ran 1.2-1.6x slower on a
 # worker's first pass; processes predicted x1.3 ran no faster than serial.
 TRANSFER_DOUBT = 2.0
-MIN_SAVING = 0.01  # seconds
 THREAD_PREFERENCE = 1.05
 # Work that waits (CPU/wall under PURE_CPU): what process workers contend for while they wait
 # (a disk's journal, the parent's copies) is in no figure of the model. File writes and reads:

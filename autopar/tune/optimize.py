@@ -115,6 +115,7 @@ def optimize_with(func: Callable[[Any], Any], data: Iterable[Any], opts: Options
         probe_threads=max(2, min(system.usable_cores, 4)),
         probe=kind in (None, "thread"),  # helper threads only where threads are candidates
         collect=opts.collect,
+        finish=kind in (None, "serial"),
     )
     d = decide(
         profile,

@@ -93,6 +93,8 @@ PURE_COMPUTE = 0.9  # CPU/wall from which items are timed with BLAS capped on su
 BLAS_FASTER = 0.9  # items this much faster with BLAS at one thread are BLAS work
 NATIVE_FASTER = 0.95  # the same, for items native threads were seen computing beside
 NATIVE_THREADS = 1.3  # items' CPU/wall from which native threads computed beside them
+MIN_SAVING = 0.01  # seconds: no pool is worth starting to save less (the model's rule too)
+FINISH_SEEN = 4  # the sample runs the rest itself when it is under MIN_SAVING and this many times the items timed at most
 PROBE_MIN_WORK = 0.03  # seconds of work left, under which no pool can win back what a probe costs
 SPECULATE_MAX_ITEMS = 1000  # jobs of at most this many items start a second item early
 GROWTH_POINTS = 4  # timed batches from which a trend along the input is fitted
@@ -499,8 +501,10 @@ class _Sampler:
         probe_threads: int,
         probe: bool,
         collect: bool,
+        finish: bool = False,
     ) -> None:
         self.t_begin = time.perf_counter()
+        self.finish = finish
         self.func, self.data = func, data
         self.budget, self.min_budget = budget, min_budget
         self.probe_threads, self.probe_wanted, self.collect = probe_threads, probe, collect
@@ -644,10 +648,10 @@ class _Sampler:
             if self.n_total is not None:
                 left = self.n_total - self.done
                 batch_size = min(batch_size, left)
-                if batch_size < left <= 2 * batch_size and left * mean <= target:
-                    # A batch that would leave less than itself behind takes the rest where
-                    # the rest is no more work than the sample's budget: a job of tiny items
-                    # ends here, read to its end in place, with no loop to start for the rest.
+                if self.finish and batch_size < left <= FINISH_SEEN * timed and left * mean < MIN_SAVING:
+                    # Under MIN_SAVING of work left the model ranks no pool: the sample runs
+                    # the rest itself, read to its end in place, once the items timed are a
+                    # fair share of it (a few fast ones first say little of the rest).
                     batch_size = left
             batch = self.src.span(batch_size)
             if not batch:
@@ -991,10 +995,12 @@ def sample(
     probe_threads: int = 2,
     probe: bool = True,
     collect: bool = False,
+    finish: bool = False,
 ) -> tuple[Profile, SampleStash]:
     """Run a sample of ``data`` through ``func`` and measure it; see the module docstring.
 
     ``probe=False`` runs nothing on helper threads: no item run ahead, no thread probe (for
-    work that will not run on threads, or must not leave the calling thread).
+    work that will not run on threads, or must not leave the calling thread). ``finish``: serial
+    is a candidate, so a rest under ``MIN_SAVING`` of work runs in the sample.
     """
-    return _Sampler(func, data, n_items, budget, min_budget, probe_threads, probe, collect).run()
+    return _Sampler(func, data, n_items, budget, min_budget, probe_threads, probe, collect, finish).run()
