@@ -10,7 +10,7 @@ the workloads). For each workload:
 1. every grid configuration runs once: serial; threads x 2, 4, 8 (and 16, 64 for work that
    waits) with chunksize len/(4n); processes x 2 and 4 with chunksize 1, 4, len/(16n) and
    len/(4n) (chunksize 1 left out past 5,000 items). The large bucket runs a shorter grid.
-2. then rounds, each running once, each round starting one entry later than the last: autopar (``execute()`` with its own
+2. then rounds, each running once, in an order shuffled per round: autopar (``execute()`` with its own
    ``optimize()`` inside the timing), the three fastest grid configurations (two in the large
    bucket) and the fastest of each kind (serial, threads, processes), and the
    baselines: ``ProcessPoolExecutor()`` and ``ThreadPoolExecutor()`` with their defaults
@@ -42,6 +42,7 @@ import gc
 import math
 import os
 import platform
+import random
 import shutil
 import statistics
 import sys
@@ -217,11 +218,12 @@ def run_workload(name: str, func: Callable[[Any], Any], items: Any, waiting: boo
     entries = [auto]
     entries += [entry(label(*c), lambda c=c: forced(*c)) for c in top]
     entries += [entry(b, lambda fn=fn: timed(lambda: fn(func, fresh(items)))) for b, fn in base.items()]
-    for r in range(rounds):
-        # Each round starts one entry later: no entry always runs after the same one (a
-        # baseline that churns memory would otherwise always precede the same neighbour).
-        k = r % len(entries)
-        for run in entries[k:] + entries[:k]:
+    order = random.Random(name)  # the same orders for a workload in every run
+    for _ in range(rounds):
+        # Each round in its own order: no entry always runs after the same one. (Rotating
+        # where a round starts, as before, kept every entry's neighbour: autopar ran right
+        # after joblib in every round but one.)
+        for run in order.sample(entries, len(entries)):
             run()
     med = {k: statistics.median(v) for k, v in times.items() if v}
     # The best is the fastest grid configuration re-timed in the rounds (serial included).
