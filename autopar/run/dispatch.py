@@ -38,7 +38,7 @@ from ..backends.process import ProcessBackend, Unsendable
 from ..errors import ItemFailed, settle
 from ..options import Options
 from ..tune.costs import pool_costs
-from ..tune.model import CPU_RATIO_CPU, best_chunksize
+from ..tune.model import CPU_RATIO_CPU, best_chunksize, blas_in_items
 from ..tune.result import OptimizationResult
 from ..tune.sample import Profile
 from .report import ExecutionReport, Progress
@@ -358,7 +358,10 @@ class PoolRun:
         job = self.job
 
         def make() -> Executor:
-            return make_executor(job.kind, job.n_jobs, start_method=job.method, one_run=True)
+            profile = job.result.profile if job.result is not None else None
+            return make_executor(
+                job.kind, job.n_jobs, start_method=job.method, one_run=True, cap_forked=blas_in_items(profile)
+            )
 
         if job.kind == "thread":
             return ThreadBackend(job.func, make, job.pool, job.opts.collect)
