@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from concurrent.futures import ProcessPoolExecutor
 import itertools
-import time
 
 import pytest
 
@@ -136,25 +135,6 @@ def test_forked_workers_inherit_the_blas_cap_and_start_no_blas_threads():
     assert started == [0, 0]
     assert counts == [max(1, autopar.usable_cores() // 2)] * 2
     assert [p["num_threads"] for p in threadpool_info()] == before
-
-
-def test_a_process_run_of_items_without_blas_work_restarts_no_blas_pool():
-    """A fork stops the caller's OpenBLAS pool; lifting the caller's cap after the run
-    started it again at once, and its threads spun for about 0.1 s, a core taken from
-    whatever ran next. Items that drive no BLAS pool get no cap, and nothing restarts it."""
-    np = pytest.importorskip("numpy")
-    from autopar.tune.measure import native_threads
-    from helpers import spin_wall
-
-    np.ones((64, 64)) @ np.ones((64, 64))
-    if not autopar.tune.system.threaded_blas_loaded():
-        pytest.skip("no threaded BLAS loaded")
-    items = [0.002] * 40
-    assert execute(spin_wall, items, executor_type="process", n_jobs=2, start_method="fork") == items
-    deadline = time.monotonic() + 1.0  # the pool's own threads may still be ending; BLAS's stay
-    while native_threads() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert native_threads() == 0
 
 
 def test_early_close_stops_the_pool():

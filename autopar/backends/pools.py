@@ -34,24 +34,17 @@ def pool_size(pool: Executor) -> int:
 
 
 def make_executor(
-    kind: str,
-    n_jobs: int,
-    *,
-    start_method: str | None = None,
-    blas_threads: int | None = None,
-    one_run: bool = False,
-    cap_forked: bool = True,
+    kind: str, n_jobs: int, *, start_method: str | None = None, blas_threads: int | None = None, one_run: bool = False
 ) -> Executor:
     """A pool of ``kind``; ``one_run``: it lives for one run, and a process pool holds the
-    caller's BLAS cap until it shuts down; ``cap_forked=False``: forked workers need no
-    cap (see :func:`make_process_pool`)."""
+    caller's BLAS cap until it shuts down (see :func:`make_process_pool`)."""
     if kind == "serial":
         return SerialExecutor()
     if kind == "thread":
         return ThreadPoolExecutor(max_workers=n_jobs, thread_name_prefix="autopar")
     if kind == "process":
         blas = blas_threads if blas_threads is not None else blas_share(n_jobs)
-        return make_process_pool(n_jobs, start_method or default_start_method(), blas, hold=one_run, cap_forked=cap_forked)
+        return make_process_pool(n_jobs, start_method or default_start_method(), blas, hold=one_run)
     raise ValueError(f"executor kind must be 'serial', 'thread' or 'process', got {kind!r}")
 
 

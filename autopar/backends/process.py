@@ -74,9 +74,7 @@ class _CappedPool(ProcessPoolExecutor):
                 release()
 
 
-def make_process_pool(
-    n_jobs: int, start_method: str, blas_threads: int, hold: bool = False, cap_forked: bool = True
-) -> ProcessPoolExecutor:
+def make_process_pool(n_jobs: int, start_method: str, blas_threads: int, hold: bool = False) -> ProcessPoolExecutor:
     """A process pool whose workers run at most ``blas_threads`` BLAS threads each.
 
     Forked workers inherit the cap from the caller: with a threaded BLAS loaded, the caller
@@ -87,19 +85,13 @@ def make_process_pool(
     and those threads spin too: with ``hold`` (a pool that lives for one run) the cap is
     held until the pool shuts down, so that happens after the run; without it (a pool the
     caller keeps) at once. Spawned and forkserver workers cap themselves at start (their
-    libraries load later and read the environment).
-
-    ``cap_forked=False``: the items drive no BLAS pool (``model.blas_in_items``), so forked
-    workers go uncapped and the caller's cap is never lifted: its pool, which the fork
-    stopped, starts again on its next BLAS call, not at once. Lifted after a run, the cap
-    cost whatever ran next a core for 0.1 s (187 sleeps of 1 ms right after a process run
-    of 2 workers: 44 ms against 19 ms)."""
+    libraries load later and read the environment)."""
     ctx = mp.get_context(start_method)
     forked = start_method == "fork"
     pool = _CappedPool(
         max_workers=n_jobs, mp_context=ctx, initializer=_init_process_worker, initargs=(blas_threads, not forked)
     )
-    if forked and cap_forked and threaded_blas_loaded():
+    if forked and threaded_blas_loaded():
         from .blas import hold_cap
 
         release = hold_cap(blas_threads)

@@ -38,7 +38,7 @@ from ..backends.process import ProcessBackend, Unsendable
 from ..errors import ItemFailed, settle
 from ..options import Options
 from ..tune.costs import pool_costs
-from ..tune.model import CPU_RATIO_CPU, best_chunksize, blas_in_items
+from ..tune.model import CPU_RATIO_CPU, best_chunksize
 from ..tune.result import OptimizationResult
 from ..tune.sample import Profile
 from .report import ExecutionReport, Progress
@@ -358,10 +358,7 @@ class PoolRun:
         job = self.job
 
         def make() -> Executor:
-            profile = job.result.profile if job.result is not None else None
-            return make_executor(
-                job.kind, job.n_jobs, start_method=job.method, one_run=True, cap_forked=blas_in_items(profile)
-            )
+            return make_executor(job.kind, job.n_jobs, start_method=job.method, one_run=True)
 
         if job.kind == "thread":
             return ThreadBackend(job.func, make, job.pool, job.opts.collect)

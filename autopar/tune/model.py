@@ -36,7 +36,7 @@ import math
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Callable, Iterable
 
-from .sample import BLAS_FASTER, MIN_SAVING, NATIVE_THREADS, PARALLEL_SCALING, SHARED_RESOURCE_SCALING, UNKNOWN_SECONDS, Profile
+from .sample import BLAS_FASTER, MIN_SAVING, PARALLEL_SCALING, SHARED_RESOURCE_SCALING, UNKNOWN_SECONDS, Profile
 from .costs import PoolCosts
 from .system import SystemInfo
 
@@ -125,13 +125,6 @@ def _with_blas_capped(p: Profile, reasons: list[str]) -> tuple[Profile, float]:
         cpu_ratio=min(p.cpu_ratio, 1.0),
     )
     return capped, serial_blas_time(p) or p.item_time_mean
-
-
-def blas_in_items(p: Profile | None) -> bool:
-    """Whether the items drive a BLAS pool: capping it made them faster, or native threads
-    computed beside them (a CPU/wall the sample did not put down to someone else's pool).
-    True where nothing was measured."""
-    return p is None or p.single_blas_time is not None or p.cpu_ratio >= NATIVE_THREADS
 
 
 def serial_blas_time(p: Profile) -> float | None:
