@@ -22,6 +22,10 @@ A workload capped for memory (``suite.MAX_ITEMS``) at under half of a bucket's s
 out of every bucket but the small one: 120 results of 16 MB are about 0.1 s of work, the same
 job in each bucket.
 
+Every timed entry starts on a quiet process (``settle``): a forked process run leaves the
+caller's OpenBLAS threads spinning for about 0.1 s, which otherwise cost whichever entry came
+next a core.
+
 Regret is autopar's median over the best median of the re-timed grid entries (serial is one).
 A baseline's figure is the same ratio for it. All figures come from one run on one machine.
 
@@ -96,6 +100,20 @@ def keep_freed_memory() -> bool:
         libc.mallopt(option, value)
         for option, value in ((m_mmap_threshold, 32 << 20), (m_trim_threshold, 2**31 - 1), (m_arena_max, 1))
     )
+
+
+def settle(window: float = 0.02, busy: float = 0.2, most: float = 0.5) -> None:
+    """Wait until this process has used under ``busy`` of a core over ``window`` seconds
+    (``most`` seconds at the longest): each entry starts on a quiet process. A forked
+    process run leaves the caller's OpenBLAS threads spinning for about 0.1 s (CONTEXT.md,
+    Known short), which cost whichever entry came next a core: 187 sleeps of 1 ms took 19 ms
+    after most entries and 35-44 ms right after a process run."""
+    end = time.perf_counter() + most
+    while True:
+        p0, t0 = time.process_time(), time.perf_counter()
+        time.sleep(window)
+        if (time.process_time() - p0) / (time.perf_counter() - t0) < busy or time.perf_counter() > end:
+            return
 
 
 def release_freed_memory() -> None:
@@ -173,6 +191,7 @@ def run_workload(name: str, func: Callable[[Any], Any], items: Any, waiting: boo
     n = count_of(items)
 
     def forced(kind: str, nj: int, cs: int) -> float:
+        settle()
         if kind == "serial":
             return timed(lambda: [func(x) for x in fresh(items)])
         return timed(lambda: autopar.execute(func, fresh(items), executor_type=kind, n_jobs=nj, chunksize=cs, adapt=False))
@@ -191,6 +210,7 @@ def run_workload(name: str, func: Callable[[Any], Any], items: Any, waiting: boo
     picks, predicted, measured, overheads = [], [], [], []
     serial_estimate = next(t for t, c in first if c[0] == "serial")
     def auto() -> None:
+        settle()
         t0 = time.perf_counter()
         out, report = autopar.execute(func, fresh(items), return_report=True)
         times["autopar"].append(time.perf_counter() - t0)
@@ -207,6 +227,8 @@ def run_workload(name: str, func: Callable[[Any], Any], items: Any, waiting: boo
             # A pathological baseline (over 5 s and 5x the grid's best) runs once.
             if key in base and times[key] and times[key][0] > max(5.0, 5 * first[0][0]):
                 return
+            if key in base:  # (grid entries settle in forced())
+                settle()
             times[key].append(fn())
 
         return run
