@@ -229,7 +229,7 @@ def execute(
         err = unwrapped(exc)
         if err is exc:
             raise
-        raise err from exc.__cause__.__cause__  # type: ignore[union-attr]
+        raise err from err.__cause__  # the item's own cause (a worker's traceback) stays
     results = [] if results is None else results
     return (results, it.report) if return_report else results
 
