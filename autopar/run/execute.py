@@ -217,6 +217,12 @@ def execute(
     t_begin = time.perf_counter()
     check_func_and_data(func, data)
     it = run_with(func, data, Options.of(locals()), result, pool, t_begin)
+    results = _collect(it)
+    return (results, it.report) if return_report else results
+
+
+def _collect(it: ExecutionIterator) -> list[Any]:
+    """The run's results as one list; an item's StopIteration comes out as itself."""
     results: list[Any] | None = None
     try:
         with it:
@@ -230,8 +236,7 @@ def execute(
         if err is exc:
             raise
         raise err from err.__cause__  # the item's own cause (a worker's traceback) stays
-    results = [] if results is None else results
-    return (results, it.report) if return_report else results
+    return [] if results is None else results
 
 
 def _serial(job: Job, rest: Iterator[Any], index: int) -> Iterator[list[Any]]:
