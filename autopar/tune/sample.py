@@ -804,6 +804,14 @@ def _pickling_step(sp: "_Sampler") -> _Pickling:
     return out
 
 
+def _run_serially(sp: "_Sampler", items: list[Any]) -> bool:
+    """Run ``items`` on the calling thread and keep them; whether any failed (collected)."""
+    out, failed = run_items(sp.func, sp.done, items, sp.collect, remote=False)
+    sp.failures += settle(failed, "serial (sample)", sp.collect)
+    sp._keep(items, out)
+    return bool(failed)
+
+
 def _blas_step(sp: "_Sampler", stats: _Stats) -> tuple[float | None, _Stats]:
     """Native threads (a BLAS pool) computed beside the items, or may have: time two more
     with BLAS capped at one thread, as every pool of ``cores`` workers runs them. Small
@@ -831,10 +839,8 @@ def _blas_step(sp: "_Sampler", stats: _Stats) -> tuple[float | None, _Stats]:
         return None, stats
     with capped_blas(1):
         t0 = time.perf_counter()
-        out, failed = run_items(sp.func, sp.done, items, sp.collect, remote=False)
+        failed = _run_serially(sp, items)
         per_item = (time.perf_counter() - t0) / len(items)
-    sp.failures += settle(failed, "serial (sample)", sp.collect)
-    sp._keep(items, out)
     if failed:
         return None, stats
     if per_item < (NATIVE_FASTER if native else BLAS_FASTER) * stats.mean:
@@ -941,9 +947,7 @@ def _probe_step(sp: "_Sampler", stats: _Stats, cheap_low: bool = False) -> tuple
         items = sp.src.pull(k * per_thread)
         if len(items) < 2:
             if items:  # the input ended: run the straggler serially
-                out, failed = run_items(sp.func, sp.done, items, sp.collect, remote=False)
-                sp.failures += settle(failed, "serial (sample)", sp.collect)
-                sp._keep(items, out)
+                _run_serially(sp, items)
             break
         kk = min(k, len(items))
         with PeakRSS() if sp.watch_memory else nullcontext() as mem, _blas_capped(sp, kk):
