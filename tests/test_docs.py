@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -70,3 +71,18 @@ def test_example_runs(example):
     out = subprocess.run([sys.executable, str(ROOT / "examples" / example)], cwd=ROOT, capture_output=True, text=True, timeout=500)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "autopar chose" in out.stdout or "bright pixels" in out.stdout
+
+
+def test_benchmark_script_runs_and_traces_each_entry(tmp_path):
+    # One quick workload of the benchmark, as a user would run it: its table and --trace.
+    table, trace = tmp_path / "bench.md", tmp_path / "trace.jsonl"
+    argv = [sys.executable, str(ROOT / "benchmarks" / "bench_grid.py"), "--buckets", "small", "--only", "sleep 20 ms",
+            "--rounds", "1", "--out", str(table), "--trace", str(trace)]
+    out = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=500)
+    assert out.returncode == 0, out.stderr[-3000:]
+    text = table.read_text()
+    assert "| sleep 20 ms |" in text and "geometric-mean regret" in text
+    lines = [json.loads(line) for line in trace.read_text().splitlines()]
+    entries = {line["entry"] for line in lines}
+    assert "serial" in entries and any(e.startswith("autopar ") for e in entries), entries
+    assert all(line["workload"] == "small: sleep 20 ms" and line["wall"] > 0 and len(line["collections"]) == 3 for line in lines)
