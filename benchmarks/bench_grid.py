@@ -422,6 +422,8 @@ def main() -> None:
                 f"| baselines {' '.join(f'{v:.2f}' for v in row['baselines'].values())} ({time.perf_counter() - t0:.0f}s)",
                 flush=True,
             )
+    if TRACE[0] is not None:
+        TRACE[0].close()
     try:
         from joblib.externals.loky import get_reusable_executor
 
