@@ -33,7 +33,7 @@ from itertools import islice
 from typing import Any, Callable, Iterator
 
 from ..backends.local import InlineBackend, ThreadBackend
-from ..backends.pools import make_executor
+from ..backends.pools import make_executor, sigint_deferred
 from ..backends.process import ProcessBackend, Unsendable
 from ..errors import ItemFailed, settle
 from ..options import Options
@@ -370,7 +370,11 @@ class PoolRun:
     def submit(self, start: int, items: list[Any], attempt: int = 0) -> None:
         inline = self.inline is not None and not attempt
         try:
-            fut = self.inline.submit(start, items) if inline else self.backend.submit(start, items)  # type: ignore[union-attr]
+            if inline:
+                fut = self.inline.submit(start, items)  # type: ignore[union-attr]
+            else:
+                with sigint_deferred():  # the pool's locks are never left taken
+                    fut = self.backend.submit(start, items)
         except Unsendable as exc:
             self._unsendable(start, items, attempt, exc)
             return
