@@ -58,6 +58,7 @@ class sigint_deferred:
             if self.caught:
                 raise KeyboardInterrupt
 
+
 def executor_kind(pool: Executor) -> str:
     if isinstance(pool, SerialExecutor):
         return "serial"
