@@ -422,8 +422,6 @@ def main() -> None:
                 f"| baselines {' '.join(f'{v:.2f}' for v in row['baselines'].values())} ({time.perf_counter() - t0:.0f}s)",
                 flush=True,
             )
-    if TRACE[0] is not None:
-        TRACE[0].close()
     try:
         from joblib.externals.loky import get_reusable_executor
 
@@ -460,6 +458,9 @@ def main() -> None:
                      "baseline's time over the best. A `*` after a pick: the run fell back to another "
                      "configuration while running.\n\n")
             fh.write(text + "\n")
+    if TRACE[0] is not None:  # after the tiny calls line, which is timed too
+        TRACE[0].close()
+        TRACE[0] = None
 
 
 if __name__ == "__main__":
