@@ -363,8 +363,8 @@ def tiny_row() -> str:
     items = factory(0, "")
     loops, autos = [], []
     for _ in range(9):  # alternating
-        loops.append(timed(lambda: [func(x) for x in items]))
-        autos.append(timed(lambda: autopar.execute(func, items)))
+        loops.append(timed(lambda: [func(x) for x in items], "serial"))
+        autos.append(timed(lambda: autopar.execute(func, items), "autopar"))
     loop, auto = statistics.median(loops), statistics.median(autos)
     return (
         f"{name}: autopar **{auto * 1e3:.1f} ms** against {loop * 1e3:.1f} ms for a bare list "
@@ -435,6 +435,7 @@ def main() -> None:
         for b, n, cap, want in skipped
     ]
     if "small" in buckets and not args.only:
+        TRACE[1] = f"small: {suite.TINY[0]} (its own line)"
         parts.append(tiny_row())
     text = "\n".join(p for p in parts if p)
     print()
