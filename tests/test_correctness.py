@@ -385,6 +385,80 @@ def test_processes_fall_back_to_serial_when_losing():
     assert all(p == me for p in out[at:])  # from the fallback on, the caller ran them
 
 
+def _pretend_chosen(r, kind: str, n: int, alt_kind: str, alt_n: int, n_items: int, rate: float = 2000.0):
+    """``r`` as if optimize() had chosen ``kind`` x``n``, predicted ``rate`` items/s, with
+    ``alt_kind`` x``alt_n`` the runner-up predicted as fast."""
+    from autopar.tune.model import Candidate
+
+    alt = Candidate(alt_kind, alt_n, 4, predicted_time=0.05 + n_items / rate, start=0.05)
+    return dataclasses.replace(
+        r, executor_type=kind, n_jobs=n, chunksize=8, n_remaining=n_items,
+        predicted_time=0.01 + n_items / rate, start_cost=0.01, runner_ups=(alt,),
+    )
+
+
+def test_threads_short_of_their_prediction_switch_to_processes():
+    from helpers import slower_off_main
+
+    # Threads deliver at most 8 / 8 ms = 1000 items/s where 2000 were predicted, and serial
+    # 250: the runner-up, processes, takes the rest (it was predicted 2000 items/s).
+    data = list(range(600))
+    r = _pretend_chosen(optimize(slower_off_main, data[:20], executor_type="serial"), "thread", 8, "process", 4, len(data))
+    out, report = execute(slower_off_main, data, result=r, return_report=True)
+    assert [x for x, _ in out] == data  # every item once, in order
+    assert report.fell_back, report.summary()
+    at, to, why = report.fallback
+    assert to.startswith("process x4") and "items/s" in why and 0 < at < len(data)
+    assert f"from item {at} on, ran process x4" in report.summary()
+    me = os.getpid()
+    assert all(p == me for _, p in out[:at])  # the threads ran the first chunks
+    assert all(p != me for _, p in out[at:])  # the processes the rest
+
+
+def test_an_item_processes_cannot_take_after_a_switch_runs_inline():
+    from helpers import Unpicklable, slower_off_main
+
+    data: list = list(range(600))
+    data[500] = Unpicklable(500)  # threads would have run it
+    r = _pretend_chosen(optimize(slower_off_main, data[:20], executor_type="serial"), "thread", 8, "process", 4, len(data))
+    out, report = execute(slower_off_main, data, result=r, return_report=True)
+    assert [x for x, _ in out] == list(range(600))
+    at, to, why = report.fallback
+    assert to == "serial" and "item 500 cannot go to a process" in why, report.summary()
+    me = os.getpid()
+    assert all(p == me for _, p in out[at:])
+    assert any(p != me for _, p in out[:at])  # processes ran some before it
+
+
+def test_processes_short_of_their_prediction_switch_to_threads():
+    from helpers import slower_in_children
+
+    me = os.getpid()
+    data = [(i, me) for i in range(600)]
+    r = optimize(slower_in_children, data[:20], executor_type="serial")
+    r = _pretend_chosen(r, "process", 4, "thread", 8, len(data))
+    out, report = execute(slower_in_children, data, result=r, return_report=True)
+    assert [x for x, _ in out] == list(range(len(data)))
+    assert report.fell_back, report.summary()
+    at, to, _ = report.fallback
+    assert to.startswith("thread x8") and 0 < at < len(data)
+    assert all(p != me for _, p in out[: min(at, 3)])
+    assert all(p == me for _, p in out[at:])
+
+
+def test_a_pool_on_its_prediction_does_not_switch():
+    from helpers import slower_off_main
+
+    # Threads deliver up to 1000 items/s, predicted 800: no switch, whatever the runner-up.
+    data = list(range(300))
+    r = optimize(slower_off_main, data[:20], executor_type="serial")
+    r = _pretend_chosen(r, "thread", 8, "process", 4, len(data), rate=800.0)
+    r = dataclasses.replace(r, runner_ups=(dataclasses.replace(r.runner_ups[0], predicted_time=0.05 + len(data) / 5000),))
+    out, report = execute(slower_off_main, data, result=r, return_report=True)
+    assert [x for x, _ in out] == data
+    assert not report.fell_back, report.summary()
+
+
 def test_chosen_pool_ramps_its_chunks_up():
     from helpers import nap
 

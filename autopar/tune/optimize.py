@@ -137,14 +137,20 @@ def optimize_with(func: Callable[[Any], Any], data: Iterable[Any], opts: Options
 
 
 def _runner_ups(d: Decision) -> tuple[Candidate, ...]:
-    """The best candidate of each other (kind, n_jobs), five at most."""
+    """The best candidate of each other (kind, n_jobs), five at most, and always the best of
+    the other pool kind (a run losing on its pool may switch to it)."""
     seen: set[tuple[str, int]] = {(d.best.executor_type, d.best.n_jobs)}
     out: list[Candidate] = []
     for c in d.ranked:
-        if (c.executor_type, c.n_jobs) not in seen and len(out) < 5:
+        if (c.executor_type, c.n_jobs) not in seen:
             seen.add((c.executor_type, c.n_jobs))
             out.append(c)
-    return tuple(out)
+    other = {"thread": "process", "process": "thread"}.get(d.best.executor_type)
+    alt = next((c for c in out if c.executor_type == other), None)
+    top = out[:5]
+    if alt is not None and alt not in top:
+        top[-1] = alt
+    return tuple(top)
 
 
 def _result(d: Decision, profile: Any, stash: Any, system: Any, costs: Any, method: str, kind: str | None, elapsed: float) -> OptimizationResult:
