@@ -385,15 +385,35 @@ def test_processes_fall_back_to_serial_when_losing():
     assert all(p == me for p in out[at:])  # from the fallback on, the caller ran them
 
 
+def test_a_finished_pool_run_frees_its_pipes_without_the_garbage_collector():
+    import psutil
+
+    from helpers import square
+
+    me = psutil.Process()
+    execute(square, range(40), executor_type="process", n_jobs=2, chunksize=5)  # warm: helpers started
+    gc.collect()
+    gc.disable()
+    try:
+        before = me.num_fds()
+        for _ in range(3):
+            assert execute(square, range(40), executor_type="process", n_jobs=2, chunksize=5) == [x * x for x in range(40)]
+        assert me.num_fds() <= before  # no cycle holds a finished pool and its pipes
+    finally:
+        gc.enable()
+
+
 def _pretend_chosen(r, kind: str, n: int, alt_kind: str, alt_n: int, n_items: int, rate: float = 2000.0):
-    """``r`` as if optimize() had chosen ``kind`` x``n``, predicted ``rate`` items/s, with
-    ``alt_kind`` x``alt_n`` the runner-up predicted as fast."""
+    """``r`` as if optimize() had chosen ``kind`` x``n`` for computing items (the sample's
+    CPU ratio 1), predicted ``rate`` items/s, with ``alt_kind`` x``alt_n`` the runner-up
+    predicted as fast."""
     from autopar.tune.model import Candidate
 
     alt = Candidate(alt_kind, alt_n, 4, predicted_time=0.05 + n_items / rate, start=0.05)
     return dataclasses.replace(
         r, executor_type=kind, n_jobs=n, chunksize=8, n_remaining=n_items,
         predicted_time=0.01 + n_items / rate, start_cost=0.01, runner_ups=(alt,),
+        profile=dataclasses.replace(r.profile, cpu_ratio=1.0),
     )
 
 
@@ -430,20 +450,20 @@ def test_an_item_processes_cannot_take_after_a_switch_runs_inline():
     assert any(p != me for _, p in out[:at])  # processes ran some before it
 
 
-def test_processes_short_of_their_prediction_switch_to_threads():
+def test_processes_short_of_their_prediction_do_not_switch_to_threads():
     from helpers import slower_in_children
 
+    # Processes deliver at most 4 / 8 ms = 500 items/s where 2000 were predicted, threads
+    # were predicted 2000: still no switch. Processes fall short where items grew, and
+    # threads predicted on the sample's items would then run pure Python at x1.
     me = os.getpid()
-    data = [(i, me) for i in range(600)]
+    data = [(i, me) for i in range(300)]
     r = optimize(slower_in_children, data[:20], executor_type="serial")
     r = _pretend_chosen(r, "process", 4, "thread", 8, len(data))
     out, report = execute(slower_in_children, data, result=r, return_report=True)
     assert [x for x, _ in out] == list(range(len(data)))
-    assert report.fell_back, report.summary()
-    at, to, _ = report.fallback
-    assert to.startswith("thread x8") and 0 < at < len(data)
-    assert all(p != me for _, p in out[: min(at, 3)])
-    assert all(p == me for _, p in out[at:])
+    assert report.fallback is None or report.fallback[1] == "serial", report.summary()
+    assert all(p != me for _, p in out[: report.fallback[0] if report.fallback else len(out)])
 
 
 def test_a_pool_on_its_prediction_does_not_switch():

@@ -1,12 +1,13 @@
 """Adapting a run while it goes: the chunksize (:class:`ChunkTuner`), and leaving a pool
 that loses (:class:`Fallback` watches, :class:`Adapter` acts on the run): to serial in the
-caller, or once to the runner-up pool of the other kind. Nothing is lost or run twice: chunks
+caller, or once from threads to the runner-up process pool. Nothing is lost or run twice: chunks
 the pool has not started go back to the feeder, and a switch waits for the pool's last chunk.
 """
 
 from __future__ import annotations
 
 import time
+import weakref
 from collections import deque
 from dataclasses import replace
 from typing import TYPE_CHECKING
@@ -27,6 +28,7 @@ FALLBACK_MIN_TIME = 0.02  # seconds of steady running before a fallback is judge
 SWITCH_MIN_TIME = 0.05  # ... and before a switch to the runner-up pool is
 SWITCH_SHORTFALL = 0.8  # a pool delivering under this share of its predicted rate ...
 SWITCH_GAIN = 1.2  # ... gives way to the other pool kind predicted this much faster than it
+SWITCH_DRIFT = 1.5  # ... unless its items take this much more CPU than the sample's
 
 
 class ChunkTuner:
@@ -66,9 +68,8 @@ CHECK, SERIAL, SWITCH = "check", "serial", "switch"  # Fallback.losing()'s verdi
 class Fallback:
     """Watches the pool's delivered rate against serial's and against its own prediction.
     A pool clearly losing to serial gives way to it: the rest of the input runs inline (in
-    the caller). A pool clearly short of its prediction, where the runner-up pool of the
-    other kind is predicted clearly faster than what this one delivers, gives way to that
-    pool once. Nothing is lost or run twice either way.
+    the caller). A thread pool clearly short of its prediction, where the runner-up process
+    pool is predicted clearly faster than what the threads deliver, gives way to it once. Nothing is lost or run twice either way.
 
     Serial's rate starts as the sample's item time. A pool that looks slower than that is
     not left on the sample's word: items can grow along the input, or run slower in a
@@ -77,10 +78,15 @@ class Fallback:
     run times the next small chunk serially, in the caller, and that becomes serial's
     rate; the pool is left only if it still loses over a window of chunks after it.
 
-    The switch is judged over a longer window (:data:`SWITCH_MIN_TIME`, two chunks a
-    worker) and only where the time it saves on the items left pays the other pool's start
-    twice over: threads of GIL-free FFTs sharing one malloc arena delivered x1.42 where the
-    probe read x1.9 and processes ran x1.8."""
+    The switch goes one way, threads to processes, for computing items only: threads of
+    GIL-free FFTs sharing one malloc arena delivered x1.42 where the probe read x1.9 and
+    processes ran x1.8, a cost of sharing one process that processes do not pay. The other
+    way, processes short of their prediction because items grew along the input (pure
+    Python, 1 s) went to threads predicted on the sample's item size, and took 1.62x the
+    best. Items grown beyond the sample (CPU per item in the workers over
+    :data:`SWITCH_DRIFT` times the sample's) do not switch either. It is judged over a
+    longer window (:data:`SWITCH_MIN_TIME`, two chunks a worker) and only where the time it
+    saves on the items left pays the other pool's start twice over."""
 
     def __init__(self, job: Job) -> None:
         self.job = job
@@ -93,13 +99,13 @@ class Fallback:
         self.t0: float | None = None  # window start: the first chunk back, or the check
         self.items = 0
         self.chunks = 0
-        self.busy_items, self.busy_time = 0, 0.0  # in the workers, this pool's chunks
-        self.alternative: Candidate | None = None  # the runner-up pool of the other kind
+        self.busy_items, self.busy_time, self.busy_cpu = 0, 0.0, 0.0  # in the workers
+        self.item_cpu = profile.item_time_mean * profile.cpu_ratio if profile is not None else 0.0
+        self.alternative: Candidate | None = None  # the process pool a thread run may switch to
         self.predicted_rate = self.alternative_rate = 0.0  # steady items/s, predicted
-        if result is not None and job.chosen and result.n_remaining > 0:
+        if result is not None and job.chosen and job.kind == "thread" and self.cpu_bound and result.n_remaining > 0:
             self.predicted_rate = _steady_rate(result.n_remaining, result.predicted_time - result.start_cost)
-            other = {"thread": "process", "process": "thread"}.get(job.kind)
-            self.alternative = next((c for c in result.runner_ups if c.executor_type == other), None)
+            self.alternative = next((c for c in result.runner_ups if c.executor_type == "process"), None)
             if self.alternative is not None:
                 alt = self.alternative
                 self.alternative_rate = _steady_rate(result.n_remaining, alt.predicted_time - alt.start)
@@ -117,10 +123,11 @@ class Fallback:
         """A new window (after a check, or on the pool switched to)."""
         self.t0, self.items, self.chunks = time.perf_counter(), 0, 0
 
-    def busy(self, items: int, elapsed: float) -> None:
-        """A pool chunk of ``items`` took ``elapsed`` seconds in its worker."""
+    def busy(self, items: int, elapsed: float, cpu: float) -> None:
+        """A pool chunk of ``items`` took ``elapsed`` seconds (``cpu`` of CPU) in its worker."""
         self.busy_items += items
         self.busy_time += elapsed
+        self.busy_cpu += cpu
 
     def losing(self, items: int, left: int) -> tuple[str, str] | None:
         """``(verdict, why)``, or None; called with each pool chunk back, ``left`` items not
@@ -157,6 +164,8 @@ class Fallback:
         alt, n = self.alternative, self.job.n_jobs
         if alt is None or span < SWITCH_MIN_TIME or self.chunks < 2 * n or not self.busy_time:
             return None
+        if self.busy_cpu / self.busy_items > SWITCH_DRIFT * self.item_cpu:
+            return None  # the items grew: the other pool's prediction is as stale as this one's
         rate = n * self.busy_items / self.busy_time
         if rate >= SWITCH_SHORTFALL * self.predicted_rate or self.alternative_rate < SWITCH_GAIN * rate:
             return None
@@ -176,7 +185,7 @@ class Fallback:
         self.predicted_rate, self.alternative = self.alternative_rate, None
         self.checked = self.doubt = False
         self.t0, self.items, self.chunks = None, 0, 0
-        self.busy_items, self.busy_time = 0, 0.0
+        self.busy_items, self.busy_time, self.busy_cpu = 0, 0.0, 0.0
 
 
 def _steady_rate(items: int, seconds: float) -> float:
@@ -187,7 +196,9 @@ class Adapter:
     """What a run does on the watchers' verdicts, with each pool chunk back."""
 
     def __init__(self, run: PoolRun, first_index: int, total: int | None) -> None:
-        self.run = run
+        # A proxy, not the run: a cycle would keep a finished pool's pipes open until the
+        # garbage collector's next full pass.
+        self.run = weakref.proxy(run)
         self.tuner = ChunkTuner(run.job, first_index, total)
         self.fallback = Fallback(run.job)
 
