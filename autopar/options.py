@@ -10,9 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
-__all__ = ["EXECUTOR_TYPES", "Options", "check_func_and_data", "check_pool_args"]
+__all__ = ["EXECUTOR_TYPES", "POOL_TYPES", "Options", "check_func_and_data", "check_pool_args"]
 
-EXECUTOR_TYPES = ("serial", "thread", "process")
+EXECUTOR_TYPES = ("serial", "thread", "process")  # what optimize() chooses among
+POOL_TYPES = EXECUTOR_TYPES + ("dask",)  # what a caller may ask for
 START_METHODS = ("fork", "spawn", "forkserver")
 
 
@@ -22,9 +23,9 @@ def check_pool_args(
     """Validate the pool arguments; returns (executor_type or None for auto, n_jobs)."""
     if executor_type in (None, "auto"):
         executor_type = None
-    elif executor_type not in EXECUTOR_TYPES:
+    elif executor_type not in POOL_TYPES:
         raise ValueError(
-            f"executor_type must be one of 'auto', {', '.join(map(repr, EXECUTOR_TYPES))}; "
+            f"executor_type must be one of 'auto', {', '.join(map(repr, POOL_TYPES))}; "
             f"got {executor_type!r}"
         )
     if n_jobs is not None:
@@ -78,6 +79,7 @@ class Options:
     timeout: float | None = None
     retries: int = 0
     retry_backoff: float = 0.1
+    scheduler: str | None = None
 
     def __post_init__(self) -> None:
         kind, n_jobs = check_pool_args(self.executor_type, self.n_jobs, self.start_method)
@@ -98,6 +100,14 @@ class Options:
         b = self.retry_backoff
         if isinstance(b, bool) or not isinstance(b, (int, float)) or b < 0:
             raise ValueError(f"retry_backoff must be a number >= 0, got {b!r}")
+        if self.scheduler is not None:
+            if not isinstance(self.scheduler, str) or not self.scheduler:
+                raise ValueError(f"scheduler must be a Dask scheduler address such as 'tcp://127.0.0.1:8786', got {self.scheduler!r}")
+            if kind not in (None, "dask"):
+                raise ValueError(f"scheduler= runs on Dask; it does not go with executor_type={kind!r}")
+            object.__setattr__(self, "executor_type", "dask")
+        if self.executor_type == "dask" and self.timeout is not None:
+            raise ValueError("timeout= is not supported on Dask yet (a Dask worker runs items on threads no signal reaches)")
         s = self.sample_time
         if isinstance(s, bool) or not isinstance(s, (int, float)) or s < 0:
             raise ValueError(f"sample_time must be a number of seconds >= 0, got {s!r}")
@@ -115,3 +125,7 @@ class Options:
     def fully_given(self) -> bool:
         """Nothing left to decide: serial, or a pool kind with n_jobs and chunksize."""
         return self.executor_type == "serial" or bool(self.executor_type and self.n_jobs and self.chunksize)
+
+    @property
+    def on_dask(self) -> bool:
+        return self.executor_type == "dask"

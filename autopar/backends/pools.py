@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 from ..tune.system import default_start_method, usable_cores
 from .blas import blas_share
+from .dask import DaskExecutor
 from .local import SerialExecutor
 from .process import make_process_pool, terminate
 
@@ -64,6 +65,8 @@ def executor_kind(pool: Executor) -> str:
         return "serial"
     if isinstance(pool, ThreadPoolExecutor):
         return "thread"
+    if isinstance(pool, DaskExecutor):
+        return "dask"
     return "process"  # ProcessPoolExecutor, or any other executor that needs pickled work
 
 

@@ -9,9 +9,9 @@
      │                                     │            ├─► stuck: recovery.Watchdog
      │                                     │            └─► run.adapt: ChunkTuner (chunksize),
      └── chunks the pool had not started ◄─┘                Fallback (pool losing to serial:
-         run inline after a fallback, or on                 the rest runs inline; pool short
-         the other pool after a switch                      of its prediction: the runner-up
-                                                            pool of the other kind takes it)
+         run inline after a fallback, or on                 the rest runs inline; threads short
+         the process pool after a switch                    of their prediction: the runner-up
+                                                            process pool takes it)
                                                release ◄── head chunks checked, none past an
                                                            item waiting to run again
 
@@ -65,6 +65,7 @@ class Job:
     pool: Executor | None
     bar: Progress
     report: ExecutionReport
+    own_pool: bool = False  # ``pool`` was made for this run (a Dask client): closed after it
 
     @property
     def chosen(self) -> bool:
@@ -273,7 +274,9 @@ class PoolRun:
         if job.kind == "thread":
             return ThreadBackend(job.func, make, job.pool, job.opts.collect)
         transport = (job.result.profile.transport if job.result is not None else None) or "pickle"
-        return ProcessBackend(job.func, make, job.pool, transport, job.opts.collect, job.opts.timeout)
+        # (On Dask a worker runs items on threads no SIGALRM reaches: no timeout there.)
+        timeout = None if job.kind == "dask" else job.opts.timeout
+        return ProcessBackend(job.func, make, job.pool, transport, job.opts.collect, timeout)
 
     # -- fill ------------------------------------------------------------------------------
 
@@ -367,7 +370,7 @@ class PoolRun:
                 self.inflight.remove(c)
                 self.fail_chunk(c, exc)
                 continue
-            values, elapsed, failures, _ = c.future.result()
+            values, elapsed, failures, cpu = c.future.result()
             job.failed(failures)
             c.values = values if c.inline else self.backend.decode(values)
             c.checked = True
@@ -377,7 +380,7 @@ class PoolRun:
                 self.done_time += elapsed
                 self.done_items += len(c.items)
                 self.done_chunks += 1
-                self.adapt.fallback.busy(len(c.items), elapsed)
+                self.adapt.fallback.busy(len(c.items), elapsed, cpu)
                 self.adapt.judge(len(c.items))
                 if not self.adapt.fallback.doubt:
                     self.feeder.grow()

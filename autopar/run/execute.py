@@ -16,13 +16,14 @@ from dataclasses import replace
 from typing import Any, Callable, ContextManager, Iterable, Iterator
 
 from ..backends.blas import blas_share, capped_blas
+from ..backends.dask import DaskExecutor, connect, is_client
 from ..backends.pools import executor_kind, pool_size
 from ..backends.worker import _Alarm, run_items, take
 from ..errors import ItemFailed, settle, unwrapped
 from ..options import Options, check_func_and_data
 from ..tune.costs import pool_costs
 from ..tune.measure import rss
-from ..tune.model import best_chunksize, serial_blas_time
+from ..tune.model import best_chunksize, dask_chunksize, serial_blas_time
 from ..tune.optimize import optimize_with, pending_result
 from ..tune.result import OptimizationResult
 from ..tune.sample import known_length
@@ -48,6 +49,8 @@ def _configure(result: OptimizationResult | None, opts: Options) -> tuple[str, i
         return "serial", 1, 1
     same = kind == result.executor_type
     n = n_jobs or (result.n_jobs if same else result.usable_cores)
+    if chunksize is None and kind == "dask":
+        chunksize = dask_chunksize(result.profile, max(result.n_remaining, 1), n)
     if chunksize is None:
         if same and n == result.n_jobs:
             chunksize = result.chunksize
@@ -79,6 +82,7 @@ def execute_iter(
     timeout: float | None = None,
     retries: int = 0,
     retry_backoff: float = 0.1,
+    scheduler: str | None = None,
 ) -> ExecutionIterator:
     """Like :func:`execute`, but yields results in input order as they are ready.
 
@@ -101,6 +105,30 @@ def run_with(
 ) -> ExecutionIterator:
     """execute_iter() with its options already checked."""
     t_begin = time.perf_counter() if t_begin is None else t_begin
+    own_pool = False
+    if pool is not None and is_client(pool):
+        pool = DaskExecutor(pool)
+    elif pool is None and opts.on_dask:
+        if opts.scheduler is None:
+            raise ValueError("executor_type='dask' needs scheduler='tcp://host:port' or pool=<distributed.Client>")
+        pool, own_pool = connect(opts.scheduler), True
+    try:
+        return _run_with(func, data, opts, result, pool, own_pool, t_begin)
+    except BaseException:
+        if own_pool:
+            pool.shutdown(wait=False, cancel_futures=True)  # type: ignore[union-attr]
+        raise
+
+
+def _run_with(
+    func: Callable[[Any], Any],
+    data: Iterable[Any],
+    opts: Options,
+    result: OptimizationResult | None,
+    pool: Executor | None,
+    own_pool: bool,
+    t_begin: float,
+) -> ExecutionIterator:
     if pool is not None:
         pkind = executor_kind(pool)
         if opts.executor_type is not None and opts.executor_type != pkind:
@@ -109,7 +137,7 @@ def run_with(
     if result is None:
         result = pending_result(data)
     if result is None and not opts.fully_given:
-        result = optimize_with(func, data, opts)
+        result = optimize_with(func, data, opts)  # (on Dask: a serial sample that sizes the tasks)
     kind, n_jobs, chunksize = _configure(result, opts)
 
     # Items the sample already ran: reuse their results (or re-run kept items for a new func).
@@ -138,11 +166,11 @@ def run_with(
     )
     if prefix and stash is not None:
         report.failures.extend(stash.failures)
-    if result is not None:
+    if result is not None and kind != "dask":  # (no model of the cluster yet: nothing predicted)
         report.predicted_time = result.predicted_time
         report.predicted_speedup = result.estimated_speedup
         report.predicted_item_time = result.profile.item_time_mean
-    job = Job(func, kind, n_jobs, chunksize, method, opts, result, pool, Progress(opts.progress, total, opts.desc), report)
+    job = Job(func, kind, n_jobs, chunksize, method, opts, result, pool, Progress(opts.progress, total, opts.desc), report, own_pool)
     return ExecutionIterator(_run(job, prefix, rest, total, t_begin), report)
 
 
@@ -167,6 +195,7 @@ def execute(
     timeout: float | None = None,
     retries: int = 0,
     retry_backoff: float = 0.1,
+    scheduler: str | None = None,
     return_report: bool = False,
 ) -> Any:
     """Run ``func`` over ``data`` the best way; the same list as ``[func(x) for x in data]``.
@@ -184,8 +213,11 @@ def execute(
     progress
         ``True`` for a bar that counts items, or a callable ``f(done, total)``.
     pool
-        An executor to run on instead of a new pool (see :func:`get_executor`); it is not
-        shut down.
+        An executor to run on instead of a new pool (see :func:`get_executor`), or a Dask
+        ``distributed.Client``: chunks become tasks on its cluster. It is not shut down.
+    scheduler
+        A Dask scheduler's address (``"tcp://host:8786"``): run on that cluster
+        (``executor_type="dask"``), with a client made for the run and closed after it.
     adapt
         Correct the chunksize while running when chunk times leave the model's range.
     errors
@@ -271,7 +303,7 @@ def _native_threads(job: Job) -> ContextManager[Any]:
     faster so; cores // n on n threads there or wherever a multi-threaded BLAS pool was
     running (``Profile.blas_live``); process workers cap their own."""
     result = job.result
-    if result is None or job.kind == "process":
+    if result is None or job.kind in ("process", "dask"):
         return nullcontext()
     if job.kind == "serial":
         return capped_blas(1) if serial_blas_time(result.profile) else nullcontext()
@@ -295,6 +327,8 @@ def _run(job: Job, prefix: list[list[Any]], rest: Iterator[Any], total: int | No
         report.completed = True
     finally:
         job.bar.close()
+        if job.own_pool and job.pool is not None:
+            job.pool.shutdown(wait=report.completed, cancel_futures=not report.completed)
         now = time.perf_counter()
         report.n_items = index
         report.run_time = now - t_run

@@ -270,6 +270,21 @@ def best_chunksize(
     return min(capped or cands, key=lambda c: c.predicted_time)
 
 
+DASK_TASK_SECONDS = 1e-3  # a task's round trip through a Dask scheduler: 0.2-1 ms by Dask's own figures
+DASK_TASK_SHARE = 0.05  # a task's round trip at most this share of its work, where items allow
+
+
+def dask_chunksize(p: Profile, remaining: int, threads: int, task_seconds: float = DASK_TASK_SECONDS) -> int:
+    """Items per task on a Dask cluster of ``threads`` worker threads: each task's work at
+    least ``1 / DASK_TASK_SHARE`` times its round trip (100,000 tiny items as one task each
+    cost Dask's scheduler seconds), and at least 4 tasks a thread where the job is that long
+    (balance, and a lost worker costs a task, not a share of the job)."""
+    item = max(p.item_time_mean, 1e-9)
+    enough = math.ceil(task_seconds / DASK_TASK_SHARE / item)
+    balanced = max(1, -(-remaining // (4 * threads)))
+    return max(1, min(enough, balanced))
+
+
 def _n_options(limit: int, cores: int) -> list[int]:
     opts = {cores, limit}  # the limit: e.g. one worker per remaining item
     n = 1

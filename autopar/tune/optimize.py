@@ -97,13 +97,19 @@ def optimize(
         (as :func:`autopar.execute` does) instead of raising.
     """
     check_func_and_data(func, data)
-    return optimize_with(func, data, Options.of(locals()))
+    opts = Options.of(locals())
+    if opts.on_dask:
+        raise ValueError("optimize() has no model of a Dask cluster yet; execute(func, data, pool=client) sizes the tasks itself")
+    return optimize_with(func, data, opts)
 
 
 def optimize_with(func: Callable[[Any], Any], data: Iterable[Any], opts: Options) -> OptimizationResult:
     """optimize() with its options already checked (execute() calls this)."""
     t0 = time.perf_counter()
     kind = opts.executor_type
+    # A run on Dask (from execute()): a serial sample that sizes the tasks and never runs the
+    # whole job here; the model has no Dask candidate yet, so serial is the result's kind.
+    on_dask = kind == "dask"
     method = opts.start_method or default_start_method()
     system = system_info(blas=False)
     costs = pool_costs(method).for_parent(rss())  # a large parent forks slowly
@@ -115,17 +121,17 @@ def optimize_with(func: Callable[[Any], Any], data: Iterable[Any], opts: Options
         probe_threads=max(2, min(system.usable_cores, 4)),
         probe=kind in (None, "thread"),  # helper threads only where threads are candidates
         collect=opts.collect,
-        finish=kind in (None, "serial"),
+        finish=kind in (None, "serial") and not on_dask,
     )
     d = decide(
         profile,
         system,
         costs,
-        executor_types=EXECUTOR_TYPES if kind is None else (kind,),
+        executor_types=EXECUTOR_TYPES if kind is None else ("serial",) if on_dask else (kind,),
         prefer_threads_for_io=opts.prefer_threads_for_io,
         max_jobs=opts.max_jobs,
-        n_jobs=opts.n_jobs,
-        chunksize=opts.chunksize,
+        n_jobs=None if on_dask else opts.n_jobs,
+        chunksize=None if on_dask else opts.chunksize,
     )
     result = _result(d, profile, stash, system, costs, method, kind, time.perf_counter() - t0)
     if stash.one_shot:

@@ -1,0 +1,199 @@
+"""Runs on a real Dask cluster: a LocalCluster of worker processes on 127.0.0.1, started once
+for the module (scratch space in a temp folder), and a cluster of its own for the test that
+kills a worker."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+
+import pytest
+
+import autopar
+from autopar import ItemFailed, execute, execute_iter
+from autopar.backends.dask import INSTALL_HINT, require_distributed
+from autopar.tune.model import dask_chunksize
+
+distributed = pytest.importorskip("distributed")
+
+pytestmark = pytest.mark.dask
+
+
+@contextmanager
+def _cluster(scratch: str, dashboard: str | None = None):
+    """A LocalCluster; the environment it changes for its workers (LocalCluster sets
+    OPENBLAS_NUM_THREADS=1 and the like in this process's os.environ) is put back after."""
+    environ = dict(os.environ)
+    try:
+        with _local_cluster(scratch, dashboard) as cluster:
+            yield cluster
+    finally:
+        os.environ.clear()
+        os.environ.update(environ)
+
+
+def _local_cluster(scratch: str, dashboard: str | None):
+    return distributed.LocalCluster(
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address=dashboard,  # None: on 127.0.0.1:8787
+        local_directory=scratch,
+        silence_logs=50,
+    )
+
+
+@pytest.fixture(scope="module")
+def client():
+    with tempfile.TemporaryDirectory(prefix="autopar-test-dask-") as scratch:
+        with _cluster(scratch) as cluster, distributed.Client(cluster, set_as_default=False) as c:
+            # Threads the client starts on first use are up before any test counts threads.
+            autopar.execute(abs, range(-40, 0), pool=c, chunksize=4)
+            c.get_executor().submit(bytes, 1 << 20).result()
+            yield c
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def fail_on_7(x: int) -> int:
+    if x == 7:
+        raise ValueError(f"bad item {x}")
+    return x
+
+
+def where(x: int) -> tuple[int, int]:
+    return x, os.getpid()
+
+
+def nap_square(x: int) -> int:
+    time.sleep(0.001)
+    return x * x
+
+
+def test_results_in_input_order_with_chunks_as_tasks(client):
+    data = list(range(300))
+    out, report = execute(nap_square, data, pool=client, return_report=True)
+    assert out == [x * x for x in data]
+    assert report.executor_type == "dask" and report.n_jobs == 2
+    assert report.n_from_sample < len(data)  # the sample sized the tasks; the cluster ran the rest
+    # Items of 1 ms: each task carries many of them (its work >> its round trip), not one.
+    assert report.chunksize > 1, report.summary()
+    assert report.n_chunks <= -(-(len(data) - report.n_from_sample) // report.chunksize)
+
+
+def test_a_job_the_sample_finishes_never_reaches_the_cluster(client):
+    out, report = execute(square, range(1000), pool=client, return_report=True)
+    assert out == [x * x for x in range(1000)]
+    assert report.n_from_sample == 1000 and report.n_chunks == 0
+
+
+def test_work_runs_on_the_cluster_workers(client):
+    out = execute(where, range(40), pool=client, chunksize=5)
+    assert [x for x, _ in out] == list(range(40))
+    workers = {info["pid"] for info in client.scheduler_info()["workers"].values()} if _has_pids(client) else None
+    pids = {p for _, p in out}
+    assert os.getpid() not in pids
+    if workers is not None:
+        assert pids <= workers
+
+
+def _has_pids(client) -> bool:
+    return all("pid" in w for w in client.scheduler_info()["workers"].values())
+
+
+def test_a_generator_is_consumed_once_and_in_order(client):
+    gen = (x for x in range(300))
+    assert list(execute_iter(square, gen, pool=client)) == [x * x for x in range(300)]
+
+
+def test_a_failing_item_is_named(client):
+    with pytest.raises(ValueError, match="bad item 7") as info:
+        execute(fail_on_7, range(20), pool=client, chunksize=3)
+    assert info.value.autopar_item_index == 7
+
+
+def test_collect_keeps_going_past_a_failing_item(client):
+    out, report = execute(fail_on_7, range(20), pool=client, chunksize=3, errors="collect", return_report=True)
+    assert isinstance(out[7], ItemFailed) and out[7].index == 7
+    assert [x for i, x in enumerate(out) if i != 7] == [x for x in range(20) if x != 7]
+    assert report.failures == [7]
+
+
+def test_a_scheduler_address_gets_a_client_of_its_own_closed_after_the_run(client):
+    address = client.scheduler.address
+    before = client.run_on_scheduler(_n_clients)
+    out, report = execute(square, range(50), scheduler=address, return_report=True)
+    assert out == [x * x for x in range(50)] and report.executor_type == "dask"
+    deadline = time.monotonic() + 5
+    while client.run_on_scheduler(_n_clients) != before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert client.run_on_scheduler(_n_clients) == before
+
+
+def _n_clients(dask_scheduler) -> int:
+    return len(dask_scheduler.clients)
+
+
+def test_an_unreachable_scheduler_is_a_clear_error_within_seconds():
+    t0 = time.monotonic()
+    with pytest.raises(ConnectionError, match="cannot reach the Dask scheduler at tcp://127.0.0.1:9"):
+        execute(square, range(10), scheduler="tcp://127.0.0.1:9")
+    assert time.monotonic() - t0 < 30
+
+
+def test_dask_options_are_checked():
+    with pytest.raises(ValueError, match="needs scheduler="):
+        execute(square, range(10), executor_type="dask")
+    with pytest.raises(ValueError, match="does not go with executor_type='thread'"):
+        execute(square, range(10), executor_type="thread", scheduler="tcp://127.0.0.1:8786")
+    with pytest.raises(ValueError, match="timeout= is not supported on Dask"):
+        execute(square, range(10), scheduler="tcp://127.0.0.1:8786", timeout=1.0)
+
+
+def test_without_distributed_the_error_says_how_to_get_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "distributed", None)  # import distributed now fails
+    with pytest.raises(ImportError, match="pip install"):
+        require_distributed()
+    assert "autopar[dask]" in INSTALL_HINT
+
+
+def test_tasks_are_sized_against_their_round_trip():
+    import dataclasses
+
+    profile = autopar.optimize(square, range(100), executor_type="serial").profile
+    tiny = dataclasses.replace(profile, item_time_mean=1e-6)
+    heavy = dataclasses.replace(profile, item_time_mean=0.05)
+    cs = dask_chunksize(tiny, 100_000, 2)
+    # Work per task at least 20 round trips of 1 ms, or 4 tasks a thread where that is less.
+    assert cs == min(20_000, 100_000 // 8)
+    assert dask_chunksize(heavy, 400, 2) == 1
+    assert dask_chunksize(tiny, 10, 2) == 2  # a short job still spreads over the threads
+
+
+def kill_worker_once(item: tuple[int, str]) -> int:
+    """Kills the worker process it runs in, the first time item 30 runs (a file marks it)."""
+    x, marker = item
+    if x == 30 and not os.path.exists(marker):
+        with open(marker, "w"):
+            pass
+        os.kill(os.getpid(), signal.SIGKILL)
+    time.sleep(0.005)
+    return x
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_run_loses_no_result(tmp_path):
+    marker = str(tmp_path / "killed")
+    with tempfile.TemporaryDirectory(prefix="autopar-test-dask-") as scratch:
+        # (The module's cluster holds 127.0.0.1:8787: this one's dashboard takes a free port.)
+        with _cluster(scratch, "127.0.0.1:0") as cluster, distributed.Client(cluster, set_as_default=False) as c:
+            out = execute(kill_worker_once, [(x, marker) for x in range(80)], pool=c, chunksize=5)
+    assert os.path.exists(marker)  # the worker was killed
+    assert out == list(range(80))
