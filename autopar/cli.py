@@ -22,6 +22,8 @@ def _gib(n: float) -> str:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
+    if args.scheduler:
+        return _cluster_info(args)
     import numpy  # noqa: F401  (loads the BLAS library so it shows)
 
     info = system_info()
@@ -161,6 +163,27 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return _pack_and_report(args, str(src), str(dst))
 
 
+def _cluster_info(args: argparse.Namespace) -> int:
+    """``autopar info --scheduler ADDRESS``: the Dask cluster and its measured costs."""
+    from .backends.dask import cluster_costs, connect
+
+    pool = connect(args.scheduler)
+    try:
+        costs = cluster_costs(pool.client)
+    finally:
+        pool.shutdown()
+    if args.json:
+        print(json.dumps({"cluster": costs.to_dict()}, indent=2))
+        return 0
+    print(f"Dask scheduler    {costs.address}")
+    print(f"workers           {costs.workers}, {costs.threads} threads, {_gib(costs.memory)} memory limit in all")
+    print(f"task round trip   {costs.task_seconds * 1e3:.2f} ms (a no-op task, median of consecutive ones)")
+    print(f"task, queued      {costs.task_share_seconds * 1e3:.2f} ms (no-op tasks submitted together, per task)")
+    mb = 2**20
+    print(f"bandwidth         {costs.bytes_per_second_to / mb:.0f} MB/s to the workers, {costs.bytes_per_second_from / mb:.0f} MB/s back")
+    return 0
+
+
 def _pack_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--executor", choices=["auto", "serial", "thread", "process"], default="auto")
     p.add_argument("--jobs", type=int, help="workers (default: chosen per pass)")
@@ -182,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--start-method", choices=["fork", "spawn", "forkserver"])
     p.add_argument("--refresh", action="store_true", help="measure the pool costs again")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--scheduler", metavar="ADDRESS", help="a Dask scheduler (tcp://host:8786): its workers and measured costs")
     p.set_defaults(handler=cmd_info)
 
     p = sub.add_parser("optimize", help="advice for a function of yours over some items")
@@ -221,7 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.handler(args))
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, ConnectionError, ImportError) as exc:
         print(f"autopar: {exc}", file=sys.stderr)
         return 2
 

@@ -80,6 +80,7 @@ class Options:
     retries: int = 0
     retry_backoff: float = 0.1
     scheduler: str | None = None
+    cluster: Any = None  # a distributed.Client whose cluster optimize() may choose
 
     def __post_init__(self) -> None:
         kind, n_jobs = check_pool_args(self.executor_type, self.n_jobs, self.start_method)
@@ -106,6 +107,8 @@ class Options:
             if kind not in (None, "dask"):
                 raise ValueError(f"scheduler= runs on Dask; it does not go with executor_type={kind!r}")
             object.__setattr__(self, "executor_type", "dask")
+        if self.cluster is not None and not hasattr(self.cluster, "scheduler_info"):
+            raise TypeError(f"cluster must be a dask.distributed Client, got {type(self.cluster).__name__}")
         if self.executor_type == "dask" and self.timeout is not None:
             raise ValueError("timeout= is not supported on Dask yet (a Dask worker runs items on threads no signal reaches)")
         s = self.sample_time

@@ -177,6 +177,88 @@ def test_tasks_are_sized_against_their_round_trip():
     assert dask_chunksize(tiny, 10, 2) == 2  # a short job still spreads over the threads
 
 
+def test_cluster_costs_are_measured_once_per_scheduler(client):
+    from autopar.backends.dask import cluster_costs
+
+    costs = cluster_costs(client)
+    assert costs.address == client.scheduler.address
+    assert (costs.workers, costs.threads) == (2, 2) and costs.memory > 0
+    assert 0 < costs.task_seconds < 1 and 0 < costs.task_share_seconds < 1 and costs.bytes_per_second_to > 0 and costs.bytes_per_second_from > 0
+    assert cluster_costs(client) is costs  # cached for this scheduler
+    assert cluster_costs(client, refresh=True) is not costs
+
+
+def test_info_names_the_cluster_and_its_costs(client, capsys):
+    import json
+
+    from autopar.cli import main
+
+    assert main(["info", "--scheduler", client.scheduler.address, "--json"]) == 0
+    cluster = json.loads(capsys.readouterr().out)["cluster"]
+    assert cluster["workers"] == 2 and cluster["threads"] == 2 and cluster["task_seconds"] > 0
+    assert main(["info", "--scheduler", client.scheduler.address]) == 0
+    text = capsys.readouterr().out
+    assert "2 threads" in text and "task round trip" in text and "MB/s" in text
+    assert main(["info", "--scheduler", "tcp://127.0.0.1:9"]) == 2
+    assert "cannot reach the Dask scheduler at tcp://127.0.0.1:9" in capsys.readouterr().err
+
+
+def spin(x: int) -> int:
+    """About 2 ms of pure Python."""
+    t0 = time.thread_time()
+    while time.thread_time() - t0 < 0.002:
+        pass
+    return x
+
+
+def _cluster_costs(threads: int):
+    from autopar.backends.dask import ClusterCosts
+
+    return ClusterCosts("tcp://127.0.0.1:1", threads, threads, 1 << 34, 1e-3, 2e-4, 1e8, 1e8)
+
+
+def test_the_model_sends_work_to_a_cluster_only_where_it_pays():
+    import dataclasses
+
+    from autopar.tune.costs import pool_costs
+    from autopar.tune.model import decide
+    from autopar.tune.system import system_info
+
+    r = autopar.optimize(spin, range(400), executor_type="serial")
+    cpu = dataclasses.replace(r.profile, n_items=4000, exhausted=False, item_time_mean=0.002, cpu_ratio=1.0, thread_scaling=1.0, probe_threads=2)
+    system = dataclasses.replace(system_info(), usable_cores=2)
+    costs = pool_costs()
+    types = ("serial", "thread", "process", "dask")
+    # 4000 items of 2 ms of pure Python: 64 cluster threads beat 2 local cores by far.
+    big = decide(cpu, system, costs, executor_types=types, cluster=_cluster_costs(64))
+    assert big.best.executor_type == "dask" and big.best.n_jobs == 64, big.reasons
+    # Sub-microsecond items: no task round trip pays; the work stays here.
+    tiny = dataclasses.replace(cpu, item_time_mean=1e-7, item_time_std=0.0)
+    assert decide(tiny, system, costs, executor_types=types, cluster=_cluster_costs(64)).best.executor_type != "dask"
+    # A cluster no bigger than this machine: a local pool within 20% wins.
+    two = decide(cpu, system, costs, executor_types=types, cluster=_cluster_costs(2))
+    assert two.best.executor_type != "dask", two.reasons
+
+
+def test_optimize_with_a_cluster_then_execute_on_its_scheduler(client):
+    data = list(range(120))
+    r = autopar.optimize(spin, data, cluster=client, executor_type="dask")
+    assert r.executor_type == "dask" and r.scheduler == client.scheduler.address
+    assert r.n_jobs == 2 and "dask cluster at" in r.explain()
+    out, report = execute(spin, data, result=r, return_report=True)  # a client of its own, closed after
+    assert out == data and report.executor_type == "dask"
+    r = autopar.optimize(square, range(1000), cluster=client)  # tiny items: local
+    assert r.executor_type != "dask"
+    assert any(c.executor_type == "dask" for c in r.runner_ups) or r.n_remaining == 0
+
+
+def test_optimize_for_dask_needs_the_cluster():
+    with pytest.raises(ValueError, match="needs cluster="):
+        autopar.optimize(square, range(10), executor_type="dask")
+    with pytest.raises(TypeError, match="cluster must be a dask.distributed Client"):
+        autopar.optimize(square, range(10), cluster="tcp://127.0.0.1:8786")
+
+
 def kill_worker_once(item: tuple[int, str]) -> int:
     """Kills the worker process it runs in, the first time item 30 runs (a file marks it)."""
     x, marker = item

@@ -15,10 +15,14 @@ until a cluster is asked for.
 from __future__ import annotations
 
 import socket
+import statistics
+import threading
+import time
 from concurrent.futures import Executor, Future
+from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
-__all__ = ["DaskExecutor", "connect", "is_client", "require_distributed"]
+__all__ = ["ClusterCosts", "DaskExecutor", "cluster_costs", "connect", "is_client", "require_distributed"]
 
 INSTALL_HINT = 'Dask support needs the "distributed" package: pip install "autopar[dask]"'
 
@@ -85,3 +89,72 @@ def _reachable(scheduler: str, timeout: float) -> None:
             pass
     except (OSError, ValueError) as exc:
         raise ConnectionError(f"cannot reach the Dask scheduler at {scheduler}: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class ClusterCosts:
+    """A Dask cluster as measured from this client: workers, threads and memory, a no-op
+    task's round trip (median of ``ROUND_TRIPS`` one after another: the latency of a task),
+    what a task costs with many queued (``QUEUED_TASKS`` no-ops at once, over their count:
+    the scheduler's and this client's share, the limit on tasks a second) and bytes per
+    second to and from the workers (a ``BANDWIDTH_BYTES`` scatter, then its gather)."""
+
+    address: str
+    workers: int
+    threads: int
+    memory: int
+    task_seconds: float
+    task_share_seconds: float
+    bytes_per_second_to: float
+    bytes_per_second_from: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+ROUND_TRIPS = 9
+QUEUED_TASKS = 200
+BANDWIDTH_BYTES = 8 << 20
+_measured: dict[str, ClusterCosts] = {}  # per scheduler address, for this process
+_measured_lock = threading.Lock()
+
+
+def _noop(x: int) -> int:
+    return x
+
+
+def cluster_costs(client: Any, refresh: bool = False) -> ClusterCosts:
+    """What a task and a byte cost on ``client``'s cluster, measured once per scheduler
+    address in this process (``refresh``: again)."""
+    address = str(client.scheduler.address)
+    with _measured_lock:
+        if not refresh and address in _measured:
+            return _measured[address]
+        info = client.scheduler_info()["workers"]
+        trips = []
+        for i in range(ROUND_TRIPS):
+            t0 = time.perf_counter()
+            client.submit(_noop, i, pure=False).result()
+            trips.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        client.gather(client.map(_noop, range(QUEUED_TASKS), pure=False))
+        queued = (time.perf_counter() - t0) / QUEUED_TASKS
+        payload = bytes(BANDWIDTH_BYTES)
+        t0 = time.perf_counter()
+        [fut] = client.scatter([payload], hash=False)
+        t1 = time.perf_counter()
+        client.gather(fut)
+        t2 = time.perf_counter()
+        del fut
+        costs = ClusterCosts(
+            address=address,
+            workers=len(info),
+            threads=sum(int(w.get("nthreads", 1)) for w in info.values()),
+            memory=sum(int(w.get("memory_limit", 0) or 0) for w in info.values()),
+            task_seconds=statistics.median(trips),
+            task_share_seconds=queued,
+            bytes_per_second_to=BANDWIDTH_BYTES / max(t1 - t0, 1e-9),
+            bytes_per_second_from=BANDWIDTH_BYTES / max(t2 - t1, 1e-9),
+        )
+        _measured[address] = costs
+        return costs

@@ -16,7 +16,7 @@ from dataclasses import replace
 from typing import Any, Callable, ContextManager, Iterable, Iterator
 
 from ..backends.blas import blas_share, capped_blas
-from ..backends.dask import DaskExecutor, connect, is_client
+from ..backends.dask import DaskExecutor, cluster_costs, connect, is_client
 from ..backends.pools import executor_kind, pool_size
 from ..backends.worker import _Alarm, run_items, take
 from ..errors import ItemFailed, settle, unwrapped
@@ -38,7 +38,7 @@ __all__ = ["ExecutionIterator", "ExecutionReport", "execute", "execute_iter"]
 MAX_SERIAL_BLOCK = 65536
 
 
-def _configure(result: OptimizationResult | None, opts: Options) -> tuple[str, int, int]:
+def _configure(result: OptimizationResult | None, opts: Options, pool: Executor | None = None) -> tuple[str, int, int]:
     """Final (executor_type, n_jobs, chunksize): the overrides on top of the result."""
     kind, n_jobs, chunksize = opts.executor_type, opts.n_jobs, opts.chunksize
     if result is None:
@@ -49,8 +49,9 @@ def _configure(result: OptimizationResult | None, opts: Options) -> tuple[str, i
         return "serial", 1, 1
     same = kind == result.executor_type
     n = n_jobs or (result.n_jobs if same else result.usable_cores)
-    if chunksize is None and kind == "dask":
-        chunksize = dask_chunksize(result.profile, max(result.n_remaining, 1), n)
+    if chunksize is None and kind == "dask" and not same and isinstance(pool, DaskExecutor) and result.n_remaining:
+        task = cluster_costs(pool.client).task_seconds  # measured once per scheduler
+        chunksize = dask_chunksize(result.profile, max(result.n_remaining, 1), n, task)
     if chunksize is None:
         if same and n == result.n_jobs:
             chunksize = result.chunksize
@@ -108,10 +109,11 @@ def run_with(
     own_pool = False
     if pool is not None and is_client(pool):
         pool = DaskExecutor(pool)
-    elif pool is None and opts.on_dask:
-        if opts.scheduler is None:
+    elif pool is None and (opts.on_dask or (opts.executor_type is None and result is not None and result.executor_type == "dask")):
+        scheduler = opts.scheduler or (result.scheduler if result is not None else None)
+        if scheduler is None:
             raise ValueError("executor_type='dask' needs scheduler='tcp://host:port' or pool=<distributed.Client>")
-        pool, own_pool = connect(opts.scheduler), True
+        pool, own_pool = connect(scheduler), True
     try:
         return _run_with(func, data, opts, result, pool, own_pool, t_begin)
     except BaseException:
@@ -138,7 +140,7 @@ def _run_with(
         result = pending_result(data)
     if result is None and not opts.fully_given:
         result = optimize_with(func, data, opts)  # (on Dask: a serial sample that sizes the tasks)
-    kind, n_jobs, chunksize = _configure(result, opts)
+    kind, n_jobs, chunksize = _configure(result, opts, pool)
 
     # Items the sample already ran: reuse their results (or re-run kept items for a new func).
     prefix: list[list[Any]] = []  # result blocks

@@ -272,6 +272,47 @@ def best_chunksize(
 
 DASK_TASK_SECONDS = 1e-3  # a task's round trip through a Dask scheduler: 0.2-1 ms by Dask's own figures
 DASK_TASK_SHARE = 0.05  # a task's round trip at most this share of its work, where items allow
+LOCAL_PREFERENCE = 1.2  # a local pool within this of the cluster wins: nothing leaves the machine
+
+
+def predict_dask(cs: int, remaining: int, p: Profile, cluster: Any) -> Candidate:
+    """A run on a Dask cluster (``cluster``: :class:`~autopar.backends.dask.ClusterCosts`):
+    the cluster's threads each run tasks of ``cs`` items as a process worker would (the
+    worker unpickles items and pickles results, the caller the other halves); the bytes
+    travel at the measured bandwidth; each task costs what one did with many queued (the
+    scheduler's and the client's share: tasks run behind the 2n+1 in flight), and the first
+    one a full round trip. No start cost: the cluster is up."""
+    n = max(1, cluster.threads)
+    t = p.item_time_mean
+    n_tasks = -(-remaining // cs)
+    busiest = _makespan_items(remaining, cs, n)
+    tail = p.item_time_std * math.sqrt(cs) * math.sqrt(2.0 * math.log(n)) if n > 1 else 0.0
+    item_load = p.item_load_time or 0.5 * p.item_pickle_time
+    result_load = p.result_load_time or 0.5 * p.result_pickle_time
+    worker_side = item_load + (p.result_pickle_time - result_load)
+    parent_side = (p.item_pickle_time - item_load) + result_load
+    work = busiest * (t + worker_side) + tail
+    to_workers = (remaining * p.item_bytes + n_tasks * p.func_bytes) / max(cluster.bytes_per_second_to, 1.0)
+    from_workers = remaining * p.result_bytes / max(cluster.bytes_per_second_from, 1.0)
+    transfer = to_workers + from_workers
+    dispatch = n_tasks * cluster.task_share_seconds
+    parent = remaining * parent_side + dispatch
+    total = cluster.task_seconds + max(work, parent, transfer)
+    return Candidate("dask", n, cs, total, 0.0, work, transfer, dispatch)
+
+
+def best_dask(remaining: int, p: Profile, cluster: Any) -> Candidate:
+    """The best task size on ``cluster``: within 2% of the fastest, the largest that leaves
+    at least 4 tasks a thread (a lost worker costs a task, and balance), else the fastest:
+    on a cluster of 1,600 threads, 4 tasks a thread made the scheduler the bottleneck."""
+    n = max(1, cluster.threads)
+    sizes = set(_chunk_options(remaining, n)) | {dask_chunksize(p, remaining, n, cluster.task_seconds)}
+    sizes |= {2**k for k in range(max(1, remaining).bit_length())}  # fewer tasks than threads too
+    cap = max(1, -(-remaining // (4 * n)))
+    cands = [predict_dask(cs, remaining, p, cluster) for cs in sorted(sizes)]
+    fastest = min(c.predicted_time for c in cands)
+    close = [c for c in cands if c.predicted_time <= fastest * 1.02 and c.chunksize <= cap]
+    return max(close, key=lambda c: c.chunksize) if close else min(cands, key=lambda c: c.predicted_time)
 
 
 def dask_chunksize(p: Profile, remaining: int, threads: int, task_seconds: float = DASK_TASK_SECONDS) -> int:
@@ -379,6 +420,14 @@ def _choose(
     ``THREAD_PREFERENCE`` (``WAITING_THREAD_PREFERENCE`` for work that also waits); serial
     unless parallel is clearly faster."""
     best = _fewest_workers(ranked[0], ranked, cpu_ratio)
+    if best.executor_type == "dask":
+        local = next((c for c in ranked if c.executor_type != "dask"), None)
+        if local is not None and local.predicted_time <= best.predicted_time * LOCAL_PREFERENCE:
+            reasons.append(
+                f"{local.label()} is predicted within {round((LOCAL_PREFERENCE - 1) * 100)}% of the cluster "
+                f"({local.predicted_time:.3g} s against {best.predicted_time:.3g} s): local wins, nothing leaves the machine"
+            )
+            best = _fewest_workers(local, ranked, cpu_ratio)
     if best.executor_type == "process":
         margin = THREAD_PREFERENCE if cpu_ratio >= PURE_CPU else WAITING_THREAD_PREFERENCE
         thread_alt = next((c for c in ranked if c.executor_type == "thread"), None)
@@ -429,8 +478,10 @@ def decide(
     max_jobs: int | None = None,
     n_jobs: int | None = None,
     chunksize: int | None = None,
+    cluster: Any = None,
 ) -> Decision:
-    """Rank the candidates for the remaining work and pick one."""
+    """Rank the candidates for the remaining work and pick one; with ``cluster`` (a Dask
+    cluster's measured costs) and ``"dask"`` among the types, the cluster is a candidate."""
     allowed = set(executor_types)
     reasons: list[str] = []
     warnings: list[str] = []
@@ -445,8 +496,8 @@ def decide(
 
     thread_limit, proc_limit, memory_cap = _worker_limits(p, system, costs, remaining, wtype, max_jobs, reasons, warnings)
 
-    if "process" in allowed and profile.transport is None:
-        allowed.discard("process")
+    if allowed & {"process", "dask"} and profile.transport is None:
+        allowed -= {"process", "dask"}
         warnings.append(f"processes ruled out: nothing can serialize the work ({p.pickle_error})")
     if "thread" in allowed and not prefer_threads_for_io and wtype == "io":
         allowed.discard("thread")
@@ -466,6 +517,8 @@ def decide(
                     cands.append(_predict(kind, n, chunksize, remaining, p, costs, cores, g))
                 else:
                     cands.append(best_chunksize(kind, n, remaining, p, costs, cores, system.gil_enabled))
+        if cluster is not None and "dask" in allowed:
+            cands.append(predict_dask(chunksize, remaining, p, cluster) if chunksize else best_dask(remaining, p, cluster))
     ranked = sorted(cands + ([serial] if "serial" in allowed or not cands else []), key=lambda c: c.predicted_time)
 
     if shared_resource(p):

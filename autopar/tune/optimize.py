@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import time
 import weakref
+from dataclasses import replace
 from typing import Any, Callable, Iterable
 
+from ..backends.dask import cluster_costs
 from .model import Candidate, Decision, decide
 from .result import OptimizationResult
 from .sample import sample
@@ -48,6 +50,11 @@ def _main_reason(d: Decision, profile: Any) -> str:
             f"serial: the remaining work ({d.serial.predicted_time:.3g} s) is too small for a pool "
             "to pay for its start and dispatch costs"
         )
+    if best.executor_type == "dask":
+        return (
+            f"dask: the cluster's {best.n_jobs} threads beat every local pool by more than its round trips "
+            f"and transfers cost ({best.predicted_time:.3g} s against {d.serial.predicted_time:.3g} s serial)"
+        )
     if best.executor_type == "thread":
         why = "the work waits more than it computes" if d.workload_type == "io" else "the work releases the GIL"
         return f"threads: {why} ({probe}), and threads copy nothing"
@@ -70,6 +77,7 @@ def optimize(
     max_jobs: int | None = None,
     sample_time: float = 0.2,
     errors: str = "raise",
+    cluster: Any = None,
 ) -> OptimizationResult:
     """Measure ``func`` on a sample of ``data`` and choose how to run the rest.
 
@@ -95,11 +103,15 @@ def optimize(
     errors
         ``"collect"``: an item that fails in the sample gets an ``ItemFailed`` in its place
         (as :func:`autopar.execute` does) instead of raising.
+    cluster
+        A Dask ``distributed.Client``: its cluster is a candidate too (``executor_type``
+        ``"dask"``), its costs measured once per scheduler; a local pool predicted within
+        20% of it wins. ``execute(func, data, result=result)`` then runs on that scheduler.
     """
     check_func_and_data(func, data)
     opts = Options.of(locals())
-    if opts.on_dask:
-        raise ValueError("optimize() has no model of a Dask cluster yet; execute(func, data, pool=client) sizes the tasks itself")
+    if opts.on_dask and opts.cluster is None:
+        raise ValueError("optimize(executor_type='dask') needs cluster=<distributed.Client>")
     return optimize_with(func, data, opts)
 
 
@@ -107,9 +119,11 @@ def optimize_with(func: Callable[[Any], Any], data: Iterable[Any], opts: Options
     """optimize() with its options already checked (execute() calls this)."""
     t0 = time.perf_counter()
     kind = opts.executor_type
-    # A run on Dask (from execute()): a serial sample that sizes the tasks and never runs the
-    # whole job here; the model has no Dask candidate yet, so serial is the result's kind.
-    on_dask = kind == "dask"
+    # A run on Dask without a cluster to model (execute(pool=client)): a serial sample that
+    # sizes the tasks and never runs the whole job here; serial is the result's kind.
+    on_dask = kind == "dask" and opts.cluster is None
+    cluster = cluster_costs(opts.cluster) if opts.cluster is not None else None
+    types = EXECUTOR_TYPES + (("dask",) if cluster is not None else ()) if kind is None else ("serial",) if on_dask else (kind,)
     method = opts.start_method or default_start_method()
     system = system_info(blas=False)
     costs = pool_costs(method).for_parent(rss())  # a large parent forks slowly
@@ -127,13 +141,16 @@ def optimize_with(func: Callable[[Any], Any], data: Iterable[Any], opts: Options
         profile,
         system,
         costs,
-        executor_types=EXECUTOR_TYPES if kind is None else ("serial",) if on_dask else (kind,),
+        executor_types=types,
         prefer_threads_for_io=opts.prefer_threads_for_io,
         max_jobs=opts.max_jobs,
         n_jobs=None if on_dask else opts.n_jobs,
         chunksize=None if on_dask else opts.chunksize,
+        cluster=cluster,
     )
     result = _result(d, profile, stash, system, costs, method, kind, time.perf_counter() - t0)
+    if cluster is not None:
+        result = replace(result, scheduler=cluster.address)
     if stash.one_shot:
         try:
             _pending[data] = result
@@ -168,6 +185,8 @@ def _result(d: Decision, profile: Any, stash: Any, system: Any, costs: Any, meth
         start_cost = costs.process_start(best.n_jobs)
     elif best.executor_type == "thread":
         start_cost = costs.thread_start(best.n_jobs)
+    elif best.executor_type == "dask":
+        start_cost = 0.0  # the cluster is up
     else:
         start_cost = costs.process_start(system.usable_cores)
     return OptimizationResult(

@@ -54,6 +54,7 @@ class OptimizationResult:
     reasons: tuple[str, ...]
     warnings: tuple[str, ...]
     optimize_time: float
+    scheduler: str | None = None  # the Dask scheduler of an optimize(cluster=...)
     _stash: SampleStash | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -97,11 +98,14 @@ class OptimizationResult:
             "reasons": list(self.reasons),
             "warnings": list(self.warnings),
             "optimize_time": self.optimize_time,
+            "scheduler": self.scheduler,
         }
 
     def label(self) -> str:
         if self.executor_type == "serial":
             return "serial"
+        if self.executor_type == "dask":
+            return f"dask cluster at {self.scheduler}, {self.n_jobs} threads, {self.chunksize} items a task"
         return f"{self.executor_type} pool, {self.n_jobs} workers, chunksize {self.chunksize}"
 
     def explain(self) -> str:
