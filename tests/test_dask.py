@@ -97,15 +97,8 @@ def test_a_job_the_sample_finishes_never_reaches_the_cluster(client):
 def test_work_runs_on_the_cluster_workers(client):
     out = execute(where, range(40), pool=client, chunksize=5)
     assert [x for x, _ in out] == list(range(40))
-    workers = {info["pid"] for info in client.scheduler_info()["workers"].values()} if _has_pids(client) else None
-    pids = {p for _, p in out}
-    assert os.getpid() not in pids
-    if workers is not None:
-        assert pids <= workers
-
-
-def _has_pids(client) -> bool:
-    return all("pid" in w for w in client.scheduler_info()["workers"].values())
+    workers = set(client.run(os.getpid).values())  # each worker's process
+    assert {p for _, p in out} <= workers and os.getpid() not in workers
 
 
 def test_a_generator_is_consumed_once_and_in_order(client):
