@@ -264,7 +264,7 @@ def kill_worker_once(item: tuple[int, str]) -> int:
 
 
 @pytest.mark.slow
-def test_a_worker_killed_mid_run_loses_no_result(tmp_path):
+def test_a_worker_killed_mid_run_loses_no_result(client, tmp_path):  # (client: Dask's process-wide threads are up)
     marker = str(tmp_path / "killed")
     with tempfile.TemporaryDirectory(prefix="autopar-test-dask-") as scratch:
         # (The module's cluster holds 127.0.0.1:8787: this one's dashboard takes a free port.)
@@ -272,3 +272,22 @@ def test_a_worker_killed_mid_run_loses_no_result(tmp_path):
             out = execute(kill_worker_once, [(x, marker) for x in range(80)], pool=c, chunksize=5)
     assert os.path.exists(marker)  # the worker was killed
     assert out == list(range(80))
+
+
+def kill_worker_always(x: int) -> int:
+    if x == 3:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return x
+
+
+@pytest.mark.slow
+def test_a_task_whose_workers_keep_dying_raises_worker_died_naming_its_items(client):  # (as above)
+    import dask
+
+    with tempfile.TemporaryDirectory(prefix="autopar-test-dask-") as scratch:
+        with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+            with _cluster(scratch, "127.0.0.1:0") as cluster, distributed.Client(cluster, set_as_default=False) as c:
+                with pytest.raises(autopar.WorkerDied) as info:
+                    execute(kill_worker_always, range(8), pool=c, chunksize=2)
+    assert info.value.items == (2, 3)
+    assert "Dask workers died running items 2-3" in str(info.value)

@@ -6,7 +6,7 @@ per worker under a key), submitted through Dask's own ``concurrent.futures`` ada
 (``client.get_executor()``), so look-ahead, in-order release, failures named by item and
 collect mode are the runner's as for local pools. Dask itself runs a task again when the
 worker that held it dies (up to ``distributed.scheduler.allowed-failures``); past that the
-task's ``KilledWorker`` is raised with the chunk's items named.
+task's ``KilledWorker`` becomes a ``WorkerDied`` naming the chunk's items.
 
 ``distributed`` is optional (``pip install "autopar[dask]"``); nothing here imports it
 until a cluster is asked for.

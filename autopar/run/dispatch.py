@@ -39,7 +39,7 @@ from typing import Any, Callable, Iterator
 from ..backends.local import InlineBackend, ThreadBackend
 from ..backends.pools import make_executor, sigint_deferred
 from ..backends.process import ProcessBackend, Unsendable
-from ..errors import ItemFailed, settle
+from ..errors import ItemFailed, WorkerDied, settle
 from ..options import Options
 from ..tune.result import OptimizationResult
 from ..tune.sample import Profile
@@ -363,6 +363,8 @@ class PoolRun:
             exc = c.future.exception()
             if self.backend.is_broken(exc):
                 return False
+            if exc is not None and job.kind == "dask":
+                exc = _dask_worker_died(exc, c)
             if exc is not None:
                 if not job.opts.collect:
                     _raise_pool_error(exc, job.kind, c)
@@ -429,6 +431,17 @@ class PoolRun:
                 c.future.cancel()
             if not self.pool_closed:
                 self.backend.close(clean)
+
+
+def _dask_worker_died(exc: BaseException, chunk: Chunk) -> BaseException:
+    """Dask's KilledWorker (the task's workers died more often than the scheduler allows)
+    as a :class:`WorkerDied` naming the chunk's items, as a local pool's dead worker is."""
+    if type(exc).__name__ != "KilledWorker":
+        return exc
+    items = tuple(range(chunk.start, chunk.start + len(chunk.items)))
+    died = WorkerDied(f"Dask workers died running items {items[0]}-{items[-1]} ({exc})", items)
+    died.__cause__ = exc
+    return died
 
 
 def _raise_pool_error(exc: BaseException, kind: str, chunk: Chunk) -> None:
