@@ -123,7 +123,10 @@ def optimize_with(func: Callable[[Any], Any], data: Iterable[Any], opts: Options
     # sizes the tasks and never runs the whole job here; serial is the result's kind.
     on_dask = kind == "dask" and opts.cluster is None
     cluster = cluster_costs(opts.cluster) if opts.cluster is not None else None
-    types = EXECUTOR_TYPES + (("dask",) if cluster is not None else ()) if kind is None else ("serial",) if on_dask else (kind,)
+    if kind is None:
+        types = EXECUTOR_TYPES + (("dask",) if cluster is not None else ())
+    else:
+        types = ("serial",) if on_dask else (kind,)
     method = opts.start_method or default_start_method()
     system = system_info(blas=False)
     costs = pool_costs(method).for_parent(rss())  # a large parent forks slowly
