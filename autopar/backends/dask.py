@@ -50,10 +50,6 @@ class DaskExecutor(Executor):
         self._ex = client.get_executor(pure=False)
         self._max_workers = max(1, sum(client.nthreads().values()))
 
-    @property
-    def address(self) -> str:
-        return str(self.client.scheduler.address)
-
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
         return self._ex.submit(fn, *args, **kwargs)
 

@@ -23,7 +23,7 @@ from ..errors import ItemFailed, settle, unwrapped
 from ..options import Options, check_func_and_data
 from ..tune.costs import pool_costs
 from ..tune.measure import rss
-from ..tune.model import best_chunksize, dask_chunksize, serial_blas_time
+from ..tune.model import best_chunksize, best_dask, serial_blas_time
 from ..tune.optimize import optimize_with, pending_result
 from ..tune.result import OptimizationResult
 from ..tune.sample import known_length
@@ -49,9 +49,9 @@ def _configure(result: OptimizationResult | None, opts: Options, pool: Executor 
         return "serial", 1, 1
     same = kind == result.executor_type
     n = n_jobs or (result.n_jobs if same else result.usable_cores)
-    if chunksize is None and kind == "dask" and not same and isinstance(pool, DaskExecutor) and result.n_remaining:
-        task = cluster_costs(pool.client).task_seconds  # measured once per scheduler
-        chunksize = dask_chunksize(result.profile, max(result.n_remaining, 1), n, task)
+    if chunksize is None and kind == "dask" and not same and isinstance(pool, DaskExecutor):
+        # A local result run on a cluster: the model's task size for that cluster.
+        chunksize = best_dask(max(result.n_remaining, 1), result.profile, cluster_costs(pool.client)).chunksize
     if chunksize is None:
         if same and n == result.n_jobs:
             chunksize = result.chunksize
@@ -139,7 +139,9 @@ def _run_with(
     if result is None:
         result = pending_result(data)
     if result is None and not opts.fully_given:
-        result = optimize_with(func, data, opts)  # (on Dask: a serial sample that sizes the tasks)
+        # On Dask the model, told the cluster, sizes the tasks.
+        cluster = pool.client if isinstance(pool, DaskExecutor) else None
+        result = optimize_with(func, data, replace(opts, cluster=cluster) if cluster is not None else opts)
     kind, n_jobs, chunksize = _configure(result, opts, pool)
 
     # Items the sample already ran: reuse their results (or re-run kept items for a new func).
@@ -168,7 +170,7 @@ def _run_with(
     )
     if prefix and stash is not None:
         report.failures.extend(stash.failures)
-    if result is not None and kind != "dask":  # (no model of the cluster yet: nothing predicted)
+    if result is not None:
         report.predicted_time = result.predicted_time
         report.predicted_speedup = result.estimated_speedup
         report.predicted_item_time = result.profile.item_time_mean

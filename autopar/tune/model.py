@@ -210,7 +210,7 @@ def _predict(
     t, r = p.item_time_mean, max(p.cpu_ratio, 0.0)
     n_chunks = -(-remaining // cs)
     busiest = _makespan_items(remaining, cs, n)
-    tail = p.item_time_std * math.sqrt(cs) * math.sqrt(2.0 * math.log(n)) if n > 1 else 0.0
+    tail = _tail(p, cs, n)
     # Workers beyond the chunks have nothing to run and take no share of the cores: 7 zlib
     # items of 27 ms ran in 0.10 s on 8 threads (all at once, the cores shared), 0.11 s on 2.
     active = min(n, n_chunks)
@@ -221,13 +221,7 @@ def _predict(
         work = busiest * t_eff + tail * active / speedup
         dispatch = n_chunks * costs.thread_chunk_cost
         return Candidate(kind, n, cs, start + work + dispatch, start, work, 0.0, dispatch)
-    # processes: the worker loads the item and dumps the result, the parent the other halves
-    share = 1.0 / cs if p.items_shared else 1.0  # one object as every item: once a chunk
-    item_pickle, item_bytes = p.item_pickle_time * share, p.item_bytes * share
-    item_load = (p.item_load_time or 0.5 * p.item_pickle_time) * share
-    result_load = p.result_load_time or 0.5 * p.result_pickle_time
-    worker_side = item_load + (p.result_pickle_time - result_load)
-    parent_side = (item_pickle - item_load) + result_load
+    item_pickle, item_load, item_bytes, worker_side, parent_side = _pickling(p, cs)
     w = t + worker_side
     # With a shared resource the workers queue on what slowed the threads: no gain from n.
     w_eff = w * active / (1.0 if shared_resource(p) else _process_speedup(active, cores, r))
@@ -243,6 +237,25 @@ def _predict(
     cpu = remaining * (t * min(r, 1.0) + item_pickle + p.result_pickle_time) + n_chunks * costs.process_task_cpu
     total = start + max(work + first_chunk, parent, cpu / cores)
     return Candidate(kind, n, cs, total, start, work, transfer, dispatch)
+
+
+def _tail(p: Profile, cs: int, n: int) -> float:
+    """The skew tail: the slowest of n chunks of cs items beyond the mean."""
+    return p.item_time_std * math.sqrt(cs) * math.sqrt(2.0 * math.log(n)) if n > 1 else 0.0
+
+
+def _pickling(p: Profile, cs: int) -> tuple[float, float, float, float, float]:
+    """Pickling for a worker in another process, per item, in chunks of cs: (item dump +
+    load, item load, item bytes, the worker's side, the caller's side). The worker loads
+    the item and dumps the result, the caller the other halves; one object as every item
+    travels once a chunk."""
+    share = 1.0 / cs if p.items_shared else 1.0
+    item_pickle, item_bytes = p.item_pickle_time * share, p.item_bytes * share
+    item_load = (p.item_load_time or 0.5 * p.item_pickle_time) * share
+    result_load = p.result_load_time or 0.5 * p.result_pickle_time
+    worker_side = item_load + (p.result_pickle_time - result_load)
+    parent_side = (item_pickle - item_load) + result_load
+    return item_pickle, item_load, item_bytes, worker_side, parent_side
 
 
 def best_chunksize(
@@ -286,13 +299,9 @@ def predict_dask(cs: int, remaining: int, p: Profile, cluster: Any) -> Candidate
     t = p.item_time_mean
     n_tasks = -(-remaining // cs)
     busiest = _makespan_items(remaining, cs, n)
-    tail = p.item_time_std * math.sqrt(cs) * math.sqrt(2.0 * math.log(n)) if n > 1 else 0.0
-    item_load = p.item_load_time or 0.5 * p.item_pickle_time
-    result_load = p.result_load_time or 0.5 * p.result_pickle_time
-    worker_side = item_load + (p.result_pickle_time - result_load)
-    parent_side = (p.item_pickle_time - item_load) + result_load
-    work = busiest * (t + worker_side) + tail
-    to_workers = (remaining * p.item_bytes + n_tasks * p.func_bytes) / max(cluster.bytes_per_second_to, 1.0)
+    _, _, item_bytes, worker_side, parent_side = _pickling(p, cs)
+    work = busiest * (t + worker_side) + _tail(p, cs, n)
+    to_workers = (remaining * item_bytes + n_tasks * p.func_bytes) / max(cluster.bytes_per_second_to, 1.0)
     from_workers = remaining * p.result_bytes / max(cluster.bytes_per_second_from, 1.0)
     transfer = to_workers + from_workers
     dispatch = n_tasks * cluster.task_share_seconds

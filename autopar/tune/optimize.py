@@ -119,14 +119,8 @@ def optimize_with(func: Callable[[Any], Any], data: Iterable[Any], opts: Options
     """optimize() with its options already checked (execute() calls this)."""
     t0 = time.perf_counter()
     kind = opts.executor_type
-    # A run on Dask without a cluster to model (execute(pool=client)): a serial sample that
-    # sizes the tasks and never runs the whole job here; serial is the result's kind.
-    on_dask = kind == "dask" and opts.cluster is None
-    cluster = cluster_costs(opts.cluster) if opts.cluster is not None else None
-    if kind is None:
-        types = EXECUTOR_TYPES + (("dask",) if cluster is not None else ())
-    else:
-        types = ("serial",) if on_dask else (kind,)
+    cluster = cluster_costs(opts.cluster) if opts.cluster is not None else None  # once per scheduler
+    types = EXECUTOR_TYPES + (("dask",) if cluster is not None else ()) if kind is None else (kind,)
     method = opts.start_method or default_start_method()
     system = system_info(blas=False)
     costs = pool_costs(method).for_parent(rss())  # a large parent forks slowly
@@ -138,7 +132,7 @@ def optimize_with(func: Callable[[Any], Any], data: Iterable[Any], opts: Options
         probe_threads=max(2, min(system.usable_cores, 4)),
         probe=kind in (None, "thread"),  # helper threads only where threads are candidates
         collect=opts.collect,
-        finish=kind in (None, "serial") and not on_dask,
+        finish=kind in (None, "serial"),
     )
     d = decide(
         profile,
@@ -147,8 +141,8 @@ def optimize_with(func: Callable[[Any], Any], data: Iterable[Any], opts: Options
         executor_types=types,
         prefer_threads_for_io=opts.prefer_threads_for_io,
         max_jobs=opts.max_jobs,
-        n_jobs=None if on_dask else opts.n_jobs,
-        chunksize=None if on_dask else opts.chunksize,
+        n_jobs=opts.n_jobs,
+        chunksize=opts.chunksize,
         cluster=cluster,
     )
     result = _result(d, profile, stash, system, costs, method, kind, time.perf_counter() - t0)
