@@ -136,8 +136,9 @@ def _pack_and_report(args: argparse.Namespace, src: str, dst: str) -> int:
             quality=args.quality,
             dry_run=args.dry_run,
             progress=not args.no_progress,
+            scheduler=args.scheduler,
         )
-    except ImageError as exc:
+    except (ImageError, ConnectionError, ImportError) as exc:
         print(f"autopar: {exc}", file=sys.stderr)
         return 2
     print(report.summary())
@@ -185,7 +186,12 @@ def _cluster_info(args: argparse.Namespace) -> int:
 
 
 def _pack_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--executor", choices=["auto", "serial", "thread", "process"], default="auto")
+    p.add_argument("--executor", choices=["auto", "serial", "thread", "process", "dask"], default="auto")
+    p.add_argument(
+        "--scheduler",
+        help="a Dask scheduler's address (tcp://host:8786): each pass may run on its cluster where it pays "
+        "(--executor dask: always); its workers must see both folders at the same paths",
+    )
     p.add_argument("--jobs", type=int, help="workers (default: chosen per pass)")
     p.add_argument("--stretch", choices=["smart", "smart-late", "imagej-auto", "max"], default="smart")
     p.add_argument("--z-crop", choices=["slope", "threshold"], default="slope")
@@ -214,7 +220,12 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--items", nargs="+", metavar="ITEM", help="items as Python literals (or plain strings)")
     src.add_argument("--range", nargs="+", type=int, metavar="N", help="items range(N) or range(A, B[, STEP])")
     src.add_argument("--data", metavar="MODULE:NAME", help="an iterable, or a function returning one")
-    p.add_argument("--executor", choices=["auto", "serial", "thread", "process"], default="auto")
+    p.add_argument("--executor", choices=["auto", "serial", "thread", "process", "dask"], default="auto")
+    p.add_argument(
+        "--scheduler",
+        help="a Dask scheduler's address (tcp://host:8786): each pass may run on its cluster where it pays "
+        "(--executor dask: always); its workers must see both folders at the same paths",
+    )
     p.add_argument("--jobs", type=int, help="fix the number of workers")
     p.add_argument("--start-method", choices=["fork", "spawn", "forkserver"])
     p.add_argument("--no-threads-for-io", action="store_true", help="never send I/O-bound work to threads")

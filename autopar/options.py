@@ -109,8 +109,10 @@ class Options:
             object.__setattr__(self, "executor_type", "dask")
         if self.cluster is not None and not hasattr(self.cluster, "scheduler_info"):
             raise TypeError(f"cluster must be a dask.distributed Client, got {type(self.cluster).__name__}")
-        if self.executor_type == "dask" and self.timeout is not None:
-            raise ValueError("timeout= is not supported on Dask yet (a Dask worker runs items on threads no signal reaches)")
+        if self.cluster is not None and self.scheduler is not None:
+            raise ValueError("give scheduler= or cluster=, not both")
+        if self.cluster is not None and kind not in (None, "dask"):
+            raise ValueError(f"cluster= makes the cluster a candidate; it does not go with executor_type={kind!r}")
         s = self.sample_time
         if isinstance(s, bool) or not isinstance(s, (int, float)) or s < 0:
             raise ValueError(f"sample_time must be a number of seconds >= 0, got {s!r}")

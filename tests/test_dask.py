@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -26,10 +27,14 @@ pytestmark = pytest.mark.dask
 @contextmanager
 def _cluster(scratch: str, dashboard: str | None = None):
     """A LocalCluster; the environment it changes for its workers (LocalCluster sets
-    OPENBLAS_NUM_THREADS=1 and the like in this process's os.environ) is put back after."""
+    OPENBLAS_NUM_THREADS=1 and the like in this process's os.environ) is put back once its
+    workers are up (a BLAS library loaded here later, SciPy's by the image passes, would
+    start with one thread) and again after."""
     environ = dict(os.environ)
     try:
         with _local_cluster(scratch, dashboard) as cluster:
+            os.environ.clear()
+            os.environ.update(environ)
             yield cluster
     finally:
         os.environ.clear()
@@ -146,8 +151,6 @@ def test_dask_options_are_checked():
         execute(square, range(10), executor_type="dask")
     with pytest.raises(ValueError, match="does not go with executor_type='thread'"):
         execute(square, range(10), executor_type="thread", scheduler="tcp://127.0.0.1:8786")
-    with pytest.raises(ValueError, match="timeout= is not supported on Dask"):
-        execute(square, range(10), scheduler="tcp://127.0.0.1:8786", timeout=1.0)
 
 
 def test_without_distributed_the_error_says_how_to_get_it(monkeypatch):
@@ -291,3 +294,122 @@ def test_a_task_whose_workers_keep_dying_raises_worker_died_naming_its_items(cli
                     execute(kill_worker_always, range(8), pool=c, chunksize=2)
     assert info.value.items == (2, 3)
     assert "Dask workers died running items 2-3" in str(info.value)
+
+
+def spin_on_5(x: int) -> int:
+    if x == 5:
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < 30:  # pure Python: stopped at its next bytecode
+            pass
+    return x * 2
+
+
+def test_a_timeout_stops_a_python_item_on_a_worker_thread(client):
+    t0 = time.monotonic()
+    out = execute(spin_on_5, range(12), pool=client, chunksize=2, timeout=0.5, errors="collect")
+    assert time.monotonic() - t0 < 15  # not the item's 30 s
+    assert [o for i, o in enumerate(out) if i != 5] == [2 * x for x in range(12) if x != 5]
+    assert isinstance(out[5], ItemFailed) and isinstance(out[5].exception, autopar.ItemTimeout)
+    assert "0.5 s timeout" in str(out[5].exception)
+    with pytest.raises(autopar.ItemTimeout):
+        execute(spin_on_5, range(12), pool=client, chunksize=2, timeout=0.5)
+
+
+def sleep_on_5(x: int) -> int:
+    if x == 5:
+        time.sleep(4)  # one call into C: no exception reaches it before it returns
+    return x * 2
+
+
+def test_an_item_stuck_in_c_is_named_and_the_other_items_go_on(client):
+    t0 = time.monotonic()
+    out = execute(sleep_on_5, range(16), pool=client, chunksize=2, timeout=0.3, errors="collect")
+    assert time.monotonic() - t0 < 3.9  # the run did not wait for the stuck call
+    failed = [o.index for o in out if isinstance(o, ItemFailed)]
+    assert failed == [4, 5]  # its chunk, and only its chunk
+    assert "ran past the 0.3 s timeout on the Dask worker" in str(out[5].exception)
+    assert [o for i, o in enumerate(out) if i not in (4, 5)] == [2 * x for x in range(16) if x not in (4, 5)]
+    time.sleep(max(0.0, 4.5 - (time.monotonic() - t0)))  # the worker's thread is free again
+
+
+def test_large_data_goes_to_the_cluster_by_scatter_and_the_function_once(client):
+    from autopar.backends.dask import DaskExecutor
+
+    ex = DaskExecutor(client)
+    items = [bytes(3 << 19) for _ in range(4)] + [b"small"]  # 1.5 MB each, then 5 bytes
+    out = execute(lambda b, big=bytes(2 << 20): len(b) + len(big), items, pool=ex, chunksize=1)
+    assert out == [len(b) + (2 << 20) for b in items]
+    assert ex.scattered == 1 + 4  # the function once, each large chunk once, the small one inline
+
+
+@pytest.mark.slow
+def test_a_scheduler_that_goes_away_is_a_clear_error_within_seconds(client):  # (client: Dask's threads are up)
+    import threading
+
+    before = {t.ident for t in threading.enumerate()}
+    with tempfile.TemporaryDirectory(prefix="autopar-test-dask-") as scratch:
+        with _cluster(scratch, "127.0.0.1:0") as cluster:
+            address = cluster.scheduler_address
+            closer = threading.Timer(1.5, cluster.close)
+            closer.start()
+            t0 = time.monotonic()
+            with pytest.raises(ConnectionError, match=f"the Dask scheduler at {address} went away") as info:
+                execute(nap_square_slow, range(200), scheduler=address, chunksize=1)
+            waited = time.monotonic() - t0
+            closer.join()
+    assert waited < 1.5 + 5  # within seconds of the scheduler going
+    assert "were in flight" in str(info.value)
+    left = [t for t in threading.enumerate() if t.ident not in before and t.is_alive()]
+    assert not left, left
+
+
+def nap_square_slow(x: int) -> int:
+    time.sleep(0.1)
+    return x * x
+
+
+def test_pack_on_the_cluster_writes_what_a_local_pack_writes(client, tmp_path):
+    from autopar.image.pack import make_demo_data, pack
+
+    src = tmp_path / "in"
+    make_demo_data(src, channels=2, timepoints=2, shape=(12, 48, 48))
+    local = pack(src, tmp_path / "local", executor="serial")
+    address = str(client.scheduler.address)
+    remote = pack(src, tmp_path / "dask", executor="dask", scheduler=address)
+    assert local.ok and remote.ok, remote.summary()
+    assert [p.executor for p in remote.passes] == ["dask", "serial", "dask"]  # pass 1 runs here
+    names = sorted(p.name for p in (tmp_path / "local").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "dask").iterdir()) and len(names) == 5
+    for name in names:
+        assert (tmp_path / "local" / name).read_bytes() == (tmp_path / "dask" / name).read_bytes(), name
+    cli = subprocess.run(
+        [sys.executable, "-m", "autopar", "pack", str(src), str(tmp_path / "auto"), "--scheduler", address, "--no-progress"],
+        capture_output=True, text=True, timeout=170,
+    )
+    assert cli.returncode == 0, cli.stderr
+    assert "pass 2: render" in cli.stdout
+    assert sorted(p.name for p in (tmp_path / "auto").iterdir()) == names
+
+
+def test_pack_on_a_cluster_checks_what_its_workers_see(client, tmp_path):
+    from autopar.image import ImageError
+    from autopar.image.pack import _check_workers_see, pack
+
+    with pytest.raises(ImageError, match="cannot see this folder"):
+        _check_workers_see(client, tmp_path / "only-here" / "nowhere", None)
+    with pytest.raises(ValueError, match="goes with executor 'auto' or 'dask'"):
+        pack(tmp_path, tmp_path / "out", executor="thread", scheduler=str(client.scheduler.address))
+    with pytest.raises(ValueError, match="needs scheduler="):
+        pack(tmp_path, tmp_path / "out", executor="dask")
+
+
+def test_execute_with_a_cluster_as_a_candidate(client):
+    out, report = execute(nap_square, range(60), cluster=client, return_report=True)
+    assert out == [x * x for x in range(60)]
+    assert report.executor_type in ("serial", "thread", "process", "dask")
+    out, report = execute(nap_square, range(60), cluster=client, executor_type="dask", return_report=True)
+    assert out == [x * x for x in range(60)] and report.executor_type == "dask"
+    with pytest.raises(ValueError, match="not both"):
+        execute(square, range(3), cluster=client, pool=client)
+    with pytest.raises(ValueError, match="does not go with executor_type='process'"):
+        execute(square, range(3), cluster=client, executor_type="process")

@@ -41,24 +41,101 @@ def is_client(obj: Any) -> bool:
     return any(c.__module__.startswith("distributed") and c.__name__ == "Client" for c in type(obj).__mro__)
 
 
+SCATTER_BYTES = 1 << 20  # an argument this large goes to the workers by scatter, not in the task
+
+
 class DaskExecutor(Executor):
     """A ``concurrent.futures`` executor over a Dask client: its size is the cluster's
-    worker threads. ``owned``: the client was made for this executor and closes with it."""
+    worker threads. ``owned``: the client was made for this executor and closes with it.
+
+    A bytes argument of ``SCATTER_BYTES`` or more is scattered and the task gets its future,
+    so large data goes from here to a worker directly instead of through the scheduler
+    inside the task; :meth:`share` does it once for data every task gets (the function)."""
 
     def __init__(self, client: Any, owned: bool = False) -> None:
         self.client, self.owned = client, owned
+        self.address = str(client.scheduler.address)
         self._ex = client.get_executor(pure=False)
         self._max_workers = max(1, sum(client.nthreads().values()))
+        self.stuck_workers: set[str] = set()
+        self._shared: list[Any] = []  # futures of shared data, released at shutdown
+        self.scattered = 0  # arguments scattered
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
+        if any(_large(a) for a in args):
+            args = tuple(self._scatter(a) if _large(a) else a for a in args)
         return self._ex.submit(fn, *args, **kwargs)
 
+    def share(self, data: Any) -> Any:
+        """What to pass to every task in place of ``data``: its future when it is large (it
+        goes to the cluster once), else ``data``."""
+        if not _large(data):
+            return data
+        future = self._scatter(data)
+        self._shared.append(future)
+        return future
+
+    def _scatter(self, data: Any) -> Any:
+        [future] = self.client.scatter([data], hash=False)
+        self.scattered += 1
+        return future
+
+    def running(self, key: str) -> dict[int, tuple[float, str]]:
+        """The chunks of the run ``key`` running on a worker now: chunk start -> (seconds
+        running, worker address); what the workers say, so a task queued behind a stuck one
+        is not blamed."""
+        from .worker import running_chunks
+
+        replies = self.client.run(running_chunks, key, on_error="ignore")
+        return {
+            start: (t, worker)
+            for worker, reply in replies.items()
+            if isinstance(reply, dict)
+            for start, t in reply.items()
+        }
+
+    def avoid(self, worker: str) -> None:
+        """Send no more tasks to ``worker`` (a thread there is stuck in a call that goes on),
+        as long as another worker is left."""
+        self.stuck_workers.add(worker)
+        others = [w for w in self.client.nthreads() if w not in self.stuck_workers]
+        self._ex = self.client.get_executor(pure=False, **({"workers": others} if others else {}))
+
+    def gone(self) -> str | None:
+        """Why the cluster can no longer run this executor's tasks (None: it can)."""
+        status = self.client.status
+        if status in ("running", "newly-created"):
+            return None
+        return f"the Dask scheduler at {self.address} went away (the client is {status})"
+
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        self._shared.clear()  # the data is released on the cluster with its futures
         try:
             self._ex.shutdown(wait=wait and not cancel_futures)
         finally:
             if self.owned:
-                self.client.close()
+                self._close_client()
+
+    def _close_client(self) -> None:
+        """Close the client made for the run. With its scheduler gone, the client's
+        reconnect loop is cancelled by the close, which Dask logs as an ERROR with a
+        traceback; the run has raised a ConnectionError saying so already."""
+        if self.gone() is None:
+            self.client.close()
+            return
+        import logging
+
+        log = logging.getLogger("distributed.client")
+        level = log.level
+        log.setLevel(logging.CRITICAL)
+        try:
+            self.client.close(timeout=5)
+        finally:
+            log.setLevel(level)
+
+
+def _large(arg: Any) -> bool:
+    return isinstance(arg, (bytes, bytearray)) and len(arg) >= SCATTER_BYTES
 
 
 def connect(scheduler: str, timeout: float = 10.0) -> DaskExecutor:

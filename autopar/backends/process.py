@@ -207,6 +207,8 @@ class ProcessBackend:
         self.ex = pool if pool is not None else make_pool()
         self.transport, self.collect, self.timeout = transport, collect, timeout
         self.key = uuid.uuid4().hex
+        share = getattr(self.ex, "share", None)  # a Dask cluster: a large function goes there once
+        self.sent_blob = share(self.blob) if share is not None else self.blob
         self.processes: dict[int, Any] = {}
 
     def encode(self, start: int, items: list[Any]) -> bytes:
@@ -233,7 +235,7 @@ class ProcessBackend:
     def submit(self, start: int, items: list[Any]) -> Future:
         """Send a chunk; raises :class:`Unsendable` when its items do not pickle."""
         payload = self.encode(start, items)
-        fut = self.ex.submit(run_remote, self.key, self.blob, start, payload, self.transport, self.collect, self.timeout)
+        fut = self.ex.submit(run_remote, self.key, self.sent_blob, start, payload, self.transport, self.collect, self.timeout)
         procs = worker_processes(self.ex)
         if len(procs) != len(self.processes):
             self.processes.update(procs)  # kept to tell how a worker ended if the pool breaks

@@ -24,6 +24,14 @@ from ..errors import ItemFailed, ItemTimeout, WorkerError
 
 _FUNCS: "OrderedDict[str, Callable[..., Any]]" = OrderedDict()
 _FUNC_CACHE_SIZE = 8
+_RUNNING: dict[tuple[str, int], float] = {}  # (function key, chunk start) -> when it started
+
+
+def running_chunks(key: str) -> dict[int, float]:
+    """Seconds each chunk of the run ``key`` has been running in this process (asked of
+    every Dask worker when a run looks stuck: a task waiting behind another is not)."""
+    now = time.monotonic()
+    return {start: now - t0 for (k, start), t0 in list(_RUNNING.items()) if k == key}
 
 Failure = tuple[int, BaseException, str]
 
@@ -186,6 +194,78 @@ class _Alarm:
             signal.signal(signal.SIGALRM, previous)
 
 
+class _Expired(BaseException):
+    """Raised into an item's thread by :class:`_Deadlines` (a BaseException, so that an
+    ``except Exception`` in the item does not swallow it)."""
+
+
+def _async_raise(thread_id: int, exc: type[BaseException] | None) -> None:
+    """Raise ``exc`` in the thread ``thread_id`` at its next bytecode (None: withdraw one
+    not delivered yet)."""
+    import ctypes
+
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), ctypes.py_object(exc) if exc else None)
+
+
+class _Deadlines:
+    """Per-item time limits for worker threads (a Dask worker runs tasks on threads, where
+    SIGALRM cannot reach): one watcher thread per process raises :class:`_Expired` in a
+    thread whose item passed its deadline. Python code stops at its next bytecode; one long
+    call into C (a sleep, a large NumPy operation) only when it returns, which the caller's
+    watchdog covers."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.due: dict[int, float] = {}  # thread id -> deadline (monotonic)
+        self.wake = float("inf")  # when the watcher wakes next
+        self.watcher: threading.Thread | None = None
+
+    def arm(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        with self.cond:
+            self.due[threading.get_ident()] = deadline
+            if self.watcher is None or not self.watcher.is_alive():
+                self.watcher = threading.Thread(target=self._watch, name="autopar-deadlines", daemon=True)
+                self.watcher.start()
+            elif deadline < self.wake:
+                self.cond.notify()
+
+    def disarm(self) -> None:
+        """The item returned: its deadline goes; one that rang too late is withdrawn."""
+        tid = threading.get_ident()
+        with self.cond:
+            if self.due.pop(tid, None) is None:
+                _async_raise(tid, None)
+
+    def _watch(self) -> None:
+        with self.cond:
+            while True:
+                now = time.monotonic()
+                for tid, deadline in list(self.due.items()):
+                    if deadline <= now:
+                        del self.due[tid]
+                        _async_raise(tid, _Expired)
+                self.wake = min(self.due.values(), default=now + 60.0)
+                self.cond.wait(self.wake - now)
+
+
+_DEADLINES = _Deadlines()
+
+
+class _ThreadAlarm(_Alarm):
+    """A per-item time limit on a thread other than the main one (see :class:`_Deadlines`)."""
+
+    def __call__(self, item: Any) -> Any:
+        try:
+            _DEADLINES.arm(self.seconds)
+            try:
+                return self.func(item)
+            finally:
+                _DEADLINES.disarm()
+        except _Expired:
+            raise ItemTimeout(f"the item ran longer than the {self.seconds:g} s timeout") from None
+
+
 def run_local(
     func: Callable[[Any], Any], start: int, items: list[Any], cancel: threading.Event | None, collect: bool = False
 ) -> tuple[list[Any], float, list[Failure], float]:
@@ -216,10 +296,16 @@ def run_remote(
     """A chunk in a worker process; (results, wall seconds, failures, CPU seconds). ``payload`` is the pickled list of items."""
     func = _get_func(key, blob)
     if timeout is not None:
-        func = _Alarm(func, timeout)
+        # A Dask worker runs tasks on its threads: no SIGALRM there.
+        on_main = threading.current_thread() is threading.main_thread()
+        func = (_Alarm if on_main else _ThreadAlarm)(func, timeout)
     items = loads(payload)
     c0, t0 = time.thread_time(), time.perf_counter()
-    out, failures = run_items(func, start, items, collect, remote=True)
+    _RUNNING[key, start] = time.monotonic()
+    try:
+        out, failures = run_items(func, start, items, collect, remote=True)
+    finally:
+        _RUNNING.pop((key, start), None)
     elapsed, cpu = time.perf_counter() - t0, time.thread_time() - c0
     if transport == CLOUDPICKLE:
         return dumps(out, CLOUDPICKLE), elapsed, failures, cpu

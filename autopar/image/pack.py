@@ -16,7 +16,11 @@
 Pass 0 and pass 2 each go through :func:`autopar.execute` with ``errors="collect"``, so each
 pass gets its own executor choice (the reads may scale differently from the WebP encodes) and
 a bad file is reported by name while every other file is still processed. Files run largest
-first, so the last worker is not left with the biggest file. Outputs are written to a temp file
+first, so the last worker is not left with the biggest file. With ``scheduler`` (a Dask
+scheduler's address) each pass may run on that cluster where the model predicts it pays
+(``executor="auto"``: the cluster is one more candidate) or always there (``"dask"``); its
+workers read and write the same paths, so they must see both folders (one machine, or a
+shared filesystem): checked on every worker before the first pass. Outputs are written to a temp file
 in the output folder and renamed: no half-written ``.webp`` or manifest is ever left.
 """
 
@@ -97,23 +101,34 @@ def _check_output(output: Path) -> None:
         raise image.ImageError(f"{output}: cannot write to the output folder ({exc})") from exc
 
 
+@dataclass(frozen=True)
+class _Runner:
+    """How every pass runs: the executor asked for, workers, progress bars, and the Dask
+    client of ``--scheduler`` (None: local pools only)."""
+
+    executor: str
+    jobs: int | None
+    progress: bool
+    cluster: Any = None
+
+    def where(self) -> dict[str, Any]:
+        kind = None if self.executor == "auto" else self.executor
+        if self.cluster is None:
+            return {"executor_type": kind}
+        return {"executor_type": kind, "cluster": self.cluster}
+
+
 def _run_pass(
-    name: str,
-    func: Callable[[Any], Any],
-    items: list[Any],
-    megabytes: float,
-    report: PackReport,
-    executor: str,
-    jobs: int | None,
-    progress: bool,
+    name: str, func: Callable[[Any], Any], items: list[Any], megabytes: float, report: PackReport, run: _Runner
 ) -> list[Any]:
     t0 = time.perf_counter()
-    kind = None if executor == "auto" else executor
-    results, run = execute(
-        func, items, executor_type=kind, n_jobs=jobs, errors="collect", progress=progress, desc=name, return_report=True
+    results, run_report = execute(
+        func, items, n_jobs=run.jobs, errors="collect", progress=run.progress, desc=name, return_report=True, **run.where()
     )
     report.passes.append(
-        PassReport(name, run.executor_type, run.n_jobs, run.chunksize, time.perf_counter() - t0, len(items), megabytes)
+        PassReport(
+            name, run_report.executor_type, run_report.n_jobs, run_report.chunksize, time.perf_counter() - t0, len(items), megabytes
+        )
     )
     return results
 
@@ -141,12 +156,21 @@ def pack(
     lossless: bool = False,
     dry_run: bool = False,
     progress: bool = False,
+    scheduler: str | None = None,
 ) -> PackReport:
     """Pack the TIFF stacks of ``input_dir`` into WebP atlases and a manifest in ``output_dir``.
+
+    ``executor``: ``"auto"`` (chosen per pass), ``"serial"``, ``"thread"``, ``"process"`` or
+    ``"dask"``; ``scheduler``: a Dask scheduler's address, whose cluster ``"auto"`` weighs
+    against the local pools (``"dask"`` needs it).
 
     Returns a :class:`PackReport`; ``report.ok`` is False when any file failed (the others are
     still written, and the manifest lists what was written).
     """
+    if executor == "dask" and scheduler is None:
+        raise ValueError("executor='dask' needs scheduler='tcp://host:port'")
+    if scheduler is not None and executor not in ("auto", "dask"):
+        raise ValueError(f"scheduler= goes with executor 'auto' or 'dask', not {executor!r}")
     if stretch not in image.STRETCH_MODES:
         raise ValueError(f"stretch must be one of {image.STRETCH_MODES}, got {stretch!r}")
     if z_crop not in image.Z_CROP_METHODS:
@@ -154,18 +178,52 @@ def pack(
     t_begin = time.perf_counter()
     report = PackReport()
     src, out = Path(input_dir), Path(output_dir)
+    settings = dict(
+        z_crop=z_crop, z_threshold=z_threshold, stretch=stretch, per_image_contrast=per_image_contrast,
+        quality=quality, method=method, lossless=lossless, dry_run=dry_run,
+    )
     if not src.is_dir():
         raise image.ImageError(f"{src}: no such input folder")
     if not dry_run:
         _check_output(out)
-    run = (executor, jobs, progress)
+    if scheduler is None:
+        return _pack(src, out, _Runner(executor, jobs, progress), report, t_begin, settings)
+    from ..backends.dask import connect
+
+    pool = connect(scheduler)
+    src, out = src.resolve(), out.resolve()  # the workers' working folders are not ours
+    try:
+        _check_workers_see(pool.client, src, None if dry_run else out)
+        return _pack(src, out, _Runner(executor, jobs, progress, pool.client), report, t_begin, settings)
+    finally:
+        pool.shutdown()
+
+
+def _check_workers_see(client: Any, src: Path, out: Path | None) -> None:
+    """Every Dask worker must see the input folder (and the output folder) at these paths."""
+    for folder in (src, out):
+        if folder is None:
+            continue
+        seen = client.run(os.path.isdir, str(folder))
+        blind = sorted(w for w, ok in seen.items() if not ok)
+        if blind:
+            raise image.ImageError(
+                f"{folder}: the Dask worker(s) {', '.join(blind)} cannot see this folder; pack on a cluster needs "
+                "the input and output folders at the same paths on every worker (a shared filesystem)"
+            )
+
+
+def _pack(src: Path, out: Path, run: _Runner, report: PackReport, t_begin: float, settings: dict[str, Any]) -> PackReport:
+    z_crop, z_threshold, stretch = settings["z_crop"], settings["z_threshold"], settings["stretch"]
+    per_image_contrast, dry_run = settings["per_image_contrast"], settings["dry_run"]
     paths = _find_files(src, report)
     infos = _scan_pass(paths, z_crop, z_threshold, report, run) if paths else []
     if infos:
         z0 = min(i.z_start for i in infos)
         z1 = max(i.z_end for i in infos)
         limits, global_limits = _limits_pass(infos, z0, z1, stretch, report)
-        render = dict(output_dir=str(out), quality=quality, method=method, lossless=lossless, dry_run=dry_run)
+        render = {k: settings[k] for k in ("quality", "method", "lossless", "dry_run")}
+        render["output_dir"] = str(out)
         done = _render_pass(infos, z0, z1, limits, global_limits, per_image_contrast, render, report, run)
         report.manifest = _manifest(infos, z0, z1, done, limits, global_limits, per_image_contrast)
         if done and not dry_run:
@@ -190,11 +248,11 @@ def _find_files(src: Path, report: PackReport) -> list[str]:
 
 
 def _scan_pass(
-    paths: list[str], z_crop: str, z_threshold: float | None, report: PackReport, run: tuple[str, int | None, bool]
+    paths: list[str], z_crop: str, z_threshold: float | None, report: PackReport, run: _Runner
 ) -> list[image.StackInfo]:
     """Pass 0: scan every stack once; keep those of the common height and width."""
     total_mb = sum(os.path.getsize(p) for p in paths) / 1e6
-    scanned = _run_pass("pass 0: scan", _Scan(z_crop, z_threshold), paths, total_mb, report, *run)
+    scanned = _run_pass("pass 0: scan", _Scan(z_crop, z_threshold), paths, total_mb, report, run)
     infos: list[image.StackInfo] = []
     for path, res in zip(paths, scanned):
         if isinstance(res, ItemFailed):
@@ -242,7 +300,7 @@ def _render_pass(
     per_image_contrast: bool,
     render: dict[str, Any],
     report: PackReport,
-    run: tuple[str, int | None, bool],
+    run: _Runner,
 ) -> list[tuple[image.RenderJob, dict[str, Any]]]:
     """Pass 2: crop, stretch, tile and write every stack; (job, result) of those written."""
     jobs = [
@@ -258,7 +316,7 @@ def _render_pass(
         for i in infos
     ]
     total_mb = sum(i.nbytes for i in infos) / 1e6
-    rendered = _run_pass("pass 2: render", image.render_stack, jobs, total_mb, report, *run)
+    rendered = _run_pass("pass 2: render", image.render_stack, jobs, total_mb, report, run)
     done = []
     for job, res in zip(jobs, rendered):
         if isinstance(res, ItemFailed):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import time
 import weakref
-from collections import deque
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -253,8 +252,7 @@ class Adapter:
         for c in run.inflight.unchecked():
             if c.future.cancel():
                 run.inflight.remove(c)
-                run.feeder.front.append((c.start, c.items))
-        run.feeder.front = deque(sorted(run.feeder.front, key=lambda f: f[0]))
+                run.feeder.put_back(c.start, c.items)
         return run.feeder.front[0][0] if run.feeder.front else run.feeder.next_index
 
     def switch(self) -> None:

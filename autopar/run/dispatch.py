@@ -28,11 +28,12 @@ error, Ctrl-C, an iterator closed early).
 
 from __future__ import annotations
 
+import bisect
 import queue
 import time
 from collections import deque
 from concurrent.futures import Executor, Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any, Callable, Iterator
 
@@ -87,6 +88,7 @@ class Chunk:
     values: list[Any] | None = None
     inline: bool = False
     live: bool = False  # in flight (a chunk taken off a broken pool is not, whatever its future does)
+    sent: float = field(default_factory=time.monotonic)
 
 
 class InOrder:
@@ -207,6 +209,10 @@ class Feeder:
         self.retry.append((start, items, attempt))
         self.retry = deque(sorted(self.retry, key=lambda r: r[0]))
 
+    def put_back(self, start: int, items: list[Any]) -> None:
+        """A chunk sent but not started goes out again before anything new, in input order."""
+        bisect.insort(self.front, (start, items), key=lambda f: f[0])
+
     def next_chunk(self, size: int = 0) -> tuple[int, list[Any]] | None:
         """The next chunk: of ``size`` items if given, else of the chunksize (or the ramp's)."""
         if self.front:
@@ -250,6 +256,7 @@ class PoolRun:
         self.done_items = 0
         self.done_chunks = 0
         self.last_progress = time.monotonic()
+        self.cluster_checked = 0.0  # when the Dask workers were last asked what they run
         self.pool_closed = False
         self.backend = self.new_backend()
         from .adapt import Adapter  # adapting acts on a PoolRun
@@ -274,9 +281,7 @@ class PoolRun:
         if job.kind == "thread":
             return ThreadBackend(job.func, make, job.pool, job.opts.collect)
         transport = (job.result.profile.transport if job.result is not None else None) or "pickle"
-        # (On Dask a worker runs items on threads no SIGALRM reaches: no timeout there.)
-        timeout = None if job.kind == "dask" else job.opts.timeout
-        return ProcessBackend(job.func, make, job.pool, transport, job.opts.collect, timeout)
+        return ProcessBackend(job.func, make, job.pool, transport, job.opts.collect, job.opts.timeout)
 
     # -- fill ------------------------------------------------------------------------------
 
@@ -413,6 +418,8 @@ class PoolRun:
                     busy_inline = self._can_run_inline()
                     timeout = 0 if busy_inline else Watchdog.wait_timeout(self)
                     done = self.inflight.wait(timeout)
+                    if self.job.kind == "dask":
+                        Watchdog.on_cluster(self)
                     if not done and busy_inline:
                         continue
                     if not done:

@@ -84,6 +84,7 @@ def execute_iter(
     retries: int = 0,
     retry_backoff: float = 0.1,
     scheduler: str | None = None,
+    cluster: Any = None,
 ) -> ExecutionIterator:
     """Like :func:`execute`, but yields results in input order as they are ready.
 
@@ -107,9 +108,15 @@ def run_with(
     """execute_iter() with its options already checked."""
     t_begin = time.perf_counter() if t_begin is None else t_begin
     own_pool = False
+    if pool is not None and opts.cluster is not None:
+        raise ValueError("give pool= or cluster=, not both")
     if pool is not None and is_client(pool):
         pool = DaskExecutor(pool)
-    elif pool is None and (opts.on_dask or (opts.executor_type is None and result is not None and result.executor_type == "dask")):
+    elif pool is None and opts.cluster is not None and opts.on_dask:
+        pool = DaskExecutor(opts.cluster)
+    elif pool is None and opts.cluster is None and (
+        opts.on_dask or (opts.executor_type is None and result is not None and result.executor_type == "dask")
+    ):
         scheduler = opts.scheduler or (result.scheduler if result is not None else None)
         if scheduler is None:
             raise ValueError("executor_type='dask' needs scheduler='tcp://host:port' or pool=<distributed.Client>")
@@ -141,7 +148,9 @@ def _run_with(
     if result is None and not opts.fully_given:
         # On Dask the model, told the cluster, sizes the tasks.
         cluster = pool.client if isinstance(pool, DaskExecutor) else None
-        result = optimize_with(func, data, replace(opts, cluster=cluster) if cluster is not None else opts)
+        result = optimize_with(func, data, replace(opts, cluster=cluster, scheduler=None) if cluster is not None else opts)
+    if pool is None and opts.cluster is not None and result is not None and result.executor_type == "dask":
+        pool = DaskExecutor(opts.cluster)  # optimize() chose the cluster
     kind, n_jobs, chunksize = _configure(result, opts, pool)
 
     # Items the sample already ran: reuse their results (or re-run kept items for a new func).
@@ -200,6 +209,7 @@ def execute(
     retries: int = 0,
     retry_backoff: float = 0.1,
     scheduler: str | None = None,
+    cluster: Any = None,
     return_report: bool = False,
 ) -> Any:
     """Run ``func`` over ``data`` the best way; the same list as ``[func(x) for x in data]``.
@@ -222,6 +232,10 @@ def execute(
     scheduler
         A Dask scheduler's address (``"tcp://host:8786"``): run on that cluster
         (``executor_type="dask"``), with a client made for the run and closed after it.
+    cluster
+        A Dask ``distributed.Client`` whose cluster is one more candidate: optimize() weighs it
+        against the local pools (its costs measured once per scheduler) and the work runs
+        where it was predicted fastest. ``executor_type="dask"`` runs there without asking.
     adapt
         Correct the chunksize while running when chunk times leave the model's range.
     errors
@@ -232,7 +246,9 @@ def execute(
         Seconds one item may run. A process worker stops the item (SIGALRM raises
         :class:`ItemTimeout` in it); an item stuck where no signal reaches it gets its worker
         killed and replaced. Threads cannot be stopped: the run raises ItemTimeout and the
-        stuck call finishes in the background.
+        stuck call finishes in the background. On Dask a worker's thread gets ItemTimeout
+        raised into the item at its next bytecode; one stuck in a long call into C has its
+        task cancelled and fails (or the run raises) while the call goes on there.
     retries, retry_backoff
         When a process worker dies (killed, crashed, exited), run the items that were in flight
         again on a fresh pool, one at a time (a second crash names its item), up to ``retries``

@@ -4,6 +4,11 @@
   processes) means an item is stuck beyond the reach of SIGALRM. Threads cannot be stopped:
   the run raises :class:`ItemTimeout`. A process pool the run owns is killed and replaced;
   the stuck chunk fails (collect) or raises, the other in-flight items run again.
+  On Dask, where the other workers' progress goes on around a stuck one, the check is per
+  chunk: one sent longer ago than its items' timeouts + 2 s makes the run ask the workers
+  what they are running (at most once a second), and a chunk running that long has its
+  task cancelled (the call goes on holding its thread until it returns) and fails or
+  raises; a scheduler that went away ends the run within about a second.
 * :func:`recover`: a broken process pool. The items in flight are named with how the worker
   ended; with retries left they run again on a fresh pool one at a time (a second crash then
   names its item), after ``retry_backoff * 2**attempt`` seconds; out of retries they raise
@@ -23,6 +28,9 @@ if TYPE_CHECKING:
 
 __all__ = ["Watchdog", "recover"]
 
+GRACE = {"process": 1.0, "dask": 2.0}  # seconds past the items' timeouts before a pool counts as stuck
+CLUSTER_CHECK = 1.0  # seconds between checks that a Dask scheduler is still there
+
 
 class Watchdog:
     """Stateless checks on a run (it holds no reference to the run: no cycle keeps a finished
@@ -32,14 +40,73 @@ class Watchdog:
     def stuck_limit(run: "PoolRun") -> float:
         """Seconds without a finished chunk after which the pool counts as stuck."""
         longest = max(len(c.items) for c in run.inflight)
-        return longest * (run.job.opts.timeout or 0.0) + (1.0 if run.job.kind == "process" else 0.0)
+        return longest * (run.job.opts.timeout or 0.0) + GRACE.get(run.job.kind, 0.0)
 
     @classmethod
     def wait_timeout(cls, run: "PoolRun") -> float | None:
-        """How long to wait for a chunk now (None: forever, when there is no timeout)."""
+        """How long to wait for a chunk now (None: forever, when there is no timeout; on
+        Dask at most ``CLUSTER_CHECK`` seconds, to see a scheduler that went away)."""
+        dask = run.job.kind == "dask"
         if run.job.opts.timeout is None:
-            return None
-        return max(cls.stuck_limit(run) - (time.monotonic() - run.last_progress), 0.01)
+            return CLUSTER_CHECK if dask else None
+        left = max(cls.stuck_limit(run) - (time.monotonic() - run.last_progress), 0.01)
+        return min(left, CLUSTER_CHECK) if dask else left
+
+    @classmethod
+    def on_cluster(cls, run: "PoolRun") -> None:
+        """A Dask run's checks at each turn of its loop: the scheduler still there, and, with
+        a timeout, chunks overdue (sent longer ago than their limit) asked after."""
+        cls.cluster_gone(run)
+        timeout = run.job.opts.timeout
+        now = time.monotonic()
+        if timeout is None or now - run.cluster_checked < CLUSTER_CHECK:
+            return
+        if any(now - c.sent >= len(c.items) * timeout + GRACE["dask"] for c in run.inflight.unchecked()):
+            run.cluster_checked = now
+            cls._stuck_on_cluster(run, timeout)
+
+    @staticmethod
+    def _stuck_on_cluster(run: "PoolRun", timeout: float) -> None:
+        """A quiet Dask run: chunks the workers have been running past their items' timeouts
+        are cancelled, then fail in place (collect) or the run raises. The stuck call goes on
+        holding its worker's thread, so that worker gets no more of the run's tasks, and
+        chunks not started yet (perhaps queued behind it there) go again to the others."""
+        pool = run.job.pool
+        running = pool.running(run.backend.key)  # type: ignore[union-attr]
+        stuck = []
+        for c in run.inflight.unchecked():
+            seconds, worker = running.get(c.start, (0.0, ""))
+            if not c.future.done() and seconds >= len(c.items) * timeout + GRACE["dask"]:
+                stuck.append((c, worker))
+        for c, worker in stuck:
+            indices = list(range(c.start, c.start + len(c.items)))
+            error = ItemTimeout(
+                f"items {ranges(indices)} ran past the {timeout:g} s timeout on the Dask worker {worker}; "
+                "the task is cancelled, but a thread cannot be stopped: the call goes on there until it returns"
+            )
+            c.future.cancel()
+            if not run.job.opts.collect:
+                raise error
+            run.inflight.remove(c)
+            run.fail_chunk(c, error)
+            pool.avoid(worker)  # type: ignore[union-attr]
+        if stuck:
+            for c in run.inflight.unchecked():
+                if c.start not in running and not c.future.done():
+                    c.future.cancel()
+                    run.inflight.remove(c)
+                    run.feeder.put_back(c.start, c.items)
+
+    @staticmethod
+    def cluster_gone(run: "PoolRun") -> None:
+        """A Dask run whose scheduler went away: its tasks are lost with it; a
+        ConnectionError names the scheduler and the items that had not come back."""
+        gone = getattr(run.job.pool, "gone", None)
+        why = gone() if gone is not None else None
+        if why is None:
+            return
+        lost = [c.start + i for c in run.inflight.unchecked() for i in range(len(c.items))]
+        raise ConnectionError(f"{why}; items {ranges(lost) if lost else 'none'} were in flight")
 
     @classmethod
     def stuck(cls, run: "PoolRun") -> None:
@@ -48,7 +115,7 @@ class Watchdog:
         if timeout is None or time.monotonic() - run.last_progress < cls.stuck_limit(run):
             return
         unfinished = [c for c in run.inflight if not c.checked and not c.future.done()]
-        if not unfinished:
+        if not unfinished or job.kind == "dask":  # (Dask: see on_cluster)
             return
         # Items not yet started may be queued behind the stuck ones: name what is running.
         stuck = unfinished[0]
