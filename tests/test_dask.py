@@ -207,10 +207,10 @@ def spin(x: int) -> int:
     return x
 
 
-def _cluster_costs(threads: int):
+def _cluster_costs(threads: int, per_worker: int = 1):
     from autopar.backends.dask import ClusterCosts
 
-    return ClusterCosts("tcp://127.0.0.1:1", threads, threads, 1 << 34, 1e-3, 2e-4, 1e8, 1e8)
+    return ClusterCosts("tcp://127.0.0.1:1", threads // per_worker, threads, 1 << 34, 1e-3, 2e-4, 1e8, 1e8)
 
 
 def test_the_model_sends_work_to_a_cluster_only_where_it_pays():
@@ -234,6 +234,29 @@ def test_the_model_sends_work_to_a_cluster_only_where_it_pays():
     # A cluster no bigger than this machine: a local pool within 20% wins.
     two = decide(cpu, system, costs, executor_types=types, cluster=_cluster_costs(2))
     assert two.best.executor_type != "dask", two.reasons
+
+
+def test_threads_per_worker_count_for_work_that_holds_the_gil():
+    import dataclasses
+
+    from autopar.tune.costs import pool_costs
+    from autopar.tune.model import best_dask, decide
+    from autopar.tune.system import system_info
+
+    r = autopar.optimize(spin, range(400), executor_type="serial")
+    held = dataclasses.replace(r.profile, n_items=4000, exhausted=False, item_time_mean=0.002, cpu_ratio=1.0, thread_scaling=1.0, probe_threads=2)
+    free = dataclasses.replace(held, thread_scaling=2.0)
+    one, four = _cluster_costs(64), _cluster_costs(64, per_worker=4)
+    # The same 64 threads: as 16 workers of 4 they run pure Python a quarter as fast.
+    ratio = best_dask(4000, held, four).work / best_dask(4000, held, one).work
+    assert 3.5 < ratio < 4.5
+    assert best_dask(4000, free, four).work == pytest.approx(best_dask(4000, free, one).work)
+    system, costs, types = system_info(), pool_costs(), ("serial", "process", "dask")
+    advice = [x for x in decide(held, system, costs, executor_types=types, cluster=four).reasons if x.startswith("dask:")]
+    assert advice and "--nthreads 1 --nworkers 4" in advice[0] and "x4.0 faster" in advice[0]
+    advice = [x for x in decide(free, system, costs, executor_types=types, cluster=one).reasons if x.startswith("dask:")]
+    assert advice and "releases the GIL" in advice[0]
+    assert not [x for x in decide(held, system, costs, executor_types=types, cluster=one).reasons if x.startswith("dask:")]
 
 
 def test_optimize_with_a_cluster_then_execute_on_its_scheduler(client):

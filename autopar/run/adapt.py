@@ -52,8 +52,14 @@ class ChunkTuner:
             left = max(result.n_remaining + self.first_index - feeder.next_index, job.n_jobs)
         if left > 0:
             profile = replace(result.profile, item_time_mean=measured, item_time_std=result.profile.item_time_std * ratio)
-            costs = pool_costs(job.method)
-            new = best_chunksize(job.kind, job.n_jobs, left, profile, costs, result.usable_cores).chunksize
+            if job.kind == "dask":  # the cluster's task costs, not a local pool's
+                from ..backends.dask import cluster_costs
+                from ..tune.model import best_dask
+
+                new = best_dask(left, profile, cluster_costs(job.pool.client)).chunksize  # type: ignore[union-attr]
+            else:
+                costs = pool_costs(job.method)
+                new = best_chunksize(job.kind, job.n_jobs, left, profile, costs, result.usable_cores).chunksize
             if new != feeder.chunksize:
                 why = f"items take {measured * 1e3:.3g} ms, not {self.basis * 1e3:.3g} ms"
                 job.report.chunksize_changes.append((feeder.next_index, feeder.chunksize, new, why))

@@ -288,19 +288,26 @@ DASK_TASK_SHARE = 0.05  # a task's round trip at most this share of its work, wh
 LOCAL_PREFERENCE = 1.2  # a local pool within this of the cluster wins: nothing leaves the machine
 
 
-def predict_dask(cs: int, remaining: int, p: Profile, cluster: Any) -> Candidate:
+def predict_dask(cs: int, remaining: int, p: Profile, cluster: Any, g: float | None = None) -> Candidate:
     """A run on a Dask cluster (``cluster``: :class:`~autopar.backends.dask.ClusterCosts`):
     the cluster's threads each run tasks of ``cs`` items as a process worker would (the
     worker unpickles items and pickles results, the caller the other halves); the bytes
     travel at the measured bandwidth; each task costs what one did with many queued (the
     scheduler's and the client's share: tasks run behind the 2n+1 in flight), and the first
-    one a full round trip. No start cost: the cluster is up."""
+    one a full round trip. No start cost: the cluster is up. A worker's threads share one
+    GIL: a worker with k tasks running runs them as k local threads would (``g``, the share
+    of an item that holds the GIL, from the thread probe), each thread that much slower
+    (k: its threads, or fewer where there are fewer tasks than threads)."""
     n = max(1, cluster.threads)
     t = p.item_time_mean
     n_tasks = -(-remaining // cs)
     busiest = _makespan_items(remaining, cs, n)
     _, _, item_bytes, worker_side, parent_side = _pickling(p, cs)
-    work = busiest * (t + worker_side) + _tail(p, cs, n)
+    # Threads busy in a worker at once: fewer tasks than threads spread over the workers.
+    busy = min(threads_per_worker(cluster), -(-n_tasks // max(cluster.workers, 1)))
+    g = gil_share(p) if g is None else g
+    slower = busy / _thread_speedup(busy, g, busy, p.cpu_ratio)
+    work = (busiest * (t + worker_side) + _tail(p, cs, n)) * slower
     to_workers = (remaining * item_bytes + n_tasks * p.func_bytes) / max(cluster.bytes_per_second_to, 1.0)
     from_workers = remaining * p.result_bytes / max(cluster.bytes_per_second_from, 1.0)
     transfer = to_workers + from_workers
@@ -310,7 +317,33 @@ def predict_dask(cs: int, remaining: int, p: Profile, cluster: Any) -> Candidate
     return Candidate("dask", n, cs, total, 0.0, work, transfer, dispatch)
 
 
-def best_dask(remaining: int, p: Profile, cluster: Any) -> Candidate:
+def threads_per_worker(cluster: Any) -> int:
+    return max(1, round(cluster.threads / max(cluster.workers, 1)))
+
+
+def dask_threads_advice(p: Profile, cluster: Any, g: float) -> str | None:
+    """What explain() says about the cluster's threads per worker for this work: a function
+    that holds the GIL computes on one thread a worker at a time."""
+    per_worker = threads_per_worker(cluster)
+    if p.thread_scaling is None or p.probe_threads < 2:
+        return None
+    useful = _thread_speedup(per_worker, g, per_worker, p.cpu_ratio)
+    if per_worker > 1 and useful < 0.75 * per_worker:
+        return (
+            f"dask: the function holds the GIL ({p.probe_threads} threads ran x{p.thread_scaling:.2f}), so each "
+            f"of the cluster's workers computes about x{useful:.1f} with its {per_worker} threads; workers of one "
+            f"thread each (dask worker --nthreads 1 --nworkers {per_worker}; LocalCluster(threads_per_worker=1)) "
+            f"would run x{per_worker / useful:.1f} faster"
+        )
+    if per_worker == 1 and cluster.workers > 1 and g < 0.1 and p.cpu_ratio > 0.5:
+        return (
+            f"dask: the function releases the GIL ({p.probe_threads} threads ran x{p.thread_scaling:.2f}): workers "
+            "with several threads each would do as well as one-thread workers, in fewer processes and less memory"
+        )
+    return None
+
+
+def best_dask(remaining: int, p: Profile, cluster: Any, g: float | None = None) -> Candidate:
     """The best task size on ``cluster``: within 2% of the fastest, the largest that leaves
     at least 4 tasks a thread (a lost worker costs a task, and balance), else the fastest:
     on a cluster of 1,600 threads, 4 tasks a thread made the scheduler the bottleneck."""
@@ -318,7 +351,7 @@ def best_dask(remaining: int, p: Profile, cluster: Any) -> Candidate:
     sizes = set(_chunk_options(remaining, n)) | {dask_chunksize(p, remaining, n, cluster.task_seconds)}
     sizes |= {2**k for k in range(max(1, remaining).bit_length())}  # fewer tasks than threads too
     cap = max(1, -(-remaining // (4 * n)))
-    cands = [predict_dask(cs, remaining, p, cluster) for cs in sorted(sizes)]
+    cands = [predict_dask(cs, remaining, p, cluster, g) for cs in sorted(sizes)]
     fastest = min(c.predicted_time for c in cands)
     close = [c for c in cands if c.predicted_time <= fastest * 1.02 and c.chunksize <= cap]
     return max(close, key=lambda c: c.chunksize) if close else min(cands, key=lambda c: c.predicted_time)
@@ -527,7 +560,11 @@ def decide(
                 else:
                     cands.append(best_chunksize(kind, n, remaining, p, costs, cores, system.gil_enabled))
         if cluster is not None and "dask" in allowed:
-            cands.append(predict_dask(chunksize, remaining, p, cluster) if chunksize else best_dask(remaining, p, cluster))
+            g = gil_share(p, system.gil_enabled)
+            cands.append(predict_dask(chunksize, remaining, p, cluster, g) if chunksize else best_dask(remaining, p, cluster, g))
+            advice = dask_threads_advice(p, cluster, g)
+            if advice is not None:
+                reasons.append(advice)
     ranked = sorted(cands + ([serial] if "serial" in allowed or not cands else []), key=lambda c: c.predicted_time)
 
     if shared_resource(p):
