@@ -1,4 +1,4 @@
-"""The ``autopar`` command: ``info``, ``optimize``, ``pack``, ``demo`` (``python -m autopar`` too)."""
+"""The ``autopar`` command: ``info``, ``optimize``, ``cache``, ``pack``, ``demo`` (``python -m autopar`` too)."""
 
 from __future__ import annotations
 
@@ -99,23 +99,71 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         raise SystemExit(f"autopar: {args.function} is not callable")
     data = _items(args)
     kind = None if args.executor == "auto" else args.executor
-    result = optimize(
-        func,
-        data,
-        executor_type=kind,
-        n_jobs=args.jobs,
-        prefer_threads_for_io=not args.no_threads_for_io,
-        start_method=args.start_method,
-        sample_time=args.sample_time,
-    )
+    if kind == "dask" and args.scheduler is None:
+        raise ValueError("--executor dask needs --scheduler tcp://host:port")
+    pool = None
+    if args.scheduler is not None:
+        from .backends.dask import connect
+
+        pool = connect(args.scheduler)
+    try:
+        result = optimize(
+            func,
+            data,
+            executor_type=kind,
+            n_jobs=args.jobs,
+            prefer_threads_for_io=not args.no_threads_for_io,
+            start_method=args.start_method,
+            sample_time=args.sample_time,
+            cluster=pool.client if pool is not None else None,
+            cache=not args.no_cache,
+        )
+        if args.json:
+            print(json.dumps(result.to_dict(), indent=2, default=str))
+        else:
+            print(result.explain())
+        if args.execute:
+            on = {"pool": pool.client} if pool is not None and result.executor_type == "dask" else {}
+            results, report = execute(func, data, result=result, progress=args.progress, return_report=True, **on)
+            print()
+            print(report.summary())
+    finally:
+        if pool is not None:
+            pool.shutdown()
+    return 0
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    """``autopar cache list | show KEY | clear [KEY] | path``: the tuning cache."""
+    from .tune import wisdom
+
+    if args.action == "path":
+        print(wisdom.path())
+        return 0
+    if args.action == "clear":
+        n = wisdom.clear(args.key or "")
+        print(f"removed {n} entr{'y' if n == 1 else 'ies'} from {wisdom.path()}")
+        return 0
+    found = [e for e in wisdom.entries() if e.key.startswith(args.key or "")]
+    if args.action == "show":
+        if not args.key or len(found) != 1:
+            print(f"autopar: {'no' if not found else 'more than one'} entry with a key starting {args.key!r}", file=sys.stderr)
+            return 2
+        print(json.dumps(found[0].to_dict(), indent=2))
+        return 0
     if args.json:
-        print(json.dumps(result.to_dict(), indent=2, default=str))
-    else:
-        print(result.explain())
-    if args.execute:
-        results, report = execute(func, data, result=result, progress=args.progress, return_report=True)
-        print()
-        print(report.summary())
+        print(json.dumps([e.to_dict() for e in found], indent=2))
+        return 0
+    print(f"{'key':<14} {'function':<40} {'item time':>10} {'CPU/wall':>8} {'items':>8} {'hits':>5} {'runs':>5}  last used")
+    for e in found:
+        p = e.profile
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(e.used))
+        mark = " (stale)" if e.stale else ""
+        print(
+            f"{e.key[:12]:<14} {e.func[-40:]:<40} {p.item_time_mean * 1e3:8.3f} ms {p.cpu_ratio:8.2f} "
+            f"{p.n_items if p.n_items is not None else '?':>8} {e.hits:>5} {e.runs:>5}  {when}{mark}"
+        )
+    print(f"{len(found)} entries in {wisdom.path()}")
     return 0
 
 
@@ -223,9 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--executor", choices=["auto", "serial", "thread", "process", "dask"], default="auto")
     p.add_argument(
         "--scheduler",
-        help="a Dask scheduler's address (tcp://host:8786): each pass may run on its cluster where it pays "
-        "(--executor dask: always); its workers must see both folders at the same paths",
+        help="a Dask scheduler's address (tcp://host:8786): its cluster is a candidate too (--executor dask: the only one)",
     )
+    p.add_argument("--no-cache", action="store_true", help="measure even if the tuning cache knows the job")
     p.add_argument("--jobs", type=int, help="fix the number of workers")
     p.add_argument("--start-method", choices=["fork", "spawn", "forkserver"])
     p.add_argument("--no-threads-for-io", action="store_true", help="never send I/O-bound work to threads")
@@ -234,6 +282,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--progress", action="store_true", help="with --execute: a progress bar")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_optimize)
+
+    p = sub.add_parser("cache", help="the tuning cache: what optimize() measured for jobs run before")
+    p.add_argument("action", choices=["list", "show", "clear", "path"])
+    p.add_argument("key", nargs="?", help="a key or its first characters (show: required; list, clear: a filter)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_cache)
 
     p = sub.add_parser("pack", help="a folder of TIFF stacks to WebP atlases and manifest.json")
     p.add_argument("input", metavar="INPUT", help="folder with *_ch*_stack*.tif* files")

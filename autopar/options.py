@@ -81,6 +81,7 @@ class Options:
     retry_backoff: float = 0.1
     scheduler: str | None = None
     cluster: Any = None  # a distributed.Client whose cluster optimize() may choose
+    cache: bool = True  # the tuning cache (autopar.tune.wisdom)
 
     def __post_init__(self) -> None:
         kind, n_jobs = check_pool_args(self.executor_type, self.n_jobs, self.start_method)
@@ -113,6 +114,8 @@ class Options:
             raise ValueError("give scheduler= or cluster=, not both")
         if self.cluster is not None and kind not in (None, "dask"):
             raise ValueError(f"cluster= makes the cluster a candidate; it does not go with executor_type={kind!r}")
+        if not isinstance(self.cache, bool):
+            raise ValueError(f"cache must be True or False, got {self.cache!r}")
         s = self.sample_time
         if isinstance(s, bool) or not isinstance(s, (int, float)) or s < 0:
             raise ValueError(f"sample_time must be a number of seconds >= 0, got {s!r}")

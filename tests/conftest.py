@@ -18,6 +18,9 @@ import pytest
 _CACHE = tempfile.mkdtemp(prefix="autopar-test-cache-")
 os.environ["AUTOPAR_CACHE_DIR"] = _CACHE
 atexit.register(shutil.rmtree, _CACHE, True)  # the session's own cache goes with it
+# The tuning cache is off: a test that calls optimize() twice on the same job expects two
+# samples. tests/test_wisdom.py turns it on, each test in a folder of its own.
+os.environ["AUTOPAR_CACHE"] = "off"
 
 import autopar  # noqa: E402
 

@@ -85,6 +85,7 @@ def execute_iter(
     retry_backoff: float = 0.1,
     scheduler: str | None = None,
     cluster: Any = None,
+    cache: bool = True,
 ) -> ExecutionIterator:
     """Like :func:`execute`, but yields results in input order as they are ready.
 
@@ -210,6 +211,7 @@ def execute(
     retry_backoff: float = 0.1,
     scheduler: str | None = None,
     cluster: Any = None,
+    cache: bool = True,
     return_report: bool = False,
 ) -> Any:
     """Run ``func`` over ``data`` the best way; the same list as ``[func(x) for x in data]``.
@@ -236,6 +238,9 @@ def execute(
         A Dask ``distributed.Client`` whose cluster is one more candidate: optimize() weighs it
         against the local pools (its costs measured once per scheduler) and the work runs
         where it was predicted fastest. ``executor_type="dask"`` runs there without asking.
+    cache
+        The tuning cache (see :func:`optimize`); a run that used it feeds back the item time
+        it measured, so the kept figures follow the job.
     adapt
         Correct the chunksize while running when chunk times leave the model's range.
     errors
@@ -289,6 +294,19 @@ def _collect(it: ExecutionIterator) -> list[Any]:
             raise
         raise err from err.__cause__  # the item's own cause (a worker's traceback) stays
     return [] if results is None else results
+
+
+def _feed_back(job: Job) -> None:
+    """The item time the run measured goes back to the tuning cache. Thread runs wider than
+    the cores time each item with the others' share of the cores in it: not fed back."""
+    result, report = job.result, job.report
+    if result is None or result.cache_key is None or not report.measured_item_time:
+        return
+    if job.kind == "thread" and job.n_jobs > result.usable_cores:
+        return
+    from ..tune import wisdom
+
+    report.cache = wisdom.observe(result.cache_key, report.measured_item_time)
 
 
 def _serial(job: Job, rest: Iterator[Any], index: int) -> Iterator[list[Any]]:
@@ -355,3 +373,4 @@ def _run(job: Job, prefix: list[list[Any]], rest: Iterator[Any], total: int | No
         report.wall_time = now - t_begin
         if job.result is not None and report.completed:
             report.serial_estimate = (index - n_prefix) * job.result.profile.item_time_mean
+            _feed_back(job)

@@ -10,6 +10,7 @@ from typing import Any, Callable, Iterable
 from ..backends.dask import cluster_costs
 from .model import Candidate, Decision, decide
 from .result import OptimizationResult
+from . import wisdom
 from .sample import sample
 from .costs import pool_costs
 from .measure import rss
@@ -78,6 +79,7 @@ def optimize(
     sample_time: float = 0.2,
     errors: str = "raise",
     cluster: Any = None,
+    cache: bool = True,
 ) -> OptimizationResult:
     """Measure ``func`` on a sample of ``data`` and choose how to run the rest.
 
@@ -107,6 +109,11 @@ def optimize(
         A Dask ``distributed.Client``: its cluster is a candidate too (``executor_type``
         ``"dask"``), its costs measured once per scheduler; a local pool predicted within
         20% of it wins. ``execute(func, data, result=result)`` then runs on that scheduler.
+    cache
+        Use the tuning cache (also off with ``AUTOPAR_CACHE=off``): a job measured before
+        (same function and code, same kind of data, same machine) is decided from the kept
+        figures without a sample; a new one's sample is kept. ``result.cache`` says "hit"
+        or "miss" (None: no key, e.g. an iterator as data).
     """
     check_func_and_data(func, data)
     opts = Options.of(locals())
@@ -124,16 +131,25 @@ def optimize_with(func: Callable[[Any], Any], data: Iterable[Any], opts: Options
     method = opts.start_method or default_start_method()
     system = system_info(blas=False)
     costs = pool_costs(method).for_parent(rss())  # a large parent forks slowly
-    profile, stash = sample(
-        func,
-        data,
-        n_items=opts.n_items,
-        budget=opts.sample_time,
-        probe_threads=max(2, min(system.usable_cores, 4)),
-        probe=kind in (None, "thread"),  # helper threads only where threads are candidates
-        collect=opts.collect,
-        finish=kind in (None, "serial"),
-    )
+    key = _cache_key(func, data, opts, system, method, cluster)
+    entry = wisdom.lookup(key) if key is not None else None
+    stash = None
+    if entry is not None:  # measured before: decide again from the kept figures, no sample
+        n = opts.n_items if opts.n_items is not None else len(data)  # type: ignore[arg-type]
+        profile = replace(entry.profile, n_sampled=0, n_probed=0, n_items=n, exhausted=False, sample_time=0.0)
+    else:
+        profile, stash = sample(
+            func,
+            data,
+            n_items=opts.n_items,
+            budget=opts.sample_time,
+            probe_threads=max(2, min(system.usable_cores, 4)),
+            probe=kind in (None, "thread"),  # helper threads only where threads are candidates
+            collect=opts.collect,
+            finish=kind in (None, "serial"),
+        )
+        if key is not None and profile.n_sampled and profile.item_time_mean > 0:
+            wisdom.store(key, wisdom.func_name(func), profile)
     d = decide(
         profile,
         system,
@@ -148,12 +164,30 @@ def optimize_with(func: Callable[[Any], Any], data: Iterable[Any], opts: Options
     result = _result(d, profile, stash, system, costs, method, kind, time.perf_counter() - t0)
     if cluster is not None:
         result = replace(result, scheduler=cluster.address)
-    if stash.one_shot:
+    if key is not None:
+        result = replace(result, cache_key=key, cache="hit" if entry is not None else "miss")
+        if entry is not None:
+            when = time.strftime("%Y-%m-%d %H:%M", time.localtime(entry.created))
+            runs = f", {entry.runs} runs since" if entry.runs else ""
+            note = f"figures from the tuning cache (measured {when}{runs}; key {key[:12]}): no sample taken"
+            result = replace(result, reasons=result.reasons + (note,))
+    if stash is not None and stash.one_shot:
         try:
             _pending[data] = result
         except TypeError:
             pass  # not weak-referenceable: the caller must pass the result to execute()
     return result
+
+
+def _cache_key(func: Callable[[Any], Any], data: Iterable[Any], opts: Options, system: Any, method: str, cluster: Any) -> str | None:
+    """The job's key in the tuning cache (None: the cache is off, or the job has none)."""
+    if not wisdom.enabled(opts.cache):
+        return None
+    bounds = (
+        opts.executor_type, opts.n_jobs, opts.chunksize, opts.max_jobs, opts.prefer_threads_for_io, opts.errors,
+        cluster.address if cluster is not None else None,
+    )
+    return wisdom.job_key(func, data, opts.n_items, system, method, bounds)
 
 
 def _runner_ups(d: Decision) -> tuple[Candidate, ...]:

@@ -55,6 +55,8 @@ class OptimizationResult:
     warnings: tuple[str, ...]
     optimize_time: float
     scheduler: str | None = None  # the Dask scheduler of an optimize(cluster=...)
+    cache_key: str | None = None  # the job's key in the tuning cache
+    cache: str | None = None  # "hit" (decided from kept figures), "miss" (measured, now kept), None
     _stash: SampleStash | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -99,6 +101,8 @@ class OptimizationResult:
             "warnings": list(self.warnings),
             "optimize_time": self.optimize_time,
             "scheduler": self.scheduler,
+            "cache_key": self.cache_key,
+            "cache": self.cache,
         }
 
     def label(self) -> str:

@@ -170,8 +170,17 @@ def _static_facts() -> dict[str, Any]:
         physical_cores=psutil.cpu_count(logical=False) or 1,
         gil_enabled=_gil_enabled(),
         python=f"{platform.python_implementation()} {platform.python_version()}",
-        platform=platform.platform(),
+        platform=_platform(),
     )
+
+
+def _platform() -> str:
+    """System, release and machine (``platform.platform()`` also reads the C library's
+    version out of the Python binary: 1.1 ms of the first optimize() in a process)."""
+    if hasattr(os, "uname"):
+        u = os.uname()
+        return f"{u.sysname}-{u.release}-{u.machine}"
+    return platform.platform()
 
 
 def system_info(*, blas: bool = True) -> SystemInfo:

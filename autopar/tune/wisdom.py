@@ -1,0 +1,398 @@
+"""The tuning cache: what optimize() measured for a job, kept across runs (FFTW's "wisdom").
+
+A job's key (:func:`job_key`) is made of the function's identity and code (module, qualname,
+bytecode and constants, the types and sizes of its defaults and closure values; a callable
+object's type and state), the data's signature (item type, pickled size and item count, as
+powers of two; items under 1 KB alike), the machine (usable cores, cgroup quota, CPU model, memory), Python's version
+and GIL, the start method, autopar's version and the options that bound the choice. What is
+kept is the sample's :class:`~autopar.tune.sample.Profile`, not the decision: on a hit
+optimize() skips sampling and decides again from the kept figures for this call's item count
+(the model costs about 0.1 ms).
+
+Every run feeds back what it measured (:func:`observe`): the per-item time in the workers
+moves the kept item time (a running average over the runs), so the entry converges on the
+job as it runs; a run whose items took over ``STALE_FACTOR`` times more or less than the kept
+figure marks it stale, and the next optimize() measures again and replaces it. Within a run
+the first chunks are the check: the chunk tuner and the fallback watch the run against the
+kept figures as they do against a fresh sample's.
+
+Storage: one SQLite database in the cache folder (``AUTOPAR_CACHE_DIR``), in WAL mode with
+a busy timeout, so several processes read and write it at once; at most ``MAX_ENTRIES``
+entries (the least recently used go); its schema version in ``PRAGMA user_version`` (another
+version's file is emptied, not read). ``AUTOPAR_CACHE=off`` or ``cache=False`` turns it off.
+A cache that cannot be opened or written (a read-only folder, a locked or damaged file) only
+costs the measurement: no job fails for it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import json
+import os
+import pickle
+import platform
+import sqlite3
+import sys
+import threading
+import time
+import types
+from dataclasses import asdict, fields, replace
+from typing import Any, Callable, Iterable, Iterator
+
+from .sample import Profile
+
+__all__ = ["MAX_ENTRIES", "STALE_FACTOR", "Entry", "clear", "enabled", "entries", "job_key", "lookup", "observe", "store"]
+
+SCHEMA_VERSION = 1
+MAX_ENTRIES = 2000
+STALE_FACTOR = 2.0  # a run's item time this far from the kept one: measure again
+_BYTES_LIMIT = 1 << 16  # callable objects' state up to this size is hashed by value
+
+
+def enabled(option: bool = True) -> bool:
+    """Whether the cache is used: ``cache=`` and ``AUTOPAR_CACHE`` (off, 0, false, no)."""
+    return option and os.environ.get("AUTOPAR_CACHE", "").strip().lower() not in ("off", "0", "false", "no")
+
+
+# -- the key ----------------------------------------------------------------------------------
+
+
+def _bucket(n: float) -> int:
+    """Powers of two: 0 for 0, else the bit length (1 -> 1, 2-3 -> 2, 4-7 -> 3, ...)."""
+    return int(n).bit_length() if n > 0 else 0
+
+
+def _shape(value: Any) -> str:
+    """A value's type and size bucket (what the model's figures depend on, not its content)."""
+    t = type(value)
+    name = f"{t.__module__}.{t.__qualname__}"
+    nbytes = getattr(value, "nbytes", None)
+    if isinstance(nbytes, int):
+        return f"{name}:{getattr(value, 'dtype', '')}:{_bucket(nbytes)}"
+    if isinstance(value, (bytes, bytearray, str, list, tuple, dict, set, frozenset)):
+        return f"{name}:{_bucket(len(value))}"
+    return name
+
+
+def _code_digest(code: types.CodeType) -> str:
+    """Bytecode, constants (nested functions' code the same way), names and arguments; not
+    where the code sits in its file (a function moved down a file is the same job)."""
+    h = hashlib.blake2b(digest_size=12)
+    _hash_code(h, code)
+    return h.hexdigest()
+
+
+def _hash_code(h: Any, code: types.CodeType) -> None:
+    h.update(code.co_code)
+    h.update(repr((code.co_names, code.co_varnames, code.co_freevars, code.co_argcount, code.co_kwonlyargcount)).encode())
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            _hash_code(h, const)
+        else:
+            h.update(repr(const).encode())
+
+
+def _func_parts(func: Any, depth: int = 0) -> list[str] | None:
+    """What identifies ``func`` for the cache; None where nothing stable can be said."""
+    if depth > 3:
+        return None
+    if isinstance(func, types.FunctionType):
+        parts = [func.__module__ or "", func.__qualname__, _code_digest(func.__code__)]
+        parts += [_shape(v) for v in func.__defaults__ or ()]
+        parts += [f"{k}={_shape(v)}" for k, v in sorted((func.__kwdefaults__ or {}).items())]
+        for cell in func.__closure__ or ():
+            try:
+                parts.append(_shape(cell.cell_contents))
+            except ValueError:  # an empty cell
+                parts.append("<empty>")
+        return parts
+    if isinstance(func, functools.partial):
+        inner = _func_parts(func.func, depth + 1)
+        if inner is None:
+            return None
+        return ["partial", *inner, *map(_shape, func.args), *(f"{k}={_shape(v)}" for k, v in sorted(func.keywords.items()))]
+    if isinstance(func, types.MethodType):
+        inner = _func_parts(func.__func__, depth + 1)
+        return None if inner is None else ["method", *inner, *_state_parts(func.__self__)]
+    if isinstance(func, (types.BuiltinFunctionType, type)):
+        return ["builtin", getattr(func, "__module__", "") or "", func.__qualname__]
+    call = getattr(type(func), "__call__", None)
+    if isinstance(call, types.FunctionType):  # a callable object: its class's code and its state
+        inner = _func_parts(call, depth + 1)
+        return None if inner is None else ["object", *inner, *_state_parts(func)]
+    module, name = getattr(func, "__module__", None), getattr(func, "__qualname__", None)
+    if isinstance(module, str) and isinstance(name, str) and "<" not in name:
+        # A library's callable of its own kind (NumPy's dispatchers): its name and the
+        # library's version.
+        top = sys.modules.get(module.split(".")[0])
+        return ["named", module, name, str(getattr(top, "__version__", ""))]
+    return None
+
+
+def _state_parts(obj: Any) -> list[str]:
+    """A callable object's settings: by value where they pickle small, else by shape."""
+    t = type(obj)
+    parts = [f"{t.__module__}.{t.__qualname__}"]
+    try:
+        blob = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        blob = None
+    if blob is not None and len(blob) <= _BYTES_LIMIT:
+        parts.append(hashlib.blake2b(blob, digest_size=12).hexdigest())
+    else:
+        state = getattr(obj, "__dict__", None) or {}
+        parts += [f"{k}={_shape(v)}" for k, v in sorted(state.items())]
+    return parts
+
+
+def _item_bytes(item: Any) -> int:
+    nbytes = getattr(item, "nbytes", None)
+    if isinstance(nbytes, int):
+        return nbytes
+    if isinstance(item, (bytes, bytearray, str)):
+        return len(item)
+    try:
+        return len(pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL))
+    except Exception:
+        return 0
+
+
+@functools.lru_cache(maxsize=1)
+def _machine() -> str:
+    """CPU model, memory, Python and autopar: fixed while the process runs."""
+    model = platform.machine()  # (not platform.processor(): it runs `uname -p` on Linux)
+    try:
+        with open("/proc/cpuinfo", "rb") as fh:
+            for line in fh.read().decode(errors="replace").splitlines():
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    import psutil
+
+    from .. import __version__
+
+    memory = psutil.virtual_memory().total >> 30
+    return f"{model}|{memory}GiB|{sys.version_info[:3]}|{sys.implementation.name}|autopar {__version__}"
+
+
+def job_key(
+    func: Callable[[Any], Any], data: Iterable[Any], n_items: int | None, system: Any, method: str, options: tuple[Any, ...]
+) -> str | None:
+    """The job's key, or None where it cannot have one (an iterator, which cannot be
+    peeked at without consuming it; no items; a callable with nothing stable to name)."""
+    if not hasattr(data, "__len__") or not hasattr(data, "__getitem__"):
+        return None
+    try:
+        n = len(data)  # type: ignore[arg-type]
+        if n == 0:
+            return None
+        first = data[0]  # type: ignore[index]
+    except Exception:
+        return None
+    parts = _func_parts(func)
+    if parts is None:
+        return None
+    text = "|".join(
+        [
+            *parts,
+            _shape(first),
+            str(_bucket(_item_bytes(first) >> 10)),  # KB, in powers of two (under 1 KB: one bucket)
+            str(_bucket(n_items if n_items is not None else n)),
+            f"cores={system.usable_cores}",
+            f"quota={system.cgroup_cpu_quota}",
+            f"gil={system.gil_enabled}",
+            method,
+            _machine(),
+            repr(options),
+        ]
+    )
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
+def func_name(func: Any) -> str:
+    """A readable name for listings."""
+    inner = getattr(func, "func", None) or getattr(func, "__func__", None) or func
+    name = getattr(inner, "__qualname__", None) or type(inner).__qualname__
+    return f"{getattr(inner, '__module__', '') or ''}.{name}".lstrip(".")
+
+
+# -- the store --------------------------------------------------------------------------------
+
+
+class Entry:
+    """One kept job: its profile, and what runs since have measured."""
+
+    __slots__ = ("key", "func", "profile", "created", "used", "hits", "runs", "stale")
+
+    def __init__(self, key: str, func: str, profile: Profile, created: float, used: float, hits: int, runs: int, stale: bool) -> None:
+        self.key, self.func, self.profile = key, func, profile
+        self.created, self.used, self.hits, self.runs, self.stale = created, used, hits, runs, stale
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "func": self.func,
+            "created": self.created,
+            "used": self.used,
+            "hits": self.hits,
+            "runs": self.runs,
+            "stale": self.stale,
+            "profile": self.profile.to_dict(),
+        }
+
+
+_local = threading.local()
+_SCHEMA = (
+    "CREATE TABLE entries (key TEXT PRIMARY KEY, func TEXT NOT NULL, profile TEXT NOT NULL, created REAL NOT NULL, "
+    "used REAL NOT NULL, hits INTEGER NOT NULL DEFAULT 0, runs INTEGER NOT NULL DEFAULT 0, stale INTEGER NOT NULL DEFAULT 0)",
+    "CREATE INDEX entries_used ON entries (used)",
+)
+
+
+def path() -> Any:
+    from .costs import cache_dir
+
+    return cache_dir() / "tuning.sqlite3"
+
+
+def _connect() -> sqlite3.Connection:
+    """This thread's connection (opened again after a fork, and when the folder changes)."""
+    where = str(path())
+    held = getattr(_local, "conn", None)
+    if held is not None and held[0] == os.getpid() and held[1] == where:
+        return held[2]
+    os.makedirs(os.path.dirname(where), exist_ok=True)
+    conn = sqlite3.connect(where, timeout=5.0, isolation_level=None)  # transactions by hand
+    conn.execute("PRAGMA journal_mode=WAL")  # readers never wait for a writer
+    conn.execute("PRAGMA synchronous=NORMAL")
+    if conn.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
+        with _transaction(conn):  # a new file, or another version's: emptied, not read
+            if conn.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
+                conn.execute("DROP TABLE IF EXISTS entries")
+                for statement in _SCHEMA:
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    _local.conn = (os.getpid(), where, conn)
+    return conn
+
+
+@contextlib.contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """A write transaction, the database locked for writing from its start (no two
+    processes read the same row and write back different updates)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def _safely(default: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """A cache operation that fails (a read-only folder, a locked or damaged file) returns
+    ``default``: the cache only ever saves a measurement."""
+
+    def wrap(f: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(f)
+        def safe(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return f(*args, **kwargs)
+            except (sqlite3.Error, OSError, ValueError, TypeError, KeyError):
+                return default
+
+        return safe
+
+    return wrap
+
+
+def _profile_of(text: str) -> Profile:
+    raw = json.loads(text)
+    names = {f.name for f in fields(Profile)}
+    return Profile(**{k: v for k, v in raw.items() if k in names})
+
+
+def _row_entry(row: tuple[Any, ...]) -> Entry:
+    key, func, profile, created, used, hits, runs, stale = row
+    return Entry(key, func, _profile_of(profile), created, used, hits, runs, bool(stale))
+
+
+_COLUMNS = "key, func, profile, created, used, hits, runs, stale"
+
+
+@_safely(None)
+def lookup(key: str) -> Entry | None:
+    """The entry for ``key`` if there is one and it is not stale; counts the hit."""
+    conn = _connect()
+    row = conn.execute(f"SELECT {_COLUMNS} FROM entries WHERE key = ?", (key,)).fetchone()
+    if row is None or row[7]:
+        return None
+    conn.execute("UPDATE entries SET used = ?, hits = hits + 1 WHERE key = ?", (time.time(), key))
+    return _row_entry(row)
+
+
+@_safely(False)
+def store(key: str, func: str, profile: Profile) -> bool:
+    """Keep (or replace) ``key``'s profile; the least recently used go past MAX_ENTRIES."""
+    conn = _connect()
+    now = time.time()
+    with _transaction(conn):
+        conn.execute(
+            "INSERT OR REPLACE INTO entries (key, func, profile, created, used, hits, runs, stale) "
+            "VALUES (?, ?, ?, ?, ?, 0, 0, 0)",
+            (key, func, json.dumps(asdict(profile)), now, now),
+        )
+        (count,) = conn.execute("SELECT COUNT(*) FROM entries").fetchone()
+        if count > MAX_ENTRIES:
+            conn.execute(
+                "DELETE FROM entries WHERE key IN (SELECT key FROM entries ORDER BY used LIMIT ?)", (count - MAX_ENTRIES,)
+            )
+    return True
+
+
+@_safely(None)
+def observe(key: str, item_time: float) -> str | None:
+    """A run's measured item time, fed back: "updated" (the kept figure moves towards it),
+    "stale" (off by more than STALE_FACTOR: measured again next time) or None (no entry)."""
+    if not item_time or item_time <= 0:
+        return None
+    conn = _connect()
+    with _transaction(conn):
+        row = conn.execute("SELECT profile, runs FROM entries WHERE key = ?", (key,)).fetchone()
+        if row is None:
+            return None
+        profile, runs = _profile_of(row[0]), row[1]
+        kept = profile.item_time_mean
+        if kept > 0 and not (1 / STALE_FACTOR <= item_time / kept <= STALE_FACTOR):
+            conn.execute("UPDATE entries SET stale = 1, runs = runs + 1 WHERE key = ?", (key,))
+            return "stale"
+        # A running average over the sample and the runs since (each run one vote).
+        new = (kept * (runs + 1) + item_time) / (runs + 2) if kept > 0 else item_time
+        scale = new / kept if kept > 0 else 1.0
+        updated = replace(
+            profile, item_time_mean=new, item_time_std=profile.item_time_std * scale, item_time_max=profile.item_time_max * scale
+        )
+        conn.execute(
+            "UPDATE entries SET profile = ?, runs = runs + 1 WHERE key = ?", (json.dumps(asdict(updated)), key)
+        )
+    return "updated"
+
+
+@_safely([])
+def entries() -> list[Entry]:
+    """Every entry, the most recently used first."""
+    rows = _connect().execute(f"SELECT {_COLUMNS} FROM entries ORDER BY used DESC").fetchall()
+    return [_row_entry(r) for r in rows]
+
+
+@_safely(0)
+def clear(prefix: str = "") -> int:
+    """Remove the entries whose key starts with ``prefix`` (all by default); how many went."""
+    conn = _connect()
+    with _transaction(conn):
+        cur = conn.execute("DELETE FROM entries WHERE key LIKE ?", (prefix.replace("%", "") + "%",))
+    return cur.rowcount

@@ -1,0 +1,216 @@
+"""The tuning cache: keys, hits without a sample, runs fed back, stale entries measured again,
+several processes at once, its bound, its version, and the switches that turn it off."""
+
+from __future__ import annotations
+
+import functools
+import json
+import multiprocessing as mp
+import sqlite3
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import autopar
+from autopar.tune import wisdom
+from autopar.tune.system import system_info
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    """The cache on, in a folder of the test's own (pool costs measured once per session
+    are copied in, so no test measures them again)."""
+    import shutil
+
+    from autopar.tune.costs import cache_dir
+
+    for f in cache_dir().glob("pool-costs-*.json"):
+        shutil.copy(f, tmp_path / f.name)
+    monkeypatch.setenv("AUTOPAR_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("AUTOPAR_CACHE", raising=False)
+    yield tmp_path
+
+
+CALLS = [0]
+
+
+def counted(x: int) -> int:
+    CALLS[0] += 1
+    s = 0
+    for i in range(300):
+        s += i
+    return s + x
+
+
+DELAY = [0.0005]
+
+
+def nap(x: int) -> int:
+    time.sleep(DELAY[0])
+    return x
+
+
+def _key(func, data, n_items=None, options=()):
+    return wisdom.job_key(func, data, n_items, system_info(blas=False), "fork", options)
+
+
+def test_a_key_follows_the_code_the_settings_and_the_data():
+    data = list(range(1000))
+    assert _key(counted, data) == _key(counted, list(range(1000, 2000)))  # same kind of data
+    assert _key(counted, data) != _key(nap, data)
+    assert _key(counted, data) != _key(counted, list(range(10)))  # another count bucket
+    assert _key(counted, data) != _key(counted, [str(i) for i in data])  # another item type
+    assert _key(counted, data) != _key(counted, data, options=("thread",))
+    small, large = [np.zeros(10)] * 4, [np.zeros(100_000)] * 4
+    assert _key(np.sum, small) != _key(np.sum, large)  # another item size
+    # Lambdas by value: the same code and defaults give one key, other code another.
+    assert _key(lambda x: x + 1, data) == _key(lambda x: x + 1, data)
+    assert _key(lambda x: x + 1, data) != _key(lambda x: x + 2, data)
+    assert _key(lambda x, k=3: x + k, data) != _key(lambda x, k="3": x + k, data)  # a default's type
+    # Closure values by type and size; a partial by its arguments; an object by its state.
+    def make(v):
+        return lambda x: x + len(v)
+
+    assert _key(make([1, 2]), data) == _key(make([3, 4]), data)
+    assert _key(make([1, 2]), data) != _key(make(list(range(100))), data)
+    assert _key(functools.partial(nap), data) != _key(functools.partial(counted), data)
+    from autopar.image.pack import _Scan
+
+    assert _key(_Scan("slope", None), data) == _key(_Scan("slope", None), data)
+    assert _key(_Scan("slope", None), data) != _key(_Scan("threshold", 3.0), data)
+    # No key: an iterator (cannot be peeked at), no items.
+    assert _key(counted, iter(data)) is None and _key(counted, []) is None
+
+
+def test_a_known_job_is_decided_without_running_an_item(cache):
+    data = list(range(3000))
+    first = autopar.optimize(counted, data)
+    assert first.cache == "miss" and first.profile.n_sampled > 0
+    CALLS[0] = 0
+    again = autopar.optimize(counted, data)
+    assert again.cache == "hit" and CALLS[0] == 0  # no sample
+    assert again.cache_key == first.cache_key and again.n_remaining == 3000
+    assert "tuning cache" in again.explain()
+    assert again.profile.item_time_mean == pytest.approx(first.profile.item_time_mean)
+    out = autopar.execute(counted, data, result=again)
+    assert out == [counted(x) for x in data]
+    assert autopar.optimize(counted, data, cache=False).cache is None
+
+
+def test_each_run_feeds_back_and_a_far_off_one_makes_the_entry_measured_again(cache):
+    data = list(range(100))
+    DELAY[0] = 0.0005
+    r = autopar.optimize(nap, data, executor_type="serial")
+    assert r.cache == "miss"
+    _, report = autopar.execute(nap, data, result=r, return_report=True)
+    assert report.cache == "updated"
+    [entry] = wisdom.entries()
+    assert entry.runs == 1 and entry.hits == 0 and not entry.stale
+    DELAY[0] = 0.005  # the job changed in a way the key cannot see: 10x slower items
+    try:
+        r = autopar.optimize(nap, data, executor_type="serial")
+        assert r.cache == "hit"
+        _, report = autopar.execute(nap, data, result=r, return_report=True)
+    finally:
+        DELAY[0] = 0.0005
+    assert report.cache == "stale"
+    assert wisdom.entries()[0].stale
+    r = autopar.optimize(nap, data, executor_type="serial")
+    assert r.cache == "miss" and r.profile.n_sampled > 0  # measured again, and kept anew
+    [entry] = wisdom.entries()
+    assert not entry.stale and entry.runs == 0
+
+
+def test_the_kept_item_time_follows_the_runs(cache):
+    key = "k" * 32
+    base = autopar.optimize(counted, list(range(500)), cache=False).profile
+    assert wisdom.store(key, "f", base)
+    t = base.item_time_mean
+    assert wisdom.observe(key, 1.5 * t) == "updated"
+    assert wisdom.entries()[0].profile.item_time_mean == pytest.approx(1.25 * t)  # (t + 1.5t) / 2
+    assert wisdom.observe(key, 1.5 * t) == "updated"
+    assert wisdom.entries()[0].profile.item_time_mean == pytest.approx((2 * 1.25 * t + 1.5 * t) / 3)
+    assert wisdom.observe("no such key", t) is None
+
+
+def _writer(args):
+    folder, worker, profile = args
+    import os
+
+    os.environ["AUTOPAR_CACHE_DIR"] = folder
+    from autopar.tune import wisdom as w
+
+    ok = 0
+    for i in range(40):
+        ok += w.store(f"{worker}-{i}", "abs", profile)
+        ok += w.observe(f"{worker}-{i}", profile.item_time_mean or 1e-6) == "updated"
+        ok += w.observe("shared", 1e-6) is not None or w.store("shared", "abs", profile)
+    return ok
+
+
+def test_several_processes_write_at_once(cache):
+    profile = autopar.optimize(abs, [1, 2, 3], cache=False, sample_time=0.01).profile
+    with mp.get_context("spawn").Pool(3) as pool:
+        done = pool.map(_writer, [(str(cache), w, profile) for w in range(3)])
+    assert done == [120, 120, 120]  # no write was lost to a lock
+    keys = {e.key for e in wisdom.entries()}
+    assert {f"{w}-{i}" for w in range(3) for i in range(40)} <= keys and "shared" in keys
+    assert wisdom.entries()[0].profile.n_items == 3
+
+
+def test_the_cache_is_bounded_least_recently_used_first(cache, monkeypatch):
+    monkeypatch.setattr(wisdom, "MAX_ENTRIES", 5)
+    profile = autopar.optimize(abs, [1, 2, 3], cache=False, sample_time=0.01).profile
+    for i in range(5):
+        wisdom.store(f"key{i}", "abs", profile)
+        time.sleep(0.002)
+    assert wisdom.lookup("key0") is not None  # used: now the most recent
+    for i in range(5, 8):
+        time.sleep(0.002)
+        wisdom.store(f"key{i}", "abs", profile)
+    assert sorted(e.key for e in wisdom.entries()) == ["key0", "key4", "key5", "key6", "key7"]
+
+
+def test_another_versions_file_is_emptied_not_read(cache):
+    db = sqlite3.connect(cache / "tuning.sqlite3")
+    db.execute("CREATE TABLE entries (key TEXT, something TEXT)")
+    db.execute("INSERT INTO entries VALUES ('x', 'y')")
+    db.execute("PRAGMA user_version = 99")
+    db.commit()
+    db.close()
+    assert wisdom.entries() == []
+    r = autopar.optimize(counted, list(range(2000)))
+    assert r.cache == "miss" and len(wisdom.entries()) == 1
+
+
+def test_switched_off_by_the_environment_or_unusable_without_failing(cache, monkeypatch, tmp_path):
+    data = list(range(2000))
+    monkeypatch.setenv("AUTOPAR_CACHE", "off")
+    assert autopar.optimize(counted, data).cache is None
+    monkeypatch.delenv("AUTOPAR_CACHE")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("AUTOPAR_CACHE_DIR", str(blocker / "cache"))  # cannot be made
+    r = autopar.optimize(counted, data)
+    assert r.executor_type in ("serial", "thread", "process")  # the job goes on unhelped
+    assert autopar.execute(counted, data[:50]) == [counted(x) for x in data[:50]]
+
+
+def test_the_cache_command(cache):
+    data = list(range(3000))
+    key = autopar.optimize(counted, data).cache_key
+    run = lambda *a: subprocess.run(  # noqa: E731
+        [sys.executable, "-m", "autopar", "cache", *a], capture_output=True, text=True, timeout=60
+    )
+    listed = run("list")
+    assert listed.returncode == 0 and key[:12] in listed.stdout and "test_wisdom.counted" in listed.stdout
+    shown = run("show", key[:8])
+    assert shown.returncode == 0 and json.loads(shown.stdout)["key"] == key
+    assert run("show", "zzzz").returncode == 2
+    assert str(cache) in run("path").stdout
+    cleared = run("clear")
+    assert cleared.returncode == 0 and "removed 1 entry" in cleared.stdout
+    assert wisdom.entries() == []
