@@ -122,11 +122,15 @@ def cmd_optimize(args: argparse.Namespace) -> int:
             print(json.dumps(result.to_dict(), indent=2, default=str))
         else:
             print(result.explain())
+        if args.plot:
+            print(f"plot: {result.plot(args.plot)}")
         if args.execute:
             on = {"pool": pool.client} if pool is not None and result.executor_type == "dask" else {}
             results, report = execute(func, data, result=result, progress=args.progress, return_report=True, **on)
             print()
             print(report.summary())
+            if args.timeline:
+                print(f"timeline: {report.plot(args.timeline)}")
     finally:
         if pool is not None:
             pool.shutdown()
@@ -192,6 +196,8 @@ def _pack_and_report(args: argparse.Namespace, src: str, dst: str) -> int:
     print(report.summary())
     if report.manifest is not None and not args.dry_run and report.written:
         print(f"manifest: {dst}/manifest.json")
+    if args.plot:
+        print(f"plot: {report.plot(args.plot)}")
     return 0 if report.ok else 1
 
 
@@ -248,6 +254,7 @@ def _pack_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quality", type=int, default=87, help="WebP quality (default 87)")
     p.add_argument("--dry-run", action="store_true", help="run the passes, write nothing")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--plot", metavar="FILE", help="each pass's time and pool as a bar chart, a PNG (needs autopar[plot])")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -274,6 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="a Dask scheduler's address (tcp://host:8786): its cluster is a candidate too (--executor dask: the only one)",
     )
     p.add_argument("--no-cache", action="store_true", help="measure even if the tuning cache knows the job")
+    p.add_argument("--plot", metavar="FILE", help="predicted speedup against workers and chunksize, as a PNG (needs autopar[plot])")
+    p.add_argument("--timeline", metavar="FILE", help="with --execute: each worker's chunks over the run, as a PNG")
     p.add_argument("--jobs", type=int, help="fix the number of workers")
     p.add_argument("--start-method", choices=["fork", "spawn", "forkserver"])
     p.add_argument("--no-threads-for-io", action="store_true", help="never send I/O-bound work to threads")

@@ -81,6 +81,13 @@ class PackReport:
     def ok(self) -> bool:
         return not self.errors
 
+    def plot(self, path: str | Path) -> Path:
+        """Each pass as a bar (its time, how it ran, files a second), to ``path``. Needs
+        ``pip install "autopar[plot]"``."""
+        from ..plots import pack_plot
+
+        return pack_plot(self, path)
+
     def summary(self) -> str:
         lines = [f"{'pass':<18} {'executor':<30} {'time':>9}  {'throughput':>14}  {'input':>12}"]
         lines.extend(p.line() for p in self.passes)

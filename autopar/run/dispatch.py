@@ -89,6 +89,7 @@ class Chunk:
     inline: bool = False
     live: bool = False  # in flight (a chunk taken off a broken pool is not, whatever its future does)
     sent: float = field(default_factory=time.monotonic)
+    done_at: float = 0.0  # time.perf_counter() when its result came back
 
 
 class InOrder:
@@ -117,7 +118,12 @@ class InOrder:
         if len(self.chunks) > 1 and self.chunks[-2].start > chunk.start:
             self.chunks = deque(sorted(self.chunks, key=lambda c: c.start))
         done = self.done
-        chunk.future.add_done_callback(lambda _f: done.put(chunk))
+
+        def back(_f: Future) -> None:
+            chunk.done_at = time.perf_counter()
+            done.put(chunk)
+
+        chunk.future.add_done_callback(back)
 
     def remove(self, chunk: Chunk) -> None:
         chunk.live = False
@@ -378,6 +384,9 @@ class PoolRun:
                 self.fail_chunk(c, exc)
                 continue
             values, elapsed, failures, cpu = c.future.result()
+            status = "failed" if failures else "inline" if c.inline else "retried" if c.attempt else "ok"
+            end = c.done_at or time.perf_counter()
+            job.report.span(c.start, len(c.items), end - elapsed, end, status)
             job.failed(failures)
             c.values = values if c.inline else self.backend.decode(values)
             c.checked = True
@@ -396,6 +405,8 @@ class PoolRun:
     def fail_chunk(self, chunk: Chunk, error: BaseException) -> None:
         """Collecting: every item of ``chunk`` gets ``error`` in its place; the chunk is done."""
         failures = [(chunk.start + i, error, "") for i in range(len(chunk.items))]
+        now = time.perf_counter()
+        self.job.report.span(chunk.start, len(chunk.items), now - (time.monotonic() - chunk.sent), now, "failed")
         self.job.failed(failures)
         chunk.values = [ItemFailed(i, error) for i, _, _ in failures]
         chunk.checked = True

@@ -177,6 +177,7 @@ def _run_with(
         start_method=method if kind == "process" else None,
         optimize_time=time.perf_counter() - t_begin,
         n_from_sample=sum(map(len, prefix)),
+        started_at=t_begin,
     )
     if prefix and stash is not None:
         report.failures.extend(stash.failures)
@@ -326,6 +327,7 @@ def _serial(job: Job, rest: Iterator[Any], index: int) -> Iterator[list[Any]]:
             break
         tb = time.perf_counter()
         out, failures = run_items(func, index, block, job.opts.collect, remote=False)
+        job.report.span(index, len(block), tb, time.perf_counter(), "failed" if failures else "ok")
         job.failed(failures)
         index += len(block)
         job.bar.update(len(block))

@@ -37,6 +37,24 @@ class ExecutionReport:
     retried: list[int] = field(default_factory=list)
     fallback: tuple[int, str, str] | None = None  # (at item, switched to, why)
     completed: bool = False
+    # Chunk by chunk: (first item, items, start, end, status), seconds since execute() was
+    # called; status "ok", "failed", "retried" (ran again after a worker died) or "inline"
+    # (run in the caller after a fallback). A chunk's start is its end, as the caller saw it,
+    # less its time in the worker.
+    timeline: list[tuple[int, int, float, float, str]] = field(default_factory=list, repr=False)
+    started_at: float = field(default=0.0, repr=False)  # time.perf_counter() when execute() was called
+
+    def span(self, first: int, n: int, start: float, end: float, status: str) -> None:
+        """Note a chunk (``start`` and ``end`` as time.perf_counter() readings)."""
+        self.timeline.append((first, n, start - self.started_at, end - self.started_at, status))
+
+    def plot(self, path: Any) -> Any:
+        """A per-worker timeline of the run's chunks (ran, failed, ran again, inline), with
+        the predicted and the measured end, to ``path`` (PNG; SVG or PDF by the suffix).
+        Needs ``pip install "autopar[plot]"``. Returns the path."""
+        from ..plots import timeline_plot
+
+        return timeline_plot(self, path)
 
     @property
     def fell_back(self) -> bool:
@@ -52,6 +70,7 @@ class ExecutionReport:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        d.pop("started_at")
         d["measured_speedup"] = self.measured_speedup
         d["fell_back"] = self.fell_back
         return d

@@ -105,6 +105,14 @@ class OptimizationResult:
             "cache": self.cache,
         }
 
+    def plot(self, path: Any) -> Any:
+        """Predicted speedup against workers for threads and processes, the measured sample
+        points and the choice, and the chosen pool's time against its chunksize, to ``path``
+        (PNG; SVG or PDF by the suffix). Needs ``pip install "autopar[plot]"``."""
+        from ..plots import speedup_plot
+
+        return speedup_plot(self, path)
+
     def label(self) -> str:
         if self.executor_type == "serial":
             return "serial"

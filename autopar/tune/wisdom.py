@@ -147,16 +147,27 @@ def _state_parts(obj: Any) -> list[str]:
     return parts
 
 
-def _item_bytes(item: Any) -> int:
+def _item_bytes(item: Any, depth: int = 0) -> int:
+    """About how many bytes an item is, without pickling it (pickling a list of a million
+    floats to size it took 60 ms of a job's 0.2 s): buffers by their length, containers by
+    their length times their first element's size, objects by their attributes."""
     nbytes = getattr(item, "nbytes", None)
     if isinstance(nbytes, int):
         return nbytes
     if isinstance(item, (bytes, bytearray, str)):
         return len(item)
-    try:
-        return len(pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL))
-    except Exception:
-        return 0
+    size = sys.getsizeof(item, 64)
+    if depth >= 3:
+        return size
+    if isinstance(item, (list, tuple, set, frozenset)) and item:
+        return size + len(item) * _item_bytes(next(iter(item)), depth + 1)
+    if isinstance(item, dict) and item:
+        k, v = next(iter(item.items()))
+        return size + len(item) * (_item_bytes(k, depth + 1) + _item_bytes(v, depth + 1))
+    attrs = getattr(item, "__dict__", None)
+    if isinstance(attrs, dict):
+        return size + sum(_item_bytes(v, depth + 1) for v in list(attrs.values())[:32])
+    return size
 
 
 @functools.lru_cache(maxsize=1)

@@ -1,0 +1,229 @@
+"""Pictures of what autopar decided and what a run did (the ``plot`` extra: matplotlib).
+
+* :func:`speedup_plot` (``result.plot(path)``): predicted speedup over serial against the
+  number of workers, threads and processes (each at its best chunksize), the points the sample
+  measured (serial, and the thread probe), the choice marked; beside it the chosen pool's
+  predicted time against the chunksize.
+* :func:`timeline_plot` (``report.plot(path)``): what each worker did over the run, chunk by
+  chunk (ran, failed, ran again, run in the caller), optimize()'s sample first, the predicted
+  and the measured end.
+* :func:`pack_plot` (``pack_report.plot(path)``): each pass of ``autopar pack``, its time and
+  how it ran.
+
+Figures are drawn on matplotlib's Agg canvas (no pyplot, no window, no global state), written
+atomically: a plot is a whole PNG (or SVG, PDF: by the suffix) or nothing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ._atomic import atomic_write
+
+if TYPE_CHECKING:
+    from .image.pack import PackReport
+    from .run.report import ExecutionReport
+    from .tune.result import OptimizationResult
+
+__all__ = ["INSTALL_HINT", "pack_plot", "speedup_plot", "timeline_plot"]
+
+INSTALL_HINT = 'plots need matplotlib: pip install "autopar[plot]"'
+COLOURS = {"serial": "#555555", "thread": "#1f77b4", "process": "#d62728", "dask": "#2ca02c"}
+STATUS_COLOURS = {"ok": "#1f77b4", "inline": "#7f7f7f", "retried": "#ff7f0e", "failed": "#d62728", "sample": "#9467bd"}
+
+
+def _figure(width: float, height: float) -> Any:
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as exc:
+        raise ImportError(INSTALL_HINT) from exc
+    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig: Any, path: str | Path) -> Path:
+    path = Path(path)
+    fmt = path.suffix.lstrip(".").lower() or "png"
+    with atomic_write(path, "wb") as fh:
+        fig.savefig(fh, format=fmt)
+    return path
+
+
+# -- optimize(): predicted speedup -----------------------------------------------------------
+
+
+def _curves(result: "OptimizationResult") -> dict[str, list[tuple[int, float, int]]]:
+    """Per pool kind: (workers, predicted time, chunksize) at the model's best chunksize."""
+    from .tune.costs import pool_costs
+    from .tune.measure import rss
+    from .tune.model import best_chunksize
+
+    costs = pool_costs(result.start_method).for_parent(rss())
+    remaining = max(result.n_remaining, 1)
+    cores = result.usable_cores
+    top = max(cores * 4, result.n_jobs, 8)
+    ns = sorted({1, 2, cores, result.n_jobs, *(2**k for k in range(top.bit_length()) if 2**k <= top)})
+    out: dict[str, list[tuple[int, float, int]]] = {}
+    for kind in ("thread", "process"):
+        if kind == "process" and result.profile.transport is None:
+            continue  # the work cannot be sent to a process
+        row = []
+        for n in ns:
+            c = best_chunksize(kind, n, remaining, result.profile, costs, cores)
+            row.append((n, c.predicted_time, c.chunksize))
+        out[kind] = row
+    return out
+
+
+def _chunk_curve(result: "OptimizationResult") -> list[tuple[int, float]]:
+    from .tune.costs import pool_costs
+    from .tune.measure import rss
+    from .tune.model import _predict, gil_share
+
+    if result.executor_type not in ("thread", "process"):
+        return []
+    costs = pool_costs(result.start_method).for_parent(rss())
+    remaining = max(result.n_remaining, 1)
+    g = gil_share(result.profile)
+    sizes = sorted({1, result.chunksize, *(2**k for k in range(max(remaining, 1).bit_length() + 1) if 2**k <= remaining)})
+    return [
+        (cs, _predict(result.executor_type, result.n_jobs, cs, remaining, result.profile, costs, result.usable_cores, g).predicted_time)
+        for cs in sizes
+    ]
+
+
+def speedup_plot(result: "OptimizationResult", path: str | Path) -> Path:
+    """Predicted speedup against workers (threads, processes), the measured points and the
+    choice; and the chosen pool's predicted time against its chunksize."""
+    serial = max(result.serial_time, 1e-12)
+    curves = _curves(result)
+    chunk = _chunk_curve(result)
+    fig = _figure(11 if chunk else 6.5, 4.2)
+    axes = fig.subplots(1, 2) if chunk else [fig.subplots(1, 1)]
+    ax = axes[0]
+    for kind, row in curves.items():
+        ns = [n for n, _, _ in row]
+        name = {"thread": "threads", "process": "processes"}[kind]
+        ax.plot(ns, [serial / t for _, t, _ in row], "-o", ms=3, color=COLOURS[kind], label=f"{name} (predicted)")
+    ax.axhline(1.0, color=COLOURS["serial"], lw=1, ls="--", label="serial")
+    p = result.profile
+    ax.plot([1], [1.0], "s", color="black", label="serial sample (measured)")
+    if p.thread_scaling is not None and p.probe_threads >= 2:
+        ax.plot([p.probe_threads], [p.thread_scaling], "D", color=COLOURS["thread"], mfc="white",
+                label=f"{p.probe_threads} threads (probe, measured)")
+    chosen = 1.0 if result.executor_type == "serial" else result.estimated_speedup
+    ax.plot([result.n_jobs if result.executor_type != "serial" else 1], [chosen], "*", ms=16,
+            color=COLOURS.get(result.executor_type, "black"), mec="black", label=f"chosen: {result.label()}")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("workers")
+    ax.set_ylabel("speedup over serial")
+    ax.set_title(f"{result.n_remaining} items, {p.item_time_mean * 1e3:.3g} ms each, CPU/wall {p.cpu_ratio:.2f}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    if chunk:
+        ax2 = axes[1]
+        ax2.plot([c for c, _ in chunk], [t for _, t in chunk], "-o", ms=3, color=COLOURS[result.executor_type])
+        ax2.axhline(result.serial_time, color=COLOURS["serial"], lw=1, ls="--", label="serial")
+        ax2.plot([result.chunksize], [result.predicted_time], "*", ms=16, color=COLOURS[result.executor_type],
+                 mec="black", label=f"chosen: chunksize {result.chunksize}")
+        ax2.set_xscale("log", base=2)
+        ax2.set_yscale("log")
+        ax2.set_xlabel("chunksize (items per task)")
+        ax2.set_ylabel("predicted seconds")
+        ax2.set_title(f"{result.executor_type} x{result.n_jobs}: predicted time by chunksize")
+        ax2.grid(alpha=0.3)
+        ax2.legend(fontsize=8)
+    return _save(fig, path)
+
+
+# -- execute(): what each worker did ----------------------------------------------------------
+
+
+def _lanes(spans: list[tuple[int, int, float, float, str]], workers: int) -> list[int]:
+    """A lane (worker) per chunk: the first lane free when the chunk started, else the one
+    free soonest (at most ``workers`` lanes). The caller sees each chunk's end when its result
+    arrives, and its time in the worker, so lanes are the workers up to relabelling, and
+    a chunk may start a little before the one it follows ends."""
+    order = sorted(range(len(spans)), key=lambda i: spans[i][2])
+    ends: list[float] = []
+    lanes = [0] * len(spans)
+    for i in order:
+        start, end = spans[i][2], spans[i][3]
+        free = [lane for lane, t in enumerate(ends) if t <= start + 1e-4]
+        if free:
+            lane = free[0]
+        elif len(ends) < workers:
+            lane = len(ends)
+            ends.append(end)
+        else:
+            lane = min(range(len(ends)), key=ends.__getitem__)
+        lanes[i], ends[lane] = lane, max(end, ends[lane])
+    return lanes
+
+
+def timeline_plot(report: "ExecutionReport", path: str | Path) -> Path:
+    """Chunks per worker over the run: ran, failed, ran again, run in the caller; the
+    predicted and the measured end."""
+    spans = list(report.timeline)
+    workers = 1 if report.executor_type == "serial" else report.n_jobs
+    inline = [i for i, sp in enumerate(spans) if sp[4] == "inline"]
+    lanes = _lanes([sp for sp in spans if sp[4] != "inline"], workers)
+    for i in inline:  # chunks run in the caller after a fallback: a lane of their own
+        lanes.insert(i, workers)
+    n_lanes = max(lanes, default=0) + 1
+    fig = _figure(10, 1.6 + 0.35 * (n_lanes + 1))
+    ax = fig.subplots(1, 1)
+    if report.optimize_time > 0:
+        ax.broken_barh([(0.0, report.optimize_time)], (-1.4, 0.8), color=STATUS_COLOURS["sample"])
+    seen: set[str] = set()
+    for (first, n, t0, t1, status), lane in zip(spans, lanes):
+        label = None if status in seen else status
+        seen.add(status)
+        ax.broken_barh([(t0, max(t1 - t0, 1e-5))], (lane - 0.4, 0.8), color=STATUS_COLOURS.get(status, "black"),
+                       edgecolor="white", linewidth=0.3, label=label)
+    if report.predicted_time is not None:
+        ax.axvline(report.optimize_time + report.predicted_time, color="black", ls="--", lw=1,
+                   label=f"predicted end ({report.optimize_time + report.predicted_time:.3g} s)")
+    ax.axvline(report.wall_time, color="black", lw=1.5, label=f"measured end ({report.wall_time:.3g} s)")
+    names = [f"worker {i + 1}" for i in range(n_lanes)]
+    if inline:
+        names[-1] = "caller"
+    ax.set_yticks([-1.0, *range(n_lanes)], ["optimize()", *names])
+    ax.set_ylim(n_lanes - 0.4, -1.6)
+    ax.set_xlabel("seconds since execute() was called")
+    how = report.executor_type if report.executor_type == "serial" else f"{report.executor_type} x{report.n_jobs}"
+    ax.set_title(f"{report.n_items} items on {how}, {report.n_chunks} chunks"
+                 + (f"; from item {report.fallback[0]}: {report.fallback[1]}" if report.fallback else ""))
+    if report.optimize_time > 0:
+        ax.plot([], [], color=STATUS_COLOURS["sample"], lw=6, label=f"optimize() ({report.optimize_time:.3g} s)")
+    ax.legend(fontsize=8, loc="upper right", ncols=3)
+    ax.grid(axis="x", alpha=0.3)
+    return _save(fig, path)
+
+
+# -- autopar pack: the passes -----------------------------------------------------------------
+
+
+def pack_plot(report: "PackReport", path: str | Path) -> Path:
+    """One bar per pass: its time, how it ran, its throughput."""
+    passes = report.passes
+    fig = _figure(8, 1.4 + 0.6 * len(passes))
+    ax = fig.subplots(1, 1)
+    names = [p.name for p in passes]
+    times = [p.wall_time for p in passes]
+    colours = [COLOURS.get(p.executor, "black") for p in passes]
+    bars = ax.barh(names, times, color=colours)
+    for bar, p in zip(bars, passes):
+        how = p.executor if p.executor == "serial" else f"{p.executor} x{p.n_jobs}"
+        ax.annotate(f" {how}, {p.wall_time:.2f} s, {p.files_per_s:.1f} files/s", (bar.get_width(), bar.get_y() + bar.get_height() / 2),
+                    va="center", fontsize=9)
+    ax.invert_yaxis()
+    ax.set_xlim(0, max(times, default=1.0) * 1.8 or 1.0)
+    ax.set_xlabel("seconds")
+    ax.set_title(f"autopar pack: {len(report.written)} atlases in {report.wall_time:.2f} s"
+                 + (f", {len(report.errors)} problems" if report.errors else ""))
+    ax.grid(axis="x", alpha=0.3)
+    return _save(fig, path)
