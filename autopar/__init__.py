@@ -8,6 +8,7 @@ way and returns the results in input order.
 from .errors import AutoparError, ItemFailed, ItemTimeout, RemoteTraceback, WorkerDied, WorkerError
 from .backends.pools import SerialExecutor, get_executor
 from .run import ExecutionIterator, ExecutionReport, execute, execute_iter
+from .pipeline import Pipeline, PipelinePlan, Stage, Stream
 from .tune.costs import PoolCosts, pool_costs
 from .tune.model import Candidate
 from .tune.optimize import optimize
@@ -25,10 +26,14 @@ __all__ = [
     "ItemFailed",
     "ItemTimeout",
     "OptimizationResult",
+    "Pipeline",
+    "PipelinePlan",
     "PoolCosts",
     "Profile",
     "RemoteTraceback",
     "SerialExecutor",
+    "Stage",
+    "Stream",
     "SystemInfo",
     "WorkerDied",
     "WorkerError",

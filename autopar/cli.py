@@ -8,6 +8,7 @@ import importlib
 import json
 import sys
 import time
+from pathlib import Path
 from typing import Any, Sequence
 
 from . import __version__
@@ -198,6 +199,11 @@ def _pack_and_report(args: argparse.Namespace, src: str, dst: str) -> int:
         print(f"manifest: {dst}/manifest.json")
     if args.plot:
         print(f"plot: {report.plot(args.plot)}")
+    preview = args.preview or (str(Path(dst) / "preview.png") if args.command == "demo" else None)
+    if preview and report.manifest is not None and not args.dry_run and report.written:
+        from .image.preview import contact_sheet
+
+        print(f"preview: {contact_sheet(dst, preview)} (maximum projections of the atlases)")
     return 0 if report.ok else 1
 
 
@@ -206,8 +212,6 @@ def cmd_pack(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from .image.pack import make_demo_data
 
     root = Path(args.output)
@@ -255,6 +259,7 @@ def _pack_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dry-run", action="store_true", help="run the passes, write nothing")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--plot", metavar="FILE", help="each pass's time and pool as a bar chart, a PNG (needs autopar[plot])")
+    p.add_argument("--preview", metavar="FILE", help="a contact sheet of the atlases' maximum projections, a PNG (demo: OUTPUT/preview.png)")
 
 
 def build_parser() -> argparse.ArgumentParser:

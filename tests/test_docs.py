@@ -40,7 +40,7 @@ def _argv(command: str) -> list[str]:
 def test_readme_has_the_two_opening_commands():
     commands = readme_commands()
     assert commands[0] == "pip install . && autopar demo"
-    assert commands[1] == 'pip install ".[test,dask]" && python -m pytest -q'
+    assert commands[1] == 'pip install ".[test,dask,plot]" && python -m pytest -q'
     ci = (ROOT / ".ci" / "run").read_text()
     assert commands[1] in ci.splitlines()  # CI runs exactly the README's test command
 

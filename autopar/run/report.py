@@ -52,7 +52,7 @@ class ExecutionReport:
         """A per-worker timeline of the run's chunks (ran, failed, ran again, inline), with
         the predicted and the measured end, to ``path`` (PNG; SVG or PDF by the suffix).
         Needs ``pip install "autopar[plot]"``. Returns the path."""
-        from ..plots import timeline_plot
+        from ..plot import timeline_plot
 
         return timeline_plot(self, path)
 

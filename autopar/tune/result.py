@@ -109,7 +109,7 @@ class OptimizationResult:
         """Predicted speedup against workers for threads and processes, the measured sample
         points and the choice, and the chosen pool's time against its chunksize, to ``path``
         (PNG; SVG or PDF by the suffix). Needs ``pip install "autopar[plot]"``."""
-        from ..plots import speedup_plot
+        from ..plot import speedup_plot
 
         return speedup_plot(self, path)
 

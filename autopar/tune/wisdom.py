@@ -257,6 +257,7 @@ class Entry:
 
 
 _local = threading.local()
+_forked_away: list[sqlite3.Connection] = []
 _SCHEMA = (
     "CREATE TABLE entries (key TEXT PRIMARY KEY, func TEXT NOT NULL, profile TEXT NOT NULL, created REAL NOT NULL, "
     "used REAL NOT NULL, hits INTEGER NOT NULL DEFAULT 0, runs INTEGER NOT NULL DEFAULT 0, stale INTEGER NOT NULL DEFAULT 0)",
@@ -276,6 +277,10 @@ def _connect() -> sqlite3.Connection:
     held = getattr(_local, "conn", None)
     if held is not None and held[0] == os.getpid() and held[1] == where:
         return held[2]
+    if held is not None and held[0] != os.getpid():
+        # A connection from before a fork is never used nor closed here: SQLite's close in
+        # the child could drop locks the parent holds on the file.
+        _forked_away.append(held[2])
     os.makedirs(os.path.dirname(where), exist_ok=True)
     conn = sqlite3.connect(where, timeout=5.0, isolation_level=None)  # transactions by hand
     conn.execute("PRAGMA journal_mode=WAL")  # readers never wait for a writer

@@ -1,0 +1,720 @@
+"""Multi-stage work: every item through all stages on one pool (fused), or each stage on
+pools of its own joined by bounded queues (staged, a streaming executor).
+
+::
+
+    items ─► feeder ─► [stage 0 workers] ─► Handoff ─► [stage 1 workers] ─► ... ─► Handoff ─► caller
+                       (threads, or driver          (bounded: a producer
+                        threads over a process       ahead of the consumer
+                        pool, or one thread)         by `queue_size` waits)
+
+* **Fused**: the stages composed into one picklable function (:class:`Fused`) and run by
+  :func:`autopar.execute`, which measures and chooses the pool as for any function.
+* **Staged**: each stage has its workers: threads that run the function, or driver threads
+  that send one item at a time to the stage's process pool, or one thread (serial). Between
+  stages a :class:`Handoff` passes items on in input order (or as they finish, for a stage
+  with ``ordered=False``), and holds at most ``queue_size`` of them: a slow stage holds the
+  ones before it back, so memory stays bounded (in flight at most stages x (queue_size +
+  workers)).
+* A failing item names its stage and its index; with ``errors="collect"`` an
+  :class:`~autopar.ItemFailed` takes its place and passes the later stages untouched.
+  stop(), an error or Ctrl-C ends every stage's workers within a second or two (process pools
+  are killed), and nothing is left running.
+
+:meth:`Pipeline.optimize` measures each stage on a few items and returns a
+:class:`PipelinePlan`; this first version chooses staged where a stage is pinned (a
+single-writer sink, a stage that must stay on threads) and fused otherwise, and sizes the
+stages' workers by their measured times.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+from . import _serialize
+from .errors import ItemFailed, annotate
+from .options import EXECUTOR_TYPES
+
+__all__ = ["Fused", "Pipeline", "PipelinePlan", "Stage", "StagePlan", "Stream"]
+
+POLL = 0.05  # seconds between a blocked worker's looks at the stop flag
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One step of a pipeline. Pin what must be pinned (``executor_type``, ``n_jobs``); what
+    is not pinned is chosen. ``ordered``: the stage takes its items in input order (a sink
+    that appends to one file); False passes them on as they finish."""
+
+    func: Callable[[Any], Any]
+    name: str | None = None
+    executor_type: str | None = None
+    n_jobs: int | None = None
+    ordered: bool = True
+
+    def __post_init__(self) -> None:
+        if not callable(self.func):
+            raise TypeError(f"a stage needs a callable, got {type(self.func).__name__}")
+        if self.executor_type is not None and self.executor_type not in EXECUTOR_TYPES:
+            raise ValueError(f"executor_type must be one of {EXECUTOR_TYPES}, got {self.executor_type!r}")
+        if self.n_jobs is not None and (isinstance(self.n_jobs, bool) or not isinstance(self.n_jobs, int) or self.n_jobs < 1):
+            raise ValueError(f"n_jobs must be a positive int, got {self.n_jobs!r}")
+        if self.name is None:
+            object.__setattr__(self, "name", getattr(self.func, "__name__", type(self.func).__name__))
+
+    @property
+    def pinned(self) -> bool:
+        return self.executor_type is not None or self.n_jobs is not None
+
+
+class Fused:
+    """The stages as one function (picklable when each stage is): an item's failure names
+    its stage. While ``timed`` (optimize()'s sample, in the caller) each stage's wall and
+    CPU seconds are added up."""
+
+    def __init__(self, stages: Sequence[Stage]) -> None:
+        self.funcs = [s.func for s in stages]
+        self.names = [str(s.name) for s in stages]
+        self.timed = False
+        self.calls = 0
+        self.wall = [0.0] * len(self.funcs)
+        self.cpu = [0.0] * len(self.funcs)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "timed": False}
+
+    def __call__(self, item: Any) -> Any:
+        timed = self.timed
+        for i, (func, name) in enumerate(zip(self.funcs, self.names)):
+            if timed:
+                t0, c0 = time.perf_counter(), time.thread_time()
+            try:
+                item = func(item)
+            except Exception as exc:
+                _note_stage(exc, name)
+                raise
+            if timed:
+                self.wall[i] += time.perf_counter() - t0
+                self.cpu[i] += time.thread_time() - c0
+        if timed:
+            self.calls += 1
+        return item
+
+    def measured(self) -> list[tuple[float, float]]:
+        n = max(self.calls, 1)
+        return [(w / n, c / n) for w, c in zip(self.wall, self.cpu)]
+
+
+def _note_stage(exc: BaseException, name: str) -> None:
+    if getattr(exc, "autopar_stage", None) is None:
+        try:
+            exc.autopar_stage = name  # type: ignore[attr-defined]
+        except (AttributeError, TypeError):
+            pass
+        if hasattr(exc, "add_note"):
+            exc.add_note(f"autopar: in pipeline stage {name!r}")
+
+
+# -- the staged machinery --------------------------------------------------------------------
+
+
+class Stopped(Exception):
+    """The run was stopped (an error, stop(), Ctrl-C): a blocked put or get gives up."""
+
+
+class Handoff:
+    """Items from one stage to the next: in input order (``ordered``) or as they come, at
+    most ``capacity`` held (a put that would exceed it waits). ``close(count)`` says no item
+    past ``count`` will come; get() then returns None once all have gone."""
+
+    def __init__(self, capacity: int, ordered: bool, stop: threading.Event) -> None:
+        self.capacity = max(1, capacity)
+        self.ordered = ordered
+        self.stop = stop
+        self.cond = threading.Condition()
+        self.held: dict[int, Any] = {}
+        self.arrival: list[int] = []  # unordered: seqs in the order they came
+        self.next = 0  # ordered: the next seq to hand out
+        self.taken = 0
+        self.count: int | None = None
+
+    def put(self, seq: int, value: Any, block: bool = True) -> float:
+        """Hold ``value`` as item ``seq``; returns the seconds it waited for room (``block``
+        False: queue.Full at once when there is none)."""
+        waited = 0.0
+        with self.cond:
+            while self._full(seq):
+                if self.stop.is_set():
+                    raise Stopped
+                if not block:
+                    raise queue.Full
+                t0 = time.perf_counter()
+                self.cond.wait(POLL)
+                waited += time.perf_counter() - t0
+            self.held[seq] = value
+            if not self.ordered:
+                self.arrival.append(seq)
+            self.cond.notify_all()
+        return waited
+
+    def _full(self, seq: int) -> bool:
+        # Ordered: the item the consumer waits for always gets in, so no deadlock.
+        if self.ordered:
+            return seq - self.next >= self.capacity
+        return len(self.held) >= self.capacity
+
+    def close(self, count: int) -> None:
+        with self.cond:
+            self.count = count
+            self.cond.notify_all()
+
+    def get(self, timeout: float | None = None) -> tuple[tuple[int, Any] | None, float]:
+        """((seq, value) or None at the end, the seconds it waited); queue.Empty when
+        ``timeout`` seconds pass first."""
+        waited = 0.0
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self.cond:
+            while True:
+                if self.ordered and self.next in self.held:
+                    seq = self.next
+                    self.next += 1
+                    break
+                if not self.ordered and self.arrival:
+                    seq = self.arrival.pop(0)
+                    break
+                if self.count is not None and self.taken >= self.count:
+                    return None, waited
+                if self.stop.is_set():
+                    raise Stopped
+                left = POLL if deadline is None else min(POLL, deadline - time.monotonic())
+                if left <= 0:
+                    raise queue.Empty
+                t0 = time.perf_counter()
+                self.cond.wait(left)
+                waited += time.perf_counter() - t0
+            value = self.held.pop(seq)
+            self.taken += 1
+            self.cond.notify_all()
+            return (seq, value), waited
+
+
+@dataclass
+class StageMetrics:
+    """What a stage did: items, seconds in the function (busy), CPU seconds, seconds its
+    workers waited for input and for room to pass items on."""
+
+    name: str
+    executor_type: str
+    n_jobs: int
+    items: int = 0
+    busy: float = 0.0
+    cpu: float = 0.0
+    wait_in: float = 0.0
+    wait_out: float = 0.0
+    failed: int = 0
+
+    @property
+    def mean_ms(self) -> float:
+        return 1e3 * self.busy / self.items if self.items else 0.0
+
+    def busy_share(self, elapsed: float) -> float:
+        """The share of its workers' time spent in the function."""
+        return self.busy / (self.n_jobs * elapsed) if elapsed > 0 else 0.0
+
+
+class _Failed:
+    """An item that failed in an earlier stage, passing the later ones untouched."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: ItemFailed) -> None:
+        self.error = error
+
+
+class _StageRun:
+    """One stage's workers: threads running the function, or driver threads sending items
+    to the stage's process pool."""
+
+    def __init__(self, run: "StagedRun", index: int, stage: Stage, kind: str, n_jobs: int, inq: Handoff, outq: Handoff) -> None:
+        self.run, self.index, self.stage = run, index, stage
+        self.kind, self.n_jobs = kind, n_jobs
+        self.inq, self.outq = inq, outq
+        self.metrics = StageMetrics(str(stage.name), kind, n_jobs)
+        self.lock = threading.Lock()
+        self.pool: Any = None
+        self.blob: bytes | None = None
+        self.key = f"stage-{id(self)}"
+        drivers = 1 if kind == "serial" else n_jobs if kind == "thread" else 2 * n_jobs
+        if kind == "process":
+            from .backends.process import make_process_pool
+            from .tune.system import default_start_method
+
+            self.blob = _serialize.dumps(stage.func, _serialize.CLOUDPICKLE)
+            self.pool = make_process_pool(n_jobs, run.start_method or default_start_method(), 1)
+        self.left = drivers
+        self.passed = 0  # items passed on (the count the next handoff is closed with)
+        self.threads = [
+            threading.Thread(target=self._work, name=f"autopar-stage-{index}-{i}", daemon=True) for i in range(drivers)
+        ]
+
+    def start(self) -> None:
+        for t in self.threads:
+            t.start()
+
+    def _call(self, value: Any) -> tuple[Any, float]:
+        """The stage's function on one item: (result, CPU seconds)."""
+        if self.pool is None:
+            c0 = time.thread_time()
+            return self.stage.func(value), time.thread_time() - c0
+        from .backends.worker import run_remote
+
+        payload = _serialize.dumps([value], _serialize.PICKLE)
+        values, _, failures, cpu = self.pool.submit(run_remote, self.key, self.blob, 0, payload, _serialize.PICKLE).result()
+        if failures:
+            raise failures[0][1]
+        return values[0], cpu
+
+    def _work(self) -> None:
+        m = self.metrics
+        try:
+            while True:
+                got, waited = self.inq.get()
+                m.wait_in += waited
+                if got is None:
+                    break
+                seq, value = got
+                if not isinstance(value, _Failed):
+                    t0 = time.perf_counter()
+                    try:
+                        value, cpu = self._call(value)
+                    except Exception as exc:
+                        value = self._failed(seq, exc)
+                        cpu = 0.0
+                    with self.lock:
+                        m.items += 1
+                        m.busy += time.perf_counter() - t0
+                        m.cpu += cpu
+                m.wait_out += self.outq.put(seq, value)
+                with self.lock:
+                    self.passed += 1
+        except Stopped:
+            pass
+        except BaseException as exc:  # a broken pool, an error in the machinery itself
+            if not self.run.stop.is_set():  # (a pool killed by stop() is no error)
+                self.run.fail(exc)
+        finally:
+            with self.lock:
+                self.left -= 1
+                last = self.left == 0
+            if last:
+                self.outq.close(self.passed)
+
+    def _failed(self, seq: int, exc: Exception) -> _Failed:
+        index = seq + self.run.offset
+        _note_stage(exc, str(self.stage.name))
+        annotate(exc, index, f"pipeline stage {self.stage.name!r} ({self.kind})")
+        self.metrics.failed += 1
+        if not self.run.collect:
+            self.run.fail(exc)
+        return _Failed(ItemFailed(index, exc))
+
+    def close(self, kill: bool) -> None:
+        """Wait for the workers; ``kill``: the process pool's workers are killed first, so
+        drivers waiting on them return at once."""
+        if self.pool is not None and kill:
+            from .backends.process import terminate
+
+            terminate(self.pool)
+        for t in self.threads:
+            t.join(timeout=5)
+        if self.pool is not None and not kill:
+            self.pool.shutdown(wait=True)
+
+
+class StagedRun:
+    """A pipeline running staged: the stages' workers and the handoffs between them. Items go
+    in by :meth:`put` (or a feeder thread over an iterable), results come out of :meth:`get`
+    in order."""
+
+    def __init__(
+        self, stages: Sequence[Stage], config: Sequence[tuple[str, int]], queue_size: int, collect: bool, ordered: bool,
+        start_method: str | None = None, offset: int = 0,
+    ) -> None:
+        self.stop = threading.Event()
+        self.offset = offset  # the input index of the run's first item
+        self.collect = collect
+        self.start_method = start_method
+        self.error: BaseException | None = None
+        self.t0 = time.perf_counter()
+        self.handoffs = [Handoff(queue_size, s.ordered, self.stop) for s in stages]
+        self.handoffs.append(Handoff(queue_size, ordered, self.stop))
+        self.stages: list[_StageRun] = []
+        try:
+            for i, (stage, (kind, n)) in enumerate(zip(stages, config)):
+                self.stages.append(_StageRun(self, i, stage, kind, n, self.handoffs[i], self.handoffs[i + 1]))
+        except BaseException:
+            self.close(kill=True)
+            raise
+        for s in self.stages:
+            s.start()
+        self.submitted = 0
+        self.feeder: threading.Thread | None = None
+
+    def fail(self, exc: BaseException) -> None:
+        if self.error is None:
+            self.error = exc
+        self.stop.set()
+
+    def put(self, value: Any, block: bool = True) -> int:
+        seq = self.submitted
+        self.handoffs[0].put(seq, value, block)
+        self.submitted += 1
+        return seq
+
+    def feed(self, items: Iterable[Any]) -> None:
+        """Feed ``items`` from a thread of its own, then close the input."""
+
+        def run() -> None:
+            try:
+                for x in items:
+                    self.put(x)
+            except Stopped:
+                return
+            except BaseException as exc:
+                self.fail(exc)
+                return
+            self.handoffs[0].close(self.submitted)
+
+        self.feeder = threading.Thread(target=run, name="autopar-pipeline-feeder", daemon=True)
+        self.feeder.start()
+
+    def end_input(self) -> None:
+        self.handoffs[0].close(self.submitted)
+
+    def get(self, timeout: float | None = None) -> tuple[int, Any] | None:
+        """The next result, (seq, value), or None at the end; raises the run's error
+        (queue.Empty when ``timeout`` seconds pass first)."""
+        try:
+            got, _ = self.handoffs[-1].get(timeout)
+        except Stopped:
+            got = None
+        if self.error is not None:
+            raise self.error
+        if got is None:
+            return None
+        seq, value = got
+        return seq, value.error if isinstance(value, _Failed) else value
+
+    def close(self, kill: bool = False) -> None:
+        """Stop every stage and wait for its workers (a second or two at most)."""
+        if kill:
+            self.stop.set()
+        if self.feeder is not None:
+            self.feeder.join(timeout=5)
+        for s in self.stages:
+            s.close(kill or self.stop.is_set())
+
+    def metrics(self) -> dict[str, Any]:
+        elapsed = time.perf_counter() - self.t0
+        stages = [
+            {**vars(s.metrics), "mean_ms": s.metrics.mean_ms, "busy_share": s.metrics.busy_share(elapsed)}
+            for s in self.stages
+        ]
+        bottleneck = max(stages, key=lambda d: d["busy_share"])["name"] if stages else None
+        done = self.handoffs[-1].taken
+        return {"elapsed": elapsed, "items": done, "items_per_s": done / elapsed if elapsed > 0 else 0.0,
+                "stages": stages, "bottleneck": bottleneck}
+
+
+# -- the plan ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    name: str
+    executor_type: str
+    n_jobs: int
+    chunksize: int
+    item_time: float
+    cpu_ratio: float
+    pinned: bool
+
+
+@dataclass(frozen=True)
+class PipelinePlan:
+    """How a pipeline will run: ``mode`` "fused" (every item through all stages on one pool,
+    ``fused``: its optimize() result) or "staged" (each stage on its own pool), per stage
+    the pool and its measured item time, and the predicted throughput."""
+
+    mode: str
+    stages: tuple[StagePlan, ...]
+    predicted_throughput: float
+    reasons: tuple[str, ...]
+    fused: Any = None
+    queue_size: int = 32
+    data: Any = field(default=None, repr=False, compare=False)  # the items the sample came from
+    sampled: tuple[Any, ...] = field(default=(), repr=False, compare=False)  # their first results
+
+    def explain(self) -> str:
+        lines = [f"pipeline: {self.mode}, predicted {self.predicted_throughput:.3g} items/s"]
+        for s in self.stages:
+            how = "serial" if s.executor_type == "serial" else f"{s.executor_type} x{s.n_jobs}"
+            lines.append(
+                f"  {s.name:<20} {s.item_time * 1e3:9.3f} ms an item, CPU/wall {s.cpu_ratio:.2f}"
+                + (f"  -> {how}" if self.mode == "staged" else "") + ("  (pinned)" if s.pinned else "")
+            )
+        if self.mode == "fused" and self.fused is not None:
+            lines.append(f"  all stages as one function: {self.fused.label()}")
+        lines += [f"  - {r}" for r in self.reasons]
+        return "\n".join(lines)
+
+
+def _measure(
+    stages: Sequence[Stage], items: list[Any], budget: float, collect: bool = False
+) -> tuple[list[tuple[float, float]], list[Any]]:
+    """Each stage's mean wall and CPU seconds an item, from running the first items through
+    the stages in the caller (until ``budget`` seconds or the items run out); and those
+    items' results, kept so that no stage runs an item twice (a writer among them)."""
+    wall = [0.0] * len(stages)
+    cpu = [0.0] * len(stages)
+    outputs: list[Any] = []
+    t_start = time.perf_counter()
+    for index, x in enumerate(items):
+        for i, s in enumerate(stages):
+            t0, c0 = time.perf_counter(), time.thread_time()
+            try:
+                x = s.func(x)
+            except Exception as exc:
+                _note_stage(exc, str(s.name))
+                annotate(exc, index, "pipeline sample (serial)")
+                if not collect:
+                    raise
+                x = ItemFailed(index, exc)
+                break
+            wall[i] += time.perf_counter() - t0
+            cpu[i] += time.thread_time() - c0
+        outputs.append(x)
+        if time.perf_counter() - t_start > budget and len(outputs) >= 2:
+            break
+    n = max(len(outputs), 1)
+    return [(w / n, c / n) for w, c in zip(wall, cpu)], outputs
+
+
+def _staged_config(stages: Sequence[Stage], measured: list[tuple[float, float]], cores: int) -> list[tuple[str, int]]:
+    """Per stage: its pool (pinned, or threads for work that waits or will not pickle,
+    processes for computing) and workers in proportion to its share of the time, so that no
+    stage starves the next."""
+    total = sum(w for w, _ in measured) or 1e-9
+    config = []
+    for s, (w, c) in zip(stages, measured):
+        ratio = c / w if w > 0 else 0.0
+        kind = s.executor_type
+        if kind is None:
+            kind = "thread" if ratio < 0.5 or not _picklable(s.func) else "process"
+        n = s.n_jobs
+        if n is None:
+            share = w / total
+            n = max(1, round(cores * share)) if kind == "process" else max(1, math.ceil(cores * share / max(ratio, 0.05)))
+        config.append((kind, 1 if kind == "serial" else n))
+    return config
+
+
+def _then(done: Iterable[Any], rest: Iterator[Any]) -> Iterator[Any]:
+    """``done``, then ``rest``; closing it closes ``rest`` (and stops its stages)."""
+    yield from done
+    yield from rest
+
+
+def _picklable(func: Callable[[Any], Any]) -> bool:
+    try:
+        _serialize.dumps(func, _serialize.CLOUDPICKLE)
+        return True
+    except Exception:
+        return False
+
+
+class Pipeline:
+    """Stages run one after another on each item: ``Pipeline([read, Stage(stretch), ...])``."""
+
+    def __init__(self, stages: Sequence[Callable[[Any], Any] | Stage], *, start_method: str | None = None) -> None:
+        if not stages:
+            raise ValueError("a pipeline needs at least one stage")
+        self.stages = tuple(s if isinstance(s, Stage) else Stage(s) for s in stages)
+        self.start_method = start_method  # of the process stages' pools (default: autopar's)
+
+    def optimize(
+        self, items: Iterable[Any], *, sample_time: float = 0.2, queue_size: int = 32, errors: str = "raise"
+    ) -> PipelinePlan:
+        """Measure each stage on the first items and choose fused or staged (``errors``:
+        "collect" keeps a sample item's failure in its place, as execute() does)."""
+        from .tune.optimize import optimize
+        from .tune.system import usable_cores
+
+        data = items if isinstance(items, (list, tuple)) else list(items)
+        cores = usable_cores()
+        reasons = []
+        pinned = [s.name for s in self.stages if s.pinned]
+        fused = None
+        sampled: list[Any] = []
+        if pinned:
+            measured, sampled = _measure(self.stages, list(itertools.islice(data, 64)), sample_time, errors == "collect")
+        else:
+            # Fused: optimize() samples the composed function (its results are kept for
+            # execute()), which times each stage as it goes.
+            fn = Fused(self.stages)
+            fn.timed = True
+            try:
+                fused = optimize(fn, data, sample_time=sample_time, errors=errors)
+            finally:
+                fn.timed = False
+            measured = fn.measured()
+        config = _staged_config(self.stages, measured, cores)
+        plans = tuple(
+            StagePlan(str(s.name), kind, n, 1, w, (c / w if w > 0 else 0.0), s.pinned)
+            for s, (kind, n), (w, c) in zip(self.stages, config, measured)
+        )
+        if pinned:
+            mode = "staged"
+            reasons.append(f"stages {', '.join(map(str, pinned))} are pinned: each stage runs on its own pool")
+            bottleneck = max(p.item_time / (p.n_jobs if p.executor_type != "serial" else 1) for p in plans)
+            throughput = 1.0 / bottleneck if bottleneck > 0 else float("inf")
+        else:
+            assert fused is not None
+            mode = "fused"
+            reasons.append("no stage is pinned: every item through all stages on one pool, chosen as for one function")
+            rest = max(fused.n_remaining, 1)
+            throughput = rest / fused.predicted_time if fused.predicted_time > 0 else float("inf")
+        return PipelinePlan(mode, plans, throughput, tuple(reasons), fused, queue_size, data, tuple(sampled))
+
+    def execute(self, items: Iterable[Any], *, plan: PipelinePlan | None = None, errors: str = "raise",
+                queue_size: int | None = None) -> list[Any]:
+        """The same list as ``[last(...first(x)) for x in items]``, in input order."""
+        return list(self.execute_iter(items, plan=plan, errors=errors, queue_size=queue_size))
+
+    def execute_iter(self, items: Iterable[Any], *, plan: PipelinePlan | None = None, errors: str = "raise",
+                     queue_size: int | None = None) -> Iterator[Any]:
+        if errors not in ("raise", "collect"):
+            raise ValueError(f"errors must be 'raise' or 'collect', got {errors!r}")
+        if plan is None:
+            items = items if isinstance(items, (list, tuple)) else list(items)
+            plan = self.optimize(items, errors=errors)
+        if plan.mode == "fused":
+            from .run.execute import execute_iter
+
+            # The plan's result holds the sample's results for plan.data and its function.
+            stash = plan.fused.stash if plan.fused is not None else None
+            fn = stash.func if stash is not None and plan.data is items else Fused(self.stages)
+            return iter(execute_iter(fn, items, result=plan.fused, errors=errors))
+        done: tuple[Any, ...] = ()
+        if plan.sampled and plan.data is items:
+            # The sample's items ran through every stage: their results are kept, the rest runs.
+            done, items = plan.sampled, items[len(plan.sampled):]  # type: ignore[index]
+        config = [(p.executor_type, p.n_jobs) for p in plan.stages]
+        rest = self._staged(items, config, queue_size or plan.queue_size, errors == "collect", len(done))
+        return _then(done, rest) if done else rest
+
+    def _staged(
+        self, items: Iterable[Any], config: list[tuple[str, int]], queue_size: int, collect: bool, offset: int = 0
+    ) -> Iterator[Any]:
+        run = StagedRun(self.stages, config, queue_size, collect, ordered=True, start_method=self.start_method, offset=offset)
+        clean = False
+        try:
+            run.feed(items)
+            while True:
+                got = run.get()
+                if got is None:
+                    break
+                yield got[1]
+            clean = True
+        finally:
+            run.close(kill=not clean)
+
+    def stream(self, *, queue_size: int = 32, errors: str = "raise", ordered: bool = True,
+               plan: PipelinePlan | None = None, config: Sequence[tuple[str, int]] | None = None) -> "Stream":
+        """A pipeline kept running for items that arrive over time (see :class:`Stream`)."""
+        if config is None:
+            if plan is not None and plan.mode == "staged":
+                config = [(p.executor_type, p.n_jobs) for p in plan.stages]
+            else:
+                config = [(s.executor_type or "thread", s.n_jobs or 1) for s in self.stages]
+        return Stream(self, list(config), queue_size, errors == "collect", ordered)
+
+
+class Stream:
+    """A running staged pipeline: ``submit(x)`` (blocks while the first queue is full:
+    backpressure), ``get_result(timeout)`` (in submission order unless ``ordered=False``),
+    ``results(count)``, ``process_batch(items)``, ``metrics()``, ``stop()``. A context
+    manager: leaving it stops every stage. Results wait in the last queue until taken, so a
+    consumer that does not take them holds the whole pipeline to its queues' bound."""
+
+    def __init__(self, pipe: Pipeline, config: list[tuple[str, int]], queue_size: int, collect: bool, ordered: bool) -> None:
+        self.run = StagedRun(pipe.stages, config, queue_size, collect, ordered, start_method=pipe.start_method)
+        self.closed = False
+        self.lock = threading.Lock()  # one submitter at a time (sequence numbers)
+
+    def submit(self, item: Any, block: bool = True) -> int:
+        """Put an item in; its sequence number (``block`` False: queue.Full when full)."""
+        if self.closed:
+            raise RuntimeError("the stream is stopped")
+        try:
+            with self.lock:
+                return self.run.put(item, block)
+        except Stopped:
+            raise self.run.error or RuntimeError("the stream is stopped") from None
+
+    def get_result(self, timeout: float | None = None) -> Any:
+        """The next result; TimeoutError after ``timeout`` seconds, EOFError after the end."""
+        try:
+            got = self.run.get(timeout)
+        except queue.Empty:
+            raise TimeoutError(f"no result within {timeout} s") from None
+        if got is None:
+            raise EOFError("the stream has ended: no more results")
+        return got[1]
+
+    def results(self, count: int, timeout: float | None = None) -> Iterator[Any]:
+        for _ in range(count):
+            yield self.get_result(timeout)
+
+    def process_batch(self, items: Iterable[Any], timeout: float | None = None) -> list[Any]:
+        """Submit ``items`` and return as many results, in order (results of items submitted
+        before come first). Results are taken while submitting, so a batch larger than the
+        queues never waits on itself."""
+        out: list[Any] = []
+        n = 0
+        for x in items:
+            while True:
+                try:
+                    self.submit(x, block=False)
+                    break
+                except queue.Full:
+                    out.append(self.get_result(timeout))  # room comes from taking a result
+            n += 1
+        while len(out) < n:
+            out.append(self.get_result(timeout))
+        return out
+
+    def end(self) -> None:
+        """No more items: results() and get_result() run to the end, then EOFError."""
+        self.run.end_input()
+
+    def metrics(self) -> dict[str, Any]:
+        return self.run.metrics()
+
+    def stop(self) -> None:
+        """End every stage's workers now (items in flight are dropped)."""
+        if not self.closed:
+            self.closed = True
+            self.run.close(kill=True)
+
+    def __enter__(self) -> "Stream":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()

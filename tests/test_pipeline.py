@@ -1,0 +1,178 @@
+"""Pipelines: fused and staged runs give the list a loop would, in order, each item once;
+failures name their stage and item; queues hold memory to their bound; stopping leaves
+nothing running; process stages under every start method."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from autopar import ItemFailed, Pipeline, Stage
+
+
+def add1(x: int) -> int:
+    return x + 1
+
+
+def double(x: int) -> int:
+    return 2 * x
+
+
+def spin_py(x: int) -> int:
+    s = 0
+    for i in range(2000):
+        s += i
+    return x + s - s
+
+
+def fail_on_14(x: int) -> int:  # (items reach it as 2 * (i + 1): item 6 fails)
+    if x == 14:
+        raise ValueError(f"bad value {x}")
+    return x
+
+
+def nap(x):
+    time.sleep(0.002)
+    return x
+
+
+def expected(n):
+    return [str(2 * (x + 1)) for x in range(n)]
+
+
+def test_fused_is_the_loop_and_runs_through_execute():
+    pipe = Pipeline([add1, double, str])
+    plan = pipe.optimize(list(range(200)))
+    assert plan.mode == "fused" and plan.fused is not None
+    assert [s.name for s in plan.stages] == ["add1", "double", "str"]
+    assert "fused" in plan.explain()
+    assert pipe.execute(range(200)) == expected(200)
+
+
+@pytest.mark.parametrize("kinds", [("thread", "thread", "serial"), ("thread", "process", "thread"), ("process", "process", "serial")])
+def test_staged_runs_each_item_once_in_order(kinds):
+    seen: list[int] = []
+
+    def sink(v: str) -> str:  # one writer, in input order
+        seen.append(int(v))
+        return v
+
+    stages = [Stage(add1, executor_type=kinds[0], n_jobs=2), Stage(double, executor_type=kinds[1], n_jobs=2),
+              Stage(str), Stage(sink, executor_type=kinds[2], n_jobs=1)]
+    pipe = Pipeline(stages)
+    items = list(range(300))
+    plan = pipe.optimize(items)
+    assert plan.mode == "staged" and [p.executor_type for p in plan.stages][:2] == list(kinds[:2])
+    assert pipe.execute(items, plan=plan) == expected(300)  # the sample's items are not run again
+    assert seen == [2 * (x + 1) for x in range(300)]  # each once, in order, through the sink
+
+
+def test_unordered_stage_passes_items_as_they_finish_and_the_output_stays_in_order():
+    pipe = Pipeline([Stage(nap, executor_type="thread", n_jobs=4, ordered=False), Stage(add1, executor_type="thread", n_jobs=1)])
+    assert pipe.execute(range(100)) == [x + 1 for x in range(100)]
+
+
+@pytest.mark.parametrize("kind", ["thread", "process"])
+def test_a_failure_names_its_stage_and_item(kind):
+    pipe = Pipeline([add1, double, Stage(fail_on_14, executor_type=kind, n_jobs=2), Stage(str, executor_type="thread")])
+    with pytest.raises(ValueError, match="bad value 14") as info:
+        pipe.execute(range(40))
+    assert info.value.autopar_item_index == 6
+    assert info.value.autopar_stage == "fail_on_14"
+    out = pipe.execute(range(40), errors="collect")
+    assert isinstance(out[6], ItemFailed) and out[6].index == 6
+    assert [o for i, o in enumerate(out) if i != 6] == [str(2 * (x + 1)) for x in range(40) if x != 6]
+
+
+def test_fused_failures_name_the_stage_too():
+    with pytest.raises(ValueError) as info:
+        Pipeline([add1, double, fail_on_14]).execute(list(range(20)))
+    assert info.value.autopar_stage == "fail_on_14" and info.value.autopar_item_index == 6
+
+
+def test_a_slow_consumer_holds_memory_to_the_queue_bound():
+    started = []
+
+    def record(x):
+        started.append(x)
+        return x
+
+    pipe = Pipeline([Stage(record, executor_type="thread", n_jobs=1), Stage(add1, executor_type="thread", n_jobs=1)])
+    with pipe.stream(queue_size=4) as s:
+        submitted = []
+
+        def produce():
+            for x in range(100):
+                s.submit(x)
+                submitted.append(x)
+
+        t = threading.Thread(target=produce, daemon=True)
+        t.start()
+        time.sleep(0.5)  # nobody takes results
+        # Held at most: 3 queues of 4, and one item in each stage's worker.
+        assert len(submitted) <= 3 * 4 + 2 + 1
+        assert len(started) <= 2 * 4 + 2
+        got = [s.get_result(timeout=5) for _ in range(100)]
+        t.join(timeout=5)
+        assert got == [x + 1 for x in range(100)] and len(submitted) == 100
+        m = s.metrics()
+        assert [st["items"] for st in m["stages"]] == [100, 100] and m["items"] == 100
+        assert m["bottleneck"] in ("record", "add1")
+
+
+def test_stream_batches_results_and_timeouts():
+    pipe = Pipeline([Stage(double, executor_type="thread", n_jobs=2), Stage(add1, executor_type="serial")])
+    with pipe.stream(queue_size=8) as s:
+        assert s.process_batch(range(10)) == [2 * x + 1 for x in range(10)]
+        seq = s.submit(100)
+        assert seq == 10 and s.get_result(timeout=5) == 201
+        assert list(s.results(count=0)) == []
+        with pytest.raises(TimeoutError):
+            s.get_result(timeout=0.1)
+
+
+def slow(x):
+    time.sleep(0.2)
+    return x
+
+
+@pytest.mark.parametrize("kind", ["thread", "process"])
+def test_stop_ends_every_stage_with_nothing_left_running(kind):
+    pipe = Pipeline([Stage(slow, executor_type=kind, n_jobs=2), Stage(add1, executor_type="thread", n_jobs=1)])
+    s = pipe.stream(queue_size=4)
+    for x in range(6):
+        s.submit(x)
+    t0 = time.monotonic()
+    s.stop()
+    assert time.monotonic() - t0 < 2.0
+    assert not [t for t in threading.enumerate() if t.name.startswith("autopar-stage") or t.name.startswith("autopar-pipeline")]
+    with pytest.raises(RuntimeError, match="stopped"):
+        s.submit(1)
+
+
+def test_an_iterator_stopped_early_stops_the_stages():
+    it = Pipeline([Stage(nap, executor_type="thread", n_jobs=2), Stage(add1, executor_type="process", n_jobs=1)]).execute_iter(
+        range(1000), plan=None
+    )
+    assert next(it) == 1
+    it.close()
+    assert not [t for t in threading.enumerate() if t.name.startswith("autopar-stage")]
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
+def test_process_stages_under_each_start_method(method):
+    pipe = Pipeline([Stage(spin_py, executor_type="process", n_jobs=2), Stage(add1, executor_type="thread")], start_method=method)
+    assert pipe.execute(range(50)) == [x + 1 for x in range(50)]
+
+
+def test_stages_are_checked():
+    with pytest.raises(TypeError):
+        Stage(42)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="executor_type"):
+        Stage(add1, executor_type="gpu")
+    with pytest.raises(ValueError, match="n_jobs"):
+        Stage(add1, n_jobs=0)
+    with pytest.raises(ValueError, match="at least one stage"):
+        Pipeline([])
