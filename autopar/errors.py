@@ -16,6 +16,7 @@ __all__ = [
     "WorkerDied",
     "WorkerError",
     "annotate",
+    "annotate_stage",
 ]
 
 
@@ -106,6 +107,19 @@ def annotate(exc: BaseException, index: int, where: str) -> BaseException:
         pass
     if hasattr(exc, "add_note"):
         exc.add_note(f"autopar: raised by item {index} in a {where} worker")
+    return exc
+
+
+def annotate_stage(exc: BaseException, stage: str) -> BaseException:
+    """Name the pipeline stage ``exc`` came from (a note and an attribute), once."""
+    if getattr(exc, "autopar_stage", None) is not None:
+        return exc
+    try:
+        exc.autopar_stage = stage  # type: ignore[attr-defined]
+    except (AttributeError, TypeError):
+        pass
+    if hasattr(exc, "add_note"):
+        exc.add_note(f"autopar: in pipeline stage {stage!r}")
     return exc
 
 

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from . import _serialize
-from .errors import ItemFailed, annotate
+from .errors import ItemFailed, annotate, annotate_stage
 from .options import EXECUTOR_TYPES
 
 __all__ = ["Fused", "Pipeline", "PipelinePlan", "Stage", "StagePlan", "Stream"]
@@ -97,7 +97,7 @@ class Fused:
             try:
                 item = func(item)
             except Exception as exc:
-                _note_stage(exc, name)
+                annotate_stage(exc, name)
                 raise
             if timed:
                 self.wall[i] += time.perf_counter() - t0
@@ -109,16 +109,6 @@ class Fused:
     def measured(self) -> list[tuple[float, float]]:
         n = max(self.calls, 1)
         return [(w / n, c / n) for w, c in zip(self.wall, self.cpu)]
-
-
-def _note_stage(exc: BaseException, name: str) -> None:
-    if getattr(exc, "autopar_stage", None) is None:
-        try:
-            exc.autopar_stage = name  # type: ignore[attr-defined]
-        except (AttributeError, TypeError):
-            pass
-        if hasattr(exc, "add_note"):
-            exc.add_note(f"autopar: in pipeline stage {name!r}")
 
 
 # -- the staged machinery --------------------------------------------------------------------
@@ -317,7 +307,7 @@ class _StageRun:
 
     def _failed(self, seq: int, exc: Exception) -> _Failed:
         index = seq + self.run.offset
-        _note_stage(exc, str(self.stage.name))
+        annotate_stage(exc, str(self.stage.name))
         annotate(exc, index, f"pipeline stage {self.stage.name!r} ({self.kind})")
         self.metrics.failed += 1
         if not self.run.collect:
@@ -491,7 +481,7 @@ def _measure(
             try:
                 x = s.func(x)
             except Exception as exc:
-                _note_stage(exc, str(s.name))
+                annotate_stage(exc, str(s.name))
                 annotate(exc, index, "pipeline sample (serial)")
                 if not collect:
                     raise

@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import autopar  # noqa: E402
 import suite  # noqa: E402
-from bench_grid import size_for  # noqa: E402
+from bench_grid import _tuning_cache, size_for  # noqa: E402
 
 WORKLOADS = ["pure-Python loop", "JSON round trips", "sleep 1 ms", "NumPy element-wise", "SciPy filter", "file write+read"]
 
@@ -52,14 +52,8 @@ def main() -> int:
     ap.add_argument("--out")
     ap.add_argument("--rounds", type=int, default=20)
     args = ap.parse_args()
-    from autopar.tune.costs import cache_dir
-
-    autopar.pool_costs()
-    scratch = tempfile.mkdtemp(prefix="autopar-bench-cache-")
-    for f in cache_dir().glob("pool-costs-*.json"):
-        shutil.copy(f, scratch)
-    os.environ["AUTOPAR_CACHE_DIR"] = scratch
-    os.environ.pop("AUTOPAR_CACHE", None)
+    scratch = _tuning_cache("warm")  # a cache of the run's own, pool costs copied in
+    assert scratch is not None
     rows = []
     try:
         for name, func, factory, _ in suite.WORKLOADS:

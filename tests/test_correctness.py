@@ -463,7 +463,12 @@ def test_processes_short_of_their_prediction_do_not_switch_to_threads():
     out, report = execute(slower_in_children, data, result=r, return_report=True)
     assert [x for x, _ in out] == list(range(len(data)))
     assert report.fallback is None or report.fallback[1] == "serial", report.summary()
-    assert all(p != me for _, p in out[: report.fallback[0] if report.fallback else len(out)])
+    # Before any fallback, items ran in the worker processes, except a chunk the run timed in
+    # the caller to check serial's rate (marked "inline" in the timeline; how often it does
+    # depends on the machine's load), never on threads.
+    inline = {i for first, n, _, _, status in report.timeline if status == "inline" for i in range(first, first + n)}
+    end = report.fallback[0] if report.fallback else len(out)
+    assert all(p != me for i, (_, p) in enumerate(out[:end]) if i not in inline)
 
 
 def test_a_pool_on_its_prediction_does_not_switch():

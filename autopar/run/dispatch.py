@@ -297,8 +297,13 @@ class PoolRun:
             if inline:
                 fut = self.inline.submit(start, items)  # type: ignore[union-attr]
             else:
-                with sigint_deferred():  # the pool's locks are never left taken
+                # The pool's locks, and the future's (its done callback is added under its
+                # lock, which the pool's thread takes to finish it), are never left taken.
+                with sigint_deferred():
                     fut = self.backend.submit(start, items)
+                    self.inflight.add(Chunk(start, items, fut, attempt))
+                self.job.report.n_chunks += 1
+                return
         except Unsendable as exc:
             self._unsendable(start, items, attempt, exc)
             return

@@ -229,19 +229,13 @@ def execute(
         ``False`` never sends I/O-bound work to threads.
     progress
         ``True`` for a bar that counts items, or a callable ``f(done, total)``.
-    pool
-        An executor to run on instead of a new pool (see :func:`get_executor`), or a Dask
-        ``distributed.Client``: chunks become tasks on its cluster. It is not shut down.
-    scheduler
-        A Dask scheduler's address (``"tcp://host:8786"``): run on that cluster
-        (``executor_type="dask"``), with a client made for the run and closed after it.
-    cluster
-        A Dask ``distributed.Client`` whose cluster is one more candidate: optimize() weighs it
-        against the local pools (its costs measured once per scheduler) and the work runs
-        where it was predicted fastest. ``executor_type="dask"`` runs there without asking.
+    pool, scheduler, cluster
+        An executor to run on instead of a new pool (see :func:`get_executor`; a Dask
+        ``distributed.Client``: chunks become tasks on its cluster; not shut down); a Dask
+        scheduler's address (a client made and closed for the run); a Client whose cluster
+        is one more candidate, used where the model predicts it fastest.
     cache
-        The tuning cache (see :func:`optimize`); a run that used it feeds back the item time
-        it measured, so the kept figures follow the job.
+        The tuning cache (see :func:`optimize`); the run feeds back the item time it measured.
     adapt
         Correct the chunksize while running when chunk times leave the model's range.
     errors
@@ -252,14 +246,12 @@ def execute(
         Seconds one item may run. A process worker stops the item (SIGALRM raises
         :class:`ItemTimeout` in it); an item stuck where no signal reaches it gets its worker
         killed and replaced. Threads cannot be stopped: the run raises ItemTimeout and the
-        stuck call finishes in the background. On Dask a worker's thread gets ItemTimeout
-        raised into the item at its next bytecode; one stuck in a long call into C has its
-        task cancelled and fails (or the run raises) while the call goes on there.
+        stuck call finishes in the background. On Dask: raised in the item's worker thread
+        (a stuck call into C: its task cancelled, the call left to finish there).
     retries, retry_backoff
         When a process worker dies (killed, crashed, exited), run the items that were in flight
         again on a fresh pool, one at a time (a second crash names its item), up to ``retries``
-        times, waiting
-        ``retry_backoff * 2**attempt`` seconds first. Without retries the run raises
+        times, waiting ``retry_backoff * 2**attempt`` seconds first. Without retries the run raises
         :class:`WorkerDied` naming the items and how the worker ended (with ``errors="collect"``
         those items get a WorkerDied failure and the run goes on on a fresh pool).
     return_report

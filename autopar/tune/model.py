@@ -343,6 +343,16 @@ def dask_threads_advice(p: Profile, cluster: Any, g: float) -> str | None:
     return None
 
 
+def _dask_candidate(p: Profile, cluster: Any, remaining: int, chunksize: int | None, gil_enabled: bool, reasons: list[str]) -> Candidate:
+    """The cluster as a candidate (at ``chunksize``, else its best task size), with the
+    advice on its threads per worker among the reasons."""
+    g = gil_share(p, gil_enabled)
+    advice = dask_threads_advice(p, cluster, g)
+    if advice is not None:
+        reasons.append(advice)
+    return predict_dask(chunksize, remaining, p, cluster, g) if chunksize else best_dask(remaining, p, cluster, g)
+
+
 def best_dask(remaining: int, p: Profile, cluster: Any, g: float | None = None) -> Candidate:
     """The best task size on ``cluster``: within 2% of the fastest, the largest that leaves
     at least 4 tasks a thread (a lost worker costs a task, and balance), else the fastest:
@@ -560,11 +570,7 @@ def decide(
                 else:
                     cands.append(best_chunksize(kind, n, remaining, p, costs, cores, system.gil_enabled))
         if cluster is not None and "dask" in allowed:
-            g = gil_share(p, system.gil_enabled)
-            cands.append(predict_dask(chunksize, remaining, p, cluster, g) if chunksize else best_dask(remaining, p, cluster, g))
-            advice = dask_threads_advice(p, cluster, g)
-            if advice is not None:
-                reasons.append(advice)
+            cands.append(_dask_candidate(p, cluster, remaining, chunksize, system.gil_enabled, reasons))
     ranked = sorted(cands + ([serial] if "serial" in allowed or not cands else []), key=lambda c: c.predicted_time)
 
     if shared_resource(p):
