@@ -8,6 +8,8 @@ on the exception as ``autopar_item_index`` where the exception accepts attribute
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "AutoparError",
     "ItemFailed",
@@ -99,27 +101,23 @@ class ItemFailed:
 
 def annotate(exc: BaseException, index: int, where: str) -> BaseException:
     """Name the failing item on ``exc`` (a note and an attribute), once."""
-    if getattr(exc, "autopar_item_index", None) is not None:
-        return exc
-    try:
-        exc.autopar_item_index = index  # type: ignore[attr-defined]
-    except (AttributeError, TypeError):
-        pass
-    if hasattr(exc, "add_note"):
-        exc.add_note(f"autopar: raised by item {index} in a {where} worker")
-    return exc
+    return _mark(exc, "autopar_item_index", index, f"autopar: raised by item {index} in a {where} worker")
 
 
 def annotate_stage(exc: BaseException, stage: str) -> BaseException:
     """Name the pipeline stage ``exc`` came from (a note and an attribute), once."""
-    if getattr(exc, "autopar_stage", None) is not None:
+    return _mark(exc, "autopar_stage", stage, f"autopar: in pipeline stage {stage!r}")
+
+
+def _mark(exc: BaseException, attr: str, value: Any, note: str) -> BaseException:
+    if getattr(exc, attr, None) is not None:
         return exc
     try:
-        exc.autopar_stage = stage  # type: ignore[attr-defined]
+        setattr(exc, attr, value)
     except (AttributeError, TypeError):
         pass
     if hasattr(exc, "add_note"):
-        exc.add_note(f"autopar: in pipeline stage {stage!r}")
+        exc.add_note(note)
     return exc
 
 
