@@ -256,7 +256,8 @@ def run_workload(name: str, func: Callable[[Any], Any], items: Any, waiting: boo
         t0 = time.perf_counter()
         out, report = autopar.execute(func, fresh(items), return_report=True)
         times["autopar"].append(time.perf_counter() - t0)
-        trace("autopar " + label(report.executor_type, report.n_jobs, report.chunksize), times["autopar"][-1], before)
+        fell = f" * from item {report.fallback[0]} to {report.fallback[1]}" if report.fallback else ""
+        trace("autopar " + label(report.executor_type, report.n_jobs, report.chunksize) + fell, times["autopar"][-1], before)
         assert len(out) == n, (name, len(out), n)
         del out
         picks.append(label(report.executor_type, report.n_jobs, report.chunksize) + (" *" if getattr(report, "fell_back", False) else ""))
