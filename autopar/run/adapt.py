@@ -108,7 +108,11 @@ class Fallback:
         self.item_cpu = profile.item_time_mean * profile.cpu_ratio if profile is not None else 0.0
         self.alternative: Candidate | None = None  # the process pool a thread run may switch to
         self.predicted_rate = self.alternative_rate = 0.0  # steady items/s, predicted
-        if result is not None and job.chosen and job.kind == "thread" and self.cpu_bound and result.n_remaining > 0:
+        # Not on figures from the tuning cache: the switch weighs what the threads deliver now
+        # against predictions from another moment (in a full benchmark run, thread runs on a
+        # hit switched on GIL-free rows where the grid's thread x2 won: 1.5x its time).
+        fresh = result is not None and result.cache != "hit"
+        if fresh and job.chosen and job.kind == "thread" and self.cpu_bound and result.n_remaining > 0:
             self.predicted_rate = _steady_rate(result.n_remaining, result.predicted_time - result.start_cost)
             self.alternative = next((c for c in result.runner_ups if c.executor_type == "process"), None)
             if self.alternative is not None:

@@ -13,8 +13,8 @@ from .result import OptimizationResult
 from . import wisdom
 from .sample import sample
 from .costs import pool_costs
-from .measure import rss
-from .system import default_start_method, system_info
+from .measure import CPU_BOUND, native_threads, rss
+from .system import default_start_method, system_info, threaded_blas_loaded
 from ..options import EXECUTOR_TYPES, Options, check_func_and_data
 
 __all__ = ["optimize", "optimize_with", "pending_result"]
@@ -136,7 +136,11 @@ def optimize_with(func: Callable[[Any], Any], data: Iterable[Any], opts: Options
     stash = None
     if entry is not None:  # measured before: decide again from the kept figures, no sample
         n = opts.n_items if opts.n_items is not None else len(data)  # type: ignore[arg-type]
-        profile = replace(entry.profile, n_sampled=0, n_probed=0, n_items=n, exhausted=False, sample_time=0.0)
+        # Whether a BLAS pool is running is this process's state now, not the cached one's.
+        blas_live = entry.profile.cpu_ratio >= CPU_BOUND and native_threads() > 0 and threaded_blas_loaded()
+        profile = replace(
+            entry.profile, n_sampled=0, n_probed=0, n_items=n, exhausted=False, sample_time=0.0, blas_live=blas_live
+        )
     else:
         profile, stash = sample(
             func,
