@@ -156,7 +156,7 @@ def optimize_with(func: Callable[[Any], Any], data: Iterable[Any], opts: Options
         # parallel rounds, so its figures are not one item's (mixed sleep+compute, 39 items:
         # kept as 0.95 ms of CPU an item where an item sleeps 4 ms and computes 1; every hit
         # then chose processes and ran 4x the grid's best).
-        if key is not None and profile.n_sampled and profile.item_time_mean > 0 and not profile.exhausted:
+        if key is not None and profile.n_sampled and profile.item_time_mean > 0 and profile.n_remaining != 0:
             wisdom.store(key, wisdom.func_name(func), profile)
     d = decide(
         profile,
