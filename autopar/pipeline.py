@@ -39,7 +39,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from . import _serialize
 from .errors import ItemFailed, annotate, annotate_stage
-from .options import EXECUTOR_TYPES
+from .options import EXECUTOR_TYPES, check_pool_args
 
 __all__ = ["Fused", "Pipeline", "PipelinePlan", "Stage", "StagePlan", "Stream"]
 
@@ -61,10 +61,11 @@ class Stage:
     def __post_init__(self) -> None:
         if not callable(self.func):
             raise TypeError(f"a stage needs a callable, got {type(self.func).__name__}")
-        if self.executor_type is not None and self.executor_type not in EXECUTOR_TYPES:
-            raise ValueError(f"executor_type must be one of {EXECUTOR_TYPES}, got {self.executor_type!r}")
-        if self.n_jobs is not None and (isinstance(self.n_jobs, bool) or not isinstance(self.n_jobs, int) or self.n_jobs < 1):
-            raise ValueError(f"n_jobs must be a positive int, got {self.n_jobs!r}")
+        kind, n_jobs = check_pool_args(self.executor_type, self.n_jobs)  # the checks execute() makes
+        if kind is not None and kind not in EXECUTOR_TYPES:
+            raise ValueError(f"a stage's executor_type must be one of {EXECUTOR_TYPES}, got {kind!r}")
+        object.__setattr__(self, "executor_type", kind)
+        object.__setattr__(self, "n_jobs", n_jobs)
         if self.name is None:
             object.__setattr__(self, "name", getattr(self.func, "__name__", type(self.func).__name__))
 
@@ -522,11 +523,7 @@ def _then(done: Iterable[Any], rest: Iterator[Any]) -> Iterator[Any]:
 
 
 def _picklable(func: Callable[[Any], Any]) -> bool:
-    try:
-        _serialize.dumps(func, _serialize.CLOUDPICKLE)
-        return True
-    except Exception:
-        return False
+    return _serialize.measure(func)[0] is not None  # pickle or cloudpickle can send it
 
 
 class Pipeline:
