@@ -302,3 +302,20 @@ def test_500_calls_leave_nothing_behind():
     assert kids <= before[0] and threads <= before[1]
     assert fds <= before[2] + 2, (before[2], fds)
     assert shm <= before[3]
+
+
+def test_a_pool_broken_before_a_submit_is_a_worker_died_error():
+    # A worker that dies between harvests breaks the pool before the next submit: that goes
+    # to recovery too (here a given pool: WorkerDied naming what happened), not a raw
+    # BrokenProcessPool out of submit().
+    from autopar.backends.process import worker_processes
+
+    with autopar.get_executor("process", 2, start_method="fork") as ex:
+        list(ex.map(abs, range(4)))  # the workers are up
+        for proc in worker_processes(ex).values():
+            os.kill(proc.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while not getattr(ex, "_broken", False) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        with pytest.raises(WorkerDied):
+            execute(abs, range(20), pool=ex, chunksize=2)

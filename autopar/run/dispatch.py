@@ -307,6 +307,19 @@ class PoolRun:
         except Unsendable as exc:
             self._unsendable(start, items, attempt, exc)
             return
+        except Exception as exc:
+            if not self.backend.is_broken(exc):
+                raise
+            # A worker died since the last harvest: this chunk never ran; recovery (the same
+            # as for a broken pool seen in a harvest) replaces the pool, then it goes again.
+            if attempt:
+                self.feeder.add_retry(start, items, attempt)
+            else:
+                self.feeder.put_back(start, items)
+            from .recovery import recover
+
+            recover(self)
+            return
         self.inflight.add(Chunk(start, items, fut, attempt, inline=inline))
         self.job.report.n_chunks += 1
 
@@ -347,7 +360,7 @@ class PoolRun:
             if not all(c.checked for c in self.inflight):
                 return  # the old pool's last chunks are still running
             self.adapt.switch()
-        while len(self.inflight) < feeder.limit and feeder.has_more:
+        while len(self.inflight) < feeder.limit and feeder.has_more and not feeder.retry:
             nxt = feeder.next_chunk()
             if nxt is None:
                 break
