@@ -221,3 +221,29 @@ def test_a_sample_that_finished_the_job_is_not_kept(cache):
     r = autopar.optimize(counted, list(range(5)))
     assert r.profile.n_remaining == 0 and r.cache == "miss"
     assert wisdom.entries() == []
+
+
+@pytest.mark.skipif(autopar.tune.system.usable_cores() < 2, reason="two threads on two cores")
+def test_a_thread_run_checks_the_kept_thread_scaling(cache):
+    # Pure Python holds the GIL: two threads take twice as long an item. A kept profile that
+    # says two threads ran it x2 (a sample misled by a spinning BLAS pool) is found out by
+    # the first run on it; one that says x1 is confirmed (its item time not moved: an item's
+    # time in a thread says nothing certain about its time alone).
+    from dataclasses import replace
+
+    data = list(range(4000))  # about 0.16 s serially: judged on its time (over MIN_CHECKED_RUN)
+    first = autopar.optimize(counted, data, executor_type="thread", n_jobs=2)
+    [entry] = wisdom.entries()
+    t0 = time.perf_counter()
+    [counted(x) for x in data]
+    item_time = (time.perf_counter() - t0) / len(data)  # the sample's figure can be off by 1.3x
+    for scaling, verdict in ((2.0, "stale"), (1.0, "checked")):
+        forged = replace(
+            entry.profile, thread_scaling=scaling, probe_threads=2, cpu_ratio=1.0, item_time_mean=item_time
+        )
+        wisdom.store(first.cache_key, entry.func, forged)
+        r = autopar.optimize(counted, data, executor_type="thread", n_jobs=2)
+        assert r.cache == "hit" and r.n_jobs == 2
+        out, report = autopar.execute(counted, data, result=r, return_report=True)
+        assert out == [counted(x) for x in data]
+        assert report.cache == verdict, (scaling, report.measured_item_time, forged.item_time_mean)

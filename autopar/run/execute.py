@@ -36,6 +36,7 @@ __all__ = ["ExecutionIterator", "ExecutionReport", "execute", "execute_iter"]
 # The serial loop's largest block: blocks stop doubling at 20 ms of work anyway, so this
 # bounds only blocks of sub-microsecond items (65,536 of 50 ns: 3 ms).
 MAX_SERIAL_BLOCK = 65536
+MIN_CHECKED_RUN = 0.02  # a thread run predicted shorter is not judged on its time (noise)
 
 
 def _configure(result: OptimizationResult | None, opts: Options, pool: Executor | None = None) -> tuple[str, int, int]:
@@ -290,16 +291,23 @@ def _collect(it: ExecutionIterator) -> list[Any]:
 
 
 def _feed_back(job: Job) -> None:
-    """The item time the run measured goes back to the tuning cache. Thread runs wider than
-    the cores time each item with the others' share of the cores in it: not fed back."""
+    """What the run measured goes back to the tuning cache: its item time in the workers for
+    serial and process runs and a single thread. Several threads are judged on the run's wall
+    time against the prediction instead: an item's time in a thread holds the other threads'
+    share of the GIL, or not (a chunk of a few ms often runs within one switch interval), so
+    it says nothing certain; a wrong kept thread scaling shows in the run's time."""
     result, report = job.result, job.report
     if result is None or result.cache_key is None or not report.measured_item_time:
         return
-    if job.kind == "thread" and job.n_jobs > result.usable_cores:
-        return
     from ..tune import wisdom
 
-    report.cache = wisdom.observe(result.cache_key, report.measured_item_time)
+    if job.kind != "thread" or job.n_jobs == 1:
+        report.cache = wisdom.observe(result.cache_key, report.measured_item_time)
+        return
+    predicted, took = report.predicted_time, report.run_time
+    if not predicted or not took or predicted < MIN_CHECKED_RUN:
+        return
+    report.cache = wisdom.observe(result.cache_key, None, stale=took > wisdom.THREAD_STALE_FACTOR * predicted)
 
 
 def _serial(job: Job, rest: Iterator[Any], index: int) -> Iterator[list[Any]]:

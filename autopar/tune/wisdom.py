@@ -43,11 +43,14 @@ from typing import Any, Callable, Iterable, Iterator
 
 from .sample import Profile
 
-__all__ = ["MAX_ENTRIES", "STALE_FACTOR", "Entry", "clear", "enabled", "entries", "job_key", "lookup", "observe", "store"]
+__all__ = ["MAX_ENTRIES", "STALE_FACTOR", "THREAD_STALE_FACTOR", "Entry", "clear", "enabled", "entries", "job_key", "lookup", "observe", "store"]
 
 SCHEMA_VERSION = 1
 MAX_ENTRIES = 2000
 STALE_FACTOR = 2.0  # a run's item time this far from the kept one: measure again
+# A thread run this much slower than predicted from the kept figures: the kept thread scaling
+# is wrong (a sample read pure Python as parallel while a BLAS pool spun).
+THREAD_STALE_FACTOR = 1.5
 _BYTES_LIMIT = 1 << 16  # callable objects' state up to this size is hashed by value
 
 
@@ -371,10 +374,12 @@ def store(key: str, func: str, profile: Profile) -> bool:
 
 
 @_safely(None)
-def observe(key: str, item_time: float) -> str | None:
-    """A run's measured item time, fed back: "updated" (the kept figure moves towards it),
-    "stale" (off by more than STALE_FACTOR: measured again next time) or None (no entry)."""
-    if not item_time or item_time <= 0:
+def observe(key: str, item_time: float | None, stale: bool = False) -> str | None:
+    """What a run measured, fed back: "updated" (the kept item time moves towards
+    ``item_time``), "checked" (no item time to keep: the run only confirmed the figures),
+    "stale" (the item time off by more than STALE_FACTOR, or ``stale``: the run found the
+    kept figures wrong otherwise; measured again next time) or None (no entry)."""
+    if item_time is not None and item_time <= 0:
         return None
     conn = _connect()
     with _transaction(conn):
@@ -383,9 +388,13 @@ def observe(key: str, item_time: float) -> str | None:
             return None
         profile, runs = _profile_of(row[0]), row[1]
         kept = profile.item_time_mean
-        if kept > 0 and not (1 / STALE_FACTOR <= item_time / kept <= STALE_FACTOR):
+        off = item_time is not None and kept > 0 and not (1 / STALE_FACTOR <= item_time / kept <= STALE_FACTOR)
+        if stale or off:
             conn.execute("UPDATE entries SET stale = 1, runs = runs + 1 WHERE key = ?", (key,))
             return "stale"
+        if item_time is None:
+            conn.execute("UPDATE entries SET runs = runs + 1 WHERE key = ?", (key,))
+            return "checked"
         # A running average over the sample and the runs since (each run one vote).
         new = (kept * (runs + 1) + item_time) / (runs + 2) if kept > 0 else item_time
         scale = new / kept if kept > 0 else 1.0
