@@ -9,6 +9,7 @@ from .errors import AutoparError, ItemFailed, ItemTimeout, RemoteTraceback, Work
 from .backends.pools import SerialExecutor, get_executor
 from .run import ExecutionIterator, ExecutionReport, execute, execute_iter
 from .pipeline import Pipeline, PipelinePlan, Stage, Stream
+from .service import CircuitBreaker, CircuitOpen, Manager, Retry, get_manager
 from .tune.costs import PoolCosts, pool_costs
 from .tune.model import Candidate
 from .tune.optimize import optimize
@@ -21,16 +22,20 @@ __version__ = "0.1.0"
 __all__ = [
     "AutoparError",
     "Candidate",
+    "CircuitBreaker",
+    "CircuitOpen",
     "ExecutionIterator",
     "ExecutionReport",
     "ItemFailed",
     "ItemTimeout",
+    "Manager",
     "OptimizationResult",
     "Pipeline",
     "PipelinePlan",
     "PoolCosts",
     "Profile",
     "RemoteTraceback",
+    "Retry",
     "SerialExecutor",
     "Stage",
     "Stream",
@@ -40,6 +45,7 @@ __all__ = [
     "execute",
     "execute_iter",
     "get_executor",
+    "get_manager",
     "optimize",
     "pool_costs",
     "system_info",

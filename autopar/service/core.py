@@ -1,0 +1,355 @@
+"""The manager's engine: a call's way from submit to its result (routing, admission, attempts,
+retries, the breaker, the counts). The public API on top of it is in ``manager.py``."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures as cf
+import pickle
+import threading
+import time
+import warnings
+from typing import Any, Callable
+
+from ..errors import ItemTimeout
+from ..tune.system import default_start_method, usable_cores
+from .lanes import Call, Outcome, ProcessLane, ThreadLane, run_here, timed_out
+from .policy import CircuitBreaker, CircuitOpen, Retry, Timer
+from .routes import Route, Routes
+from .throttle import Gate, Throttle
+
+LANES = {"thread": "io", "process": "cpu", "inline": "inline"}  # lane -> its name in stats()
+
+
+class LaneStats:
+    """Counts for one lane; exact (each under the manager's lock)."""
+
+    def __init__(self) -> None:
+        self.submitted = self.completed = self.failed = self.cancelled = self.retried = self.timed_out = 0
+        self.run_time = 0.0  # seconds in workers, calls that completed
+        self.first: float | None = None
+        self.last: float | None = None
+
+    def to_dict(self, gate: Gate | None) -> dict[str, Any]:
+        ended = self.completed + self.failed
+        span = (self.last - self.first) if self.first is not None and self.last is not None else 0.0
+        return {
+            "submitted": self.submitted,
+            "completed": self.completed,
+            "failed": self.failed,
+            "cancelled": self.cancelled,
+            "retried": self.retried,
+            "timed_out": self.timed_out,
+            "success_rate": self.completed / ended if ended else None,
+            "avg_time": self.run_time / self.completed if self.completed else None,
+            "max_concurrent": gate.max_running if gate is not None else min(self.submitted, 1),
+            "running": gate.running if gate is not None else 0,
+            "waiting": gate.waiting if gate is not None else 0,
+            "limit": gate.limit if gate is not None else None,
+            "items_per_s": self.completed / span if span > 0 else None,
+        }
+
+
+class Core:
+    """Routing, admission and attempts; see Manager for the public side."""
+
+    def __init__(
+        self,
+        cpu_workers: int | None,
+        io_workers: int | None,
+        throttle: bool,
+        cpu_threshold: float | None,
+        memory_threshold: float | None,
+        retry: Retry | None,
+        breaker: CircuitBreaker | None,
+        timeout: float | None,
+        start_method: str | None,
+        timer: Any,
+    ) -> None:
+        cores = usable_cores()
+        self.cpu_workers = _count(cpu_workers, cores, "cpu_workers")
+        self.io_workers = _count(io_workers, min(32, 4 * cores + 4), "io_workers")
+        if retry is not None and not isinstance(retry, Retry):
+            raise TypeError(f"retry= takes autopar.Retry, got {type(retry).__name__}")
+        if breaker is not None and not isinstance(breaker, CircuitBreaker):
+            raise TypeError(f"breaker= takes autopar.CircuitBreaker, got {type(breaker).__name__}")
+        self.retry, self.breaker, self.timeout = retry, breaker, _seconds(timeout)
+        self.start_method = start_method or default_start_method()
+        self.timer = timer if timer is not None else Timer()
+        self._lock = threading.RLock()
+        self._closing = False
+        self._live: set[Call] = set()
+        self._idle = threading.Condition(self._lock)
+        self.routes = Routes()
+        self._breakers: dict[int, CircuitBreaker] = {}
+        self.gates = {"thread": Gate(self.io_workers), "process": Gate(self.cpu_workers)}
+        self.stats_ = {name: LaneStats() for name in LANES.values()}
+        self.lanes: dict[str, Any] = {
+            "thread": ThreadLane(self.io_workers, self._attempt_done, self.timer),
+            "process": ProcessLane(self.cpu_workers, self.start_method, max(1, cores // self.cpu_workers), self._attempt_done, self.timer),
+        }
+        self.throttle = Throttle(cpu_threshold, memory_threshold, listener=self._throttled, workers=self.lanes["process"].pids)
+        if throttle:
+            self.throttle.start()
+
+    # ---- a call's way -------------------------------------------------------------------
+
+    def _submit(self, func: Callable[..., Any], args: tuple, kwargs: dict, asked: str | None, timeout: Any, retry: Any, breaker: Any) -> Call:
+        if not callable(func):
+            raise TypeError(f"func must be callable, got {type(func).__name__}")
+        if self._closing:
+            raise RuntimeError("the manager is shut down: no new calls")
+        route = self.routes.get(func)
+        call = Call(
+            self, func, args, kwargs, lane="",
+            timeout=self.timeout if timeout is _UNSET else _seconds(timeout),
+            retry=self.retry if retry is _UNSET else retry,
+            breaker=self._breaker_of(route) if breaker is _UNSET else breaker,
+            route=route,
+        )
+        call.asked = asked
+        if call.breaker is not None:
+            try:
+                call.breaker.check()
+            except CircuitOpen as exc:
+                call.set_running_or_notify_cancel()
+                call.settle(exc=exc)
+                return call
+        with self._lock:
+            self._live.add(call)
+        self._attempt(call)
+        return call
+
+    def _breaker_of(self, route: Route) -> CircuitBreaker | None:
+        if self.breaker is None:
+            return None
+        with self._lock:
+            b = self._breakers.get(id(route))
+            if b is None:
+                b = self._breakers[id(route)] = self.breaker.copy(route.name)
+            return b
+
+    def _attempt(self, call: Call) -> None:
+        if call.done():
+            return self._forget(call)
+        call.attempt += 1
+        call.stop_reason = None
+        self._place(call)
+
+    def _place(self, call: Call) -> None:
+        """Choose the call's lane and admit it (or queue it behind the gate or the probe)."""
+        route = call.route
+        lane, _ = self._lane_for(call)
+        if lane == "probe":
+            return
+        first = not call.lane
+        call.lane = lane
+        with self._lock:
+            if first:
+                stats = self.stats_[LANES[lane]]
+                stats.submitted += 1
+                stats.first = stats.first if stats.first is not None else time.perf_counter()
+        if lane == "inline":
+            if call.done() or not _running(call):
+                return self._forget(call)
+            out = run_here(call)
+            return self._attempt_done(call, out.of(call.attempt))
+        if self.gates[lane].offer(call):
+            self._start(call)
+        del route
+
+    def _lane_for(self, call: Call) -> tuple[str, str]:
+        route = call.route
+        if call.asked == "io":
+            return "thread", "run_io()"
+        if call.asked == "cpu":
+            if route.can_ship():
+                return "process", "run_cpu()"
+            self._warn_threads(route)
+            return "thread", "run_cpu(), cannot be pickled"
+        with route.lock:
+            if route.calls == 0 or route.cpu_ratio is None:
+                if route.probing:  # its first call measures it: wait for that
+                    route.waiting.append(call)
+                    return "probe", ""
+                route.probing = True
+                call.probe = True
+                return "thread", "the first call measures it"
+        lane, why = route.choose()
+        if lane == "inline" and call.timeout is not None:
+            return "thread", "a time limit needs a thread"
+        return lane, why
+
+    def _start(self, call: Call) -> None:
+        """An admitted call goes to its lane."""
+        if call.done() or not _running(call):
+            return self._release(call)
+        lane = self.lanes[call.lane]
+        try:
+            if call.lane == "process":
+                t0 = time.perf_counter()
+                payload = pickle.dumps((call.args, call.kwargs), protocol=pickle.HIGHEST_PROTOCOL)
+                call.route.shipped(time.perf_counter() - t0)
+                lane._send(call, payload)
+            else:
+                lane.start(call)
+        except (pickle.PicklingError, TypeError, AttributeError) as exc:
+            if call.lane != "process":
+                raise
+            # Its arguments cannot go to a process: this call runs on a thread.
+            self._warn_threads(call.route, f"its arguments cannot be pickled ({type(exc).__name__}: {exc})")
+            self._release(call, lane="process")
+            call.lane = "thread"
+            if self.gates["thread"].offer(call):
+                self._start(call)
+        except RuntimeError as exc:  # the manager closed meanwhile
+            self._release(call)
+            self._attempt_done(call, Outcome(exc=exc).of(call.attempt))
+
+    def _warn_threads(self, route: Route, why: str | None = None) -> None:
+        warnings.warn(
+            f"autopar: {route.name} runs on threads, not in a process: {why or route.why_not}",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+
+    def _release(self, call: Call, lane: str | None = None) -> None:
+        lane = lane or call.lane
+        if lane in self.gates:
+            for nxt in self.gates[lane].done():
+                self._start(nxt)
+
+    def _attempt_done(self, call: Call, out: Outcome) -> None:
+        """One attempt ended (from a lane's thread, or inline)."""
+        with self._lock:
+            if out.attempt != call.attempt or getattr(call, "closed_attempt", 0) == out.attempt:
+                return  # a late end of an attempt already let go
+            call.closed_attempt = out.attempt
+        self._release(call)
+        if getattr(call, "probe", False):
+            self._probed(call, out)
+        elif not out.stopped and out.exc is None:
+            call.route.observe(out.wall, out.cpu, out.alone or call.lane == "process")
+        self._settle(call, out)
+
+    def _probed(self, call: Call, out: Outcome) -> None:
+        route = call.route
+        call.probe = False
+        if not out.stopped:
+            route.observe(out.wall, out.cpu, True)
+        with route.lock:
+            route.probing = False
+            waiting, route.waiting = route.waiting, []
+            if route.cpu_ratio is None and waiting:  # the probe told nothing (it failed at once): the next one measures
+                route.probing = True
+                waiting[0].probe = True
+        for other in waiting:
+            self._place(other) if not getattr(other, "probe", False) else self._admit_probe(other)
+
+    def _admit_probe(self, call: Call) -> None:
+        call.lane = call.lane or "thread"
+        with self._lock:
+            self.stats_["io"].submitted += 1
+        if self.gates["thread"].offer(call):
+            self._start(call)
+
+    def _settle(self, call: Call, out: Outcome) -> None:
+        stats = self.stats_[LANES[call.lane or "thread"]]
+        exc = out.exc
+        if out.stopped:
+            exc = timed_out(call) if call.stop_reason == "timeout" else cf.CancelledError()
+        if call.done():  # cancelled: counted when it was
+            return self._forget(call)
+        if exc is None:
+            if call.breaker is not None:
+                call.breaker.record(None)
+            with self._lock:
+                stats.completed += 1
+                stats.run_time += out.wall
+                stats.last = time.perf_counter()
+            call.settle(out.value)
+            return self._forget(call)
+        if call.retry is not None and not self._closing and call.retry.retries(exc, call.attempt):
+            with self._lock:
+                stats.retried += 1
+            try:
+                self.timer.call_later(call.retry.delay(call.attempt), lambda: self._attempt(call))
+                return
+            except RuntimeError:
+                pass  # closing: the failure stands
+        if call.breaker is not None:
+            call.breaker.record(exc)
+        with self._lock:
+            stats.failed += 1
+            stats.timed_out += isinstance(exc, ItemTimeout)
+            stats.last = time.perf_counter()
+        call.settle(exc=exc)
+        self._forget(call)
+
+    def _forget(self, call: Call) -> None:
+        with self._lock:
+            self._live.discard(call)
+            if not self._live:
+                self._idle.notify_all()
+
+    def _cancelled(self, call: Call, running: bool) -> None:
+        """Call.cancel() came: take it out of any queue, or stop it where it runs."""
+        with self._lock:
+            if call.lane:
+                self.stats_[LANES[call.lane]].cancelled += 1
+        gate = self.gates.get(call.lane)
+        if gate is not None and gate.remove(call):
+            pass
+        elif running and call.where is not None:
+            self.lanes[call.lane].stop(call, "cancel")
+        with call.route.lock:
+            if call in call.route.waiting:
+                call.route.waiting.remove(call)
+        self._forget(call)
+
+    def _throttled(self, factor: float) -> None:
+        for gate in self.gates.values():
+            for call in gate.set_factor(factor):
+                self._start(call)
+
+
+class _Unset:
+    def __repr__(self) -> str:
+        return "<the manager's default>"
+
+
+_UNSET: Any = _Unset()
+
+
+def _running(call: Call) -> bool:
+    """Mark the call running (once); False if it was cancelled meanwhile."""
+    if call.running():
+        return True
+    try:
+        return call.set_running_or_notify_cancel()
+    except RuntimeError:  # cancelled, and its waiters told already
+        return False
+
+
+def _count(value: int | None, default: int, name: str) -> int:
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    return value
+
+
+def _seconds(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"timeout must be a number of seconds > 0, got {value!r}")
+    return float(value)
+
+
+def in_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+        return True
+    except RuntimeError:
+        return False
