@@ -9,6 +9,7 @@ from .errors import AutoparError, ItemFailed, ItemTimeout, RemoteTraceback, Work
 from .backends.pools import SerialExecutor, get_executor
 from .run import ExecutionIterator, ExecutionReport, execute, execute_iter
 from .pipeline import Pipeline, PipelinePlan, Stage, Stream
+from .benchmark import BenchReport, bench
 from .service import CircuitBreaker, CircuitOpen, Manager, Retry, get_manager
 from .tune.costs import PoolCosts, pool_costs
 from .tune.model import Candidate
@@ -21,6 +22,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AutoparError",
+    "BenchReport",
     "Candidate",
     "CircuitBreaker",
     "CircuitOpen",
@@ -42,6 +44,7 @@ __all__ = [
     "SystemInfo",
     "WorkerDied",
     "WorkerError",
+    "bench",
     "execute",
     "execute_iter",
     "get_executor",

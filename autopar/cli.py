@@ -138,6 +138,25 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .benchmark import bench
+
+    stages = []
+    for spec in args.stages.split(","):
+        func = _load(spec.strip())
+        if not callable(func):
+            raise SystemExit(f"autopar: {spec} is not callable")
+        stages.append(func)
+    report = bench(stages, _items(args), rounds=args.rounds, max_workers=args.jobs)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2, default=str))
+    else:
+        print(report.table())
+    if args.plot:
+        print(f"plot: {report.plot(args.plot)}")
+    return 0
+
+
 def cmd_cache(args: argparse.Namespace) -> int:
     """``autopar cache list | show KEY | clear [KEY] | path``: the tuning cache."""
     from .tune import wisdom
@@ -296,6 +315,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--progress", action="store_true", help="with --execute: a progress bar")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_optimize)
+
+    p = sub.add_parser("bench", help="time a pipeline of your functions every way worth trying, autopar's pick beside the best")
+    p.add_argument("stages", metavar="MODULE:FUNC[,MODULE:FUNC...]", help="the stages in order, e.g. mypkg.steps:read,mypkg.steps:encode")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--items", nargs="+", metavar="ITEM", help="items as Python literals (or plain strings)")
+    src.add_argument("--range", nargs="+", type=int, metavar="N", help="items range(N) or range(A, B[, STEP])")
+    src.add_argument("--data", metavar="MODULE:NAME", help="an iterable, or a function returning one")
+    p.add_argument("--rounds", type=int, default=3, help="rounds of every way, in shuffled order (default 3)")
+    p.add_argument("--jobs", type=int, help="the most workers tried (default: the usable cores)")
+    p.add_argument("--plot", metavar="FILE", help="the ways and the stages as bar charts, a PNG (needs autopar[plot])")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_bench)
 
     p = sub.add_parser("cache", help="the tuning cache: what optimize() measured for jobs run before")
     p.add_argument("action", choices=["list", "show", "clear", "path"])

@@ -86,6 +86,7 @@ class Fused:
         self.calls = 0
         self.wall = [0.0] * len(self.funcs)
         self.cpu = [0.0] * len(self.funcs)
+        self.out_bytes: list[float | None] = [None] * len(self.funcs)  # a stage's output pickled (first timed item)
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "timed": False}
@@ -103,6 +104,8 @@ class Fused:
             if timed:
                 self.wall[i] += time.perf_counter() - t0
                 self.cpu[i] += time.thread_time() - c0
+                if self.out_bytes[i] is None:
+                    self.out_bytes[i] = _pickled_size(item)
         if timed:
             self.calls += 1
         return item
@@ -110,6 +113,16 @@ class Fused:
     def measured(self) -> list[tuple[float, float]]:
         n = max(self.calls, 1)
         return [(w / n, c / n) for w, c in zip(self.wall, self.cpu)]
+
+
+def _pickled_size(value: Any) -> float:
+    """Bytes ``value`` pickles to (inf where it does not pickle: no process stage after it)."""
+    import pickle
+
+    try:
+        return float(len(pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)))
+    except Exception:
+        return float("inf")
 
 
 # -- the staged machinery --------------------------------------------------------------------
@@ -516,6 +529,41 @@ def _staged_config(stages: Sequence[Stage], measured: list[tuple[float, float]],
     return config
 
 
+HANDOFF_COST = 5e-6  # seconds of the caller's GIL an item and stage costs the staged machinery (measured 3.25 us)
+STAGED_MARGIN = 0.8  # staged must be predicted this much faster than fused to be chosen
+
+
+def _staged_time(
+    n_items: int, measured: list[tuple[float, float]], sizes: list[float], config: list[tuple[str, int]],
+    cores: int, costs: Any, gil_free: bool,
+) -> tuple[float, str]:
+    """Predicted seconds for ``n_items`` staged, and the bound that sets the pace.
+
+    Per item, the pipeline goes at the pace of its slowest part: a stage's time over its
+    workers (a process stage's item also pays its task's round trip), the cores' share of all
+    the CPU the stages spend (and the process stages' pickling), or the caller's GIL: thread
+    and serial stages computing in Python, process stages' items pickled in and out by their
+    driver threads, and the handoffs. ``sizes``: bytes each stage's input pickles to."""
+    per_stage, gil, cpu = [], 0.0, 0.0
+    for i, ((w, c), (kind, k)) in enumerate(zip(measured, config)):
+        ship = (sizes[i] + sizes[i + 1]) * costs.process_seconds_per_byte if kind == "process" else 0.0
+        if kind == "process":
+            per_stage.append((w + ship + costs.process_task_overhead) / k)
+            cpu += c + 2 * ship
+            gil += ship
+        else:
+            per_stage.append(w / (k if kind == "thread" else 1))
+            cpu += c
+            gil += 0.0 if gil_free and kind == "thread" else c
+        gil += HANDOFF_COST
+    slowest = max(range(len(per_stage)), key=per_stage.__getitem__)
+    bounds = {f"stage {slowest}": per_stage[slowest], "the GIL": gil, "the cores": cpu / max(cores, 1)}
+    pace = max(bounds, key=bounds.__getitem__)
+    start = sum(costs.process_start(k) if kind == "process" else costs.thread_start(k) for kind, k in config)
+    fill = sum(w for w, _ in measured)
+    return start + fill + n_items * bounds[pace], pace
+
+
 def _then(done: Iterable[Any], rest: Iterator[Any]) -> Iterator[Any]:
     """``done``, then ``rest``; closing it closes ``rest`` (and stops its stages)."""
     yield from done
@@ -557,7 +605,9 @@ class Pipeline:
             fn = Fused(self.stages)
             fn.timed = True
             try:
-                fused = optimize(fn, data, sample_time=sample_time, errors=errors)
+                # Not from the tuning cache: a hit runs no item, and the stages' times come
+                # from the sample.
+                fused = optimize(fn, data, sample_time=sample_time, errors=errors, cache=False)
             finally:
                 fn.timed = False
             measured = fn.measured()
@@ -573,11 +623,39 @@ class Pipeline:
             throughput = 1.0 / bottleneck if bottleneck > 0 else float("inf")
         else:
             assert fused is not None
-            mode = "fused"
-            reasons.append("no stage is pinned: every item through all stages on one pool, chosen as for one function")
-            rest = max(fused.n_remaining, 1)
-            throughput = rest / fused.predicted_time if fused.predicted_time > 0 else float("inf")
+            mode, throughput = self._choose(fused, fn, measured, config, cores, reasons)
+            if mode == "staged":
+                # The sample's items went through every stage: the staged run starts after them.
+                stash = fused.stash
+                if stash is not None:
+                    sampled = [y for block in stash.result_blocks for y in block]
         return PipelinePlan(mode, plans, throughput, tuple(reasons), fused, queue_size, data, tuple(sampled))
+
+    def _choose(self, fused: Any, fn: Fused, measured: list[tuple[float, float]], config: list[tuple[str, int]],
+                cores: int, reasons: list[str]) -> tuple[str, float]:
+        """Fused or staged, from the same measurements: fused's prediction is optimize()'s;
+        staged's is :func:`_staged_time`. Staged only where clearly faster (STAGED_MARGIN):
+        its model is the cruder of the two."""
+        from .tune.costs import pool_costs
+
+        rest = max(fused.n_remaining, 1)
+        p = fused.profile
+        gil_free = bool(p.thread_scaling and p.probe_threads >= 2 and p.thread_scaling >= 0.8 * p.probe_threads)
+        sizes = [p.item_bytes] + [b if b is not None else p.result_bytes for b in fn.out_bytes]
+        t_staged, pace = _staged_time(rest, measured, sizes, config, cores, pool_costs(fused.start_method), gil_free)
+        t_fused = fused.predicted_time
+        how = " / ".join(k if k == "serial" else f"{k} x{n}" for k, n in config)
+        if t_staged < STAGED_MARGIN * t_fused:
+            reasons.append(
+                f"staged ({how}) predicted {t_staged:.3f} s for the {rest} items left, fused "
+                f"({fused.executor_type} x{fused.n_jobs}) {t_fused:.3f} s: each stage on its own pool, paced by {pace}"
+            )
+            return "staged", rest / t_staged if t_staged > 0 else float("inf")
+        reasons.append(
+            f"fused ({fused.executor_type} x{fused.n_jobs}) predicted {t_fused:.3f} s for the {rest} items left, staged "
+            f"({how}) {t_staged:.3f} s, paced by {pace}: every item through all stages on one pool"
+        )
+        return "fused", rest / t_fused if t_fused > 0 else float("inf")
 
     def execute(self, items: Iterable[Any], *, plan: PipelinePlan | None = None, errors: str = "raise",
                 queue_size: int | None = None) -> list[Any]:

@@ -9,6 +9,9 @@
   and the measured end.
 * :func:`pack_plot` (``pack_report.plot(path)``): each pass of ``autopar pack``, its time and
   how it ran.
+* :func:`bench_plot` (``bench_report.plot(path)``, ``autopar bench --plot``): each way of
+  running a pipeline, its time, the fastest and autopar's pick marked; each stage's time an
+  item and its busy share when staged.
 
 Figures are drawn on matplotlib's Agg canvas (no pyplot, no window, no global state), written
 atomically: a plot is a whole PNG (or SVG, PDF: by the suffix) or nothing.
@@ -22,11 +25,12 @@ from typing import TYPE_CHECKING, Any
 from ._atomic import atomic_write
 
 if TYPE_CHECKING:
+    from .benchmark import BenchReport
     from .image.pack import PackReport
     from .run.report import ExecutionReport
     from .tune.result import OptimizationResult
 
-__all__ = ["INSTALL_HINT", "pack_plot", "speedup_plot", "timeline_plot"]
+__all__ = ["INSTALL_HINT", "bench_plot", "pack_plot", "speedup_plot", "timeline_plot"]
 
 INSTALL_HINT = 'plots need matplotlib: pip install "autopar[plot]"'
 COLOURS = {"serial": "#555555", "thread": "#1f77b4", "process": "#d62728", "dask": "#2ca02c"}
@@ -226,4 +230,38 @@ def pack_plot(report: "PackReport", path: str | Path) -> Path:
     ax.set_title(f"autopar pack: {len(report.written)} atlases in {report.wall_time:.2f} s"
                  + (f", {len(report.errors)} problems" if report.errors else ""))
     ax.grid(axis="x", alpha=0.3)
+    return _save(fig, path)
+
+
+BENCH_COLOURS = {"sequential": "#555555", "staged": "#2ca02c", "autopar": "#9467bd"}
+
+
+def bench_plot(report: "BenchReport", path: str | Path) -> Path:
+    """Left: one bar per way of running (median seconds), the best and autopar's marked.
+    Right: each stage's measured ms an item, with its busy share in the staged run."""
+    rows, stages = report.rows, report.stages
+    fig = _figure(12, 1.6 + 0.45 * max(len(rows), len(stages)))
+    left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 2]})
+    colours = [
+        BENCH_COLOURS.get(r.kind) or COLOURS["thread" if "thread" in r.name else "process"] for r in rows
+    ]
+    bars = left.barh([r.name for r in rows], [r.seconds for r in rows], color=colours)
+    for bar, r in zip(bars, rows):
+        mark = "  best" if r.name == report.best else ""
+        left.annotate(f" {r.seconds:.3f} s, {r.items_per_s:.0f}/s{mark}", (bar.get_width(), bar.get_y() + bar.get_height() / 2),
+                      va="center", fontsize=8, fontweight="bold" if mark else "normal")
+    left.invert_yaxis()
+    left.set_xlim(0, max(r.seconds for r in rows) * 1.6)
+    left.set_xlabel("seconds (median)")
+    left.set_title(f"{rows[0].items} items: autopar picked {report.autopar_pick}, regret {report.regret:.2f}", fontsize=10)
+    left.grid(axis="x", alpha=0.3)
+    sbars = right.barh([s["name"] for s in stages], [s["ms_per_item"] for s in stages], color="#8c564b")
+    for bar, s in zip(sbars, stages):
+        busy = "" if s.get("busy_share") is None else f", busy {s['busy_share']:.0%}"
+        right.annotate(f" {s['staged_pool']}{busy}", (bar.get_width(), bar.get_y() + bar.get_height() / 2), va="center", fontsize=8)
+    right.invert_yaxis()
+    right.set_xlim(0, max((s["ms_per_item"] for s in stages), default=1.0) * 1.8 or 1.0)
+    right.set_xlabel("ms an item (measured serially)")
+    right.set_title("stages" + (f"; bottleneck staged: {report.bottleneck}" if report.bottleneck else ""), fontsize=10)
+    right.grid(axis="x", alpha=0.3)
     return _save(fig, path)

@@ -271,6 +271,9 @@ def test_a_worker_that_dies_fails_its_own_call_only(manager):
         manager.submit_cpu(die).result(timeout=15)
     assert beside.result(timeout=15) == 0.5
     assert manager.submit_cpu(square, 5).result(timeout=15) == 25
+    # The crash was blamed on its own call: the others ran again in processes, not on threads.
+    assert manager.lanes["process"].unusable is None
+    assert manager.stats()["cpu"]["completed"] == 2 and manager.stats()["io"]["submitted"] == 0
 
 
 def test_what_cannot_be_pickled_runs_on_threads_with_a_warning(manager):
@@ -284,6 +287,31 @@ def test_what_cannot_be_pickled_runs_on_threads_with_a_warning(manager):
         assert manager.submit_cpu(locked, 1).result(timeout=10) == 2
     with pytest.warns(RuntimeWarning, match="arguments cannot be pickled"):
         assert manager.submit_cpu(type, threading.Lock()).result(timeout=10) is type(threading.Lock())
+
+
+def test_where_no_process_can_start_cpu_calls_run_on_threads(tmp_path):
+    # A real failure to start a worker: the interpreter to spawn does not exist.
+    script = tmp_path / "noproc.py"
+    script.write_text(
+        "import multiprocessing as mp, warnings\n"
+        "mp.set_executable('/nonexistent/python')\n"
+        "import autopar\n"
+        "def work(x):\n"
+        "    return sum(range(x))\n"
+        "if __name__ == '__main__':\n"
+        "    with warnings.catch_warnings(record=True) as w:\n"
+        "        warnings.simplefilter('always')\n"
+        "        with autopar.Manager(start_method='spawn', throttle=False) as m:\n"
+        "            print(m.submit_cpu(work, 1000).result(timeout=60), m.submit_cpu(work, 10).result(timeout=60))\n"
+        "            print(m.stats()['io']['completed'], m.stats()['cpu']['submitted'])\n"
+        "    print(any('cannot be started' in str(x.message) for x in w))\n"
+    )
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split() == ["499500", "45", "2", "0", "True"], out.stdout
 
 
 def test_the_event_loop_is_never_blocked():

@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 from ..errors import ItemTimeout
 from ..tune.system import default_start_method, usable_cores
-from .lanes import Call, Outcome, ProcessLane, ThreadLane, run_here, timed_out
+from .lanes import Call, NoProcesses, Outcome, ProcessLane, ThreadLane, run_here, timed_out
 from .policy import CircuitBreaker, CircuitOpen, Retry, Timer
 from .routes import Route, Routes
 from .throttle import Gate, Throttle
@@ -50,7 +50,70 @@ class LaneStats:
         }
 
 
-class Core:
+class _Routing:
+    """Which lane a call goes to: asked for (run_cpu, run_io), or from its function's route;
+    a new function's first call measures it while its other calls wait."""
+
+    lanes: dict[str, Any]
+
+    def _lane_for(self, call: Call) -> tuple[str, str]:
+        route = call.route
+        if call.asked == "io":
+            return "thread", "run_io()"
+        unusable = self.lanes["process"].unusable
+        if call.asked == "cpu":
+            if unusable:
+                self._warn_threads(route, unusable)
+                return "thread", "run_cpu(), no processes here"
+            if route.can_ship():
+                return "process", "run_cpu()"
+            self._warn_threads(route)
+            return "thread", "run_cpu(), cannot be pickled"
+        with route.lock:
+            if route.calls == 0 or route.cpu_ratio is None:
+                if route.probing:  # its first call measures it: wait for that
+                    route.waiting.append(call)
+                    return "probe", ""
+                route.probing = True
+                call.probe = True
+                return "thread", "the first call measures it"
+        lane, why = route.choose()
+        if lane == "inline" and call.timeout is not None:
+            return "thread", "a time limit needs a thread"
+        if lane == "process" and unusable:
+            return "thread", unusable
+        return lane, why
+
+    def _warn_threads(self, route: Route, why: str | None = None) -> None:
+        warnings.warn(
+            f"autopar: {route.name} runs on threads, not in a process: {why or route.why_not}",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+
+    def _probed(self, call: Call, out: Outcome) -> None:
+        route = call.route
+        call.probe = False
+        if not out.stopped:
+            route.observe(out.wall, out.cpu, True)
+        with route.lock:
+            route.probing = False
+            waiting, route.waiting = route.waiting, []
+            if route.cpu_ratio is None and waiting:  # the probe told nothing (it failed at once): the next one measures
+                route.probing = True
+                waiting[0].probe = True
+        for other in waiting:
+            self._place(other) if not other.probe else self._admit_probe(other)
+
+    def _admit_probe(self, call: Call) -> None:
+        call.lane = call.lane or "thread"
+        with self._lock:
+            self.stats_["io"].submitted += 1
+        if self.gates["thread"].offer(call):
+            self._start(call)
+
+
+class Core(_Routing):
     """Routing, admission and attempts; see Manager for the public side."""
 
     def __init__(
@@ -138,7 +201,6 @@ class Core:
 
     def _place(self, call: Call) -> None:
         """Choose the call's lane and admit it (or queue it behind the gate or the probe)."""
-        route = call.route
         lane, _ = self._lane_for(call)
         if lane == "probe":
             return
@@ -156,62 +218,39 @@ class Core:
             return self._attempt_done(call, out.of(call.attempt))
         if self.gates[lane].offer(call):
             self._start(call)
-        del route
-
-    def _lane_for(self, call: Call) -> tuple[str, str]:
-        route = call.route
-        if call.asked == "io":
-            return "thread", "run_io()"
-        if call.asked == "cpu":
-            if route.can_ship():
-                return "process", "run_cpu()"
-            self._warn_threads(route)
-            return "thread", "run_cpu(), cannot be pickled"
-        with route.lock:
-            if route.calls == 0 or route.cpu_ratio is None:
-                if route.probing:  # its first call measures it: wait for that
-                    route.waiting.append(call)
-                    return "probe", ""
-                route.probing = True
-                call.probe = True
-                return "thread", "the first call measures it"
-        lane, why = route.choose()
-        if lane == "inline" and call.timeout is not None:
-            return "thread", "a time limit needs a thread"
-        return lane, why
 
     def _start(self, call: Call) -> None:
-        """An admitted call goes to its lane."""
+        """An admitted call goes to its lane; whatever goes wrong on the way ends the call,
+        never the caller's submit() (nor a pool thread's callback)."""
         if call.done() or not _running(call):
             return self._release(call)
-        lane = self.lanes[call.lane]
         try:
-            if call.lane == "process":
-                t0 = time.perf_counter()
-                payload = pickle.dumps((call.args, call.kwargs), protocol=pickle.HIGHEST_PROTOCOL)
-                call.route.shipped(time.perf_counter() - t0)
-                lane._send(call, payload)
-            else:
-                lane.start(call)
-        except (pickle.PicklingError, TypeError, AttributeError) as exc:
             if call.lane != "process":
-                raise
-            # Its arguments cannot go to a process: this call runs on a thread.
-            self._warn_threads(call.route, f"its arguments cannot be pickled ({type(exc).__name__}: {exc})")
-            self._release(call, lane="process")
-            call.lane = "thread"
-            if self.gates["thread"].offer(call):
-                self._start(call)
-        except RuntimeError as exc:  # the manager closed meanwhile
-            self._release(call)
-            self._attempt_done(call, Outcome(exc=exc).of(call.attempt))
+                return self.lanes[call.lane].start(call)
+            t0 = time.perf_counter()
+            try:
+                payload = pickle.dumps((call.args, call.kwargs), protocol=pickle.HIGHEST_PROTOCOL)
+            except Exception as exc:  # its arguments cannot go to a process: a thread runs it
+                return self._to_threads(call, f"its arguments cannot be pickled ({type(exc).__name__}: {exc})")
+            call.route.shipped(time.perf_counter() - t0)
+            self.lanes["process"]._send(call, payload)
+        except NoProcesses as exc:
+            self._to_threads(call, str(exc))
+        except Exception as exc:  # the manager closed meanwhile, or a pool refused the call
+            self._attempt_done(call, Outcome(exc=exc).of(call.attempt))  # gives its slot back
 
-    def _warn_threads(self, route: Route, why: str | None = None) -> None:
-        warnings.warn(
-            f"autopar: {route.name} runs on threads, not in a process: {why or route.why_not}",
-            RuntimeWarning,
-            stacklevel=4,
-        )
+    def _to_threads(self, call: Call, why: str) -> None:
+        """No process can run this call: it runs on a thread (the same attempt), with a warning."""
+        self._warn_threads(call.route, why)
+        if call.lane == "process":
+            self._release(call, lane="process")
+            with self._lock:
+                self.stats_["cpu"].submitted -= 1
+                self.stats_["io"].submitted += 1
+        call.lane = "thread"
+        call.closed_attempt = 0
+        if self.gates["thread"].offer(call):
+            self._start(call)
 
     def _release(self, call: Call, lane: str | None = None) -> None:
         lane = lane or call.lane
@@ -222,36 +261,17 @@ class Core:
     def _attempt_done(self, call: Call, out: Outcome) -> None:
         """One attempt ended (from a lane's thread, or inline)."""
         with self._lock:
-            if out.attempt != call.attempt or getattr(call, "closed_attempt", 0) == out.attempt:
+            if out.attempt != call.attempt or call.closed_attempt == out.attempt:
                 return  # a late end of an attempt already let go
             call.closed_attempt = out.attempt
+        if isinstance(out.exc, NoProcesses):
+            return self._to_threads(call, str(out.exc))
         self._release(call)
-        if getattr(call, "probe", False):
+        if call.probe:
             self._probed(call, out)
         elif not out.stopped and out.exc is None:
             call.route.observe(out.wall, out.cpu, out.alone or call.lane == "process")
         self._settle(call, out)
-
-    def _probed(self, call: Call, out: Outcome) -> None:
-        route = call.route
-        call.probe = False
-        if not out.stopped:
-            route.observe(out.wall, out.cpu, True)
-        with route.lock:
-            route.probing = False
-            waiting, route.waiting = route.waiting, []
-            if route.cpu_ratio is None and waiting:  # the probe told nothing (it failed at once): the next one measures
-                route.probing = True
-                waiting[0].probe = True
-        for other in waiting:
-            self._place(other) if not getattr(other, "probe", False) else self._admit_probe(other)
-
-    def _admit_probe(self, call: Call) -> None:
-        call.lane = call.lane or "thread"
-        with self._lock:
-            self.stats_["io"].submitted += 1
-        if self.gates["thread"].offer(call):
-            self._start(call)
 
     def _settle(self, call: Call, out: Outcome) -> None:
         stats = self.stats_[LANES[call.lane or "thread"]]

@@ -34,7 +34,7 @@ from concurrent.futures._base import CANCELLED_AND_NOTIFIED, FINISHED
 from typing import Any, Callable
 
 from .._serialize import CLOUDPICKLE, dumps, loads
-from ..backends.process import _init_process_worker, terminate
+from ..backends.process import _init_process_worker, how_it_ended, terminate, worker_processes
 from ..backends.worker import _Alarm, _async_raise, _get_func, _portable
 from ..errors import ItemTimeout, WorkerDied
 
@@ -44,6 +44,10 @@ GRACE = 1.0  # seconds a call past its time limit (or asked to stop) gets before
 MAX_REPLAYS = 3  # times a call runs again because a pool broke under it (not by its own doing)
 
 _ids = itertools.count(1)
+
+
+class NoProcesses(Exception):
+    """Process workers cannot be had here (they cannot start, or die before serving a call)."""
 
 
 class _Stopped(BaseException):
@@ -67,6 +71,9 @@ class Call(Future):
         self.started: float | None = None
         self.where: Any = None  # the lane's handle of the running attempt (thread id, process run)
         self.stop_reason: str | None = None  # "cancel" or "timeout" once asked to stop
+        self.asked: str | None = None  # "cpu" (run_cpu), "io" (run_io) or None (routed)
+        self.probe = False  # the first call of a new function: it measures the function
+        self.closed_attempt = 0  # the attempt whose end was taken (a later end of it is dropped)
 
     def cancel(self) -> bool:
         """A waiting call never starts; a running one is stopped (its result, if it comes, dropped)."""
@@ -163,6 +170,7 @@ class ThreadLane:
         self.finish, self.timer = finish, timer
         self._lock = threading.Lock()
         self._active: dict[int, list[bool]] = {}  # call id -> [ran alone so far]
+        self.let_go = 0  # calls stuck in C that were let go (their threads still run)
 
     def start(self, call: Call) -> None:
         attempt = call.attempt
@@ -208,10 +216,13 @@ class ThreadLane:
         with self._lock:
             stuck = call.where is not None and call.attempt == attempt
         if stuck:  # one long call into C: the thread goes on, the call ends now
+            self.let_go += 1
             self.finish(call, Outcome(stopped=True).of(attempt))
 
     def close(self, wait: bool) -> None:
-        self.pool.shutdown(wait=wait, cancel_futures=True)
+        """Shut the pool; a thread let go (stuck in C) is not waited for: it ends when its call
+        returns, and nothing uses its result."""
+        self.pool.shutdown(wait=wait and not self.let_go, cancel_futures=True)
 
 
 # ---- the process lane: worker side ----------------------------------------------------------
@@ -289,6 +300,7 @@ class _Pool:
         self.calls: dict[int, Call] = {}  # running in this generation, by id
         self.broken = False
         self.culprits: set[int] = set()  # calls whose worker died under them
+        self.processes: dict[int, Any] = {}  # its workers, as they were when it broke
 
     def pid_of(self, call_id: int) -> int | None:
         t = self.table
@@ -298,12 +310,22 @@ class _Pool:
         return None
 
     def blame(self) -> dict[int, int]:
-        """Dead workers' pids -> the call each was running (0: none)."""
+        """Dead workers' pids -> the call each was running (0: none). A worker counts as dead
+        once its sentinel is ready: a process closes its files as it exits, before it is a
+        zombie, and the pool breaks on the sentinel, so at that moment a liveness check by
+        pid can still read the dying worker as running."""
+        from multiprocessing.connection import wait as wait_sentinels
+
+        procs = worker_processes(self.executor)
         t = self.table
         out = {}
         for s in range(0, len(t), 3):
             pid = int(t[s])
-            if pid and not _alive(pid):
+            if not pid:
+                continue
+            proc = procs.get(pid)
+            dead = bool(wait_sentinels([proc.sentinel], 0)) if proc is not None else not _alive(pid)
+            if dead:
                 out[pid] = int(t[s + 1])
         return out
 
@@ -335,6 +357,8 @@ class ProcessLane:
         self._pool: _Pool | None = None
         self.replaced = 0  # pools replaced after a kill or a crash
         self.closed = False
+        self.served = False  # a worker process has answered a call
+        self.unusable: str | None = None  # why processes cannot be had here
 
     def _current(self) -> _Pool:
         with self._lock:
@@ -362,13 +386,32 @@ class ProcessLane:
         self._send(call, payload)
 
     def _send(self, call: Call, payload: bytes) -> None:
+        """Submit the call; :class:`NoProcesses` if no worker process can be started here."""
         key, blob = call.route.blob()
         attempt = call.attempt
         with self._lock:
-            pool = self._current()
+            if self.unusable:
+                raise NoProcesses(self.unusable)
+            for _ in range(2):  # a pool found broken at submit (a worker died just now): a new one
+                pool = None
+                try:
+                    pool = self._current()
+                    fut = pool.executor.submit(_serve, call.id, key, blob, payload, call.timeout)
+                    break
+                except cf.process.BrokenProcessPool:
+                    if pool is not None:
+                        self._broken(pool)
+                except (OSError, ImportError, NotImplementedError) as exc:
+                    if pool is not None:
+                        self._broken(pool)
+                    if self.served:
+                        raise  # they worked before: this call fails, the lane stays
+                    self.unusable = f"process workers cannot be started here ({type(exc).__name__}: {exc})"
+                    raise NoProcesses(self.unusable) from exc
+            else:
+                raise WorkerDied(f"{_name(call)}: the process pool broke as the call was sent, twice")
             pool.calls[call.id] = call
             call.where = pool
-            fut = pool.executor.submit(_serve, call.id, key, blob, payload, call.timeout)
         if call.timeout is not None:
             self.timer.call_later(call.timeout + GRACE, lambda: self.stop(call, "timeout", now=True))
         fut.add_done_callback(lambda f: self._done(call, pool, payload, attempt, f))
@@ -380,6 +423,7 @@ class ProcessLane:
                 call.where = None
         exc = fut.exception()
         if exc is None:
+            self.served = True
             status, a, b, c = fut.result()
             if status == "ok":
                 return self.finish(call, Outcome(loads(a), wall=b, cpu=c).of(attempt))
@@ -393,6 +437,9 @@ class ProcessLane:
         if call.stop_reason is not None:
             return self.finish(call, Outcome(stopped=True).of(attempt))
         culprit = call.id in pool.culprits
+        if not culprit and not self.served and self.replaced >= 2:
+            self.unusable = f"worker processes die before serving a call ({how_it_ended(pool.processes)})"
+            return self.finish(call, Outcome(exc=NoProcesses(self.unusable)).of(attempt))
         if culprit or call.replays >= MAX_REPLAYS or self.closed:
             why = "its worker process died while running it" if culprit else "the process pool broke under it"
             return self.finish(call, Outcome(exc=WorkerDied(f"{_name(call)}: {why}")).of(attempt))
@@ -411,6 +458,7 @@ class ProcessLane:
                 return
             pool.broken = True
             pool.culprits = {c for c in pool.blame().values() if c}
+            pool.processes = worker_processes(pool.executor)
             self.replaced += 1
         threading.Thread(target=terminate, args=(pool.executor,), name="autopar-reap", daemon=True).start()
 
