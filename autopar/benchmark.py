@@ -147,7 +147,7 @@ def bench(
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
     cores = max_workers or usable_cores()
-    measured, _ = _measure(pipe.stages, data[:64], 0.2)
+    measured, _, _ = _measure(pipe.stages, data[:64], 0.2)
     config = _staged_config(pipe.stages, measured, cores)
     workers = sorted({2, cores} | ({cores * 2} if cores > 2 else set())) if cores >= 2 else [1]
     ways: dict[str, tuple[str, Callable[[], Any]]] = {

@@ -44,6 +44,7 @@ from .options import EXECUTOR_TYPES, check_pool_args
 __all__ = ["Fused", "Pipeline", "PipelinePlan", "Stage", "StagePlan", "Stream"]
 
 POLL = 0.05  # seconds between a blocked worker's looks at the stop flag
+TIMED_CALLS = 64  # items of the sample whose stages are timed one by one
 
 
 @dataclass(frozen=True)
@@ -92,22 +93,33 @@ class Fused:
         return {**self.__dict__, "timed": False}
 
     def __call__(self, item: Any) -> Any:
-        timed = self.timed
+        if self.timed and self.calls < TIMED_CALLS:
+            return self._timed(item)
+        i = 0
+        try:
+            for func in self.funcs:
+                item = func(item)
+                i += 1
+        except Exception as exc:
+            annotate_stage(exc, self.names[i])
+            raise
+        return item
+
+    def _timed(self, item: Any) -> Any:
+        """One item, each stage's wall and CPU time added up (two clock reads a stage: 1 us
+        and more an item, so only the sample's first TIMED_CALLS items are timed)."""
         for i, (func, name) in enumerate(zip(self.funcs, self.names)):
-            if timed:
-                t0, c0 = time.perf_counter(), time.thread_time()
+            t0, c0 = time.perf_counter(), time.thread_time()
             try:
                 item = func(item)
             except Exception as exc:
                 annotate_stage(exc, name)
                 raise
-            if timed:
-                self.wall[i] += time.perf_counter() - t0
-                self.cpu[i] += time.thread_time() - c0
-                if self.out_bytes[i] is None:
-                    self.out_bytes[i] = _pickled_size(item)
-        if timed:
-            self.calls += 1
+            self.wall[i] += time.perf_counter() - t0
+            self.cpu[i] += time.thread_time() - c0
+            if self.out_bytes[i] is None:
+                self.out_bytes[i] = _pickled_size(item)
+        self.calls += 1
         return item
 
     def measured(self) -> list[tuple[float, float]]:
@@ -481,13 +493,15 @@ class PipelinePlan:
 
 def _measure(
     stages: Sequence[Stage], items: list[Any], budget: float, collect: bool = False
-) -> tuple[list[tuple[float, float]], list[Any]]:
+) -> tuple[list[tuple[float, float]], list[Any], list[float]]:
     """Each stage's mean wall and CPU seconds an item, from running the first items through
-    the stages in the caller (until ``budget`` seconds or the items run out); and those
-    items' results, kept so that no stage runs an item twice (a writer among them)."""
+    the stages in the caller (until ``budget`` seconds or the items run out); those items'
+    results, kept so that no stage runs an item twice (a writer among them); and the bytes
+    the first item pickles to before each stage and after the last."""
     wall = [0.0] * len(stages)
     cpu = [0.0] * len(stages)
     outputs: list[Any] = []
+    sizes = [_pickled_size(items[0])] + [0.0] * len(stages) if items else [0.0] * (len(stages) + 1)
     t_start = time.perf_counter()
     for index, x in enumerate(items):
         for i, s in enumerate(stages):
@@ -503,22 +517,26 @@ def _measure(
                 break
             wall[i] += time.perf_counter() - t0
             cpu[i] += time.thread_time() - c0
+            if index == 0:
+                sizes[i + 1] = _pickled_size(x)
         outputs.append(x)
         if time.perf_counter() - t_start > budget and len(outputs) >= 2:
             break
     n = max(len(outputs), 1)
-    return [(w / n, c / n) for w, c in zip(wall, cpu)], outputs
+    return [(w / n, c / n) for w, c in zip(wall, cpu)], outputs, sizes
 
 
-def _staged_config(stages: Sequence[Stage], measured: list[tuple[float, float]], cores: int) -> list[tuple[str, int]]:
-    """Per stage: its pool (pinned, or threads for work that waits or will not pickle,
-    processes for computing) and workers in proportion to its share of the time, so that no
-    stage starves the next."""
+def _staged_config(
+    stages: Sequence[Stage], measured: list[tuple[float, float]], cores: int, kinds: Sequence[str | None] | None = None
+) -> list[tuple[str, int]]:
+    """Per stage: its pool (pinned, or ``kinds``, or threads for work that waits or will not
+    pickle, processes for computing) and workers in proportion to its share of the time, so
+    that no stage starves the next."""
     total = sum(w for w, _ in measured) or 1e-9
     config = []
-    for s, (w, c) in zip(stages, measured):
+    for j, (s, (w, c)) in enumerate(zip(stages, measured)):
         ratio = c / w if w > 0 else 0.0
-        kind = s.executor_type
+        kind = s.executor_type or (kinds[j] if kinds is not None else None)
         if kind is None:
             kind = "thread" if ratio < 0.5 or not _picklable(s.func) else "process"
         n = s.n_jobs
@@ -564,6 +582,28 @@ def _staged_time(
     return start + fill + n_items * bounds[pace], pace
 
 
+def _best_config(
+    stages: Sequence[Stage], measured: list[tuple[float, float]], sizes: list[float], cores: int, costs: Any,
+    gil_free: bool, n_items: int,
+) -> tuple[list[tuple[str, int]], float, str]:
+    """The staged config predicted fastest over threads or processes for each stage not
+    pinned (workers by the stages' shares); within 5%, the one with fewer process stages
+    (each item of one costs the caller a round trip). (config, predicted seconds, pace)."""
+    choices = [
+        [s.executor_type] if s.executor_type else (["thread", "process"] if w > 0 and _picklable(s.func) else ["thread"])
+        for s, (w, _) in zip(stages, measured)
+    ]
+    options = list(itertools.product(*choices)) if math.prod(map(len, choices)) <= 64 else [None]
+    scored = []
+    for kinds in options:
+        config = _staged_config(stages, measured, cores, kinds)
+        t, pace = _staged_time(n_items, measured, sizes, config, cores, costs, gil_free)
+        scored.append((t, sum(k == "process" for k, _ in config), config, pace))
+    fastest = min(t for t, *_ in scored)
+    t, _, config, pace = min((x for x in scored if x[0] <= 1.05 * fastest), key=lambda x: (x[1], x[0]))
+    return config, t, pace
+
+
 def _then(done: Iterable[Any], rest: Iterator[Any]) -> Iterator[Any]:
     """``done``, then ``rest``; closing it closes ``rest`` (and stops its stages)."""
     yield from done
@@ -598,7 +638,11 @@ class Pipeline:
         fused = None
         sampled: list[Any] = []
         if pinned:
-            measured, sampled = _measure(self.stages, list(itertools.islice(data, 64)), sample_time, errors == "collect")
+            # A serial sample runs its items at the pipeline's slowest pace: a short one (a
+            # quarter of sample_time, at least two items) is enough for the stages' shares.
+            measured, sampled, sizes = _measure(
+                self.stages, list(itertools.islice(data, 64)), sample_time / 4, errors == "collect"
+            )
         else:
             # Fused: optimize() samples the composed function (its results are kept for
             # execute()), which times each stage as it goes.
@@ -611,24 +655,32 @@ class Pipeline:
             finally:
                 fn.timed = False
             measured = fn.measured()
-        config = _staged_config(self.stages, measured, cores)
-        plans = tuple(
-            StagePlan(str(s.name), kind, n, 1, w, (c / w if w > 0 else 0.0), s.pinned)
-            for s, (kind, n), (w, c) in zip(self.stages, config, measured)
-        )
+        if pinned:
+            from .tune.costs import pool_costs
+            from .tune.system import default_start_method
+
+            rest = max(len(data) - len(sampled), 1)
+            costs = pool_costs(self.start_method or default_start_method())
+            config, _, _ = _best_config(self.stages, measured, sizes, cores, costs, False, rest)
+        else:
+            config = _staged_config(self.stages, measured, cores)
         if pinned:
             mode = "staged"
             reasons.append(f"stages {', '.join(map(str, pinned))} are pinned: each stage runs on its own pool")
-            bottleneck = max(p.item_time / (p.n_jobs if p.executor_type != "serial" else 1) for p in plans)
-            throughput = 1.0 / bottleneck if bottleneck > 0 else float("inf")
+            paces = [w / (n if kind != "serial" else 1) for (kind, n), (w, _) in zip(config, measured)]
+            throughput = 1.0 / max(paces) if max(paces) > 0 else float("inf")
         else:
             assert fused is not None
-            mode, throughput = self._choose(fused, fn, measured, config, cores, reasons)
+            mode, throughput = self._choose(fused, fn, measured, config, cores, reasons)  # config: staged's best
             if mode == "staged":
                 # The sample's items went through every stage: the staged run starts after them.
                 stash = fused.stash
                 if stash is not None:
                     sampled = [y for block in stash.result_blocks for y in block]
+        plans = tuple(
+            StagePlan(str(s.name), kind, n, 1, w, (c / w if w > 0 else 0.0), s.pinned)
+            for s, (kind, n), (w, c) in zip(self.stages, config, measured)
+        )
         return PipelinePlan(mode, plans, throughput, tuple(reasons), fused, queue_size, data, tuple(sampled))
 
     def _choose(self, fused: Any, fn: Fused, measured: list[tuple[float, float]], config: list[tuple[str, int]],
@@ -642,7 +694,8 @@ class Pipeline:
         p = fused.profile
         gil_free = bool(p.thread_scaling and p.probe_threads >= 2 and p.thread_scaling >= 0.8 * p.probe_threads)
         sizes = [p.item_bytes] + [b if b is not None else p.result_bytes for b in fn.out_bytes]
-        t_staged, pace = _staged_time(rest, measured, sizes, config, cores, pool_costs(fused.start_method), gil_free)
+        best, t_staged, pace = _best_config(self.stages, measured, sizes, cores, pool_costs(fused.start_method), gil_free, rest)
+        config[:] = best
         t_fused = fused.predicted_time
         how = " / ".join(k if k == "serial" else f"{k} x{n}" for k, n in config)
         if t_staged < STAGED_MARGIN * t_fused:
