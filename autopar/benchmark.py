@@ -90,7 +90,8 @@ def _timed(run: Callable[[], Any]) -> float:
     return time.perf_counter() - t0
 
 
-def _fused_way(stages: Sequence[Stage], data: list[Any], kind: str, n: int, start_method: str | None) -> Callable[[], Any]:
+def fused_way(stages: Sequence[Stage], data: list[Any], kind: str, n: int, start_method: str | None) -> Callable[[], Any]:
+    """The stages composed, on a plain pool of ``kind`` with ``n`` workers, chunks of len/4n."""
     fn = Fused(stages)
     cs = max(1, math.ceil(len(data) / (4 * n)))
 
@@ -126,11 +127,6 @@ def staged_way(pipe: Pipeline, data: list[Any], config: Sequence[tuple[str, int]
     return run
 
 
-def fused_way(stages: Sequence[Stage], data: list[Any], kind: str, n: int, start_method: str | None) -> Callable[[], Any]:
-    """The stages composed, on a plain pool of ``kind`` with ``n`` workers, chunks of len/4n."""
-    return _fused_way(stages, data, kind, n, start_method)
-
-
 def bench(
     stages: Pipeline | Sequence[Callable[[Any], Any] | Stage] | Callable[[Any], Any],
     data: Iterable[Any],
@@ -155,7 +151,7 @@ def bench(
     }
     for kind in ("thread", "process"):
         for n in workers:
-            ways[f"fused {kind} x{n}"] = ("fused", _fused_way(pipe.stages, data, kind, n, pipe.start_method))
+            ways[f"fused {kind} x{n}"] = ("fused", fused_way(pipe.stages, data, kind, n, pipe.start_method))
     metrics: dict[str, Any] = {}
     staged = staged_way(pipe, data, config, metrics)
     ways["staged " + "/".join(k if k == "serial" else f"{k[0]}{n}" for k, n in config)] = ("staged", staged)

@@ -10,7 +10,6 @@ import random
 import signal
 import threading
 import time
-import warnings
 
 import pytest
 
@@ -460,5 +459,3 @@ def test_bad_arguments_are_named():
             m.submit(42)
         with pytest.raises(ValueError, match="timeout"):
             m.submit(square, 1, timeout=-1)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")

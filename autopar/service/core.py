@@ -3,7 +3,6 @@ retries, the breaker, the counts). The public API on top of it is in ``manager.p
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures as cf
 import pickle
 import threading
@@ -233,7 +232,7 @@ class Core(_Routing):
             except Exception as exc:  # its arguments cannot go to a process: a thread runs it
                 return self._to_threads(call, f"its arguments cannot be pickled ({type(exc).__name__}: {exc})")
             call.route.shipped(time.perf_counter() - t0)
-            self.lanes["process"]._send(call, payload)
+            self.lanes["process"].send(call, payload)
         except NoProcesses as exc:
             self._to_threads(call, str(exc))
         except Exception as exc:  # the manager closed meanwhile, or a pool refused the call
@@ -365,11 +364,3 @@ def _seconds(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
         raise ValueError(f"timeout must be a number of seconds > 0, got {value!r}")
     return float(value)
-
-
-def in_loop() -> bool:
-    try:
-        asyncio.get_running_loop()
-        return True
-    except RuntimeError:
-        return False

@@ -25,7 +25,6 @@ import concurrent.futures as cf
 import itertools
 import multiprocessing as mp
 import os
-import pickle
 import signal
 import threading
 import time
@@ -379,13 +378,7 @@ class ProcessLane:
         for f in [pool.executor.submit(_noop) for _ in range(self.workers)]:
             f.result()
 
-    def start(self, call: Call) -> None:
-        """Send the call (its function and arguments pickled here: a failure to pickle is
-        the caller's to handle, raised from here)."""
-        payload = pickle.dumps((call.args, call.kwargs), protocol=pickle.HIGHEST_PROTOCOL)
-        self._send(call, payload)
-
-    def _send(self, call: Call, payload: bytes) -> None:
+    def send(self, call: Call, payload: bytes) -> None:
         """Submit the call; :class:`NoProcesses` if no worker process can be started here."""
         key, blob = call.route.blob()
         attempt = call.attempt
@@ -445,7 +438,7 @@ class ProcessLane:
             return self.finish(call, Outcome(exc=WorkerDied(f"{_name(call)}: {why}")).of(attempt))
         call.replays += 1
         try:
-            self._send(call, payload)
+            self.send(call, payload)
         except RuntimeError as e:
             self.finish(call, Outcome(exc=e).of(attempt))
 
