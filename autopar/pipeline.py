@@ -83,27 +83,32 @@ class Fused:
     def __init__(self, stages: Sequence[Stage]) -> None:
         self.funcs = [s.func for s in stages]
         self.names = [str(s.name) for s in stages]
-        self.timed = False
+        self.timing = [False]  # read by the composed function: time this item stage by stage
         self.calls = 0
         self.wall = [0.0] * len(self.funcs)
         self.cpu = [0.0] * len(self.funcs)
         self.out_bytes: list[float | None] = [None] * len(self.funcs)  # a stage's output pickled (first timed item)
+        self.chain = _compose(self)
+
+    @property
+    def timed(self) -> bool:
+        return self.timing[0]
+
+    @timed.setter
+    def timed(self, on: bool) -> None:
+        self.timing[0] = bool(on) and self.calls < TIMED_CALLS
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "timed": False}
+        state = {k: v for k, v in self.__dict__.items() if k != "chain"}
+        state["timing"] = [False]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.chain = _compose(self)
 
     def __call__(self, item: Any) -> Any:
-        if self.timed and self.calls < TIMED_CALLS:
-            return self._timed(item)
-        i = 0
-        try:
-            for func in self.funcs:
-                item = func(item)
-                i += 1
-        except Exception as exc:
-            annotate_stage(exc, self.names[i])
-            raise
-        return item
+        return self.chain(item)
 
     def _timed(self, item: Any) -> Any:
         """One item, each stage's wall and CPU time added up (two clock reads a stage: 1 us
@@ -120,11 +125,32 @@ class Fused:
             if self.out_bytes[i] is None:
                 self.out_bytes[i] = _pickled_size(item)
         self.calls += 1
+        if self.calls >= TIMED_CALLS:
+            self.timing[0] = False
         return item
 
     def measured(self) -> list[tuple[float, float]]:
         n = max(self.calls, 1)
         return [(w / n, c / n) for w, c in zip(self.wall, self.cpu)]
+
+
+def _compose(fused: Fused) -> Callable[[Any], Any]:
+    """The stages as one generated function, ``x = f0(x)``, ``x = f1(x)``, ...: an object's
+    ``__call__`` and a loop over the stages cost tiny stages 60-70% more (50,000 items of
+    three one-line stages: 4.6 ms composed, 7.9 ms through ``__call__``). A failure is
+    annotated with its stage; while ``fused.timing[0]`` an item goes through ``_timed``.
+    Process pools get it by cloudpickle (by value: it is not importable)."""
+    ns: dict[str, Any] = {"timing": fused.timing, "timed": fused._timed, "annotate_stage": annotate_stage}
+    lines = ["def pipeline(x):", "    if timing[0]:", "        return timed(x)"]
+    for i, (func, name) in enumerate(zip(fused.funcs, fused.names)):
+        ns[f"f{i}"], ns[f"n{i}"] = func, name
+        lines += ["    try:", f"        x = f{i}(x)", "    except Exception as e:", f"        annotate_stage(e, n{i})", "        raise"]
+    lines.append("    return x")
+    exec("\n".join(lines), ns)  # noqa: S102 - the source is built here from stage indices only
+    chain = ns["pipeline"]
+    chain.__qualname__ = "pipeline(" + " -> ".join(fused.names) + ")"
+    chain.fused = fused
+    return chain
 
 
 def _pickled_size(value: Any) -> float:
@@ -646,15 +672,16 @@ class Pipeline:
         else:
             # Fused: optimize() samples the composed function (its results are kept for
             # execute()), which times each stage as it goes.
-            fn = Fused(self.stages)
-            fn.timed = True
+            fused_obj = Fused(self.stages)
+            fn = fused_obj.chain  # what optimize() samples and execute() runs
             try:
                 # Not from the tuning cache: a hit runs no item, and the stages' times come
                 # from the sample.
+                fused_obj.timed = True
                 fused = optimize(fn, data, sample_time=sample_time, errors=errors, cache=False)
             finally:
-                fn.timed = False
-            measured = fn.measured()
+                fused_obj.timed = False
+            measured = fused_obj.measured()
         if pinned:
             from .tune.costs import pool_costs
             from .tune.system import default_start_method
@@ -671,7 +698,7 @@ class Pipeline:
             throughput = 1.0 / max(paces) if max(paces) > 0 else float("inf")
         else:
             assert fused is not None
-            mode, throughput = self._choose(fused, fn, measured, config, cores, reasons)  # config: staged's best
+            mode, throughput = self._choose(fused, fused_obj, measured, config, cores, reasons)  # config: staged's best
             if mode == "staged":
                 # The sample's items went through every stage: the staged run starts after them.
                 stash = fused.stash
@@ -690,7 +717,10 @@ class Pipeline:
         its model is the cruder of the two."""
         from .tune.costs import pool_costs
 
-        rest = max(fused.n_remaining, 1)
+        if fused.n_remaining == 0:
+            reasons.append("fused: optimize()'s sample ran every item, nothing is left to run")
+            return "fused", float("inf")
+        rest = fused.n_remaining
         p = fused.profile
         gil_free = bool(p.thread_scaling and p.probe_threads >= 2 and p.thread_scaling >= 0.8 * p.probe_threads)
         sizes = [p.item_bytes] + [b if b is not None else p.result_bytes for b in fn.out_bytes]
@@ -727,7 +757,7 @@ class Pipeline:
 
             # The plan's result holds the sample's results for plan.data and its function.
             stash = plan.fused.stash if plan.fused is not None else None
-            fn = stash.func if stash is not None and plan.data is items else Fused(self.stages)
+            fn = stash.func if stash is not None and plan.data is items else Fused(self.stages).chain
             return iter(execute_iter(fn, items, result=plan.fused, errors=errors))
         done: tuple[Any, ...] = ()
         if plan.sampled and plan.data is items:

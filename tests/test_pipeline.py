@@ -9,6 +9,8 @@ import time
 
 import pytest
 
+import autopar
+
 from autopar import ItemFailed, Pipeline, Stage
 
 
@@ -90,6 +92,16 @@ def test_fused_failures_name_the_stage_too():
     with pytest.raises(ValueError) as info:
         Pipeline([add1, double, fail_on_14]).execute(list(range(20)))
     assert info.value.autopar_stage == "fail_on_14" and info.value.autopar_item_index == 6
+
+
+def test_the_composed_function_runs_in_processes_and_names_a_failing_stage():
+    from autopar.pipeline import Fused
+
+    chain = Fused(Pipeline([add1, double, fail_on_14]).stages).chain
+    assert chain(1) == 4 and chain.fused.names == ["add1", "double", "fail_on_14"]
+    out = autopar.execute(chain, list(range(20)), executor_type="process", n_jobs=2, errors="collect")
+    assert isinstance(out[6], ItemFailed) and out[6].exception.autopar_stage == "fail_on_14"
+    assert [o for i, o in enumerate(out) if i != 6] == [2 * (x + 1) for x in range(20) if x != 6]
 
 
 def test_a_slow_consumer_holds_memory_to_the_queue_bound():
