@@ -212,6 +212,17 @@ def test_the_manager_refuses_calls_at_once_while_a_breaker_is_open(manager):
     assert fut.done() and isinstance(fut.exception(), CircuitOpen) and ran == [0, 1]
 
 
+def test_the_managers_breaker_is_a_template_one_breaker_a_function():
+    def down(x):
+        raise OSError("down")
+
+    with Manager(io_workers=2, throttle=False, breaker=CircuitBreaker(failure_threshold=2, recovery_timeout=60)) as m:
+        for x in range(2):
+            assert isinstance(m.submit_io(down, x).exception(timeout=10), OSError)
+        assert isinstance(m.submit_io(down, 3).exception(timeout=10), CircuitOpen)
+        assert m.submit_io(square, 3).result(timeout=10) == 9  # another function: its own, closed
+
+
 def test_a_waiting_call_never_starts_and_a_running_one_is_stopped():
     ran: list[str] = []
     gate = threading.Event()

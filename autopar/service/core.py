@@ -143,7 +143,6 @@ class Core(_Routing):
         self._live: set[Call] = set()
         self._idle = threading.Condition(self._lock)
         self.routes = Routes()
-        self._breakers: dict[int, CircuitBreaker] = {}
         self.gates = {"thread": Gate(self.io_workers), "process": Gate(self.cpu_workers)}
         self.stats_ = {name: LaneStats() for name in LANES.values()}
         self.lanes: dict[str, Any] = {
@@ -183,13 +182,13 @@ class Core(_Routing):
         return call
 
     def _breaker_of(self, route: Route) -> CircuitBreaker | None:
+        """The function's own breaker, made from the manager's template (kept on its route)."""
         if self.breaker is None:
             return None
-        with self._lock:
-            b = self._breakers.get(id(route))
-            if b is None:
-                b = self._breakers[id(route)] = self.breaker.copy(route.name)
-            return b
+        with route.lock:
+            if route.breaker is None:
+                route.breaker = self.breaker.copy(route.name)
+            return route.breaker
 
     def _attempt(self, call: Call) -> None:
         if call.done():

@@ -56,6 +56,7 @@ class Route:
         self.why_not = ""  # why it cannot go to a process
         self.probing = False  # its first call is out; the others wait for it
         self.waiting: list[Any] = []
+        self.breaker: Any = None  # its CircuitBreaker, where the manager has a template
         self._blob: tuple[str, bytes] | None = None
 
     def blob(self) -> tuple[str, bytes]:
