@@ -45,6 +45,8 @@ __all__ = ["Fused", "Pipeline", "PipelinePlan", "Stage", "StagePlan", "Stream"]
 
 POLL = 0.05  # seconds between a blocked worker's looks at the stop flag
 TIMED_CALLS = 64  # items of the sample whose stages are timed one by one
+WATCH = 0.2  # seconds between the staged run's looks at its stages' busy shares
+MAX_GROWN = 4  # a stage grows to at most this many times its starting workers
 
 
 @dataclass(frozen=True)
@@ -304,10 +306,25 @@ class _StageRun:
         self.threads = [
             threading.Thread(target=self._work, name=f"autopar-stage-{index}-{i}", daemon=True) for i in range(drivers)
         ]
+        self.grows = kind == "thread" and not stage.pinned  # the watcher may add workers
 
     def start(self) -> None:
         for t in self.threads:
             t.start()
+
+    def add_worker(self) -> bool:
+        """One more worker thread (a waiting stage that holds the others back); False once
+        the stage's last worker has ended (its output closed)."""
+        with self.lock:
+            if self.left == 0:
+                return False
+            self.left += 1
+            self.n_jobs += 1
+            self.metrics.n_jobs += 1
+            t = threading.Thread(target=self._work, name=f"autopar-stage-{self.index}-{len(self.threads)}", daemon=True)
+            self.threads.append(t)
+        t.start()
+        return True
 
     def _call(self, value: Any) -> tuple[Any, float]:
         """The stage's function on one item: (result, CPU seconds)."""
@@ -407,6 +424,34 @@ class StagedRun:
             s.start()
         self.submitted = 0
         self.feeder: threading.Thread | None = None
+        self.grown: dict[str, int] = {}  # stage -> workers added while running
+        self.watcher: threading.Thread | None = None
+        if any(s.grows for s in self.stages):
+            self.watcher = threading.Thread(target=self._watch, name="autopar-pipeline-watch", daemon=True)
+            self.watcher.start()
+
+    def _watch(self) -> None:
+        """Correction while running: every WATCH seconds, a thread stage that was busy
+        nearly all the time, mostly waiting (CPU under half its time: more threads overlap
+        its waits; computing ones would only share the GIL) and with items queued for it gets
+        one more worker, up to MAX_GROWN times its start."""
+        last = {id(s): (s.metrics.busy, s.metrics.cpu) for s in self.stages}
+        start = {id(s): s.n_jobs for s in self.stages}
+        t_last = time.perf_counter()
+        while not self.stop.wait(WATCH):
+            now = time.perf_counter()
+            if all(s.left == 0 for s in self.stages):
+                return
+            for s in self.stages:
+                busy, cpu = s.metrics.busy, s.metrics.cpu
+                d_busy, d_cpu = busy - last[id(s)][0], cpu - last[id(s)][1]
+                last[id(s)] = (busy, cpu)
+                if not s.grows or s.n_jobs >= MAX_GROWN * start[id(s)]:
+                    continue
+                share = d_busy / (s.n_jobs * (now - t_last)) if now > t_last else 0.0
+                if share > 0.85 and d_busy > 0 and d_cpu / d_busy < 0.5 and len(s.inq.held) > 0 and s.add_worker():
+                    self.grown[str(s.stage.name)] = self.grown.get(str(s.stage.name), 0) + 1
+            t_last = now
 
     def fail(self, exc: BaseException) -> None:
         if self.error is None:
@@ -461,6 +506,9 @@ class StagedRun:
             self.feeder.join(timeout=5)
         for s in self.stages:
             s.close(kill or self.stop.is_set())
+        self.stop.set()  # the watcher's signal (the stages are done)
+        if self.watcher is not None:
+            self.watcher.join(timeout=5)
 
     def metrics(self) -> dict[str, Any]:
         elapsed = time.perf_counter() - self.t0
@@ -471,7 +519,7 @@ class StagedRun:
         bottleneck = max(stages, key=lambda d: d["busy_share"])["name"] if stages else None
         done = self.handoffs[-1].taken
         return {"elapsed": elapsed, "items": done, "items_per_s": done / elapsed if elapsed > 0 else 0.0,
-                "stages": stages, "bottleneck": bottleneck}
+                "stages": stages, "bottleneck": bottleneck, "grown": dict(self.grown)}
 
 
 # -- the plan ---------------------------------------------------------------------------------

@@ -188,3 +188,22 @@ def test_stages_are_checked():
         Stage(add1, n_jobs=0)
     with pytest.raises(ValueError, match="at least one stage"):
         Pipeline([])
+
+
+def nap5(x: int) -> int:
+    time.sleep(0.005)
+    return x
+
+
+def test_a_waiting_stage_that_holds_the_others_back_gets_more_workers_while_running():
+    # Corrected while running: the sleeping stage starts with one thread, is busy all the
+    # time with items queued for it, and gets more; the computing one does not (more threads
+    # would only share the GIL); the pinned sink stays at one.
+    pipe = Pipeline([nap5, spin_py, Stage(add1, n_jobs=1)])
+    with pipe.stream(config=[("thread", 1), ("thread", 1), ("thread", 1)], queue_size=16) as s:
+        assert s.process_batch(range(120)) == [spin_py(x) + 1 for x in range(120)]
+        m = s.metrics()
+    assert m["grown"].get("nap5", 0) >= 1
+    assert "spin_py" not in m["grown"] and "add1" not in m["grown"]
+    workers = {st["name"]: st["n_jobs"] for st in m["stages"]}
+    assert workers["nap5"] == 1 + m["grown"]["nap5"] and workers["add1"] == 1
