@@ -3,7 +3,7 @@ trying on the user's own data, timed, with the fastest marked and autopar's pick
 
 Rows: sequential (a plain loop through the stages); data-parallel (the stages composed, on
 threads and on processes with 2 .. cores workers, chunks of len/4n); stage-parallel (each
-stage on its own pool, workers by the stages' measured shares); and autopar (the pipeline's
+stage on its own pool: the config the pipeline's model picks when it stages); and autopar (the pipeline's
 own optimize() and execute(), the optimize() inside the timing). Rounds run the rows in a
 shuffled order; each row's figure is its median. Regret is autopar's median over the best
 other row's. Beside the table, each stage's measured time an item and, from the staged run,
@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from .pipeline import Fused, Pipeline, Stage, StagedRun, _measure, _staged_config
+from .pipeline import Fused, Pipeline, Stage, StagedRun, _best_config, _measure
 from .tune.system import usable_cores
 
 __all__ = ["BenchReport", "BenchRow", "bench", "fused_way", "staged_way"]
@@ -143,11 +143,15 @@ def bench(
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
     cores = max_workers or usable_cores()
-    measured, _, _ = _measure(pipe.stages, data[:64], 0.2)
-    config = _staged_config(pipe.stages, measured, cores)
+    from .tune.costs import pool_costs
+    from .tune.system import default_start_method
+
+    measured, _, sizes = _measure(pipe.stages, data[:64], 0.2)
+    costs = pool_costs(pipe.start_method or default_start_method())
+    config, _, _ = _best_config(pipe.stages, measured, sizes, cores, costs, False, len(data))  # as optimize() would stage it
     workers = sorted({2, cores} | ({cores * 2} if cores > 2 else set())) if cores >= 2 else [1]
     ways: dict[str, tuple[str, Callable[[], Any]]] = {
-        "sequential": ("sequential", lambda: [Fused(pipe.stages)(x) for x in data]),
+        "sequential": ("sequential", lambda: list(map(Fused(pipe.stages).chain, data))),
     }
     for kind in ("thread", "process"):
         for n in workers:

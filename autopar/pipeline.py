@@ -737,16 +737,13 @@ class Pipeline:
             rest = max(len(data) - len(sampled), 1)
             costs = pool_costs(self.start_method or default_start_method())
             config, _, _ = _best_config(self.stages, measured, sizes, cores, costs, False, rest)
-        else:
-            config = _staged_config(self.stages, measured, cores)
-        if pinned:
             mode = "staged"
             reasons.append(f"stages {', '.join(map(str, pinned))} are pinned: each stage runs on its own pool")
             paces = [w / (n if kind != "serial" else 1) for (kind, n), (w, _) in zip(config, measured)]
             throughput = 1.0 / max(paces) if max(paces) > 0 else float("inf")
         else:
             assert fused is not None
-            mode, throughput = self._choose(fused, fused_obj, measured, config, cores, reasons)  # config: staged's best
+            mode, throughput, config = self._choose(fused, fused_obj, measured, cores, reasons)
             if mode == "staged":
                 # The sample's items went through every stage: the staged run starts after them.
                 stash = fused.stash
@@ -758,22 +755,22 @@ class Pipeline:
         )
         return PipelinePlan(mode, plans, throughput, tuple(reasons), fused, queue_size, data, tuple(sampled))
 
-    def _choose(self, fused: Any, fn: Fused, measured: list[tuple[float, float]], config: list[tuple[str, int]],
-                cores: int, reasons: list[str]) -> tuple[str, float]:
+    def _choose(self, fused: Any, fn: Fused, measured: list[tuple[float, float]], cores: int,
+                reasons: list[str]) -> tuple[str, float, list[tuple[str, int]]]:
         """Fused or staged, from the same measurements: fused's prediction is optimize()'s;
-        staged's is :func:`_staged_time`. Staged only where clearly faster (STAGED_MARGIN):
-        its model is the cruder of the two."""
+        staged's is :func:`_staged_time` for the best staged config. Staged only where
+        clearly faster (STAGED_MARGIN): its model is the cruder of the two. Returns (mode,
+        predicted items/s, the staged config)."""
         from .tune.costs import pool_costs
 
         if fused.n_remaining == 0:
             reasons.append("fused: optimize()'s sample ran every item, nothing is left to run")
-            return "fused", float("inf")
+            return "fused", float("inf"), _staged_config(self.stages, measured, cores)
         rest = fused.n_remaining
         p = fused.profile
         gil_free = bool(p.thread_scaling and p.probe_threads >= 2 and p.thread_scaling >= 0.8 * p.probe_threads)
         sizes = [p.item_bytes] + [b if b is not None else p.result_bytes for b in fn.out_bytes]
-        best, t_staged, pace = _best_config(self.stages, measured, sizes, cores, pool_costs(fused.start_method), gil_free, rest)
-        config[:] = best
+        config, t_staged, pace = _best_config(self.stages, measured, sizes, cores, pool_costs(fused.start_method), gil_free, rest)
         t_fused = fused.predicted_time
         how = " / ".join(k if k == "serial" else f"{k} x{n}" for k, n in config)
         if t_staged < STAGED_MARGIN * t_fused:
@@ -781,12 +778,12 @@ class Pipeline:
                 f"staged ({how}) predicted {t_staged:.3f} s for the {rest} items left, fused "
                 f"({fused.executor_type} x{fused.n_jobs}) {t_fused:.3f} s: each stage on its own pool, paced by {pace}"
             )
-            return "staged", rest / t_staged if t_staged > 0 else float("inf")
+            return "staged", rest / t_staged if t_staged > 0 else float("inf"), config
         reasons.append(
             f"fused ({fused.executor_type} x{fused.n_jobs}) predicted {t_fused:.3f} s for the {rest} items left, staged "
             f"({how}) {t_staged:.3f} s, paced by {pace}: every item through all stages on one pool"
         )
-        return "fused", rest / t_fused if t_fused > 0 else float("inf")
+        return "fused", rest / t_fused if t_fused > 0 else float("inf"), config
 
     def execute(self, items: Iterable[Any], *, plan: PipelinePlan | None = None, errors: str = "raise",
                 queue_size: int | None = None) -> list[Any]:

@@ -102,14 +102,12 @@ def test_clear_cut_functions_are_routed_by_what_they_measured(manager):
     assert sum(s["completed"] for s in stats.values()) == 9
 
 
-def test_a_map_learns_that_threads_run_a_function_in_parallel(manager):
-    import numpy as np
-
-    arrays = [np.random.default_rng(i).random(200_000) for i in range(24)]
-    out = manager.map_sync(np.sort, arrays)
-    assert all((o == np.sort(a)).all() for o, a in zip(out, arrays))
-    info = manager.routes_info()
-    assert info["sort"]["calls"] >= 1
+def test_what_a_map_measured_becomes_the_functions_route(manager):
+    out = manager.map_sync(nap, [0.005] * 40)
+    assert out == [0.005] * 40
+    route = manager.routes_info()["nap"]  # no single call yet: map's sample made the route
+    assert route["calls"] >= 1 and route["lane"] == "thread" and "waits" in route["why"]
+    assert manager.stats()["inline"]["submitted"] + manager.stats()["io"]["submitted"] == 40
 
 
 def test_counts_are_exact(manager):

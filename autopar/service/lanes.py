@@ -329,6 +329,13 @@ class _Pool:
         return out
 
 
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -470,7 +477,7 @@ class ProcessLane:
                 self.timer.call_later(0.05, lambda: self.stop(call, reason))
             return
         if now:
-            return self._kill(pool, call, pid)
+            return _kill(pid)
         slot = [s for s in range(0, len(pool.table), 3) if pool.table[s] == pid]
         if slot:
             pool.table[slot[0] + 2] = call.id
@@ -482,13 +489,7 @@ class ProcessLane:
 
     def _kill_if_still(self, pool: _Pool, call: Call, pid: int) -> None:
         if pool.pid_of(call.id) == pid:
-            self._kill(pool, call, pid)
-
-    def _kill(self, pool: _Pool, call: Call, pid: int) -> None:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+            _kill(pid)
 
     def close(self, wait: bool) -> None:
         with self._lock:

@@ -85,8 +85,7 @@ class Manager(Core):
         items = list(items)
         if not items:
             return []
-        factor = self.throttle.factor
-        limit = max(1, int(max(self.cpu_workers, self.io_workers) * factor))
+        limit = max(gate.limit for gate in self.gates.values())  # the pools' sizes, throttled
         result = optimize(func, items, max_jobs=limit, errors=errors, start_method=self.start_method, **options)
         kind, n = result.executor_type, result.n_jobs
         pool = None

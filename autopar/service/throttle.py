@@ -111,18 +111,19 @@ class _Sampler:
         span = max(now - t0, 1e-3) * self.capacity
         cpu = min(max((used - used0) / span, 0.0), 1.0) * 100
         mine = min(max((own - own0) / span, 0.0), 1.0) * 100
-        limit = system._cgroup_memory_limit()
-        if limit:
-            mem = min(psutil.Process().memory_info().rss, limit)  # a fallback if the cgroup reads fail
-            try:
-                with open("/sys/fs/cgroup/memory.current", "rb") as fh:
-                    mem = int(fh.read())
-            except (OSError, ValueError):
-                pass
-            memory = 100.0 * mem / limit
-        else:
-            memory = psutil.virtual_memory().percent
-        return Load(cpu=cpu, others=max(cpu - mine, 0.0), memory=memory)
+        return Load(cpu=cpu, others=max(cpu - mine, 0.0), memory=_memory_percent())
+
+
+def _memory_percent() -> float:
+    """Memory in use: against the cgroup's limit where there is one, else the machine's."""
+    limit = system._cgroup_memory_limit()
+    if limit:
+        try:
+            with open("/sys/fs/cgroup/memory.current", "rb") as fh:
+                return 100.0 * int(fh.read()) / limit
+        except (OSError, ValueError):
+            pass
+    return psutil.virtual_memory().percent
 
 
 class Throttle:
