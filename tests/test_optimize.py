@@ -301,9 +301,13 @@ def test_waiting_items_run_wide_at_once_settle_the_probe_in_one_round():
     r = optimize(nap, [0.01] * 300)  # on 65 threads: about x47, short of 0.85 k
     p = r.profile
     assert r.executor_type == "thread"
-    # The items run beside the first (one round on many threads) read far beyond the CPUs:
-    # no second round of sleeps on as many threads.
-    assert p.probe_rounds == 1 and p.probe_threads > 2
+    # The items run beside the first (one round on many threads) read far beyond the CPUs,
+    # which settles the probe without a second round of sleeps on as many threads, where
+    # that round reads over WAIT_CLEAR k. How fast 65 threads start is the machine's: under
+    # load (a CI run) the first round read short of it once and a second one ran. What holds
+    # on any machine: a wide probe, reading far past the cores, in at most two rounds.
+    assert p.probe_threads > 2 and 1 <= p.probe_rounds <= 2
+    assert p.thread_scaling is not None and p.thread_scaling > 2 * r.usable_cores
 
 
 def test_a_first_round_of_short_waits_is_two_ms_a_thread(monkeypatch):
