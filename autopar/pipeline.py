@@ -152,6 +152,7 @@ def _compose(fused: Fused) -> Callable[[Any], Any]:
     chain = ns["pipeline"]
     chain.__qualname__ = "pipeline(" + " -> ".join(fused.names) + ")"
     chain.fused = fused
+    chain.key_funcs = tuple(fused.funcs)  # the tuning cache's key: the stages themselves
     return chain
 
 
@@ -678,6 +679,26 @@ def _best_config(
     return config, t, pace
 
 
+def _stage_figures(fused: Any, fn: Fused, n: int) -> list[tuple[float, float]]:
+    """Each stage's (wall, CPU) seconds an item: from the tuning cache on a hit (no item
+    ran), else from the sample, then kept with the sample's entry for the next time."""
+    from dataclasses import replace
+
+    from .tune import wisdom
+
+    p = fused.profile
+    if fused.cache == "hit":
+        if len(p.stage_times) == n:
+            fn.out_bytes = [float(b) for b in p.stage_bytes] if len(p.stage_bytes) == n else [None] * n
+            return [(float(w), float(c)) for w, c in p.stage_times]
+        return [(0.0, 0.0)] * n  # kept by an older version: no stage figures, the model stays fused
+    measured = fn.measured()
+    if fused.cache == "miss" and fused.cache_key and fn.calls:
+        sizes = tuple(b if b is not None else float("inf") for b in fn.out_bytes)
+        wisdom.store(fused.cache_key, wisdom.func_name(fn.chain), replace(p, stage_times=tuple(measured), stage_bytes=sizes))
+    return measured
+
+
 def _then(done: Iterable[Any], rest: Iterator[Any]) -> Iterator[Any]:
     """``done``, then ``rest``; closing it closes ``rest`` (and stops its stages)."""
     yield from done
@@ -698,10 +719,13 @@ class Pipeline:
         self.start_method = start_method  # of the process stages' pools (default: autopar's)
 
     def optimize(
-        self, items: Iterable[Any], *, sample_time: float = 0.2, queue_size: int = 32, errors: str = "raise"
+        self, items: Iterable[Any], *, sample_time: float = 0.2, queue_size: int = 32, errors: str = "raise",
+        cache: bool = True,
     ) -> PipelinePlan:
         """Measure each stage on the first items and choose fused or staged (``errors``:
-        "collect" keeps a sample item's failure in its place, as execute() does)."""
+        "collect" keeps a sample item's failure in its place, as execute() does). ``cache``:
+        the tuning cache, as optimize()'s: a pipeline measured before on like items is
+        decided from its kept figures (the stages' too) without a sample."""
         from .tune.optimize import optimize
         from .tune.system import usable_cores
 
@@ -723,13 +747,13 @@ class Pipeline:
             fused_obj = Fused(self.stages)
             fn = fused_obj.chain  # what optimize() samples and execute() runs
             try:
-                # Not from the tuning cache: a hit runs no item, and the stages' times come
-                # from the sample.
                 fused_obj.timed = True
-                fused = optimize(fn, data, sample_time=sample_time, errors=errors, cache=False)
+                fused = optimize(fn, data, sample_time=sample_time, errors=errors, cache=cache)
             finally:
                 fused_obj.timed = False
-            measured = fused_obj.measured()
+            measured = _stage_figures(fused, fused_obj, len(self.stages))
+            if fused.cache == "hit":
+                reasons.append("the stages' figures from the tuning cache (this pipeline ran on like items before): no sample")
         if pinned:
             from .tune.costs import pool_costs
             from .tune.system import default_start_method
@@ -786,12 +810,13 @@ class Pipeline:
         return "fused", rest / t_fused if t_fused > 0 else float("inf"), config
 
     def execute(self, items: Iterable[Any], *, plan: PipelinePlan | None = None, errors: str = "raise",
-                queue_size: int | None = None) -> list[Any]:
-        """The same list as ``[last(...first(x)) for x in items]``, in input order."""
-        return list(self.execute_iter(items, plan=plan, errors=errors, queue_size=queue_size))
+                queue_size: int | None = None, progress: Any = False, desc: str | None = None) -> list[Any]:
+        """The same list as ``[last(...first(x)) for x in items]``, in input order.
+        ``progress``/``desc``: a progress bar as execute()'s (fused runs; a staged run shows none)."""
+        return list(self.execute_iter(items, plan=plan, errors=errors, queue_size=queue_size, progress=progress, desc=desc))
 
     def execute_iter(self, items: Iterable[Any], *, plan: PipelinePlan | None = None, errors: str = "raise",
-                     queue_size: int | None = None) -> Iterator[Any]:
+                     queue_size: int | None = None, progress: Any = False, desc: str | None = None) -> Iterator[Any]:
         if errors not in ("raise", "collect"):
             raise ValueError(f"errors must be 'raise' or 'collect', got {errors!r}")
         if plan is None:
@@ -803,7 +828,7 @@ class Pipeline:
             # The plan's result holds the sample's results for plan.data and its function.
             stash = plan.fused.stash if plan.fused is not None else None
             fn = stash.func if stash is not None and plan.data is items else Fused(self.stages).chain
-            return iter(execute_iter(fn, items, result=plan.fused, errors=errors))
+            return iter(execute_iter(fn, items, result=plan.fused, errors=errors, progress=progress, desc=desc))
         done: tuple[Any, ...] = ()
         if plan.sampled and plan.data is items:
             # The sample's items ran through every stage: their results are kept, the rest runs.

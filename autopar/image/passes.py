@@ -38,13 +38,17 @@ __all__ = [
     "StackInfo",
     "atlas_layout",
     "contrast_limits",
+    "encode_atlas",
     "limits_from_histogram",
     "parse_name",
+    "read_slices",
     "read_stack",
+    "render_atlas",
     "render_stack",
     "scan_stack",
     "stretch_to_uint8",
     "tile_atlas",
+    "write_atlas",
     "write_webp",
     "z_range",
 ]
@@ -335,23 +339,85 @@ class RenderJob:
     dry_run: bool = False
 
 
-def render_stack(job: RenderJob) -> dict[str, Any]:
-    """Pass 2 on one file: read, crop, stretch, tile, encode, write. Returns what was written."""
-    volume = read_stack(job.path)
-    end = min(job.z_end, volume.shape[0] - 1)
-    cropped = volume[job.z_start : end + 1]
+def read_slices(path: str | Path, start: int, end: int) -> np.ndarray:
+    """Slices ``start..end`` (inclusive) of the stack as a ZYX array. Where the file keeps
+    one page a slice (the usual stack), only those pages are decoded; otherwise the whole
+    stack is read (:func:`read_stack`) and cropped. A range outside the stack: ImageError."""
+    import tifffile
+
+    if end < start:
+        raise ImageError(f"{path}: the z range {start}-{end} is empty")
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            shape = tuple(d for d in series.shape if d != 1)
+            if len(series.pages) == series.shape[0] == shape[0] and len(shape) == 3 and end < shape[0]:
+                data = tif.asarray(key=range(start, end + 1), series=0).reshape((end - start + 1,) + shape[1:])
+                return data
+    except Exception:  # noqa: BLE001 - anything odd: the whole read below, whose errors name the file
+        pass
+    volume = read_stack(path)
+    cropped = volume[start : min(end, volume.shape[0] - 1) + 1]
     if cropped.size == 0:
-        raise ImageError(f"{job.path}: the z range {job.z_start}-{job.z_end} is outside its {volume.shape[0]} slices")
-    atlas = tile_atlas(stretch_to_uint8(cropped, job.limits))
+        raise ImageError(f"{path}: the z range {start}-{end} is outside its {volume.shape[0]} slices")
+    return cropped
+
+
+def _stretch_table(dtype: np.dtype, limits: Limits) -> np.ndarray | None:
+    """For 8- and 16-bit unsigned stacks: every value's stretched byte (the same arithmetic
+    as :func:`stretch_to_uint8`, so the same bytes), to look up instead of computing."""
+    if dtype.kind != "u" or dtype.itemsize > 2:
+        return None
+    return stretch_to_uint8(np.arange(1 << (8 * dtype.itemsize), dtype=dtype), limits)
+
+
+def render_atlas(job: RenderJob) -> tuple[RenderJob, np.ndarray]:
+    """Pass 2's first step on one file: read the crop's slices, stretch each straight into
+    its tile of the atlas (uint8). Memory: the cropped slices and the atlas, nothing in float
+    for 8- and 16-bit stacks."""
+    volume = read_slices(job.path, job.z_start, job.z_end)
+    depth, height, width = volume.shape
+    cols, rows = atlas_layout(depth)
+    atlas = np.zeros((rows * height, cols * width), dtype=np.uint8)
+    table = _stretch_table(volume.dtype, job.limits)
+    for z in range(depth):
+        r, c = divmod(z, cols)
+        tile = atlas[r * height : (r + 1) * height, c * width : (c + 1) * width]
+        tile[...] = table[volume[z]] if table is not None else stretch_to_uint8(volume[z], job.limits)
+    return job, atlas
+
+
+def encode_atlas(rendered: tuple[RenderJob, np.ndarray]) -> tuple[RenderJob, tuple[int, int], bytes]:
+    """Pass 2's second step: the atlas encoded as WebP, in memory (b"" for a dry run)."""
+    import io
+
+    from PIL import Image
+
+    job, atlas = rendered
+    if job.dry_run:
+        return job, atlas.shape, b""  # type: ignore[return-value]
+    buf = io.BytesIO()
+    Image.fromarray(atlas).save(buf, format="WEBP", quality=job.quality, method=job.method, lossless=job.lossless)
+    return job, atlas.shape, buf.getvalue()  # type: ignore[return-value]
+
+
+def write_atlas(encoded: tuple[RenderJob, tuple[int, int], bytes]) -> dict[str, Any]:
+    """Pass 2's last step: the WebP written atomically (temp file, then rename). Returns what
+    was written."""
+    job, shape, data = encoded
     name = output_name(job.time_id, job.channel)
-    size = 0
     if not job.dry_run:
-        size = write_webp(atlas, Path(job.output_dir) / name, job.quality, job.method, job.lossless)
+        with atomic_write(Path(job.output_dir) / name) as fh:
+            fh.write(data)
     return {
         "file": name,
         "time_id": job.time_id,
         "channel": job.channel,
-        "atlas_shape": atlas.shape,
-        "bytes_in": int(volume.nbytes),
-        "bytes_out": size,
+        "atlas_shape": shape,
+        "bytes_out": len(data),
     }
+
+
+def render_stack(job: RenderJob) -> dict[str, Any]:
+    """Pass 2 on one file: read the crop, stretch, tile, encode, write. Returns what was written."""
+    return write_atlas(encode_atlas(render_atlas(job)))

@@ -135,6 +135,10 @@ class Profile:
     items_shared: bool = False  # every sampled item is one and the same object
     single_blas_time: float | None = None  # item time with BLAS at one thread (items kept native threads busy)
     blas_live: bool = False  # a BLAS pool of several threads was loaded and running: probes and thread pools cap it
+    # A pipeline's stages, kept with its profile in the tuning cache: each stage's (wall, CPU)
+    # seconds an item and the bytes its output pickles to (inf: it does not pickle).
+    stage_times: tuple[tuple[float, float], ...] = ()
+    stage_bytes: tuple[float, ...] = ()
 
     @property
     def n_done(self) -> int:

@@ -110,6 +110,13 @@ def _func_parts(func: Any, depth: int = 0) -> list[str] | None:
                 parts.append(_shape(cell.cell_contents))
             except ValueError:  # an empty cell
                 parts.append("<empty>")
+        # A pipeline's composed function calls its stages through its globals: the stages
+        # are what tells one pipeline from another.
+        for stage in getattr(func, "key_funcs", ()):
+            inner = _func_parts(stage, depth + 1)
+            if inner is None:
+                return None
+            parts += ["stage", *inner]
         return parts
     if isinstance(func, functools.partial):
         inner = _func_parts(func.func, depth + 1)
