@@ -22,9 +22,11 @@ the timed runs are not sampled. Steps, all in this one run:
 3. autopar forced to ``serial``, ``thread`` and ``process`` with 2 workers, once each;
 4. ``--runs`` rounds alternating PixelPacker's best configuration and ``autopar pack`` (auto);
    medians of those; then one run of each with its peak memory sampled;
-5. the encode floor: every atlas encoded alone, one after another, in this process (the
+5. pass 2's steps (read+stretch, encode, write) through ``autopar.bench``: sequential, fused
+   on thread and process pools, staged, and the pipeline's own pick, one round;
+6. the encode floor: every atlas encoded alone, one after another, in this process (the
    encoder's CPU time divided by the cores, against PixelPacker's median);
-6. the outputs compared: atlas sizes and tile layout, crop range, contrast limits (within 1%).
+7. the outputs compared: atlas sizes and tile layout, crop range, contrast limits (within 1%).
 
 Both use the same encoder settings (WebP quality 87, method 6, lossy). Per-pass times for
 PixelPacker come from the moments its log announces each pass.
@@ -56,6 +58,9 @@ from autopar.image import passes
 from autopar.image.pack import make_demo_data, pack
 
 
+BLOB_LEVEL = 112.0  # photons at a blob's centre over the background's 100: noise is most of the picture
+
+
 def _noisy_stack(spec: tuple[str, int, int, tuple[int, int, int], int]) -> str:
     """One WebP-heavy stack: a dozen faint Gaussian blobs in the middle band of z over a
     Poisson background of 100 counts; the noise is most of what the atlas holds."""
@@ -71,7 +76,7 @@ def _noisy_stack(spec: tuple[str, int, int, tuple[int, int, int], int]) -> str:
         blob = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r * r)).astype(np.float32)
         cz, rz = rng.uniform(depth * 0.4, depth * 0.6), rng.uniform(2, depth / 10)
         for z in range(depth):
-            light[z] += 170.0 * float(np.exp(-(((z - cz) / rz) ** 2) / 2)) * blob
+            light[z] += BLOB_LEVEL * float(np.exp(-(((z - cz) / rz) ** 2) / 2)) * blob
     stack = np.clip(rng.poisson(light), 0, 65535).astype(np.uint16)
     path = f"{folder}/noisy_ch{c}_stack{t:04d}.tif"
     tifffile.imwrite(path, stack, compression="zlib", compressionargs={"level": 1}, photometric="minisblack")
@@ -204,6 +209,19 @@ def compare(a_dir: Path, p_dir: Path) -> list[str]:
     return diffs
 
 
+def render_jobs(src: Path, out: Path) -> list[passes.RenderJob]:
+    """Pass 2's jobs as ``pack`` makes them (global crop, global limits per channel)."""
+    infos = [passes.scan_stack(str(p)) for p in sorted(src.glob(passes.FILE_GLOB))]
+    z0, z1 = min(i.z_start for i in infos), max(i.z_end for i in infos)
+    limits = {i.path: passes.contrast_limits(i, z0, z1, "smart") for i in infos}
+    glob: dict[int, passes.Limits] = {}
+    for i in infos:
+        lim, old = limits[i.path], glob.get(i.channel)
+        glob[i.channel] = lim if old is None else passes.Limits(min(old.p_low, lim.p_low), max(old.p_high, lim.p_high))
+    out.mkdir(parents=True, exist_ok=True)
+    return [passes.RenderJob(i.path, i.channel, i.time_id, z0, z1, glob[i.channel], str(out)) for i in infos]
+
+
 def main() -> int:
     if len(sys.argv) == 6 and sys.argv[1] == "--pack-here":
         _pack_in_this_process(*sys.argv[2:])
@@ -282,6 +300,14 @@ def main() -> int:
             a_name = {"pass 0": "pass 0: scan", "pass 1": "pass 1: limits", "pass 2": "pass 2: render"}[name]
             a = statistics.median(r["passes"][a_name] for r in ap_runs)
             say(f"  {name}: PixelPacker {p:6.2f} s, autopar {a:6.2f} s")
+
+        say("\npass 2's steps every way (autopar.bench, one round): is a staged pipeline worth it here?")
+        from autopar.image.pack import RENDER_STEPS
+        from autopar.pipeline import Stage
+
+        steps = autopar.bench([Stage(f, name=n) for n, f in RENDER_STEPS], render_jobs(src, root / "steps"), rounds=1)
+        for line in steps.table().splitlines():
+            say("  " + line)
 
         enc, kb_mp = encode_floor(src, root / "ap")
         say(f"\nencoding every atlas alone, one after another: {enc:.2f} s; {kb_mp:.0f} KB of WebP a megapixel")

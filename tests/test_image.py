@@ -238,3 +238,67 @@ def test_demo_small(tmp_path):
     manifest = json.loads((tmp_path / "demo" / "output" / "manifest.json").read_text())
     assert manifest["channels"] == 2 and len(manifest["timepoints"]) == 2
     assert manifest["global_z_crop_range"][0] > 0  # the demo's empty slices were cropped
+
+
+# -- pass 2's steps ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "shape, start, end",
+    [((12, 8, 8), 3, 7), ((12, 8, 8), 0, 11), ((12, 8, 8), 9, 30), ((1, 12, 1, 8, 8), 2, 5), ((2, 5, 8, 8), 1, 3), ((8, 8), 0, 0)],
+)
+def test_read_slices_equals_the_crop_of_the_whole_stack(tmp_path, shape, start, end):
+    """Only the crop's pages where the file keeps one a slice; otherwise the whole stack
+    read and cropped: the same array either way (a range past the end is clamped)."""
+    data = np.random.default_rng(0).integers(0, 4000, size=shape).astype(np.uint16)
+    path = write_stack(tmp_path, "a_ch0_stack0000.tif", data)
+    whole = image.read_stack(path)
+    got = image.read_slices(path, start, end)
+    assert np.array_equal(got, whole[start : min(end, whole.shape[0] - 1) + 1])
+
+
+def test_read_slices_outside_the_stack_names_the_file(tmp_path):
+    path = write_stack(tmp_path, "a_ch0_stack0000.tif", np.ones((4, 8, 8), np.uint16))
+    with pytest.raises(image.ImageError, match="a_ch0_stack0000.tif: the z range 6-9 is outside its 4 slices"):
+        image.read_slices(path, 6, 9)
+    with pytest.raises(image.ImageError, match="b_ch0_stack0000.tif: cannot read the TIFF"):
+        bad = tmp_path / "b_ch0_stack0000.tif"
+        bad.write_bytes(b"II*\x00 not a tiff")
+        image.read_slices(bad, 0, 1)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int16, np.float32])
+def test_render_atlas_equals_stretch_then_tile(tmp_path, dtype):
+    """The table lookup (8- and 16-bit unsigned) and the per-slice stretch give the bytes the
+    whole-volume float stretch gives."""
+    rng = np.random.default_rng(1)
+    data = (rng.normal(300, 120, size=(11, 12, 10))).clip(0, 250 if dtype == np.uint8 else 5000).astype(dtype)
+    path = write_stack(tmp_path, "a_ch0_stack0000.tif", data)
+    limits = image.Limits(40.0, 212.5)
+    job = image.RenderJob(str(path), 0, "stack0000", 2, 9, limits, str(tmp_path))
+    _, atlas = image.render_atlas(job)
+    expected = image.tile_atlas(image.stretch_to_uint8(data[2:10], limits))
+    assert atlas.dtype == np.uint8 and np.array_equal(atlas, expected)
+
+
+def test_pack_runs_pass_2_as_a_pipeline_and_reports_its_steps(dataset, tmp_path):
+    report = pack(dataset, tmp_path / "out")
+    assert report.ok, report.summary()
+    render = report.passes[-1]
+    assert render.mode in ("fused", "staged")
+    assert [name for name, _ in render.steps] == ["read+stretch", "encode", "write"]
+    assert all(t > 0 for _, t in render.steps)
+    assert "encode" in report.summary() and "a file" in report.summary()
+    forced = pack(dataset, tmp_path / "out2", executor="thread", jobs=2)
+    assert forced.passes[-1].mode is None and not forced.passes[-1].steps  # forced: execute() as it is told
+
+
+def test_a_failing_step_of_pass_2_names_the_file_and_the_step(dataset, tmp_path):
+    out = tmp_path / "out"
+    (out / "volume_stack0001_c1.webp").mkdir(parents=True)  # its atlas cannot be written over a folder
+    report = pack(dataset, out)
+    assert not report.ok
+    (problem,) = report.errors
+    assert "cell_ch1_stack0001.tif" in problem and "(in step write)" in problem
+    assert len(report.written) == 5 and "volume_stack0001_c1.webp" not in report.written
+    assert not [p for p in out.iterdir() if p.name.startswith(".") or p.name.endswith(".tmp")]

@@ -247,3 +247,33 @@ def test_a_thread_run_checks_the_kept_thread_scaling(cache):
         out, report = autopar.execute(counted, data, result=r, return_report=True)
         assert out == [counted(x) for x in data]
         assert report.cache == verdict, (scaling, report.measured_item_time, forged.item_time_mean)
+
+
+def double(x: int) -> int:
+    return counted(x) * 2
+
+
+def halve(x: int) -> int:
+    return counted(x) // 2
+
+
+def test_a_pipeline_is_decided_from_its_kept_figures_stages_included(cache):
+    """A pipeline measured once is planned the next time without running an item, its
+    stages' figures from the entry; another pipeline whose stages have the same names but
+    other code has a key of its own."""
+    from autopar import Pipeline, Stage
+
+    items = list(range(2500))
+    first = Pipeline([Stage(counted, name="a"), Stage(double, name="b")]).optimize(items)
+    assert first.fused.cache == "miss"
+    CALLS[0] = 0
+    again = Pipeline([Stage(counted, name="a"), Stage(double, name="b")]).optimize(items)
+    assert again.fused.cache == "hit" and CALLS[0] == 0
+    assert [s.item_time for s in again.stages] == pytest.approx([s.item_time for s in first.stages])
+    assert all(s.item_time > 0 for s in again.stages)
+    assert "tuning cache" in again.explain()
+    other = Pipeline([Stage(counted, name="a"), Stage(halve, name="b")]).optimize(items)
+    assert other.fused.cache == "miss"
+    assert Pipeline([Stage(counted, name="a"), Stage(double, name="b")]).execute(items[:5], plan=None) == [
+        double(counted(x)) for x in range(5)
+    ]

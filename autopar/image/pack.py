@@ -180,10 +180,9 @@ def _render_pipeline(jobs: list[image.RenderJob], megabytes: float, report: Pack
 
 def _failure_text(item: Any, failed: ItemFailed) -> str:
     exc = failed.exception
-    text = str(exc)
-    if isinstance(exc, image.ImageError):
-        return text
-    return f"{item}: {type(exc).__name__}: {text}"
+    text = str(exc) if isinstance(exc, image.ImageError) else f"{item}: {type(exc).__name__}: {exc}"
+    step = getattr(exc, "autopar_stage", None)  # pass 2 runs as a pipeline: the step that failed
+    return f"{text} (in step {step})" if step else text
 
 
 def pack(
