@@ -693,7 +693,8 @@ def _stage_figures(fused: Any, fn: Fused, n: int) -> list[tuple[float, float]]:
             return [(float(w), float(c)) for w, c in p.stage_times]
         return [(0.0, 0.0)] * n  # kept by an older version: no stage figures, the model stays fused
     measured = fn.measured()
-    if fused.cache == "miss" and fused.cache_key and fn.calls:
+    # Kept where optimize() kept the sample (not where the sample finished the job).
+    if fused.cache == "miss" and fused.cache_key and fn.calls and p.n_sampled and p.item_time_mean > 0 and p.n_remaining != 0:
         sizes = tuple(b if b is not None else float("inf") for b in fn.out_bytes)
         wisdom.store(fused.cache_key, wisdom.func_name(fn.chain), replace(p, stage_times=tuple(measured), stage_bytes=sizes))
     return measured

@@ -58,7 +58,7 @@ from autopar.image import passes
 from autopar.image.pack import make_demo_data, pack
 
 
-BLOB_LEVEL = 112.0  # photons at a blob's centre over the background's 100: noise is most of the picture
+BLOB_LEVEL = 124.0  # photons at a blob's centre over the background's 100: noise is most of the picture
 
 
 def _noisy_stack(spec: tuple[str, int, int, tuple[int, int, int], int]) -> str:
