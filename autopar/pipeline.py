@@ -41,12 +41,14 @@ from . import _serialize
 from .errors import ItemFailed, annotate, annotate_stage
 from .options import EXECUTOR_TYPES, check_pool_args
 
-__all__ = ["Fused", "Pipeline", "PipelinePlan", "Stage", "StagePlan", "Stream"]
+__all__ = ["Fused", "Pipeline", "PipelinePlan", "PipelineRun", "Stage", "StagePlan", "Stream"]
 
 POLL = 0.05  # seconds between a blocked worker's looks at the stop flag
 TIMED_CALLS = 64  # items of the sample whose stages are timed one by one
 WATCH = 0.2  # seconds between the staged run's looks at its stages' busy shares
 MAX_GROWN = 4  # a stage grows to at most this many times its starting workers
+SWITCH_AFTER = 1.0  # seconds of a staged run's results before it is judged against fused
+SWITCH_RATIO = 0.8  # a staged run delivering under this share of fused's predicted rate turns fused
 
 
 @dataclass(frozen=True)
@@ -700,6 +702,94 @@ def _stage_figures(fused: Any, fn: Fused, n: int) -> list[tuple[float, float]]:
     return measured
 
 
+class _Gate:
+    """A staged run's input, handed to its feeder until ``closed``: the items after
+    ``index`` never went in."""
+
+    def __init__(self, items: Sequence[Any]) -> None:
+        self.items, self.index, self.closed = items, 0, False
+
+    def __iter__(self) -> "_Gate":
+        return self
+
+    def __next__(self) -> Any:
+        if self.closed or self.index >= len(self.items):
+            raise StopIteration
+        item = self.items[self.index]
+        self.index += 1
+        return item
+
+
+class _Judge:
+    """A staged run's delivery rate against the fused run's prediction (items a second)."""
+
+    def __init__(self, fused: Any, total: int) -> None:
+        left = max(fused.n_remaining or 0, 1)
+        self.fused_rate = left / fused.predicted_time if fused.predicted_time > 0 else float("inf")
+        self.fused_label = fused.label()
+        self.total = total
+        self.count = 0
+        self.t_first = 0.0
+        self.reason = ""
+
+    def delivered(self) -> None:
+        if self.count == 0:
+            self.t_first = time.perf_counter()
+        self.count += 1
+
+    def turn_fused(self, fed: int) -> bool:
+        if self.count < 2:
+            return False
+        span = time.perf_counter() - self.t_first
+        if span < SWITCH_AFTER:
+            return False
+        rate = (self.count - 1) / span  # past the first result: the pipeline is full
+        left = self.total - fed
+        # Worth it only where the items left take clearly longer staged than fused.
+        if rate >= SWITCH_RATIO * self.fused_rate or left / rate - left / self.fused_rate < SWITCH_AFTER / 2:
+            return False
+        self.reason = (
+            f"staged delivered {rate:.3g} items/s, fused ({self.fused_label}) was predicted {self.fused_rate:.3g}: "
+            f"the {left} items not yet started ran fused"
+        )
+        return True
+
+
+def _fused_rest(stages: Sequence[Stage], items: Sequence[Any], fused: Any, errors: str) -> Iterator[Any]:
+    """The items a staged run did not take, through the composed stages on the pool the
+    fused plan chose (no second sample)."""
+    from .run.execute import execute_iter
+    from .tune.costs import pool_costs
+    from .tune.model import best_chunksize
+
+    kind, n = fused.executor_type, fused.n_jobs
+    if kind == "serial":
+        return iter(execute_iter(Fused(stages).chain, items, executor_type="serial", n_jobs=1, chunksize=1, errors=errors))
+    cs = best_chunksize(kind, n, len(items), fused.profile, pool_costs(fused.start_method), fused.usable_cores).chunksize
+    return iter(execute_iter(Fused(stages).chain, items, executor_type=kind, n_jobs=n, chunksize=cs, errors=errors))
+
+
+class PipelineRun(Iterator[Any]):
+    """:meth:`Pipeline.execute_iter`'s results in input order. ``switched_at``: the input
+    index from which a staged run went on fused (None: it did not), ``reason`` why."""
+
+    def __init__(self) -> None:
+        self.switched_at: int | None = None
+        self.reason = ""
+        self._it: Iterator[Any] = iter(())
+
+    def attach(self, it: Iterator[Any]) -> None:
+        self._it = it
+
+    def __next__(self) -> Any:
+        return next(self._it)
+
+    def close(self) -> None:
+        close = getattr(self._it, "close", None)
+        if close is not None:
+            close()
+
+
 def _then(done: Iterable[Any], rest: Iterator[Any]) -> Iterator[Any]:
     """``done``, then ``rest``; closing it closes ``rest`` (and stops its stages)."""
     yield from done
@@ -829,30 +919,58 @@ class Pipeline:
             # The plan's result holds the sample's results for plan.data and its function.
             stash = plan.fused.stash if plan.fused is not None else None
             fn = stash.func if stash is not None and plan.data is items else Fused(self.stages).chain
-            return iter(execute_iter(fn, items, result=plan.fused, errors=errors, progress=progress, desc=desc))
+            fused_run = PipelineRun()
+            fused_run.attach(iter(execute_iter(fn, items, result=plan.fused, errors=errors, progress=progress, desc=desc)))
+            return fused_run
         done: tuple[Any, ...] = ()
         if plan.sampled and plan.data is items:
             # The sample's items ran through every stage: their results are kept, the rest runs.
             done, items = plan.sampled, items[len(plan.sampled):]  # type: ignore[index]
         config = [(p.executor_type, p.n_jobs) for p in plan.stages]
-        rest = self._staged(items, config, queue_size or plan.queue_size, errors == "collect", len(done))
-        return _then(done, rest) if done else rest
+        run = PipelineRun()
+        # A staged run with a fused alternative (no stage pinned) is watched against it.
+        fused = plan.fused if plan.fused is not None and isinstance(items, (list, tuple)) else None
+        rest = self._staged(items, config, queue_size or plan.queue_size, errors, len(done), fused, run)
+        run.attach(_then(done, rest) if done else rest)
+        return run
 
     def _staged(
-        self, items: Iterable[Any], config: list[tuple[str, int]], queue_size: int, collect: bool, offset: int = 0
+        self, items: Iterable[Any], config: list[tuple[str, int]], queue_size: int, errors: str, offset: int = 0,
+        fused: Any = None, info: "PipelineRun | None" = None,
     ) -> Iterator[Any]:
-        run = StagedRun(self.stages, config, queue_size, collect, ordered=True, start_method=self.start_method, offset=offset)
+        """The staged run's results in order. With ``fused`` (optimize()'s result for the
+        composed stages) the run is judged every WATCH seconds once it has delivered for
+        SWITCH_AFTER: delivering under SWITCH_RATIO of fused's predicted rate, with enough
+        items left for the switch to pay, it stops taking input, finishes the items it
+        holds (each runs once) and the rest runs fused."""
+        run = StagedRun(self.stages, config, queue_size, errors == "collect", ordered=True,
+                        start_method=self.start_method, offset=offset)
+        gate = _Gate(items) if fused is not None else None  # type: ignore[arg-type]
+        judge = _Judge(fused, len(items)) if gate is not None else None  # type: ignore[arg-type]
         clean = False
         try:
-            run.feed(items)
+            run.feed(gate if gate is not None else items)
             while True:
-                got = run.get()
+                try:
+                    got = run.get(timeout=WATCH if judge is not None and not gate.closed else None)  # type: ignore[union-attr]
+                except queue.Empty:
+                    got = ()
                 if got is None:
                     break
-                yield got[1]
+                if got:
+                    if judge is not None:
+                        judge.delivered()
+                    yield got[1]
+                if judge is not None and not gate.closed and judge.turn_fused(gate.index):  # type: ignore[union-attr]
+                    gate.closed = True  # type: ignore[union-attr]
             clean = True
         finally:
             run.close(kill=not clean)
+        if gate is not None and gate.closed and gate.index < len(gate.items):
+            if info is not None:
+                info.switched_at = offset + gate.index
+                info.reason = judge.reason if judge is not None else ""
+            yield from _fused_rest(self.stages, gate.items[gate.index:], fused, errors)
 
     def stream(self, *, queue_size: int = 32, errors: str = "raise", ordered: bool = True,
                plan: PipelinePlan | None = None, config: Sequence[tuple[str, int]] | None = None) -> "Stream":

@@ -207,3 +207,28 @@ def test_a_waiting_stage_that_holds_the_others_back_gets_more_workers_while_runn
     assert "spin_py" not in m["grown"] and "add1" not in m["grown"]
     workers = {st["name"]: st["n_jobs"] for st in m["stages"]}
     assert workers["nap5"] == 1 + m["grown"]["nap5"] and workers["add1"] == 1
+
+
+def test_a_staged_run_slower_than_fused_was_predicted_turns_fused_for_the_items_left():
+    """Corrected while running, the other way: a staged run (here one forced on one thread a
+    stage, as a misjudged plan would run) that delivers well under fused's predicted rate
+    stops taking input, finishes what it holds, and the rest runs fused: each item once,
+    in order."""
+    import dataclasses
+
+    items = list(range(2000))
+    pipe = Pipeline([nap5, add1])
+    plan = pipe.optimize(items)
+    assert plan.mode == "fused" and plan.fused.executor_type == "thread"
+    one_each = tuple(dataclasses.replace(s, executor_type="thread", n_jobs=1) for s in plan.stages)
+    forced = dataclasses.replace(plan, mode="staged", stages=one_each)
+    run = pipe.execute_iter(items, plan=forced)
+    assert list(run) == [x + 1 for x in items]
+    assert run.switched_at is not None and 0 < run.switched_at < len(items)
+    assert "ran fused" in run.reason
+
+
+def test_a_pinned_pipeline_stays_staged():
+    run = Pipeline([nap5, Stage(add1, n_jobs=1)]).execute_iter(list(range(300)))
+    assert list(run) == [x + 1 for x in range(300)]
+    assert run.switched_at is None  # no fused way keeps the pin's promise
