@@ -784,6 +784,20 @@ class PipelineRun(Iterator[Any]):
     def __next__(self) -> Any:
         return next(self._it)
 
+    def to_list(self) -> list[Any]:
+        """All the results: a fused run's by its blocks of results (tiny items pay no
+        iterator step each), a staged run's one by one."""
+        blocks = getattr(self._it, "blocks", None)
+        if blocks is None:
+            return list(self._it)
+        out: list[Any] = []
+        for block in blocks():
+            if out:
+                out.extend(block)
+            else:
+                out = block  # a fresh list nothing else holds
+        return out
+
     def close(self) -> None:
         close = getattr(self._it, "close", None)
         if close is not None:
@@ -904,7 +918,7 @@ class Pipeline:
                 queue_size: int | None = None, progress: Any = False, desc: str | None = None) -> list[Any]:
         """The same list as ``[last(...first(x)) for x in items]``, in input order.
         ``progress``/``desc``: a progress bar as execute()'s (fused runs; a staged run shows none)."""
-        return list(self.execute_iter(items, plan=plan, errors=errors, queue_size=queue_size, progress=progress, desc=desc))
+        return self.execute_iter(items, plan=plan, errors=errors, queue_size=queue_size, progress=progress, desc=desc).to_list()
 
     def execute_iter(self, items: Iterable[Any], *, plan: PipelinePlan | None = None, errors: str = "raise",
                      queue_size: int | None = None, progress: Any = False, desc: str | None = None) -> Iterator[Any]:
@@ -920,7 +934,7 @@ class Pipeline:
             stash = plan.fused.stash if plan.fused is not None else None
             fn = stash.func if stash is not None and plan.data is items else Fused(self.stages).chain
             fused_run = PipelineRun()
-            fused_run.attach(iter(execute_iter(fn, items, result=plan.fused, errors=errors, progress=progress, desc=desc)))
+            fused_run.attach(execute_iter(fn, items, result=plan.fused, errors=errors, progress=progress, desc=desc))
             return fused_run
         done: tuple[Any, ...] = ()
         if plan.sampled and plan.data is items:
