@@ -764,38 +764,82 @@ def _fused_rest(stages: Sequence[Stage], items: Sequence[Any], fused: Any, error
 
     kind, n = fused.executor_type, fused.n_jobs
     if kind == "serial":
-        return iter(execute_iter(Fused(stages).chain, items, executor_type="serial", n_jobs=1, chunksize=1, errors=errors))
+        return execute_iter(Fused(stages).chain, items, executor_type="serial", n_jobs=1, chunksize=1, errors=errors)
     cs = best_chunksize(kind, n, len(items), fused.profile, pool_costs(fused.start_method), fused.usable_cores).chunksize
-    return iter(execute_iter(Fused(stages).chain, items, executor_type=kind, n_jobs=n, chunksize=cs, errors=errors))
+    return execute_iter(Fused(stages).chain, items, executor_type=kind, n_jobs=n, chunksize=cs, errors=errors)
 
 
 class PipelineRun(Iterator[Any]):
     """:meth:`Pipeline.execute_iter`'s results in input order. ``switched_at``: the input
-    index from which a staged run went on fused (None: it did not), ``reason`` why."""
+    index from which a staged run went on fused (None: it did not), ``reason`` why;
+    :meth:`report`: what the run did against what the plan predicted."""
 
-    def __init__(self) -> None:
+    def __init__(self, plan: PipelinePlan) -> None:
+        self.plan = plan
         self.switched_at: int | None = None
         self.reason = ""
+        self.staged: StagedRun | None = None  # the staged run's stages, for their metrics
+        self.execution: Any = None  # a fused run's ExecutionReport (also the rest after a switch)
         self._it: Iterator[Any] = iter(())
+        self._t0 = time.perf_counter()
+        self._t_end: float | None = None
+        self._count = 0
+        self.from_sample = 0  # results the plan's sample made (a staged run starts after them)
 
     def attach(self, it: Iterator[Any]) -> None:
         self._it = it
+        self.execution = getattr(it, "report", self.execution)
 
     def __next__(self) -> Any:
-        return next(self._it)
+        try:
+            value = next(self._it)
+        except StopIteration:
+            if self._t_end is None:
+                self._t_end = time.perf_counter()
+            raise
+        self._count += 1
+        return value
 
     def to_list(self) -> list[Any]:
         """All the results: a fused run's by its blocks of results (tiny items pay no
         iterator step each), a staged run's one by one."""
         blocks = getattr(self._it, "blocks", None)
         if blocks is None:
-            return list(self._it)
+            return list(self)
         out: list[Any] = []
         for block in blocks():
             if out:
                 out.extend(block)
             else:
                 out = block  # a fresh list nothing else holds
+        self._count, self._t_end = len(out), time.perf_counter()
+        return out
+
+    def report(self) -> dict[str, Any]:
+        """Predicted against measured (so far, while it runs): the mode, items/s the plan
+        predicted and the run delivered, per stage its measured ms an item (the plan's) and,
+        staged, the run's metrics (items, mean ms, busy share, waits before and after, the
+        bottleneck); a fused run's ExecutionReport as ``execution``; the switch, if any."""
+        elapsed = (self._t_end or time.perf_counter()) - self._t0
+        out: dict[str, Any] = {
+            "mode": self.plan.mode,
+            "items": self._count,
+            "from_sample": self.from_sample,
+            "seconds": elapsed,
+            "predicted_items_per_s": self.plan.predicted_throughput,
+            "items_per_s": self._count / elapsed if elapsed > 0 else 0.0,
+            "stages": [{"name": s.name, "planned_ms": s.item_time * 1e3, "executor": s.executor_type,
+                        "n_jobs": s.n_jobs} for s in self.plan.stages],
+            "switched_at": self.switched_at,
+            "reason": self.reason,
+            "execution": self.execution,
+        }
+        if self.staged is not None:
+            staged = self.staged.metrics()
+            for planned, measured in zip(out["stages"], staged["stages"]):
+                planned.update(measured)
+            out["bottleneck"] = staged["bottleneck"]
+            out["grown"] = staged["grown"]
         return out
 
     def close(self) -> None:
@@ -933,7 +977,7 @@ class Pipeline:
             # The plan's result holds the sample's results for plan.data and its function.
             stash = plan.fused.stash if plan.fused is not None else None
             fn = stash.func if stash is not None and plan.data is items else Fused(self.stages).chain
-            fused_run = PipelineRun()
+            fused_run = PipelineRun(plan)
             fused_run.attach(execute_iter(fn, items, result=plan.fused, errors=errors, progress=progress, desc=desc))
             return fused_run
         done: tuple[Any, ...] = ()
@@ -941,7 +985,8 @@ class Pipeline:
             # The sample's items ran through every stage: their results are kept, the rest runs.
             done, items = plan.sampled, items[len(plan.sampled):]  # type: ignore[index]
         config = [(p.executor_type, p.n_jobs) for p in plan.stages]
-        run = PipelineRun()
+        run = PipelineRun(plan)
+        run.from_sample = len(done)
         # A staged run with a fused alternative (no stage pinned) is watched against it.
         fused = plan.fused if plan.fused is not None and isinstance(items, (list, tuple)) else None
         rest = self._staged(items, config, queue_size or plan.queue_size, errors, len(done), fused, run)
@@ -959,6 +1004,8 @@ class Pipeline:
         holds (each runs once) and the rest runs fused."""
         run = StagedRun(self.stages, config, queue_size, errors == "collect", ordered=True,
                         start_method=self.start_method, offset=offset)
+        if info is not None:
+            info.staged = run
         gate = _Gate(items) if fused is not None else None  # type: ignore[arg-type]
         judge = _Judge(fused, len(items)) if gate is not None else None  # type: ignore[arg-type]
         clean = False
@@ -984,7 +1031,10 @@ class Pipeline:
             if info is not None:
                 info.switched_at = offset + gate.index
                 info.reason = judge.reason if judge is not None else ""
-            yield from _fused_rest(self.stages, gate.items[gate.index:], fused, errors)
+            rest = _fused_rest(self.stages, gate.items[gate.index:], fused, errors)
+            if info is not None:
+                info.execution = getattr(rest, "report", None)
+            yield from rest
 
     def stream(self, *, queue_size: int = 32, errors: str = "raise", ordered: bool = True,
                plan: PipelinePlan | None = None, config: Sequence[tuple[str, int]] | None = None) -> "Stream":

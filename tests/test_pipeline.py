@@ -232,3 +232,26 @@ def test_a_pinned_pipeline_stays_staged():
     run = Pipeline([nap5, Stage(add1, n_jobs=1)]).execute_iter(list(range(300)))
     assert list(run) == [x + 1 for x in range(300)]
     assert run.switched_at is None  # no fused way keeps the pin's promise
+
+
+def test_a_run_reports_what_it_did_against_the_plan():
+    """execute_iter()'s run says, once done, how many items it delivered and how fast
+    against the plan's prediction; staged, each stage's items, busy share and waits and the
+    bottleneck; fused, execute()'s own report (predicted against measured)."""
+    items = list(range(120))
+    staged = Pipeline([nap, Stage(add1, n_jobs=1)]).execute_iter(items)
+    assert list(staged) == [x + 1 for x in items]
+    rep = staged.report()
+    assert rep["mode"] == "staged" and rep["items"] == len(items) and rep["items_per_s"] > 0
+    assert rep["predicted_items_per_s"] > 0 and rep["switched_at"] is None
+    by_name = {s["name"]: s for s in rep["stages"]}
+    assert set(by_name) == {"nap", "add1"}
+    # The staged run took the items after those its plan's serial sample already ran.
+    assert by_name["add1"]["n_jobs"] == 1 and all(s["items"] == len(items) - rep["from_sample"] for s in rep["stages"])
+    assert rep["bottleneck"] in by_name and all("busy_share" in s for s in rep["stages"])
+
+    fused = Pipeline([spin_py, add1]).execute_iter(list(range(300)))
+    assert fused.to_list() == [spin_py(x) + 1 for x in range(300)]
+    rep = fused.report()
+    assert rep["mode"] == "fused" and rep["items"] == 300
+    assert rep["execution"] is not None and rep["execution"].n_items == 300
