@@ -35,7 +35,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence, cast
 
 from . import _serialize
 from .errors import ItemFailed, annotate, annotate_stage
@@ -721,38 +721,42 @@ class _Gate:
 
 
 class _Judge:
-    """A staged run's delivery rate against the fused run's prediction (items a second)."""
+    """A staged run's delivery rate against the fused run's prediction (items a second);
+    closes the run's gate when fused would finish the items left clearly sooner."""
 
-    def __init__(self, fused: Any, total: int) -> None:
+    def __init__(self, fused: Any, gate: _Gate, total: int) -> None:
         left = max(fused.n_remaining or 0, 1)
         self.fused_rate = left / fused.predicted_time if fused.predicted_time > 0 else float("inf")
         self.fused_label = fused.label()
-        self.total = total
+        self.gate, self.total = gate, total
         self.count = 0
         self.t_first = 0.0
         self.reason = ""
+
+    def watching(self) -> bool:
+        return not self.gate.closed
 
     def delivered(self) -> None:
         if self.count == 0:
             self.t_first = time.perf_counter()
         self.count += 1
 
-    def turn_fused(self, fed: int) -> bool:
+    def judge(self) -> None:
         if self.count < 2:
-            return False
+            return
         span = time.perf_counter() - self.t_first
         if span < SWITCH_AFTER:
-            return False
+            return
         rate = (self.count - 1) / span  # past the first result: the pipeline is full
-        left = self.total - fed
+        left = self.total - self.gate.index
         # Worth it only where the items left take clearly longer staged than fused.
         if rate >= SWITCH_RATIO * self.fused_rate or left / rate - left / self.fused_rate < SWITCH_AFTER / 2:
-            return False
+            return
         self.reason = (
             f"staged delivered {rate:.3g} items/s, fused ({self.fused_label}) was predicted {self.fused_rate:.3g}: "
             f"the {left} items not yet started ran fused"
         )
-        return True
+        self.gate.closed = True
 
 
 def _fused_rest(stages: Sequence[Stage], items: Sequence[Any], fused: Any, errors: str) -> Iterator[Any]:
@@ -1006,14 +1010,16 @@ class Pipeline:
                         start_method=self.start_method, offset=offset)
         if info is not None:
             info.staged = run
-        gate = _Gate(items) if fused is not None else None  # type: ignore[arg-type]
-        judge = _Judge(fused, len(items)) if gate is not None else None  # type: ignore[arg-type]
+        # Watched against fused (the caller passes ``fused`` only with a list of items).
+        gate = _Gate(cast(Sequence[Any], items)) if fused is not None else None
+        judge = _Judge(fused, gate, len(gate.items)) if gate is not None else None
         clean = False
         try:
             run.feed(gate if gate is not None else items)
             while True:
+                watching = judge is not None and judge.watching()
                 try:
-                    got = run.get(timeout=WATCH if judge is not None and not gate.closed else None)  # type: ignore[union-attr]
+                    got = run.get(timeout=WATCH if watching else None)
                 except queue.Empty:
                     got = ()
                 if got is None:
@@ -1022,15 +1028,15 @@ class Pipeline:
                     if judge is not None:
                         judge.delivered()
                     yield got[1]
-                if judge is not None and not gate.closed and judge.turn_fused(gate.index):  # type: ignore[union-attr]
-                    gate.closed = True  # type: ignore[union-attr]
+                if judge is not None and judge.watching():
+                    judge.judge()
             clean = True
         finally:
             run.close(kill=not clean)
-        if gate is not None and gate.closed and gate.index < len(gate.items):
+        if gate is not None and judge is not None and gate.closed and gate.index < len(gate.items):
             if info is not None:
                 info.switched_at = offset + gate.index
-                info.reason = judge.reason if judge is not None else ""
+                info.reason = judge.reason
             rest = _fused_rest(self.stages, gate.items[gate.index:], fused, errors)
             if info is not None:
                 info.execution = getattr(rest, "report", None)

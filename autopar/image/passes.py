@@ -48,6 +48,7 @@ __all__ = [
     "scan_stack",
     "stretch_to_uint8",
     "tile_atlas",
+    "webp_bytes",
     "write_atlas",
     "write_webp",
     "z_range",
@@ -323,14 +324,23 @@ def tile_atlas(volume: np.ndarray) -> np.ndarray:
     return atlas
 
 
-def write_webp(image: np.ndarray, out_path: str | Path, quality: int = 87, method: int = 6, lossless: bool = False) -> int:
-    """Encode ``image`` as WebP and write it atomically; returns its size in bytes."""
+def webp_bytes(image: np.ndarray, quality: int = 87, method: int = 6, lossless: bool = False) -> bytes:
+    """``image`` encoded as WebP (Pillow's encoder, which releases the GIL while it works)."""
+    import io
+
     from PIL import Image
 
-    out_path = Path(out_path)
-    with atomic_write(out_path) as fh:
-        Image.fromarray(image).save(fh, format="WEBP", quality=quality, method=method, lossless=lossless)
-    return out_path.stat().st_size
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="WEBP", quality=quality, method=method, lossless=lossless)
+    return buf.getvalue()
+
+
+def write_webp(image: np.ndarray, out_path: str | Path, quality: int = 87, method: int = 6, lossless: bool = False) -> int:
+    """Encode ``image`` as WebP and write it atomically; returns its size in bytes."""
+    data = webp_bytes(image, quality, method, lossless)
+    with atomic_write(Path(out_path)) as fh:
+        fh.write(data)
+    return len(data)
 
 
 def output_name(time_id: str, channel: int) -> str:
@@ -402,21 +412,14 @@ def render_atlas(job: RenderJob) -> tuple[RenderJob, np.ndarray]:
     return job, atlas
 
 
-def encode_atlas(rendered: tuple[RenderJob, np.ndarray]) -> tuple[RenderJob, tuple[int, int], bytes]:
+def encode_atlas(rendered: tuple[RenderJob, np.ndarray]) -> tuple[RenderJob, tuple[int, ...], bytes]:
     """Pass 2's second step: the atlas encoded as WebP, in memory (b"" for a dry run)."""
-    import io
-
-    from PIL import Image
-
     job, atlas = rendered
-    if job.dry_run:
-        return job, atlas.shape, b""  # type: ignore[return-value]
-    buf = io.BytesIO()
-    Image.fromarray(atlas).save(buf, format="WEBP", quality=job.quality, method=job.method, lossless=job.lossless)
-    return job, atlas.shape, buf.getvalue()  # type: ignore[return-value]
+    data = b"" if job.dry_run else webp_bytes(atlas, job.quality, job.method, job.lossless)
+    return job, atlas.shape, data
 
 
-def write_atlas(encoded: tuple[RenderJob, tuple[int, int], bytes]) -> dict[str, Any]:
+def write_atlas(encoded: tuple[RenderJob, tuple[int, ...], bytes]) -> dict[str, Any]:
     """Pass 2's last step: the WebP written atomically (temp file, then rename). Returns what
     was written."""
     job, shape, data = encoded
