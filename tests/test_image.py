@@ -321,3 +321,14 @@ def test_gaussian_smooth_is_scipys_to_the_last_bit():
                         x = (rng.normal(0, 10, size=n)).astype(dtype)
                     got, want = image.gaussian_smooth(x, sigma), gaussian_filter1d(x, sigma, mode="reflect")
                     assert got.dtype == want.dtype and np.array_equal(got, want), (dtype, n, sigma)
+
+
+@pytest.mark.parametrize(
+    "options", [dict(imagej=True), dict(imagej=True, compression="zlib"), dict(ome=True), dict(tile=(16, 16), compression="zlib"), dict(bigtiff=True)],
+    ids=["imagej", "imagej-zlib", "ome", "tiled", "bigtiff"],
+)
+def test_read_slices_reads_the_crop_of_the_usual_stack_layouts(tmp_path, options):
+    data = np.random.default_rng(3).integers(0, 4000, size=(12, 16, 20)).astype(np.uint16)
+    path = tmp_path / "a_ch0_stack0000.tif"
+    tifffile.imwrite(path, data, photometric="minisblack", **options)
+    assert np.array_equal(image.read_slices(path, 3, 8), data[3:9])
