@@ -690,13 +690,10 @@ def _stage_figures(fused: Any, fn: Fused, n: int) -> list[tuple[float, float]]:
 
     p = fused.profile
     if fused.cache == "hit":
-        if len(p.stage_times) == n:
-            fn.out_bytes = [float(b) for b in p.stage_bytes] if len(p.stage_bytes) == n else [None] * n
-            return [(float(w), float(c)) for w, c in p.stage_times]
-        return [(0.0, 0.0)] * n  # kept by an older version: no stage figures, the model stays fused
+        fn.out_bytes = [float(b) for b in p.stage_bytes]
+        return [(float(w), float(c)) for w, c in p.stage_times]
     measured = fn.measured()
-    # Kept where optimize() kept the sample (not where the sample finished the job).
-    if fused.cache == "miss" and fused.cache_key and fn.calls and p.n_sampled and p.item_time_mean > 0 and p.n_remaining != 0:
+    if fused.cache == "miss" and fused.cache_key and fn.calls and wisdom.worth_keeping(p):
         sizes = tuple(b if b is not None else float("inf") for b in fn.out_bytes)
         wisdom.store(fused.cache_key, wisdom.func_name(fn.chain), replace(p, stage_times=tuple(measured), stage_bytes=sizes))
     return measured
@@ -724,11 +721,11 @@ class _Judge:
     """A staged run's delivery rate against the fused run's prediction (items a second);
     closes the run's gate when fused would finish the items left clearly sooner."""
 
-    def __init__(self, fused: Any, gate: _Gate, total: int) -> None:
+    def __init__(self, fused: Any, gate: _Gate) -> None:
         left = max(fused.n_remaining or 0, 1)
         self.fused_rate = left / fused.predicted_time if fused.predicted_time > 0 else float("inf")
         self.fused_label = fused.label()
-        self.gate, self.total = gate, total
+        self.gate = gate
         self.count = 0
         self.t_first = 0.0
         self.reason = ""
@@ -748,7 +745,7 @@ class _Judge:
         if span < SWITCH_AFTER:
             return
         rate = (self.count - 1) / span  # past the first result: the pipeline is full
-        left = self.total - self.gate.index
+        left = len(self.gate.items) - self.gate.index
         # Worth it only where the items left take clearly longer staged than fused.
         if rate >= SWITCH_RATIO * self.fused_rate or left / rate - left / self.fused_rate < SWITCH_AFTER / 2:
             return
@@ -902,6 +899,10 @@ class Pipeline:
             try:
                 fused_obj.timed = True
                 fused = optimize(fn, data, sample_time=sample_time, errors=errors, cache=cache)
+                if fused.cache == "hit" and len(fused.profile.stage_times) != len(self.stages):
+                    # An entry without its stages' figures (read between optimize()'s write
+                    # and the one that adds them): measure.
+                    fused = optimize(fn, data, sample_time=sample_time, errors=errors, cache=False)
             finally:
                 fused_obj.timed = False
             measured = _stage_figures(fused, fused_obj, len(self.stages))
@@ -1012,7 +1013,7 @@ class Pipeline:
             info.staged = run
         # Watched against fused (the caller passes ``fused`` only with a list of items).
         gate = _Gate(cast(Sequence[Any], items)) if fused is not None else None
-        judge = _Judge(fused, gate, len(gate.items)) if gate is not None else None
+        judge = _Judge(fused, gate) if gate is not None else None
         clean = False
         try:
             run.feed(gate if gate is not None else items)

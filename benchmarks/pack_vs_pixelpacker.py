@@ -35,7 +35,6 @@ PixelPacker come from the moments its log announces each pass.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import platform
@@ -55,7 +54,7 @@ from PIL import Image
 
 import autopar
 from autopar.image import passes
-from autopar.image.pack import make_demo_data, pack
+from autopar.image.pack import RENDER_STEPS, make_demo_data, pack, render_jobs
 
 
 BLOB_LEVEL = 124.0  # photons at a blob's centre over the background's 100: noise is most of the picture
@@ -74,7 +73,7 @@ def _noisy_stack(spec: tuple[str, int, int, tuple[int, int, int], int]) -> str:
     for _ in range(12):
         cy, cx, r = rng.uniform(0.2, 0.8) * height, rng.uniform(0.2, 0.8) * width, rng.uniform(0.05, 0.15) * width
         blob = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r * r)).astype(np.float32)
-        cz, rz = rng.uniform(depth * 0.4, depth * 0.6), rng.uniform(2, depth / 10)
+        cz, rz = rng.uniform(depth * 0.4, depth * 0.6), rng.uniform(2, max(2.0, depth / 10))
         for z in range(depth):
             light[z] += BLOB_LEVEL * float(np.exp(-(((z - cz) / rz) ** 2) / 2)) * blob
     stack = np.clip(rng.poisson(light), 0, 65535).astype(np.uint16)
@@ -168,23 +167,17 @@ def run_autopar(src: Path, dst: Path, executor: str = "auto", jobs: int | None =
     return {"wall": wall, "peak_mb": mb, "passes": out["passes"], "choices": out["choices"]}
 
 
-def encode_floor(src: Path, out: Path) -> tuple[float, float]:
-    """(seconds, KB a megapixel): every atlas of ``out``'s manifest made again from its stack
-    and encoded alone, one after another; the encoder's time only."""
-    manifest = json.loads((out / "manifest.json").read_text())
-    z0, z1 = manifest["global_z_crop_range"]
+def encode_floor(jobs: list[passes.RenderJob]) -> tuple[float, float]:
+    """(seconds, KB a megapixel): every atlas pass 2 makes, encoded alone, one after another;
+    the encoder's time only."""
     total, kb, mp = 0.0, 0.0, 0.0
-    for tp in manifest["timepoints"]:
-        for ch, entry in tp["files"].items():
-            path = next(src.glob(f"*_ch{ch[1:]}_{tp['time']}*.tif*"))
-            vol = passes.read_stack(path)[z0 : z1 + 1]
-            atlas = passes.tile_atlas(passes.stretch_to_uint8(vol, passes.Limits(entry["p_low"], entry["p_high"])))
-            buf = io.BytesIO()
-            t0 = time.perf_counter()
-            Image.fromarray(atlas).save(buf, format="WEBP", quality=87, method=6)
-            total += time.perf_counter() - t0
-            kb += len(buf.getvalue()) / 1e3
-            mp += atlas.size / 1e6
+    for job in jobs:
+        _, atlas = passes.render_atlas(job)
+        t0 = time.perf_counter()
+        data = passes.webp_bytes(atlas, job.quality, job.method, job.lossless)
+        total += time.perf_counter() - t0
+        kb += len(data) / 1e3
+        mp += atlas.size / 1e6
     return total, kb / mp
 
 
@@ -207,19 +200,6 @@ def compare(a_dir: Path, p_dir: Path) -> list[str]:
                 if ia.size != ip.size:
                     diffs.append(f"{entry['file']}: autopar {ia.size} vs PixelPacker {ip.size}")
     return diffs
-
-
-def render_jobs(src: Path, out: Path) -> list[passes.RenderJob]:
-    """Pass 2's jobs as ``pack`` makes them (global crop, global limits per channel)."""
-    infos = [passes.scan_stack(str(p)) for p in sorted(src.glob(passes.FILE_GLOB))]
-    z0, z1 = min(i.z_start for i in infos), max(i.z_end for i in infos)
-    limits = {i.path: passes.contrast_limits(i, z0, z1, "smart") for i in infos}
-    glob: dict[int, passes.Limits] = {}
-    for i in infos:
-        lim, old = limits[i.path], glob.get(i.channel)
-        glob[i.channel] = lim if old is None else passes.Limits(min(old.p_low, lim.p_low), max(old.p_high, lim.p_high))
-    out.mkdir(parents=True, exist_ok=True)
-    return [passes.RenderJob(i.path, i.channel, i.time_id, z0, z1, glob[i.channel], str(out)) for i in infos]
 
 
 def main() -> int:
@@ -302,14 +282,15 @@ def main() -> int:
             say(f"  {name}: PixelPacker {p:6.2f} s, autopar {a:6.2f} s")
 
         say("\npass 2's steps every way (autopar.bench, one round): is a staged pipeline worth it here?")
-        from autopar.image.pack import RENDER_STEPS
         from autopar.pipeline import Stage
 
-        steps = autopar.bench([Stage(f, name=n) for n, f in RENDER_STEPS], render_jobs(src, root / "steps"), rounds=1)
+        jobs = render_jobs(src, root / "steps")
+        (root / "steps").mkdir()
+        steps = autopar.bench([Stage(f, name=n) for n, f in RENDER_STEPS], jobs, rounds=1)
         for line in steps.table().splitlines():
             say("  " + line)
 
-        enc, kb_mp = encode_floor(src, root / "ap")
+        enc, kb_mp = encode_floor(jobs)
         say(f"\nencoding every atlas alone, one after another: {enc:.2f} s; {kb_mp:.0f} KB of WebP a megapixel")
         diffs = compare(root / "ap", root / "pp")
         say("\nresults:")

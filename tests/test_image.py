@@ -332,3 +332,23 @@ def test_read_slices_reads_the_crop_of_the_usual_stack_layouts(tmp_path, options
     path = tmp_path / "a_ch0_stack0000.tif"
     tifffile.imwrite(path, data, photometric="minisblack", **options)
     assert np.array_equal(image.read_slices(path, 3, 8), data[3:9])
+
+
+def test_render_jobs_are_the_jobs_pack_renders(dataset, tmp_path):
+    from autopar.image.pack import RENDER_STEPS, render_jobs
+
+    report = pack(dataset, tmp_path / "out", executor="serial")
+    jobs = render_jobs(dataset, tmp_path / "other")
+    z0, z1 = report.manifest["global_z_crop_range"]
+    assert len(jobs) == 6 and {(j.z_start, j.z_end) for j in jobs} == {(z0, z1)}
+    for job in jobs:
+        lim = report.manifest["global_intensity"][f"c{job.channel}"]
+        assert (job.limits.p_low, job.limits.p_high) == (lim["p_low"], lim["p_high"])
+    (tmp_path / "other").mkdir()
+    result = jobs[0]
+    for _, step in RENDER_STEPS:
+        result = step(result)
+    with Image.open(tmp_path / "other" / result["file"]) as ours, Image.open(tmp_path / "out" / result["file"]) as packed:
+        assert ours.size == packed.size
+    with pytest.raises(TypeError, match="dry_run"):
+        render_jobs(dataset, tmp_path / "x", dry_run=True)

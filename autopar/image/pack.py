@@ -40,7 +40,7 @@ from .._atomic import atomic_write
 from ..errors import ItemFailed
 from ..run import execute
 
-__all__ = ["PackReport", "PassReport", "pack"]
+__all__ = ["RENDER_STEPS", "PackReport", "PassReport", "pack", "render_jobs"]
 
 
 @dataclass
@@ -258,23 +258,64 @@ def _check_workers_see(client: Any, src: Path, out: Path | None) -> None:
 
 
 def _pack(src: Path, out: Path, run: _Runner, report: PackReport, t_begin: float, settings: dict[str, Any]) -> PackReport:
-    z_crop, z_threshold, stretch = settings["z_crop"], settings["z_threshold"], settings["stretch"]
-    per_image_contrast, dry_run = settings["per_image_contrast"], settings["dry_run"]
-    paths = _find_files(src, report)
-    infos = _scan_pass(paths, z_crop, z_threshold, report, run) if paths else []
-    if infos:
-        z0 = min(i.z_start for i in infos)
-        z1 = max(i.z_end for i in infos)
-        limits, global_limits = _limits_pass(infos, z0, z1, stretch, report)
-        render = {k: settings[k] for k in ("quality", "method", "lossless", "dry_run")}
-        render["output_dir"] = str(out)
-        done = _render_pass(infos, z0, z1, limits, global_limits, per_image_contrast, render, report, run)
-        report.manifest = _manifest(infos, z0, z1, done, limits, global_limits, per_image_contrast)
-        if done and not dry_run:
+    planned = _plan(src, out, run, report, settings)
+    if planned is not None:
+        infos, z0, z1, limits, global_limits, jobs = planned
+        done = _render_pass(infos, jobs, report, run)
+        report.manifest = _manifest(infos, z0, z1, done, limits, global_limits, settings["per_image_contrast"])
+        if done and not settings["dry_run"]:
             with atomic_write(out / "manifest.json", "w") as fh:
                 json.dump(report.manifest, fh, indent=2)
     report.wall_time = time.perf_counter() - t_begin
     return report
+
+
+def _plan(src: Path, out: Path, run: _Runner, report: PackReport, settings: dict[str, Any]) -> tuple[Any, ...] | None:
+    """Passes 0 and 1, then pass 2's jobs: (infos, z0, z1, limits, global limits, jobs), or
+    None where no stack could be used."""
+    paths = _find_files(src, report)
+    infos = _scan_pass(paths, settings["z_crop"], settings["z_threshold"], report, run) if paths else []
+    if not infos:
+        return None
+    z0 = min(i.z_start for i in infos)
+    z1 = max(i.z_end for i in infos)
+    limits, global_limits = _limits_pass(infos, z0, z1, settings["stretch"], report)
+    render = {k: settings[k] for k in ("quality", "method", "lossless", "dry_run")}
+    jobs = [
+        image.RenderJob(
+            path=i.path,
+            channel=i.channel,
+            time_id=i.time_id,
+            z_start=z0,
+            z_end=min(z1, i.shape[0] - 1),
+            limits=limits[i.path] if settings["per_image_contrast"] else global_limits[i.channel],
+            output_dir=str(out),
+            **render,
+        )
+        for i in infos
+    ]
+    return infos, z0, z1, limits, global_limits, jobs
+
+
+def render_jobs(input_dir: str | Path, output_dir: str | Path, **options: Any) -> list[image.RenderJob]:
+    """Pass 2's jobs for ``input_dir`` as :func:`pack` makes them (passes 0 and 1 run on
+    threads, nothing written), to run or time pass 2's steps another way, e.g. through
+    :func:`autopar.bench` with ``RENDER_STEPS``. ``options``: pack's settings (``stretch``,
+    ``z_crop``, ``z_threshold``, ``per_image_contrast``, ``quality``, ``method``,
+    ``lossless``)."""
+    settings: dict[str, Any] = dict(
+        z_crop="slope", z_threshold=None, stretch="smart", per_image_contrast=False, quality=87, method=6,
+        lossless=False, dry_run=False,
+    )
+    unknown = set(options) - (set(settings) - {"dry_run"})
+    if unknown:
+        raise TypeError(f"render_jobs() got unexpected options {sorted(unknown)}")
+    settings.update(options)
+    report = PackReport()
+    planned = _plan(Path(input_dir), Path(output_dir), _Runner("thread", None, False), report, settings)
+    if planned is None or report.errors:
+        raise image.ImageError("; ".join(report.errors) or f"{input_dir}: no stacks")
+    return planned[-1]
 
 
 def _find_files(src: Path, report: PackReport) -> list[str]:
@@ -336,29 +377,9 @@ def _limits_pass(
 
 
 def _render_pass(
-    infos: list[image.StackInfo],
-    z0: int,
-    z1: int,
-    limits: dict[str, image.Limits],
-    global_limits: dict[int, image.Limits],
-    per_image_contrast: bool,
-    render: dict[str, Any],
-    report: PackReport,
-    run: _Runner,
+    infos: list[image.StackInfo], jobs: list[image.RenderJob], report: PackReport, run: _Runner
 ) -> list[tuple[image.RenderJob, dict[str, Any]]]:
     """Pass 2: crop, stretch, tile and write every stack; (job, result) of those written."""
-    jobs = [
-        image.RenderJob(
-            path=i.path,
-            channel=i.channel,
-            time_id=i.time_id,
-            z_start=z0,
-            z_end=min(z1, i.shape[0] - 1),
-            limits=limits[i.path] if per_image_contrast else global_limits[i.channel],
-            **render,
-        )
-        for i in infos
-    ]
     total_mb = sum(i.nbytes for i in infos) / 1e6
     if run.executor == "auto" and run.jobs is None and run.cluster is None:
         rendered = _render_pipeline(jobs, total_mb, report, run)

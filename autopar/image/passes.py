@@ -24,7 +24,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -313,14 +313,16 @@ def atlas_layout(depth: int) -> tuple[int, int]:
     return cols, max(1, math.ceil(depth / cols))
 
 
-def tile_atlas(volume: np.ndarray) -> np.ndarray:
-    """Slices laid out row by row in a 2D atlas; unused tiles stay black."""
+def tile_atlas(volume: np.ndarray, each: Callable[[np.ndarray], np.ndarray] | None = None, dtype: Any = None) -> np.ndarray:
+    """Slices laid out row by row in a 2D atlas; unused tiles stay black. ``each``: made of
+    every slice on its way into its tile (an atlas of ``dtype``), so that no whole
+    transformed volume is ever held."""
     depth, height, width = volume.shape
     cols, rows = atlas_layout(depth)
-    atlas = np.zeros((rows * height, cols * width), dtype=volume.dtype)
+    atlas = np.zeros((rows * height, cols * width), dtype=dtype or volume.dtype)
     for z in range(depth):
         r, c = divmod(z, cols)
-        atlas[r * height : (r + 1) * height, c * width : (c + 1) * width] = volume[z]
+        atlas[r * height : (r + 1) * height, c * width : (c + 1) * width] = volume[z] if each is None else each(volume[z])
     return atlas
 
 
@@ -401,15 +403,9 @@ def render_atlas(job: RenderJob) -> tuple[RenderJob, np.ndarray]:
     its tile of the atlas (uint8). Memory: the cropped slices and the atlas, nothing in float
     for 8- and 16-bit stacks."""
     volume = read_slices(job.path, job.z_start, job.z_end)
-    depth, height, width = volume.shape
-    cols, rows = atlas_layout(depth)
-    atlas = np.zeros((rows * height, cols * width), dtype=np.uint8)
     table = _stretch_table(volume.dtype, job.limits)
-    for z in range(depth):
-        r, c = divmod(z, cols)
-        tile = atlas[r * height : (r + 1) * height, c * width : (c + 1) * width]
-        tile[...] = table[volume[z]] if table is not None else stretch_to_uint8(volume[z], job.limits)
-    return job, atlas
+    stretch = table.__getitem__ if table is not None else (lambda plane: stretch_to_uint8(plane, job.limits))
+    return job, tile_atlas(volume, stretch, np.uint8)
 
 
 def encode_atlas(rendered: tuple[RenderJob, np.ndarray]) -> tuple[RenderJob, tuple[int, ...], bytes]:

@@ -152,11 +152,7 @@ def optimize_with(func: Callable[[Any], Any], data: Iterable[Any], opts: Options
             collect=opts.collect,
             finish=kind in (None, "serial"),
         )
-        # A sample that finished the job is not kept: its last items ran in the probe's
-        # parallel rounds, so its figures are not one item's (mixed sleep+compute, 39 items:
-        # kept as 0.95 ms of CPU an item where an item sleeps 4 ms and computes 1; every hit
-        # then chose processes and ran 4x the grid's best).
-        if key is not None and profile.n_sampled and profile.item_time_mean > 0 and profile.n_remaining != 0:
+        if key is not None and wisdom.worth_keeping(profile):
             wisdom.store(key, wisdom.func_name(func), profile)
     d = decide(
         profile,
