@@ -31,17 +31,20 @@ from __future__ import annotations
 
 import itertools
 import math
+import operator
 import queue
 import threading
 import time
+import weakref
+from collections.abc import Iterator as _IteratorABC
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Sequence, cast
 
 from . import _serialize
-from .errors import ItemFailed, annotate, annotate_stage
-from .options import EXECUTOR_TYPES, check_pool_args
+from .errors import AutoparError, ItemFailed, annotate, annotate_stage
+from .options import EXECUTOR_TYPES, Options, check_pool_args
 
-__all__ = ["Fused", "Pipeline", "PipelinePlan", "PipelineRun", "Stage", "StagePlan", "Stream"]
+__all__ = ["Fused", "Pipeline", "PipelinePlan", "PipelineRun", "Stage", "StagePlan", "Stream", "StreamStalled"]
 
 POLL = 0.05  # seconds between a blocked worker's looks at the stop flag
 TIMED_CALLS = 64  # items of the sample whose stages are timed one by one
@@ -553,6 +556,7 @@ class PipelinePlan:
     queue_size: int = 32
     data: Any = field(default=None, repr=False, compare=False)  # the items the sample came from
     sampled: tuple[Any, ...] = field(default=(), repr=False, compare=False)  # their first results
+    source: "_Sampled | None" = field(default=None, repr=False, compare=False)  # what optimize() was given
 
     def explain(self) -> str:
         lines = [f"pipeline: {self.mode}, predicted {self.predicted_throughput:.3g} items/s"]
@@ -566,6 +570,48 @@ class PipelinePlan:
             lines.append(f"  all stages as one function: {self.fused.label()}")
         lines += [f"  - {r}" for r in self.reasons]
         return "\n".join(lines)
+
+
+class _Sampled:
+    """What a plan's sample came from, to tell whether a run is given the same items again
+    (then the sample's results are handed back instead of run again, once): the very object
+    optimize() was given (held: an ``id`` alone passes to the next object), and for a list or
+    tuple the items the sample took (the same objects: a list refilled in place since is not
+    the same items). A range cannot change; a one-shot iterator was read to its end by
+    optimize(), so its items are the plan's. Anything else is never taken for the same."""
+
+    def __init__(self, items: Any, data: Sequence[Any], taken: int) -> None:
+        self.items = items
+        self.data = data  # the items as the plan holds them
+        self.head = tuple(itertools.islice(data, taken)) if isinstance(items, (list, tuple)) else None
+        self.known = self.head is not None or type(items) is range or isinstance(items, _IteratorABC)
+        self.used = False
+        self.lock = threading.Lock()
+
+    def matches(self, items: Any) -> bool:
+        return self.known and not self.used and items is self.items
+
+    def claim(self, items: Any) -> Sequence[Any] | None:
+        """The plan's items where ``items`` are the ones sampled, unchanged, and not yet run
+        (once); else None: the run starts from scratch."""
+        with self.lock:
+            if not self.matches(items) or not self._unchanged():
+                return None
+            self.used = True
+        return self.data
+
+    def _unchanged(self) -> bool:
+        if self.head is None:
+            return True
+        n = len(self.head)
+        return len(self.items) >= n and all(map(operator.is_, self.head, itertools.islice(self.items, n)))
+
+
+def _taken(stash: Any) -> int:
+    """How many of the input's first items optimize()'s sample took (run, or read ahead)."""
+    if stash is None:
+        return 0
+    return sum(map(len, stash.result_blocks)) + len(getattr(stash, "ahead", ()))
 
 
 def _measure(
@@ -855,6 +901,33 @@ def _then(done: Iterable[Any], rest: Iterator[Any]) -> Iterator[Any]:
     yield from rest
 
 
+def _positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+def _check_run_args(items: Any = (), *, plan: Any = None, queue_size: Any = None, **options: Any) -> None:
+    """The checks execute() makes (``options``: errors, sample_time, cache, progress, desc, as
+    :class:`~autopar.options.Options` checks them), plus the items, the plan and the queues'
+    bound: a wrong argument fails at once, with its name, not later in a stage."""
+    try:
+        iter(items)
+    except TypeError:
+        raise TypeError(f"items must be iterable, got {type(items).__name__}") from None
+    if plan is not None and not isinstance(plan, PipelinePlan):
+        raise TypeError(f"plan must be a PipelinePlan from Pipeline.optimize(), got {type(plan).__name__}")
+    if queue_size is not None:
+        _positive_int("queue_size", queue_size)
+    Options(**options)
+
+
+def _check_timeout(timeout: Any) -> None:
+    if timeout is None:
+        return
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout >= 0 or timeout == float("inf"):
+        raise ValueError(f"timeout must be a finite number of seconds >= 0 or None, got {timeout!r}")
+
+
 def _picklable(func: Callable[[Any], Any]) -> bool:
     return _serialize.measure(func)[0] is not None  # pickle or cloudpickle can send it
 
@@ -867,6 +940,10 @@ class Pipeline:
             raise ValueError("a pipeline needs at least one stage")
         self.stages = tuple(s if isinstance(s, Stage) else Stage(s) for s in stages)
         self.start_method = start_method  # of the process stages' pools (default: autopar's)
+        # The last optimize()'s plan: a run given the same items and no plan takes it, so
+        # the items its sample ran are not run again.
+        self._last: PipelinePlan | None = None
+        self._last_lock = threading.Lock()
 
     def optimize(
         self, items: Iterable[Any], *, sample_time: float = 0.2, queue_size: int = 32, errors: str = "raise",
@@ -879,6 +956,7 @@ class Pipeline:
         from .tune.optimize import optimize
         from .tune.system import usable_cores
 
+        _check_run_args(items, errors=errors, queue_size=queue_size, sample_time=sample_time, cache=cache)
         data = items if isinstance(items, (list, tuple)) else list(items)
         cores = usable_cores()
         reasons = []
@@ -931,7 +1009,27 @@ class Pipeline:
             StagePlan(str(s.name), kind, n, 1, w, (c / w if w > 0 else 0.0), s.pinned)
             for s, (kind, n), (w, c) in zip(self.stages, config, measured)
         )
-        return PipelinePlan(mode, plans, throughput, tuple(reasons), fused, queue_size, data, tuple(sampled))
+        taken = len(sampled) if fused is None else max(len(sampled), _taken(fused.stash))
+        plan = PipelinePlan(mode, plans, throughput, tuple(reasons), fused, queue_size, data, tuple(sampled),
+                            _Sampled(items, data, taken))
+        with self._last_lock:
+            self._last = plan
+        return plan
+
+    def _take_last(self, items: Any) -> PipelinePlan | None:
+        """The last optimize()'s plan where it was made for ``items`` and not yet run
+        (then forgotten: it holds the items and the sample's results)."""
+        with self._last_lock:
+            plan = self._last
+            if plan is None or plan.source is None or not plan.source.matches(items):
+                return None
+            self._last = None
+            return plan
+
+    def _forget(self, plan: PipelinePlan) -> None:
+        with self._last_lock:
+            if self._last is plan:
+                self._last = None
 
     def _choose(self, fused: Any, fn: Fused, measured: list[tuple[float, float]], cores: int,
                 reasons: list[str]) -> tuple[str, float, list[tuple[str, int]]]:
@@ -971,24 +1069,33 @@ class Pipeline:
 
     def execute_iter(self, items: Iterable[Any], *, plan: PipelinePlan | None = None, errors: str = "raise",
                      queue_size: int | None = None, progress: Any = False, desc: str | None = None) -> Iterator[Any]:
-        if errors not in ("raise", "collect"):
-            raise ValueError(f"errors must be 'raise' or 'collect', got {errors!r}")
+        """The results one by one, in input order (a :class:`PipelineRun`). Without ``plan``:
+        the plan of the last optimize() of these very items, unchanged since (its sample's
+        items are not run again), else a new optimize()."""
+        _check_run_args(items, plan=plan, errors=errors, queue_size=queue_size, progress=progress, desc=desc)
         if plan is None:
-            items = items if isinstance(items, (list, tuple)) else list(items)
-            plan = self.optimize(items, errors=errors)
+            plan = self._take_last(items)
+            if plan is None:
+                items = items if isinstance(items, (list, tuple)) else list(items)
+                plan = self.optimize(items, errors=errors)
+        # The sample's results are handed back only for the items they came from, once.
+        same = plan.source.claim(items) if plan.source is not None else None
+        self._forget(plan)
+        if same is not None:
+            items = same
         if plan.mode == "fused":
             from .run.execute import execute_iter
 
             # The plan's result holds the sample's results for plan.data and its function.
             stash = plan.fused.stash if plan.fused is not None else None
-            fn = stash.func if stash is not None and plan.data is items else Fused(self.stages).chain
+            fn = stash.func if stash is not None and same is not None else Fused(self.stages).chain
             fused_run = PipelineRun(plan)
             fused_run.attach(execute_iter(fn, items, result=plan.fused, errors=errors, progress=progress, desc=desc))
             return fused_run
         done: tuple[Any, ...] = ()
-        if plan.sampled and plan.data is items:
+        if plan.sampled and same is not None:
             # The sample's items ran through every stage: their results are kept, the rest runs.
-            done, items = plan.sampled, items[len(plan.sampled):]  # type: ignore[index]
+            done, items = plan.sampled, same[len(plan.sampled):]
         config = [(p.executor_type, p.n_jobs) for p in plan.stages]
         run = PipelineRun(plan)
         run.from_sample = len(done)

@@ -255,3 +255,67 @@ def test_a_run_reports_what_it_did_against_the_plan():
     rep = fused.report()
     assert rep["mode"] == "fused" and rep["items"] == 300
     assert rep["execution"] is not None and rep["execution"].n_items == 300
+
+
+def _counting_sink():
+    """A one-writer sink that counts what it is given (a lock in its closure: it does not
+    pickle, so it runs in this process, as a sink writing one file does)."""
+    seen: list[str] = []
+    lock = threading.Lock()
+
+    def write(v: str) -> str:
+        with lock:
+            seen.append(v)
+        return v
+
+    return write, seen
+
+
+README_SHAPES = {
+    "staged": lambda write: [add1, double, Stage(str, executor_type="process"), Stage(write, n_jobs=1)],
+    "fused": lambda write: [add1, double, str, write],
+}
+
+
+@pytest.mark.parametrize("shape", sorted(README_SHAPES))
+@pytest.mark.parametrize("source", ["list", "range", "iterator"])
+def test_optimize_then_execute_runs_each_item_once_through_each_stage(shape, source):
+    """README's pattern: ``plan = pipe.optimize(paths)`` then ``pipe.execute(paths)`` (the
+    plan not passed): the sample's items are not run again, for a list, a range or a one-shot
+    iterator (which optimize() read to its end)."""
+    write, seen = _counting_sink()
+    pipe = Pipeline(README_SHAPES[shape](write))
+    make = {"list": lambda: list(range(20)), "range": lambda: range(20), "iterator": lambda: iter(range(20))}[source]
+    paths = make()
+    plan = pipe.optimize(paths)
+    assert plan.mode == shape
+    assert pipe.execute(paths) == expected(20)
+    assert sorted(seen, key=int) == expected(20)  # each item once through the sink
+    seen.clear()
+    assert pipe.execute(paths if source != "iterator" else make()) == expected(20)  # a second run runs them all
+    assert sorted(seen, key=int) == expected(20)
+
+
+@pytest.mark.parametrize("shape", sorted(README_SHAPES))
+def test_a_plan_passed_again_runs_every_item_the_second_time(shape):
+    write, seen = _counting_sink()
+    pipe = Pipeline(README_SHAPES[shape](write))
+    paths = list(range(30))
+    plan = pipe.optimize(paths)
+    assert pipe.execute(paths, plan=plan) == expected(30)
+    assert pipe.execute(paths, plan=plan) == expected(30)
+    assert sorted(seen, key=int) == sorted(expected(30) * 2, key=int)
+
+
+@pytest.mark.parametrize("shape", sorted(README_SHAPES))
+@pytest.mark.parametrize("pass_plan", [True, False])
+def test_items_changed_in_place_after_optimize_are_run_again(shape, pass_plan):
+    """The sample's results are handed back only for the items they came from: a list
+    changed in place since optimize() runs its items again."""
+    write, _ = _counting_sink()
+    pipe = Pipeline(README_SHAPES[shape](write))
+    buf = list(range(20))
+    plan = pipe.optimize(buf)
+    buf[:] = range(500, 520)
+    out = pipe.execute(buf, plan=plan if pass_plan else None)
+    assert out == [str(2 * (x + 1)) for x in range(500, 520)]
