@@ -319,3 +319,28 @@ def test_a_pool_broken_before_a_submit_is_a_worker_died_error():
             time.sleep(0.02)
         with pytest.raises(WorkerDied):
             execute(abs, range(20), pool=ex, chunksize=2)
+
+
+# -- an input that fails part way --------------------------------------------------------------
+
+
+def _input_failing_at(n: int):
+    yield from range(n)
+    raise LookupError(f"the input broke after {n} items")
+
+
+@pytest.mark.parametrize("kind", ["thread", "process"])
+def test_every_result_before_a_failing_input_comes_back_before_its_error(kind):
+    # As a plain loop does: the items read before the input failed all run and come back in
+    # order, then the input's own error.
+    got = []
+    it = autopar.execute_iter(helpers.square, _input_failing_at(300), executor_type=kind, n_jobs=2, chunksize=7)
+    with pytest.raises(LookupError, match="after 300 items"):
+        for value in it:
+            got.append(value)
+    assert got == [x * x for x in range(300)]
+    with pytest.raises(LookupError, match="after 300 items"):
+        execute(helpers.square, _input_failing_at(300), executor_type=kind, n_jobs=2, chunksize=7)
+    # An item that fails before the input does is the error, as in a plain loop.
+    with pytest.raises(ValueError, match="bad item 7"):
+        execute(helpers.fail_on, _input_failing_at(20), executor_type=kind, n_jobs=2, chunksize=7)

@@ -204,6 +204,8 @@ class Feeder:
         self.floor = ramp
         self.limit = limit
         self.exhausted = False
+        # The input's own error: raised once every item read before it has run and come back.
+        self.error: Exception | None = None
         self.retry: deque[tuple[int, list[Any], int]] = deque()  # (start, items, attempt)
         self.front: deque[tuple[int, list[Any]]] = deque()  # not run yet, before next_index
 
@@ -228,7 +230,12 @@ class Feeder:
             size = min(size, self.ramp)
         if self.end is not None:
             size = min(size, max(self.floor, -(-(self.end - self.next_index) // (2 * self.workers))))
-        chunk = list(islice(self.rest, size))
+        chunk: list[Any] = []
+        try:
+            chunk.extend(islice(self.rest, size))  # (items read before an error stay in the list)
+        except Exception as exc:
+            # The input failed: what it gave before goes out as usual, its error comes after.
+            self.error, self.exhausted = exc, True
         if not chunk:
             self.exhausted = True
             return None
@@ -245,6 +252,13 @@ class Feeder:
     def has_more(self) -> bool:
         """Chunks still to hand out (retries aside)."""
         return not self.exhausted or bool(self.front)
+
+    def raise_input_error(self) -> None:
+        """The input's error, once everything read before it is done (then forgotten: kept,
+        its traceback would tie this feeder to itself)."""
+        error, self.error = self.error, None
+        if error is not None:
+            raise error
 
 
 class PoolRun:
@@ -459,6 +473,7 @@ class PoolRun:
                     continue
                 yield from self.inflight.release(self.feeder.hold_from())
             clean = True
+            self.feeder.raise_input_error()
         finally:
             self.job.report.final_chunksize = self.feeder.chunksize
             if self.done_items:
