@@ -15,6 +15,7 @@ __all__ = ["EXECUTOR_TYPES", "POOL_TYPES", "Options", "check_func_and_data", "ch
 EXECUTOR_TYPES = ("serial", "thread", "process")  # what optimize() chooses among
 POOL_TYPES = EXECUTOR_TYPES + ("dask",)  # what a caller may ask for
 START_METHODS = ("fork", "spawn", "forkserver")
+NO_LIMIT = 1e9  # seconds: a timeout this long (infinity included) is no limit (timers stop near 1e9)
 
 
 def check_pool_args(
@@ -49,6 +50,27 @@ def check_func_and_data(func: Any, data: Any) -> None:
         iter(data)
     except TypeError:
         raise TypeError(f"data must be iterable, got {type(data).__name__}") from None
+    if not hasattr(type(data), "__iter__"):
+        _check_indexed(data)
+
+
+def _check_indexed(data: Any) -> None:
+    """``data`` iterates through ``__getitem__`` from 0 (it has no ``__iter__``): an object
+    indexed by labels would fail at its first item with a bare ``KeyError: 0``."""
+    try:
+        empty = len(data) == 0
+    except TypeError:
+        return
+    if empty:
+        return
+    try:
+        data[0]
+    except (KeyError, IndexError, TypeError) as exc:
+        name = type(data).__name__
+        raise TypeError(
+            f"data ({name}) has no __iter__, so Python reads it as data[0], data[1], ..., and data[0] "
+            f"raised {type(exc).__name__}: {exc}; pass a list of its items (e.g. list(data.values()))"
+        ) from exc
 
 
 def _positive_int(name: str, value: Any) -> None:
@@ -94,8 +116,13 @@ class Options:
         if self.errors not in ("raise", "collect"):
             raise ValueError(f"errors must be 'raise' or 'collect', got {self.errors!r}")
         t = self.timeout
-        if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or t <= 0):
+        if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not t > 0):
             raise ValueError(f"timeout must be a positive number of seconds or None, got {t!r}")
+        if t is not None and t >= NO_LIMIT:  # infinity (or more than a few decades): no limit
+            object.__setattr__(self, "timeout", None)
+        p = self.progress
+        if not isinstance(p, bool) and not callable(p):
+            raise TypeError(f"progress must be True, False or a callable f(done, total), got {p!r}")
         r = self.retries
         if isinstance(r, bool) or not isinstance(r, int) or r < 0:
             raise ValueError(f"retries must be an int >= 0, got {r!r}")

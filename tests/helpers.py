@@ -220,3 +220,10 @@ def slower_in_children(item: tuple[int, int]) -> tuple[int, int]:
     x, parent = item
     time.sleep(0.004 if os.getpid() == parent else 0.008)
     return x, os.getpid()
+
+
+def sleep_first(x: int) -> int:
+    """Item 0 sleeps 30 s (a time limit must stop it); the others return at once."""
+    if x == 0:
+        time.sleep(30)
+    return x

@@ -70,12 +70,18 @@ def test_unpicklable_function_rules_out_processes():
     assert execute(holds_lock, range(50), result=r) == list(range(1, 51))
 
 
-def test_processes_only_when_nothing_else_is_allowed_and_nothing_pickles():
+def test_processes_asked_for_what_cannot_travel_is_a_clear_error():
+    # Asking for processes means the function never runs in the caller, the sample included:
+    # what cannot be sent to a worker, or back, is an error that says so, not a serial run.
     lock = threading.Lock()
-    r = optimize(lambda x: (x, lock), range(30), executor_type="process")
-    # the results hold a lock: no process can send them back, so the answer falls back
-    assert r.executor_type == "serial"
-    assert any("processes ruled out" in w for w in r.warnings)
+    with pytest.raises(TypeError, match="cannot be sent to a process worker"):
+        optimize(lambda x: (x, lock), range(30), executor_type="process")
+    with pytest.raises(TypeError, match=r"results of items 0-0 cannot be sent back"):
+        optimize(_returns_a_lock, range(30), executor_type="process")
+
+
+def _returns_a_lock(x):
+    return x, threading.Lock()
 
 
 def test_lambda_items_use_cloudpickle_transport():

@@ -218,13 +218,14 @@ class _Deadlines:
         self.cond = threading.Condition()
         self.due: dict[int, float] = {}  # thread id -> deadline (monotonic)
         self.wake = float("inf")  # when the watcher wakes next
+        self.idle_since = float("inf")  # since when no deadline is set
         self.watcher: threading.Thread | None = None
 
     def arm(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
         with self.cond:
             self.due[threading.get_ident()] = deadline
-            if self.watcher is None or not self.watcher.is_alive():
+            if self.watcher is None:
                 self.watcher = threading.Thread(target=self._watch, name="autopar-deadlines", daemon=True)
                 self.watcher.start()
             elif deadline < self.wake:
@@ -238,6 +239,8 @@ class _Deadlines:
                 _async_raise(tid, None)
 
     def _watch(self) -> None:
+        """Until no deadline is left for ``WATCHER_IDLE`` seconds (in the caller's process too,
+        for threads and the sample, it must not outlive the runs that armed it)."""
         with self.cond:
             while True:
                 now = time.monotonic()
@@ -245,10 +248,18 @@ class _Deadlines:
                     if deadline <= now:
                         del self.due[tid]
                         _async_raise(tid, _Expired)
-                self.wake = min(self.due.values(), default=now + 60.0)
+                if not self.due and now - self.idle_since >= WATCHER_IDLE:
+                    self.watcher = None
+                    return
+                if self.due:
+                    self.idle_since = float("inf")
+                elif self.idle_since == float("inf"):
+                    self.idle_since = now
+                self.wake = min(self.due.values(), default=now + WATCHER_IDLE)
                 self.cond.wait(self.wake - now)
 
 
+WATCHER_IDLE = 0.5  # seconds the deadline watcher waits for another item before it ends
 _DEADLINES = _Deadlines()
 
 
@@ -264,6 +275,26 @@ class _ThreadAlarm(_Alarm):
                 _DEADLINES.disarm()
         except _Expired:
             raise ItemTimeout(f"the item ran longer than the {self.seconds:g} s timeout") from None
+
+
+class Limited:
+    """An item's time limit wherever it runs: SIGALRM on the main thread (it interrupts a
+    sleep or a blocking read), a raised exception on any other thread (at the item's next
+    bytecode; a call into C when it returns)."""
+
+    def __init__(self, func: Callable[[Any], Any], seconds: float) -> None:
+        self.on_main = _Alarm(func, seconds)
+        self.elsewhere = _ThreadAlarm(func, seconds)
+
+    def __call__(self, item: Any) -> Any:
+        if threading.current_thread() is threading.main_thread():
+            return self.on_main(item)
+        return self.elsewhere(item)
+
+
+def limited(func: Callable[[Any], Any], seconds: float | None) -> Callable[[Any], Any]:
+    """``func`` under a per-item time limit (:class:`Limited`), or as it is without one."""
+    return func if seconds is None else Limited(func, seconds)
 
 
 def run_local(

@@ -12,6 +12,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from ..backends.local import InlineBackend
+from ..backends.worker import limited
 from ..tune.costs import pool_costs
 from ..tune.model import CPU_RATIO_CPU, Candidate, best_chunksize
 from .dispatch import RAMP_SECONDS, Chunk, Feeder, Job
@@ -242,7 +243,7 @@ class Adapter:
         nxt = run.feeder.next_chunk(size)
         if nxt is None:
             return
-        fut = InlineBackend(run.job.func, run.job.opts.collect).submit(*nxt)
+        fut = InlineBackend(limited(run.job.func, run.job.opts.timeout), run.job.opts.collect).submit(*nxt)
         run.inflight.add(Chunk(nxt[0], nxt[1], fut, inline=True))
         run.job.report.n_chunks += 1
         _, wall, failures, cpu = fut.result()
@@ -251,7 +252,7 @@ class Adapter:
     def fall_back(self, why: str) -> None:
         """The rest runs inline; chunks the pool has not started come back to run inline too."""
         run = self.run
-        run.inline = InlineBackend(run.job.func, run.job.opts.collect)
+        run.inline = InlineBackend(limited(run.job.func, run.job.opts.timeout), run.job.opts.collect)
         at = self.hand_back_unstarted()
         run.feeder.chunksize = max(1, int(0.02 / max(self.fallback.serial_item, 1e-9)))
         run.job.report.fallback = (at, "serial", why)

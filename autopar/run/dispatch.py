@@ -40,6 +40,7 @@ from typing import Any, Callable, Iterator
 from ..backends.local import InlineBackend, ThreadBackend
 from ..backends.pools import make_executor, sigint_deferred
 from ..backends.process import ProcessBackend, Unsendable
+from ..backends.worker import limited
 from ..errors import ItemFailed, WorkerDied, settle
 from ..options import Options
 from ..tune.result import OptimizationResult
@@ -299,7 +300,7 @@ class PoolRun:
             return make_executor(job.kind, job.n_jobs, start_method=job.method, one_run=True)
 
         if job.kind == "thread":
-            return ThreadBackend(job.func, make, job.pool, job.opts.collect)
+            return ThreadBackend(limited(job.func, job.opts.timeout), make, job.pool, job.opts.collect)
         transport = (job.result.profile.transport if job.result is not None else None) or "pickle"
         return ProcessBackend(job.func, make, job.pool, transport, job.opts.collect, job.opts.timeout)
 

@@ -8,7 +8,6 @@ hand the rest to the serial loop here or to :class:`~autopar.run.dispatch.PoolRu
 
 from __future__ import annotations
 
-import threading
 import time
 from concurrent.futures import Executor
 from contextlib import nullcontext
@@ -18,7 +17,7 @@ from typing import Any, Callable, ContextManager, Iterable, Iterator
 from ..backends.blas import blas_share, capped_blas
 from ..backends.dask import DaskExecutor, cluster_costs, connect, is_client
 from ..backends.pools import executor_kind, pool_size
-from ..backends.worker import _Alarm, run_items, take
+from ..backends.worker import Limited, run_items, take
 from ..errors import ItemFailed, settle, unwrapped
 from ..options import Options, check_func_and_data
 from ..tune.costs import pool_costs
@@ -109,6 +108,12 @@ def run_with(
 ) -> ExecutionIterator:
     """execute_iter() with its options already checked."""
     t_begin = time.perf_counter() if t_begin is None else t_begin
+    if result is not None and not isinstance(result, OptimizationResult):
+        raise TypeError(f"result must be what optimize() returned (an OptimizationResult), got {type(result).__name__}")
+    if pool is not None and not isinstance(pool, Executor) and not is_client(pool):
+        raise TypeError(
+            f"pool must be a concurrent.futures executor (see autopar.get_executor) or a Dask Client, got {type(pool).__name__}"
+        )
     own_pool = False
     if pool is not None and opts.cluster is not None:
         raise ValueError("give pool= or cluster=, not both")
@@ -163,7 +168,8 @@ def _run_with(
     claimed = stash.claim(func, data) if stash is not None else None
     if claimed is not None:
         prefix, rest = claimed
-        total = result.profile.n_items if result is not None else total
+        if total is None and result is not None:  # a one-shot iterator: the sample saw its end, or not
+            total = result.profile.n_items
         if prefix and stash.failures and not opts.collect:  # type: ignore[union-attr]
             # the sample collected failures the caller did not ask to collect
             first = next(r for b in prefix for r in b if isinstance(r, ItemFailed))
@@ -314,9 +320,7 @@ def _serial(job: Job, rest: Iterator[Any], index: int) -> Iterator[list[Any]]:
     """The serial loop: blocks that grow while they stay short, so progress stays live."""
     func = job.func
     if job.opts.timeout is not None:
-        if threading.current_thread() is not threading.main_thread():
-            raise ValueError("timeout= with executor_type='serial' needs the main thread (it uses SIGALRM)")
-        func = _Alarm(func, job.opts.timeout)
+        func = Limited(func, job.opts.timeout)  # SIGALRM on the main thread, elsewhere raised into it
     t0, first = time.perf_counter(), index
     # Blocks start at about 2 ms of the sample's item time and double while under 20 ms.
     item_time = job.result.profile.item_time_mean if job.result is not None else 0.0

@@ -562,7 +562,8 @@ def decide(
         for kind, limit in (("thread", thread_limit), ("process", proc_limit)):
             if kind not in allowed:
                 continue
-            ns = [n_jobs] if n_jobs is not None else _n_options(limit, cores)
+            # (at least one worker: a kind asked for is answered even with nothing left)
+            ns = [n_jobs] if n_jobs is not None else _n_options(max(limit, 1), cores)
             for n in ns:
                 if chunksize is not None:
                     g = gil_share(p, system.gil_enabled)

@@ -24,6 +24,11 @@ __all__ = ["optimize", "optimize_with", "pending_result"]
 _pending: "weakref.WeakKeyDictionary[Any, OptimizationResult]" = weakref.WeakKeyDictionary()
 
 
+# Item time assumed where the sample's worker lost its first item: one-item chunks on
+# every core, so a crash or a hang in the run takes one item with it, not a chunk.
+LOST_ITEM_TIME = 1.0
+
+
 def pending_result(data: Any) -> OptimizationResult | None:
     """The result of an earlier optimize() on the one-shot iterator ``data``, if still unused."""
     try:
@@ -133,7 +138,7 @@ def optimize_with(func: Callable[[Any], Any], data: Iterable[Any], opts: Options
     costs = pool_costs(method).for_parent(rss())  # a large parent forks slowly
     key = _cache_key(func, data, opts, system, method, cluster)
     entry = wisdom.lookup(key) if key is not None else None
-    stash = None
+    stash, lost = None, False
     if entry is not None:  # measured before: decide again from the kept figures, no sample
         n = opts.n_items if opts.n_items is not None else len(data)  # type: ignore[arg-type]
         # Whether a BLAS pool is running is this process's state now, not the cached one's.
@@ -151,8 +156,14 @@ def optimize_with(func: Callable[[Any], Any], data: Iterable[Any], opts: Options
             probe=kind in (None, "thread"),  # helper threads only where threads are candidates
             collect=opts.collect,
             finish=kind in (None, "serial"),
+            timeout=opts.timeout,
+            # Processes asked for: the function never runs in the caller, the sample included.
+            in_process=method if kind == "process" else None,
         )
-        if key is not None and wisdom.worth_keeping(profile):
+        lost = kind == "process" and not profile.n_sampled and not profile.exhausted
+        if lost:  # nothing came back from the sample's worker: take the items as slow
+            profile = replace(profile, item_time_mean=LOST_ITEM_TIME, item_time_max=LOST_ITEM_TIME, cpu_ratio=1.0)
+        elif key is not None and wisdom.worth_keeping(profile):
             wisdom.store(key, wisdom.func_name(func), profile)
     d = decide(
         profile,
@@ -166,6 +177,9 @@ def optimize_with(func: Callable[[Any], Any], data: Iterable[Any], opts: Options
         cluster=cluster,
     )
     result = _result(d, profile, stash, system, costs, method, kind, time.perf_counter() - t0)
+    if entry is None and lost:
+        note = "the sample's first item did not come back from its worker process (a crash, a hang, or it cannot be sent): items taken as slow, chunks of one"
+        result = replace(result, reasons=result.reasons + (note,))
     if cluster is not None:
         result = replace(result, scheduler=cluster.address)
     if key is not None:

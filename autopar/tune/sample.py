@@ -47,17 +47,18 @@ import operator
 import os
 import threading
 import time
-import weakref
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
-from itertools import chain, islice
-from typing import Any, Callable, Iterable, Iterator
+from itertools import islice
+from typing import Any, Callable, Iterable
 
 from .. import _serialize
 from ..backends.blas import blas_share, capped_blas
-from ..backends.worker import Span, run_items
+from ..backends.worker import Limited, Span, run_items
 from ..errors import ItemFailed, settle
 from .measure import CPU_BOUND, CpuMeter, NewThreadsCpu, PeakRSS, busy_clock, native_threads, rss
+from .remote import RemoteItems
+from .stash import SampleStash
 from .system import threaded_blas_loaded
 
 __all__ = ["Profile", "SampleStash", "sample", "known_length"]
@@ -158,66 +159,6 @@ class Profile:
         return asdict(self)
 
 
-class SampleStash:
-    """Items already run by the sample and their results, kept for ``execute()``.
-
-    For a one-shot iterator the items themselves are kept too: if ``execute()`` is then called
-    with another function, they are run again rather than lost. ``claim()`` hands the stash
-    out once.
-    """
-
-    def __init__(
-        self,
-        func: Callable[..., Any],
-        data: Any,
-        one_shot: bool,
-        item_blocks: list[list[Any]],
-        result_blocks: list[list[Any]],
-        ahead: list[Any],
-        rest: Iterator[Any] | None,
-        exhausted: bool,
-        failures: list[int],
-    ) -> None:
-        self.func = func
-        self.one_shot = one_shot
-        self.item_blocks = item_blocks if one_shot else None
-        self.result_blocks = result_blocks
-        self.ahead = ahead  # items taken from the input but not run: they go first
-        self._rest = rest  # where a re-iterable input goes on (None for a one-shot iterator)
-        self.exhausted = exhausted
-        self.failures = failures
-        self._used = False
-        self._lock = threading.Lock()
-        self._id = id(data)
-        try:
-            self._ref: weakref.ref[Any] | None = weakref.ref(data)
-        except TypeError:  # not weak-referenceable: compared by id
-            self._ref = None
-
-    def matches(self, data: Any) -> bool:
-        if self._used:
-            return False
-        return self._id == id(data) if self._ref is None else self._ref() is data
-
-    def claim(self, func: Callable[..., Any], data: Any) -> tuple[list[list[Any]], Iterator[Any]] | None:
-        """(result blocks to hand back first, iterator over the items still to run), once."""
-        with self._lock:
-            if not self.matches(data):
-                return None
-            self._used = True
-        rest: Iterator[Any] = iter(data) if self._rest is None else self._rest
-        if self.exhausted and not self.ahead:
-            rest = iter(())
-        elif self.ahead:
-            rest = chain(self.ahead, rest)
-        if func is self.func:  # handed over: the caller may keep (and extend) these lists
-            blocks, self.result_blocks = self.result_blocks, []
-            return blocks, rest
-        if self.one_shot:  # another function: the kept items run again, then the rest
-            return [], chain(chain.from_iterable(self.item_blocks or ()), rest)
-        return [], iter(data)
-
-
 def known_length(data: Any, n_items: int | None) -> int | None:
     if n_items is not None:
         return n_items
@@ -273,15 +214,6 @@ class _Source:
     def done(self) -> bool:
         """Nothing left to pull: the input ended and nothing was put back."""
         return self.exhausted and not self.ahead
-
-    def rest(self) -> Iterator[Any] | None:
-        """The input's own iterator past what was pulled (None for a one-shot iterator)."""
-        if self.one_shot:
-            return None
-        if self.seq is not None:
-            self.it = iter(self.seq)
-            self.it.__setstate__(self.pos)  # type: ignore[attr-defined]
-        return self.it
 
 
 class _Ahead:
@@ -506,10 +438,14 @@ class _Sampler:
         probe: bool,
         collect: bool,
         finish: bool = False,
+        timeout: float | None = None,
+        remote: RemoteItems | None = None,
     ) -> None:
         self.t_begin = time.perf_counter()
         self.finish = finish
-        self.func, self.data = func, data
+        # The items run under the run's time limit wherever the sample runs them.
+        self.func = Limited(func, timeout) if timeout is not None else func
+        self.user_func, self.data, self.remote = func, data, remote
         self.budget, self.min_budget = budget, min_budget
         self.probe_threads, self.probe_wanted, self.collect = probe_threads, probe, collect
         self.src = _Source(data)
@@ -530,6 +466,7 @@ class _Sampler:
         self.ahead_round: tuple[float, int, int] | None = None  # (scaling, threads, items)
         self.single_blas_time: float | None = None
         self.blas_live = False
+        self.remote_stopped = False  # a batch did not come back from the sample's worker
 
     # -- steps --------------------------------------------------------------------------
 
@@ -554,6 +491,8 @@ class _Sampler:
         first = self.src.pull(1)
         if not first:
             return False
+        if self.remote is not None:
+            return self._first_remote(first)
         spec = None
         n = self.n_total
         if n is not None and 3 <= n <= SPECULATE_MAX_ITEMS and self.probe_wanted:
@@ -593,6 +532,31 @@ class _Sampler:
         # An item that mostly waits: the thread probe measures it better than serial items.
         self.waiting = not contended and wall >= 1e-3 and cpu / wall < IO_BOUND
         return True
+
+    def _first_remote(self, first: list[Any]) -> bool:
+        """The first item in the sample's worker process (``executor_type="process"``)."""
+        got = self._remote_batch(first)
+        if got is None:
+            return False
+        wall, cpu = got
+        self.first_time, self.first_cpu, self.first_own = wall, cpu, cpu
+        self.watch_memory = False  # another process's memory: the RSS poller cannot see it
+        self.waiting = wall >= 1e-3 and cpu / wall < IO_BOUND
+        return True
+
+    def _remote_batch(self, batch: "list[Any] | Span") -> tuple[float, float] | None:
+        """Run a batch in the sample's worker process; (wall, CPU) seconds, or None where it
+        did not come back (its items go back in front, for the run's pool to meet)."""
+        items = list(batch)
+        got = self.remote.run(self.done, items)  # type: ignore[union-attr]
+        if got is None:
+            self.src.push_back(items)
+            self.remote_stopped = True
+            return None
+        out, failed, wall, cpu = got
+        self.failures += settle(failed, "process (sample)", self.collect)
+        self._keep(items, out)
+        return max(wall, 1e-9), cpu
 
     def _speculated(self, spec: _Ahead) -> bool:
         """Keep what ran ahead (a prefix of the items given); the rest goes back in front.
@@ -660,6 +624,11 @@ class _Sampler:
             batch = self.src.span(batch_size)
             if not batch:
                 break
+            if self.remote is not None:
+                if not self._timed_remote(batch):
+                    break
+                batch_size = batch_size * 2 if self.batches[-1][1] / len(batch) < 1e-3 else 1
+                continue
             meter = CpuMeter(attribute=batch_size * mean >= 1e-3)
             with PeakRSS() if self.watch_memory else nullcontext() as mem:
                 meter.start()
@@ -675,6 +644,18 @@ class _Sampler:
                 self.ratios.append(dc / dt)
                 self.own_ratios.append(min(do, dc) / dt)
             batch_size = batch_size * 2 if dt / len(batch) < 1e-3 else 1
+
+    def _timed_remote(self, batch: "list[Any] | Span") -> bool:
+        got = self._remote_batch(batch)
+        if got is None:
+            return False
+        dt, dc = got
+        self.batches.append((len(batch), dt))
+        self.batch_pos.append(self.done - (len(batch) + 1) / 2)
+        if dt >= 1e-3:
+            self.ratios.append(dc / dt)
+            self.own_ratios.append(dc / dt)
+        return True
 
     def item_stats(self) -> _Stats:
         timed = sum(b for b, _ in self.batches)
@@ -726,13 +707,12 @@ class _Sampler:
             blas_live=self.blas_live,
         )
         stash = SampleStash(
-            func=self.func,
+            func=self.user_func,
             data=self.data,
             one_shot=self.src.one_shot,
             item_blocks=self.item_blocks,
             result_blocks=[self.results] if self.results else [],
             ahead=self.src.ahead,
-            rest=self.src.rest(),
             exhausted=exhausted,
             failures=self.failures,
         )
@@ -768,7 +748,7 @@ def _growing_mean(
 
 def _pickling_step(sp: "_Sampler") -> _Pickling:
     """The function (always cloudpickle) and the first, middle and last (item, result)."""
-    fmethod, fbytes, ftime, _, ferr = _serialize.measure(sp.func, allow_plain=False)
+    fmethod, fbytes, ftime, _, ferr = _serialize.measure(sp.user_func, allow_plain=False)
     out = _Pickling(None, None, fbytes, ftime)
     nb = len(sp.item_blocks)
     picks = sorted({(0, 0), (nb // 2, 0), (nb - 1, len(sp.item_blocks[-1]) - 1)}) if nb else []
@@ -831,7 +811,7 @@ def _blas_step(sp: "_Sampler", stats: _Stats) -> tuple[float | None, _Stats]:
     first = sp.first_cpu / sp.first_time if sp.first_time > 0 else 0.0
     native = max(first, stats.cpu_ratio) >= NATIVE_THREADS
     left = None if sp.n_total is None else sp.n_total - sp.done
-    if sp.src.done or stats.mean < 1e-3 or stats.cpu_ratio < CPU_BOUND or (left is not None and left < BLAS_STEP_MIN_ITEMS):
+    if sp.remote is not None or sp.src.done or stats.mean < 1e-3 or stats.cpu_ratio < CPU_BOUND or (left is not None and left < BLAS_STEP_MIN_ITEMS):
         return None, stats  # (two serial items of a short job cost more than they tell)
     if not native and (stats.cpu_ratio < PURE_COMPUTE or not native_threads() or not threaded_blas_loaded()):
         # Work that waits times unevenly (file writes read 10% faster capped). A BLAS pool
@@ -1004,11 +984,22 @@ def sample(
     probe: bool = True,
     collect: bool = False,
     finish: bool = False,
+    timeout: float | None = None,
+    in_process: str | None = None,
 ) -> tuple[Profile, SampleStash]:
     """Run a sample of ``data`` through ``func`` and measure it; see the module docstring.
 
     ``probe=False`` runs nothing on helper threads: no item run ahead, no thread probe (for
     work that will not run on threads, or must not leave the calling thread). ``finish``: serial
-    is a candidate, so a rest under ``MIN_SAVING`` of work runs in the sample.
+    is a candidate, so a rest under ``MIN_SAVING`` of work runs in the sample. ``timeout``:
+    each item's time limit, as the run keeps it. ``in_process``: a start method; the items run
+    in a worker process started so, never in the caller (see :mod:`autopar.tune.remote`).
     """
-    return _Sampler(func, data, n_items, budget, min_budget, probe_threads, probe, collect, finish).run()
+    if in_process is None:
+        return _Sampler(func, data, n_items, budget, min_budget, probe_threads, probe, collect, finish, timeout).run()
+    remote = RemoteItems(func, in_process, collect, timeout)
+    try:
+        sampler = _Sampler(func, data, n_items, budget, min_budget, probe_threads, False, collect, False, remote=remote)
+        return sampler.run()
+    finally:
+        remote.close()

@@ -1,0 +1,159 @@
+"""The sample's results, handed to ``execute()`` only where they belong to its items.
+
+optimize() runs a few items to measure them; ``execute()`` hands their results back first
+instead of running them again. That is only right for the same items: a result is reused
+when ``execute()`` gets the very object optimize() sampled (held here, weakly where the
+object allows, so its ``id`` cannot pass to another) and
+
+* a one-shot iterator: the sample consumed its first items; they are gone from it and the
+  kept results are theirs;
+* anything that can be iterated again (a list, a range, an array, a custom sequence): its
+  first items, read again, are the items the sample ran (the same objects, or equal ones of
+  the same type; arrays compared by content through a checksum taken when they ran). A
+  list refilled in place, an array written over, an input grown shorter: run again.
+
+Mutable items changed in place (a dict whose values were replaced) compare as themselves:
+the same object is taken for the same item, as everywhere in Python; arrays are the
+exception above, being the usual input whose content is rewritten in place.
+"""
+
+from __future__ import annotations
+
+import operator
+import threading
+import weakref
+import zlib
+from itertools import chain, islice
+from typing import Any, Callable, Iterator
+
+from ..backends.worker import take
+
+__all__ = ["SampleStash"]
+
+
+class _Checked:
+    """A NumPy array item as it was when the sample ran it: shape, dtype and checksum (a view
+    into the input would change with it, so the array itself cannot stand for itself)."""
+
+    __slots__ = ("shape", "dtype", "crc")
+
+    def __init__(self, a: Any) -> None:
+        self.shape, self.dtype, self.crc = a.shape, a.dtype, _crc(a)
+
+    def same(self, b: Any) -> bool:
+        return type(b).__module__ == "numpy" and getattr(b, "shape", None) == self.shape and b.dtype == self.dtype and _crc(b) == self.crc
+
+
+def _crc(a: Any) -> int | None:
+    if a.dtype.hasobject:
+        return None  # object arrays: never proven the same
+    import numpy as np
+
+    return zlib.crc32(np.ascontiguousarray(a).view(np.uint8).reshape(-1))
+
+
+def _snapshot(item: Any) -> Any:
+    if type(item).__module__ == "numpy" and hasattr(item, "dtype") and hasattr(item, "shape") and item.shape:
+        return _Checked(item)
+    return item
+
+
+def _same(kept: Any, item: Any) -> bool:
+    if kept is item:
+        return True
+    if type(kept) is _Checked:
+        return kept.crc is not None and kept.same(item)
+    if type(kept) is not type(item):
+        return False
+    try:
+        eq = kept == item
+        return eq is True or (getattr(eq, "shape", None) == () and bool(eq))  # NumPy scalars
+    except Exception:
+        return False
+
+
+def _is_array(data: Any) -> bool:
+    return type(data).__module__ == "numpy" and hasattr(data, "dtype") and getattr(data, "ndim", 0) >= 1
+
+
+class SampleStash:
+    """Items already run by the sample and their results, kept for ``execute()``.
+
+    ``claim()`` hands the results out once, and only for the items they were made from (see
+    the module docstring). For a one-shot iterator the items themselves are kept too: if
+    ``execute()`` is then called with another function, they are run again rather than lost.
+    """
+
+    def __init__(
+        self,
+        func: Callable[..., Any],
+        data: Any,
+        one_shot: bool,
+        item_blocks: list[Any],
+        result_blocks: list[list[Any]],
+        ahead: list[Any],
+        exhausted: bool,
+        failures: list[int],
+    ) -> None:
+        self.func = func
+        self.one_shot = one_shot
+        items = [x for block in item_blocks for x in block]  # a Span reads the live list: copy
+        self.n_done = len(items)
+        # An array's sampled rows are checked as one block; other items one by one.
+        self.block = _Checked(data[: self.n_done]) if not one_shot and _is_array(data) else None
+        self.items = items if one_shot else [] if self.block is not None else [_snapshot(x) for x in items]
+        self.result_blocks = result_blocks
+        self.ahead = ahead  # a one-shot iterator's items taken but not run: they go first
+        self.exhausted = exhausted
+        self.failures = failures
+        self._used = False
+        self._lock = threading.Lock()
+        try:
+            ref = weakref.ref(data)
+            self._data: Callable[[], Any] = ref
+        except TypeError:  # lists, tuples, ranges: held (an id alone passes to the next object)
+            self._data = lambda: data
+
+    def matches(self, data: Any) -> bool:
+        """The object optimize() sampled, not yet claimed (its items are checked on claim)."""
+        return not self._used and self._data() is data
+
+    def claim(self, func: Callable[..., Any], data: Any) -> tuple[list[list[Any]], Iterator[Any]] | None:
+        """(result blocks to hand back first, iterator over the items still to run), once;
+        None where ``data`` is not what was sampled (run it all, from its start)."""
+        with self._lock:
+            if not self.matches(data):
+                return None
+            self._used = True
+        if self.one_shot:
+            rest: Iterator[Any] = chain(self.ahead, data) if self.ahead else data
+            if self.exhausted and not self.ahead:
+                rest = iter(())
+            if func is not self.func:  # another function: the kept items run again, then the rest
+                return [], chain(self.items, rest)
+            return self._hand_over(), rest
+        if func is not self.func:
+            return [], iter(data)
+        if self.block is not None:
+            n = self.n_done
+            if len(data) < n or not self.block.same(data[:n]):
+                return [], iter(data)
+            it = iter(data)
+            next(islice(it, n, n), None)  # past the rows the sample ran
+            return self._hand_over(), it
+        it = iter(data)
+        if not self._same_items(take(it, self.n_done)):
+            return [], iter(data)
+        return self._hand_over(), it
+
+    def _hand_over(self) -> list[list[Any]]:
+        """The result lists, given away: the caller may keep (and extend) them."""
+        blocks, self.result_blocks = self.result_blocks, []
+        return blocks
+
+    def _same_items(self, head: Any) -> bool:
+        if len(head) != self.n_done:
+            return False
+        if all(map(operator.is_, self.items, head)):  # the same objects: the common case, at C speed
+            return True
+        return all(map(_same, self.items, head))
