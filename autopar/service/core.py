@@ -90,26 +90,41 @@ class _Routing:
             stacklevel=4,
         )
 
-    def _probed(self, call: Call, out: Outcome) -> None:
+    def _probed(self, call: Call, out: Outcome | None) -> None:
+        """The function's first call ended (``out``), or was cancelled before it could end
+        (None): the calls waiting for it go on, the next one measuring if this one told
+        nothing. Once per probe, whichever way comes first."""
         route = call.route
-        call.probe = False
-        if not out.stopped:
+        with route.lock:
+            if not call.probe:
+                return
+            call.probe = False
+        if out is not None and not out.stopped:
             route.observe(out.wall, out.cpu, True)
         with route.lock:
-            route.probing = False
-            waiting, route.waiting = route.waiting, []
-            if route.cpu_ratio is None and waiting:  # the probe told nothing (it failed at once): the next one measures
-                route.probing = True
-                waiting[0].probe = True
+            waiting = [c for c in route.waiting if not c.done()]
+            route.waiting = []
+            # the probe told nothing (cancelled, stopped, failed at once): the next one measures
+            nxt = waiting[0] if route.cpu_ratio is None and waiting else None
+            route.probing = nxt is not None
+            if nxt is not None:
+                nxt.probe = True
         for other in waiting:
-            self._place(other) if not other.probe else self._admit_probe(other)
+            self._place(other) if other is not nxt else self._admit_probe(other)
 
     def _admit_probe(self, call: Call) -> None:
-        call.lane = call.lane or "thread"
-        with self._lock:
-            self.stats_["io"].submitted += 1
+        self._count_in(call, "thread")
         if self.gates["thread"].offer(call):
             self._start(call)
+
+    def _count_in(self, call: Call, lane: str) -> None:
+        """The call's lane; the first one it gets counts it as submitted there."""
+        with self._lock:
+            if not call.lane:
+                stats = self.stats_[LANES[lane]]
+                stats.submitted += 1
+                stats.first = stats.first if stats.first is not None else time.perf_counter()
+            call.lane = lane
 
 
 class Core(_Routing):
@@ -171,7 +186,7 @@ class Core(_Routing):
         call.asked = asked
         if call.breaker is not None:
             try:
-                call.breaker.check()
+                call.trial = call.breaker.check()
             except CircuitOpen as exc:
                 call.set_running_or_notify_cancel()
                 call.settle(exc=exc)
@@ -202,13 +217,7 @@ class Core(_Routing):
         lane, _ = self._lane_for(call)
         if lane == "probe":
             return
-        first = not call.lane
-        call.lane = lane
-        with self._lock:
-            if first:
-                stats = self.stats_[LANES[lane]]
-                stats.submitted += 1
-                stats.first = stats.first if stats.first is not None else time.perf_counter()
+        self._count_in(call, lane)
         if lane == "inline":
             if call.done() or not _running(call):
                 return self._forget(call)
@@ -220,8 +229,9 @@ class Core(_Routing):
     def _start(self, call: Call) -> None:
         """An admitted call goes to its lane; whatever goes wrong on the way ends the call,
         never the caller's submit() (nor a pool thread's callback)."""
-        if call.done() or not _running(call):
-            return self._release(call)
+        if call.done() or not _running(call):  # cancelled on its way here
+            self._release(call)
+            return self._probed(call, None)
         try:
             if call.lane != "process":
                 return self.lanes[call.lane].start(call)
@@ -279,8 +289,7 @@ class Core(_Routing):
         if call.done():  # cancelled: counted when it was
             return self._forget(call)
         if exc is None:
-            if call.breaker is not None:
-                call.breaker.record(None)
+            self._record(call, None)
             with self._lock:
                 stats.completed += 1
                 stats.run_time += out.wall
@@ -295,14 +304,21 @@ class Core(_Routing):
                 return
             except RuntimeError:
                 pass  # closing: the failure stands
-        if call.breaker is not None:
-            call.breaker.record(exc)
+        self._record(call, exc)
         with self._lock:
             stats.failed += 1
             stats.timed_out += isinstance(exc, ItemTimeout)
             stats.last = time.perf_counter()
         call.settle(exc=exc)
         self._forget(call)
+
+    def _record(self, call: Call, exc: BaseException | None) -> None:
+        """The call's final outcome to its breaker, once."""
+        with self._lock:
+            if call.breaker is None or call.recorded:
+                return
+            call.recorded = True
+        call.breaker.record(exc)
 
     def _forget(self, call: Call) -> None:
         with self._lock:
@@ -311,18 +327,24 @@ class Core(_Routing):
                 self._idle.notify_all()
 
     def _cancelled(self, call: Call, running: bool) -> None:
-        """Call.cancel() came: take it out of any queue, or stop it where it runs."""
+        """Call.cancel() came: take it out of any queue, or stop it where it runs. A call
+        still waiting for its function's first call counts on the thread lane it waited for;
+        a cancelled first call hands the measuring on; a cancelled half-open trial lets the
+        breaker take another."""
+        with call.route.lock:
+            if call in call.route.waiting:
+                call.route.waiting.remove(call)
+        self._count_in(call, call.lane or "thread")
         with self._lock:
-            if call.lane:
-                self.stats_[LANES[call.lane]].cancelled += 1
+            self.stats_[LANES[call.lane]].cancelled += 1
         gate = self.gates.get(call.lane)
         if gate is not None and gate.remove(call):
             pass
         elif running and call.where is not None:
             self.lanes[call.lane].stop(call, "cancel")
-        with call.route.lock:
-            if call in call.route.waiting:
-                call.route.waiting.remove(call)
+        if call.trial:
+            self._record(call, cf.CancelledError())
+        self._probed(call, None)
         self._forget(call)
 
     def _throttled(self, factor: float) -> None:

@@ -73,6 +73,8 @@ class Call(Future):
         self.asked: str | None = None  # "cpu" (run_cpu), "io" (run_io) or None (routed)
         self.probe = False  # the first call of a new function: it measures the function
         self.closed_attempt = 0  # the attempt whose end was taken (a later end of it is dropped)
+        self.trial = False  # its breaker let it through as the half-open trial
+        self.recorded = False  # its outcome went to its breaker
 
     def cancel(self) -> bool:
         """A waiting call never starts; a running one is stopped (its result, if it comes, dropped)."""
@@ -169,19 +171,34 @@ class ThreadLane:
         self.finish, self.timer = finish, timer
         self._lock = threading.Lock()
         self._active: dict[int, list[bool]] = {}  # call id -> [ran alone so far]
+        self._queued: set[tuple[int, int]] = set()  # (call id, attempt) posted, no thread on it yet
         self.let_go = 0  # calls stuck in C that were let go (their threads still run)
 
     def start(self, call: Call) -> None:
+        """Post the call; its time limit counts from now, whether a thread has it yet or not."""
         attempt = call.attempt
+        with self._lock:
+            self._queued.add((call.id, attempt))
+        try:
+            self.pool.post(_Post(self._run, call, attempt))
+        except BaseException:
+            with self._lock:
+                self._queued.discard((call.id, attempt))
+            raise
         if call.timeout is not None:
             self.timer.call_later(call.timeout, lambda: self.stop(call, "timeout", attempt))
-        self.pool.post(_Post(self._run, call, attempt))
 
     def _run(self, call: Call, attempt: int) -> None:
-        if call.done():
+        with self._lock:
+            if (call.id, attempt) not in self._queued:
+                return  # its time limit passed while it waited: it ended then
+            self._queued.discard((call.id, attempt))
+            cancelled = call.done()
+            if not cancelled:
+                call.where = threading.get_ident()
+        if cancelled:
             return self.finish(call, Outcome(stopped=True).of(attempt))
         active = self._active
-        call.where = threading.get_ident()
         alone = [not active]
         if active:
             for other in list(active.values()):
@@ -202,13 +219,22 @@ class ThreadLane:
         self.finish(call, out.of(attempt))
 
     def stop(self, call: Call, reason: str, attempt: int | None = None) -> None:
-        """Raise into the call's thread; past the grace period, let it go."""
+        """Raise into the call's thread; past the grace period, let it go. A call no thread
+        has taken yet ends now, and never starts."""
         with self._lock:
-            if call.where is None or call.stop_reason is not None or attempt not in (None, call.attempt):
+            if call.stop_reason is not None or attempt not in (None, call.attempt):
                 return
-            call.stop_reason = reason
-            _async_raise(call.where, _Stopped)
             attempt = call.attempt
+            waiting = call.where is None
+            if waiting and (call.id, attempt) not in self._queued:
+                return  # not on this lane now (ended, or between attempts)
+            call.stop_reason = reason
+            if waiting:
+                self._queued.discard((call.id, attempt))
+            else:
+                _async_raise(call.where, _Stopped)
+        if waiting:
+            return self.finish(call, Outcome(stopped=True).of(attempt))
         self.timer.call_later(GRACE, lambda: self._let_go(call, attempt))
 
     def _let_go(self, call: Call, attempt: int) -> None:
@@ -300,6 +326,7 @@ class _Pool:
         self.broken = False
         self.culprits: set[int] = set()  # calls whose worker died under them
         self.processes: dict[int, Any] = {}  # its workers, as they were when it broke
+        self.ended: dict[int, str] = {}  # call id -> how the worker that died under it ended
 
     def pid_of(self, call_id: int) -> int | None:
         t = self.table
@@ -442,11 +469,12 @@ class ProcessLane:
             return self.finish(call, Outcome(exc=NoProcesses(self.unusable)).of(attempt))
         if culprit or call.replays >= MAX_REPLAYS or self.closed:
             why = "its worker process died while running it" if culprit else "the process pool broke under it"
-            return self.finish(call, Outcome(exc=WorkerDied(f"{_name(call)}: {why}")).of(attempt))
+            ended = pool.ended.get(call.id) or how_it_ended(pool.processes)
+            return self.finish(call, Outcome(exc=WorkerDied(f"{_name(call)}: {why} ({ended})")).of(attempt))
         call.replays += 1
         try:
             self.send(call, payload)
-        except RuntimeError as e:
+        except Exception as e:  # closed, no processes to be had (the manager moves it to threads), broken again
             self.finish(call, Outcome(exc=e).of(attempt))
 
     def _broken(self, pool: _Pool) -> None:
@@ -457,8 +485,11 @@ class ProcessLane:
             if pool.broken:
                 return
             pool.broken = True
-            pool.culprits = {c for c in pool.blame().values() if c}
+            dead = pool.blame()
+            pool.culprits = {c for c in dead.values() if c}
             pool.processes = worker_processes(pool.executor)
+            # as execute() says it: "worker 1234 exited with status 3", "... was killed by SIGKILL"
+            pool.ended = {c: how_it_ended({pid: pool.processes[pid]}) for pid, c in dead.items() if c and pid in pool.processes}
             self.replaced += 1
         threading.Thread(target=terminate, args=(pool.executor,), name="autopar-reap", daemon=True).start()
 

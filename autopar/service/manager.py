@@ -11,13 +11,17 @@ import asyncio
 import atexit
 import concurrent.futures as cf
 import threading
+import time
 import weakref
 from typing import Any, AsyncIterator, Callable, Iterable
 
+from ..errors import ItemFailed, ItemTimeout
 from .core import _UNSET, LANES, Core
 from .policy import CircuitBreaker, Retry
 
 __all__ = ["Manager", "get_manager"]
+
+_CANCELLED = (cf.CancelledError, asyncio.CancelledError)  # a map stopped by its caller: its items are cancelled
 
 
 class Manager(Core):
@@ -86,7 +90,13 @@ class Manager(Core):
         if not items:
             return []
         limit = max(gate.limit for gate in self.gates.values())  # the pools' sizes, throttled
-        result = optimize(func, items, max_jobs=limit, errors=errors, start_method=self.start_method, **options)
+        try:
+            result = optimize(func, items, max_jobs=limit, errors=errors, start_method=self.start_method, **options)
+        except BaseException as exc:  # an item failed in the sample, which runs in this thread
+            with self._lock:
+                self.stats_["inline"].submitted += len(items)
+            self._count_map("inline", len(items), [], exc)
+            raise
         kind, n = result.executor_type, result.n_jobs
         pool = None
         if kind == "process":
@@ -109,14 +119,27 @@ class Manager(Core):
                         raise cf.CancelledError()
             finally:
                 it.close()
-        except BaseException:
-            with self._lock:
-                self.stats_[lane].failed += len(items) - len(out)
-                self.stats_[lane].completed += len(out)
+        except BaseException as exc:
+            self._count_map(lane, len(items), out, exc)
             raise
-        with self._lock:
-            self.stats_[lane].completed += len(out)
+        self._count_map(lane, len(items), out, None)
         return out
+
+    def _count_map(self, lane: str, n: int, out: list[Any], exc: BaseException | None) -> None:
+        """How a map's ``n`` items ended, in ``stats()``: each delivered result completed (an
+        ``ItemFailed`` failed); the item that raised failed; the rest, never delivered (the map
+        was cancelled, or stopped at that failure), cancelled."""
+        collected = [y.exception for y in out if isinstance(y, ItemFailed)]
+        failures = collected + ([exc] if exc is not None and not isinstance(exc, _CANCELLED) else [])
+        with self._lock:
+            stats = self.stats_[lane]
+            stats.completed += len(out) - len(collected)
+            stats.failed += len(failures)
+            stats.timed_out += sum(isinstance(e, ItemTimeout) for e in failures)
+            stats.cancelled += n - len(out) - (len(failures) - len(collected))
+            now = time.perf_counter()
+            stats.first = stats.first if stats.first is not None else now
+            stats.last = now
 
     def _learn(self, func: Callable[..., Any], result: Any) -> None:
         """What map's sample measured becomes the function's route."""

@@ -131,15 +131,17 @@ class CircuitBreaker:
             return "closed"
         return "half-open" if self.clock() - self._opened_at >= self.recovery_timeout else "open"
 
-    def check(self) -> None:
-        """Raise :class:`CircuitOpen` unless a call may go now (in half-open state, one may)."""
+    def check(self) -> bool:
+        """Raise :class:`CircuitOpen` unless a call may go now (in half-open state, one may:
+        True for that trial call, whose ``record()`` decides; a cancelled trial is recorded
+        as cancelled, which lets the next call be the trial)."""
         with self._lock:
             state = self._state()
             if state == "closed":
-                return
+                return False
             if state == "half-open" and not self._trial:
                 self._trial = True
-                return
+                return True
             assert self._opened_at is not None
             raise CircuitOpen(self.name, max(0.0, self._opened_at + self.recovery_timeout - self.clock()))
 
