@@ -193,19 +193,28 @@ class Handoff:
         self.next = 0  # ordered: the next seq to hand out
         self.taken = 0
         self.count: int | None = None
+        self.putters = 0  # threads waiting in put() for room
 
-    def put(self, seq: int, value: Any, block: bool = True) -> float:
+    def put(self, seq: int, value: Any, block: bool = True, timeout: float | None = None) -> float:
         """Hold ``value`` as item ``seq``; returns the seconds it waited for room (``block``
-        False: queue.Full at once when there is none)."""
+        False: queue.Full at once when there is none; ``timeout``: queue.Full after that many
+        seconds). A stage's worker waits without a timeout: the next stage, or stop(), makes
+        room."""
         waited = 0.0
+        deadline = None if timeout is None else time.monotonic() + timeout
         with self.cond:
             while self._full(seq):
                 if self.stop.is_set():
                     raise Stopped
-                if not block:
+                left = POLL if deadline is None else min(POLL, deadline - time.monotonic())
+                if not block or left <= 0:
                     raise queue.Full
                 t0 = time.perf_counter()
-                self.cond.wait(POLL)
+                self.putters += 1
+                try:
+                    self.cond.wait(left)
+                finally:
+                    self.putters -= 1
                 waited += time.perf_counter() - t0
             self.held[seq] = value
             if not self.ordered:
@@ -397,9 +406,16 @@ class _StageRun:
 
             terminate(self.pool)
         for t in self.threads:
-            t.join(timeout=5)
+            _join(t)
         if self.pool is not None and not kill:
             self.pool.shutdown(wait=True)
+
+
+def _join(t: threading.Thread) -> None:
+    """Wait for one of the run's threads (a few seconds at most): not the one closing the run
+    (a dropped stream's finalizer may run on any thread the collector runs on)."""
+    if t is not threading.current_thread():
+        t.join(timeout=5)
 
 
 class StagedRun:
@@ -464,9 +480,9 @@ class StagedRun:
             self.error = exc
         self.stop.set()
 
-    def put(self, value: Any, block: bool = True) -> int:
+    def put(self, value: Any, block: bool = True, timeout: float | None = None) -> int:
         seq = self.submitted
-        self.handoffs[0].put(seq, value, block)
+        self.handoffs[0].put(seq, value, block, timeout)
         self.submitted += 1
         return seq
 
@@ -509,12 +525,12 @@ class StagedRun:
         if kill:
             self.stop.set()
         if self.feeder is not None:
-            self.feeder.join(timeout=5)
+            _join(self.feeder)
         for s in self.stages:
             s.close(kill or self.stop.is_set())
         self.stop.set()  # the watcher's signal (the stages are done)
         if self.watcher is not None:
-            self.watcher.join(timeout=5)
+            _join(self.watcher)
 
     def metrics(self) -> dict[str, Any]:
         elapsed = time.perf_counter() - self.t0
@@ -1152,43 +1168,142 @@ class Pipeline:
 
     def stream(self, *, queue_size: int = 32, errors: str = "raise", ordered: bool = True,
                plan: PipelinePlan | None = None, config: Sequence[tuple[str, int]] | None = None) -> "Stream":
-        """A pipeline kept running for items that arrive over time (see :class:`Stream`)."""
+        """A pipeline kept running for items that arrive over time (see :class:`Stream`).
+        ``config``: per stage (executor_type, n_jobs); else a staged ``plan``'s, else each
+        stage's pin or one thread."""
+        _check_run_args(plan=plan, errors=errors, queue_size=queue_size)
+        if not isinstance(ordered, bool):
+            raise ValueError(f"ordered must be True or False, got {ordered!r}")
         if config is None:
             if plan is not None and plan.mode == "staged":
                 config = [(p.executor_type, p.n_jobs) for p in plan.stages]
             else:
                 config = [(s.executor_type or "thread", s.n_jobs or 1) for s in self.stages]
-        return Stream(self, list(config), queue_size, errors == "collect", ordered)
+        return Stream(self, self._checked_config(config), queue_size, errors == "collect", ordered)
+
+    def _checked_config(self, config: Any) -> list[tuple[str, int]]:
+        """``config`` as a list of (executor_type, n_jobs), one per stage, each a pool kind a
+        stage runs on and a positive worker count; a pin it breaks is an error."""
+        try:
+            pairs = [tuple(c) for c in config]
+        except TypeError:
+            raise TypeError(f"config must be a list of (executor_type, n_jobs) pairs, got {config!r}") from None
+        if len(pairs) != len(self.stages) or any(len(c) != 2 for c in pairs):
+            raise ValueError(f"config must give (executor_type, n_jobs) for each of the {len(self.stages)} stages, got {config!r}")
+        out = []
+        for stage, (kind, n) in zip(self.stages, pairs):
+            if kind not in EXECUTOR_TYPES:
+                raise ValueError(f"config: stage {stage.name!r}'s executor_type must be one of {EXECUTOR_TYPES}, got {kind!r}")
+            _positive_int(f"config: stage {stage.name!r}'s n_jobs", n)
+            if stage.executor_type not in (None, kind) or stage.n_jobs not in (None, n):
+                raise ValueError(f"config: stage {stage.name!r} is pinned to {stage.executor_type or 'any'} x{stage.n_jobs or 'any'}, got {kind} x{n}")
+            out.append((kind, n))
+        return out
+
+
+STALL_GRACE = 5.0  # seconds submit() waits on a stream stalled for want of a reader before it says so
+
+
+class StreamStalled(AutoparError, RuntimeError):
+    """submit() on a stream whose results are full while no thread takes them: it would wait
+    forever (the item did not go in; the stream goes on)."""
 
 
 class Stream:
     """A running staged pipeline: ``submit(x)`` (blocks while the first queue is full:
     backpressure), ``get_result(timeout)`` (in submission order unless ``ordered=False``),
     ``results(count)``, ``process_batch(items)``, ``metrics()``, ``stop()``. A context
-    manager: leaving it stops every stage. Results wait in the last queue until taken, so a
-    consumer that does not take them holds the whole pipeline to its queues' bound."""
+    manager: leaving it stops every stage; so does dropping it (a finalizer, as
+    concurrent.futures' executors have). Results wait in the last queue until taken, so a
+    consumer that does not take them holds the whole pipeline to its queues' bound: a
+    submit() that would then wait forever raises :class:`StreamStalled` instead."""
 
     def __init__(self, pipe: Pipeline, config: list[tuple[str, int]], queue_size: int, collect: bool, ordered: bool) -> None:
         self.run = StagedRun(pipe.stages, config, queue_size, collect, ordered, start_method=pipe.start_method)
+        # Dropped without stop(): the run is stopped all the same. The finalizer holds the
+        # run only (nothing in the run refers to the stream).
+        self._finalizer = weakref.finalize(self, self.run.close, True)
         self.closed = False
+        self.queue_size = queue_size
         self.lock = threading.Lock()  # one submitter at a time (sequence numbers)
+        self.readers_lock = threading.Lock()
+        self.waiting = 0  # threads in get_result() now
+        self.readers: "weakref.WeakSet[threading.Thread]" = weakref.WeakSet()  # threads that took results
 
-    def submit(self, item: Any, block: bool = True) -> int:
-        """Put an item in; its sequence number (``block`` False: queue.Full when full)."""
+    def submit(self, item: Any, block: bool = True, timeout: float | None = None) -> int:
+        """Put an item in; its sequence number. While the first queue is full it waits for
+        room (``block`` False: queue.Full at once; ``timeout``: TimeoutError after that many
+        seconds). Where the results are full and no thread takes them (none waits in
+        get_result(), and no other live thread ever took one) for STALL_GRACE seconds, room
+        can only come from this thread: :class:`StreamStalled` (the stages are all held up,
+        so the stream cannot move without a reader)."""
+        _check_timeout(timeout)
         if self.closed:
             raise RuntimeError("the stream is stopped")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if not self.lock.acquire(timeout=-1 if timeout is None else timeout):
+            raise TimeoutError(f"submit(): another thread's submit() held the stream for {timeout} s")
         try:
-            with self.lock:
-                return self.run.put(item, block)
+            return self._put(item, block, deadline, timeout)
         except Stopped:
             raise self.run.error or RuntimeError("the stream is stopped") from None
+        finally:
+            self.lock.release()
+
+    def _put(self, item: Any, block: bool, deadline: float | None, timeout: float | None) -> int:
+        stalled: float | None = None  # since when nothing but a reader could make room
+        while True:
+            wait = POLL if deadline is None else min(POLL, deadline - time.monotonic())
+            try:
+                return self.run.put(item, block and wait > 0, wait)
+            except queue.Full:
+                if not block:
+                    raise
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                why = f" ({self._stall_text()})" if self._stalled() else ""
+                raise TimeoutError(f"submit(): no room in the stream within {timeout} s{why}")
+            if deadline is None and self._stalled():
+                stalled = now if stalled is None else stalled
+                if now - stalled >= STALL_GRACE:
+                    raise StreamStalled(
+                        f"submit() would wait forever: {self._stall_text()}. Take results as you go (get_result() "
+                        "or results() between submits, or in another thread), pass a larger queue_size to "
+                        "stream(), use process_batch(items), which takes results while it submits, or pass "
+                        "submit(timeout=) to wait for a reader that comes later"
+                    )
+            else:
+                stalled = None
+
+    def _stalled(self) -> bool:
+        """Only a reader can make room: the results are full and every stage's workers wait
+        to pass their items on; and no thread takes results: none waits in get_result(), and
+        no live thread but this one has ever taken one."""
+        out = self.run.handoffs[-1]
+        if len(out.held) < out.capacity or any(s.outq.putters < s.left for s in self.run.stages):
+            return False
+        me = threading.current_thread()
+        with self.readers_lock:
+            return not self.waiting and not any(t is not me and t.is_alive() for t in self.readers)
+
+    def _stall_text(self) -> str:
+        held = self.run.submitted - self.run.handoffs[-1].taken
+        return (f"the stream's results are full (queue_size={self.queue_size}: its {held} items not taken fill every "
+                "queue) and no thread is taking them")
 
     def get_result(self, timeout: float | None = None) -> Any:
         """The next result; TimeoutError after ``timeout`` seconds, EOFError after the end."""
+        _check_timeout(timeout)
+        with self.readers_lock:
+            self.waiting += 1
+            self.readers.add(threading.current_thread())
         try:
             got = self.run.get(timeout)
         except queue.Empty:
             raise TimeoutError(f"no result within {timeout} s") from None
+        finally:
+            with self.readers_lock:
+                self.waiting -= 1
         if got is None:
             raise EOFError("the stream has ended: no more results")
         return got[1]
@@ -1201,6 +1316,7 @@ class Stream:
         """Submit ``items`` and return as many results, in order (results of items submitted
         before come first). Results are taken while submitting, so a batch larger than the
         queues never waits on itself."""
+        _check_timeout(timeout)
         out: list[Any] = []
         n = 0
         for x in items:
@@ -1226,7 +1342,7 @@ class Stream:
         """End every stage's workers now (items in flight are dropped)."""
         if not self.closed:
             self.closed = True
-            self.run.close(kill=True)
+            self._finalizer()
 
     def __enter__(self) -> "Stream":
         return self
