@@ -344,3 +344,26 @@ def test_every_result_before_a_failing_input_comes_back_before_its_error(kind):
     # An item that fails before the input does is the error, as in a plain loop.
     with pytest.raises(ValueError, match="bad item 7"):
         execute(helpers.fail_on, _input_failing_at(20), executor_type=kind, n_jobs=2, chunksize=7)
+
+
+def test_terminate_leaves_no_feeder_thread_and_no_pipe_open():
+    # Workers busy, the call queue full and its feeder thread blocked writing a large item:
+    # when terminate() returns, the pool's threads have ended and its pipes are closed.
+    from autopar.backends.process import make_process_pool, terminate
+
+    pool = make_process_pool(2, "fork", 1)
+    futures = [pool.submit(time.sleep, 60) for _ in range(2)]
+    futures += [pool.submit(len, b"x" * (8 << 20)) for _ in range(3)]
+    deadline = time.monotonic() + 10
+    while any(not f.running() for f in futures[:2]) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    call_queue, result_queue = pool._call_queue, pool._result_queue
+    manager, wakeup = pool._executor_manager_thread, pool._executor_manager_thread_wakeup
+    feeder = call_queue._thread
+    assert feeder is not None and feeder.is_alive()
+    terminate(pool)
+    assert not manager.is_alive() and not feeder.is_alive()
+    pipes = [call_queue._reader, call_queue._writer, result_queue._reader, result_queue._writer]
+    pipes += [wakeup._reader, wakeup._writer]
+    assert [c.closed for c in pipes] == [True] * len(pipes)
+    assert all(f.done() for f in futures)

@@ -14,6 +14,7 @@ import gc
 import multiprocessing as mp
 import os
 import signal
+import threading
 import time
 import uuid
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
@@ -25,6 +26,8 @@ from ..tune.system import threaded_blas_loaded
 from .worker import run_remote
 
 __all__ = ["ProcessBackend", "Unsendable", "how_it_ended", "make_process_pool", "terminate", "worker_processes"]
+
+MANAGER_GRACE = 2.0  # seconds a killed pool's manager thread gets to clean up by itself
 
 _BLAS_ENV = (
     "OMP_NUM_THREADS",
@@ -114,14 +117,26 @@ def worker_processes(pool: Executor) -> dict[int, Any]:
 
 
 def terminate(pool: Executor) -> None:
-    """Stop a pool now: cancel queued work and, for a process pool, kill its workers.
+    """Stop a pool now: cancel queued work and, for a process pool, kill its workers; when
+    it returns, the pool's manager thread, its queue feeder thread and their pipes are gone.
 
     A thread pool is shut down without waiting: its threads end when their current call
     returns."""
     processes = list(worker_processes(pool).values())
+    # shutdown() drops the pool's references to its manager thread and queues: taken first,
+    # so that they are joined and closed here rather than left to the garbage collector.
+    manager = getattr(pool, "_executor_manager_thread", None)
+    call_queue = getattr(pool, "_call_queue", None)
+    result_queue = getattr(pool, "_result_queue", None)
+    broken = getattr(pool, "_broken", False)
     pool.shutdown(wait=False, cancel_futures=True)
     if not processes:
         return  # a thread pool: a running call cannot be stopped, and is not waited for
+    if call_queue is not None and not broken:
+        # No reader left here: a feeder thread writing to the workers about to be killed then
+        # fails instead of blocking. (A broken pool's manager thread closes this end itself,
+        # except on Python 3.10: see below.)
+        _close(getattr(call_queue, "_reader", None))
     for proc in processes:
         if proc.is_alive():
             proc.terminate()
@@ -130,19 +145,38 @@ def terminate(pool: Executor) -> None:
         if proc.is_alive():
             proc.kill()
             proc.join(timeout=5)
-    pool.shutdown(wait=True)
-    # The pool's call queue may still have its feeder thread waiting to write to workers that
-    # are gone: with no reader left a write fails instead of blocking, and the thread ends.
-    queue = getattr(pool, "_call_queue", None)
-    if queue is not None:
+    if manager is not None and manager is not threading.current_thread():
+        # It fails the pool's futures, closes the call queue and joins its feeder thread.
+        manager.join(timeout=MANAGER_GRACE)
+        if manager.is_alive() and call_queue is not None:
+            # Python 3.10's manager thread waits there for a feeder blocked writing to the
+            # workers that are gone, and never closes this end: closed, the write fails.
+            _close(getattr(call_queue, "_reader", None))
+            manager.join(timeout=5)
+    if manager is None or not manager.is_alive():
+        _release_queues(call_queue, result_queue)
+
+
+def _close(conn: Any) -> None:
+    if conn is not None:
         try:
-            queue._reader.close()
-        except (OSError, AttributeError):
+            conn.close()
+        except OSError:
             pass
-        queue.close()
-        feeder = getattr(queue, "_thread", None)
+
+
+def _release_queues(call_queue: Any, result_queue: Any) -> None:
+    """Close what the pool's queues still hold open (the manager thread has ended)."""
+    if call_queue is not None:
+        call_queue.close()  # (no more puts; its feeder thread ends after what it holds)
+        feeder = getattr(call_queue, "_thread", None)
         if feeder is not None:
             feeder.join(timeout=5)
+        if feeder is None or not feeder.is_alive():
+            _close(getattr(call_queue, "_reader", None))
+            _close(getattr(call_queue, "_writer", None))
+    if result_queue is not None:
+        result_queue.close()
 
 
 def how_it_ended(processes: dict[int, Any]) -> str:
