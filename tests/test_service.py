@@ -410,7 +410,9 @@ def test_map_counts_are_exact(manager):
         for _ in range(5):
             await asyncio.sleep(0.01)
         task.cancel()  # it cannot have finished: item 20 on waits for the release
-        release.set()
+        await asyncio.sleep(0)  # the task takes the cancellation (it is first in the loop's queue): the map stops
+        await asyncio.sleep(0)
+        release.set()  # the items go on; the map ends at its next result
         with pytest.raises(asyncio.CancelledError):
             await task
 
@@ -482,7 +484,10 @@ def test_where_no_process_can_start_cpu_calls_run_on_threads(tmp_path):
         "        with autopar.Manager(start_method='spawn', throttle=False) as m:\n"
         "            print(m.submit_cpu(work, 1000).result(timeout=60), m.submit_cpu(work, 10).result(timeout=60))\n"
         "            print(m.stats()['io']['completed'], m.stats()['cpu']['submitted'])\n"
-        "    print(any('cannot be started' in str(x.message) for x in w))\n"
+        # Which way it shows depends on timing: the start fails at submit, or the workers die
+        # before serving a call (the pool breaks twice); either way the calls run on threads.
+        "    print(any(('cannot be started' in str(x.message) or 'die before serving a call' in str(x.message))\n"
+        "              and 'runs on threads' in str(x.message) for x in w))\n"
     )
     import subprocess
     import sys
