@@ -911,9 +911,13 @@ class PipelineRun(Iterator[Any]):
             close()
 
 
-def _then(done: Iterable[Any], rest: Iterator[Any]) -> Iterator[Any]:
-    """``done``, then ``rest``; closing it closes ``rest`` (and stops its stages)."""
-    yield from done
+def _then(done: Iterable[Any], rest: Iterator[Any], collect: bool = True) -> Iterator[Any]:
+    """``done``, then ``rest``; closing it closes ``rest`` (and stops its stages). Not
+    ``collect``: a failure in ``done`` (a sample that collected) raises in its place."""
+    for value in done:
+        if not collect and isinstance(value, ItemFailed):
+            raise value.exception
+        yield value
     yield from rest
 
 
@@ -1118,7 +1122,7 @@ class Pipeline:
         # A staged run with a fused alternative (no stage pinned) is watched against it.
         fused = plan.fused if plan.fused is not None and isinstance(items, (list, tuple)) else None
         rest = self._staged(items, config, queue_size or plan.queue_size, errors, len(done), fused, run)
-        run.attach(_then(done, rest) if done else rest)
+        run.attach(_then(done, rest, errors == "collect") if done else rest)
         return run
 
     def _staged(

@@ -458,3 +458,18 @@ def test_pipeline_arguments_are_checked_before_anything_runs(call, match):
     with pytest.raises((ValueError, TypeError), match=match):
         call(pipe)
     assert ran == []  # refused before any item ran, and no stream left running
+
+
+@pytest.mark.parametrize("pinned", [True, False])
+def test_a_failure_the_sample_collected_raises_in_a_run_that_does_not_collect(pinned):
+    """optimize(errors="collect") then execute(items): the failing item the sample kept in
+    its place raises (the run did not ask to collect), naming its stage and index."""
+    pipe = Pipeline([add1, double, fail_on_14, Stage(str, n_jobs=1) if pinned else str])
+    items = list(range(20))
+    plan = pipe.optimize(items, errors="collect")
+    assert plan.mode == ("staged" if pinned else "fused")
+    with pytest.raises(ValueError, match="bad value 14") as info:
+        pipe.execute(items)
+    assert info.value.autopar_item_index == 6 and info.value.autopar_stage == "fail_on_14"
+    out = pipe.execute(items, plan=plan, errors="collect")  # the plan's sample is spent: all run again
+    assert isinstance(out[6], ItemFailed) and out[6].index == 6
