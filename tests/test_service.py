@@ -397,6 +397,25 @@ def test_a_thread_calls_time_limit_holds_while_it_waits_for_a_thread():
         assert m.stats()["io"]["timed_out"] == 1 and m.stats()["io"]["running"] == 0
 
 
+def touch(path: str) -> str:
+    open(path, "w").close()
+    return path
+
+
+def test_a_process_calls_time_limit_holds_while_it_waits_for_a_worker(tmp_path):
+    timer = FakeTimer()  # the kill at the limit + grace never comes: the worker keeps the limit
+    with Manager(cpu_workers=1, throttle=False, timer=timer) as m:
+        # The one worker is busy with work the gate does not see (a map runs on the same pool)
+        # for far longer than the call's limit: the call waits in the pool's queue meanwhile.
+        beside = m.lanes["process"]._current().executor.submit(time.sleep, 2.0)
+        fut = m.submit_cpu(touch, str(tmp_path / "ran"), timeout=0.2)
+        assert isinstance(fut.exception(timeout=30), ItemTimeout)
+        assert beside.result(timeout=30) is None
+        assert not (tmp_path / "ran").exists()  # it never started
+        assert m.submit_cpu(touch, str(tmp_path / "next")).result(timeout=30)  # the worker serves
+        assert m.stats()["cpu"]["timed_out"] == 1
+
+
 def test_map_counts_are_exact(manager):
     release = threading.Event()
 

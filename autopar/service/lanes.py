@@ -34,7 +34,7 @@ from typing import Any, Callable
 
 from .._serialize import CLOUDPICKLE, dumps, loads
 from ..backends.process import _init_process_worker, how_it_ended, terminate, worker_processes
-from ..backends.worker import _Alarm, _async_raise, _get_func, _portable
+from ..backends.worker import _async_raise, _get_func, _portable
 from ..errors import ItemTimeout, WorkerDied
 
 __all__ = ["Call", "ProcessLane", "ThreadLane", "Outcome"]
@@ -274,25 +274,45 @@ def _on_stop(signum: int, frame: Any) -> None:
         raise _Stopped()
 
 
-def _serve(call_id: int, key: str, blob: bytes, payload: bytes, timeout: float | None) -> tuple[str, Any, float, float]:
+class _TimeUp(BaseException):
+    """Raised in a call by its time limit's alarm (not an Exception: the call's own
+    ``except Exception`` does not swallow it)."""
+
+
+def _time_up(signum: int, frame: Any) -> None:
+    raise _TimeUp()
+
+
+def _serve(call_id: int, key: str, blob: bytes, payload: bytes, deadline: float | None) -> tuple[str, Any, float, float]:
     """One call in a worker process: ("ok", result bytes, wall, CPU), ("raised", exception,
-    traceback text, wall) or ("stopped", None, wall, CPU)."""
+    traceback text, wall), ("stopped", None, wall, CPU), or ("expired", None, wall, CPU): its
+    time limit (``deadline``, on the machine-wide monotonic clock, set when the manager sent
+    it) passed while it ran, by SIGALRM, or before it started, and then it never did."""
     import traceback
 
     func = _get_func(key, blob)
     args, kwargs = loads(payload)
-    run = _Alarm(lambda a: func(*a[0], **a[1]), timeout) if timeout is not None else (lambda a: func(*a[0], **a[1]))
     c0, t0 = time.thread_time(), time.perf_counter()
+    left = None if deadline is None else deadline - time.monotonic()
+    if left is not None and left <= 0:
+        return "expired", None, 0.0, 0.0
+    previous = signal.signal(signal.SIGALRM, _time_up) if left is not None else None
     if _SLOT >= 0:
         _TABLE[_SLOT + 1] = call_id
     try:
         try:
-            value = run((args, kwargs))
+            if left is not None:
+                signal.setitimer(signal.ITIMER_REAL, left)
+            value = func(*args, **kwargs)
         finally:
+            if left is not None:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+                signal.signal(signal.SIGALRM, previous)
             if _SLOT >= 0:
                 _TABLE[_SLOT + 1] = 0
-    except _Stopped:
-        return "stopped", None, time.perf_counter() - t0, time.thread_time() - c0
+    except (_Stopped, _TimeUp) as stop:
+        status = "stopped" if isinstance(stop, _Stopped) else "expired"
+        return status, None, time.perf_counter() - t0, time.thread_time() - c0
     except BaseException as exc:
         return "raised", _portable(exc), traceback.format_exc(), time.perf_counter() - t0
     wall, cpu = time.perf_counter() - t0, time.thread_time() - c0
@@ -416,6 +436,9 @@ class ProcessLane:
         """Submit the call; :class:`NoProcesses` if no worker process can be started here."""
         key, blob = call.route.blob()
         attempt = call.attempt
+        # The limit counts from now, whether a worker has the call yet or not (as on threads):
+        # the worker's alarm and the kill at the limit + GRACE keep to one deadline.
+        deadline = None if call.timeout is None else time.monotonic() + call.timeout
         with self._lock:
             if self.unusable:
                 raise NoProcesses(self.unusable)
@@ -423,7 +446,7 @@ class ProcessLane:
                 pool = None
                 try:
                     pool = self._current()
-                    fut = pool.executor.submit(_serve, call.id, key, blob, payload, call.timeout)
+                    fut = pool.executor.submit(_serve, call.id, key, blob, payload, deadline)
                     break
                 except cf.process.BrokenProcessPool:
                     if pool is not None:
@@ -454,8 +477,10 @@ class ProcessLane:
             status, a, b, c = fut.result()
             if status == "ok":
                 return self.finish(call, Outcome(loads(a), wall=b, cpu=c).of(attempt))
-            if status == "stopped":
-                return self.finish(call, Outcome(stopped=True, wall=a or 0.0).of(attempt))
+            if status in ("stopped", "expired"):
+                if status == "expired" and call.stop_reason is None:
+                    call.stop_reason = "timeout"
+                return self.finish(call, Outcome(stopped=True, wall=b, cpu=c).of(attempt))
             a.__cause__ = _RemoteText(b)
             return self.finish(call, Outcome(exc=a, wall=c).of(attempt))
         if not isinstance(exc, cf.process.BrokenProcessPool):
