@@ -1296,7 +1296,9 @@ class Stream:
                 "queue) and no thread is taking them")
 
     def get_result(self, timeout: float | None = None) -> Any:
-        """The next result; TimeoutError after ``timeout`` seconds, EOFError after the end."""
+        """The next result; TimeoutError after ``timeout`` seconds, EOFError after the end
+        (end(), or stop()). With nothing in flight it waits for an item another thread
+        submits, as a stream is for items that arrive over time: ``timeout`` bounds that."""
         _check_timeout(timeout)
         with self.readers_lock:
             self.waiting += 1
