@@ -8,7 +8,7 @@ way and returns the results in input order.
 from .errors import AutoparError, ItemFailed, ItemTimeout, RemoteTraceback, WorkerDied, WorkerError
 from .backends.pools import SerialExecutor, get_executor
 from .run import ExecutionIterator, ExecutionReport, execute, execute_iter
-from .pipeline import Pipeline, PipelinePlan, Stage, Stream
+from .pipeline import Pipeline, PipelinePlan, Stage, Stream, StreamStalled
 from .benchmark import BenchReport, bench
 from .service import CircuitBreaker, CircuitOpen, Manager, Retry, get_manager
 from .tune.costs import PoolCosts, pool_costs
@@ -41,6 +41,7 @@ __all__ = [
     "SerialExecutor",
     "Stage",
     "Stream",
+    "StreamStalled",
     "SystemInfo",
     "WorkerDied",
     "WorkerError",
