@@ -6,12 +6,15 @@ import argparse
 import ast
 import importlib
 import json
+import os
+import signal
 import sys
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
 from . import __version__
+from .image.demo import DEMO_SHAPE, DEMO_TIMEPOINTS
 from .tune.optimize import optimize
 from .run import execute
 from .tune.costs import pool_costs
@@ -178,16 +181,17 @@ def cmd_cache(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([e.to_dict() for e in found], indent=2))
         return 0
-    print(f"{'key':<14} {'function':<40} {'item time':>10} {'CPU/wall':>8} {'items':>8} {'hits':>5} {'runs':>5}  last used")
+    # The function comes last, whole: long qualified names are told apart by both ends.
+    print(f"{'key':<14} {'item time':>11} {'CPU/wall':>8} {'items':>8} {'hits':>5} {'runs':>5}  {'last used':<16}  function")
     for e in found:
         p = e.profile
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(e.used))
         mark = " (stale)" if e.stale else ""
         print(
-            f"{e.key[:12]:<14} {e.func[-40:]:<40} {p.item_time_mean * 1e3:8.3f} ms {p.cpu_ratio:8.2f} "
-            f"{p.n_items if p.n_items is not None else '?':>8} {e.hits:>5} {e.runs:>5}  {when}{mark}"
+            f"{e.key[:12]:<14} {p.item_time_mean * 1e3:8.3f} ms {p.cpu_ratio:8.2f} "
+            f"{p.n_items if p.n_items is not None else '?':>8} {e.hits:>5} {e.runs:>5}  {when:<16}  {e.func}{mark}"
         )
-    print(f"{len(found)} entries in {wisdom.path()}")
+    print(f"{len(found)} entr{'y' if len(found) == 1 else 'ies'} in {wisdom.path()}")
     return 0
 
 
@@ -209,17 +213,19 @@ def _pack_and_report(args: argparse.Namespace, src: str, dst: str) -> int:
             dry_run=args.dry_run,
             progress=not args.no_progress,
             scheduler=args.scheduler,
+            force=args.force,
         )
     except (ImageError, ConnectionError, ImportError) as exc:
         print(f"autopar: {exc}", file=sys.stderr)
         return 2
     print(report.summary())
-    if report.manifest is not None and not args.dry_run and report.written:
+    made = report.manifest is not None and not args.dry_run and bool(report.written or report.kept)
+    if made:
         print(f"manifest: {dst}/manifest.json")
     if args.plot:
         print(f"plot: {report.plot(args.plot)}")
     preview = args.preview or (str(Path(dst) / "preview.png") if args.command == "demo" else None)
-    if preview and report.manifest is not None and not args.dry_run and report.written:
+    if preview and made:
         from .image.preview import contact_sheet
 
         print(f"preview: {contact_sheet(dst, preview)} (maximum projections of the atlases)")
@@ -235,7 +241,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     root = Path(args.output)
     src, dst = root / "input", root / "output"
-    print(f"writing sample stacks to {src} ...")
+    if root.exists() and not root.is_dir():
+        print(f"autopar: {root} is a file; give a folder for the demo (it is made if missing)", file=sys.stderr)
+        return 2
+    n = args.channels * args.timepoints
+    if args.dry_run:
+        print(f"would write {n} sample stacks to {src} and pack them into {dst} (dry run: nothing written)")
+        return 0
+    print(f"writing {n} sample stacks ({args.depth}x{args.size}x{args.size}) to {src} ...")
     make_demo_data(src, channels=args.channels, timepoints=args.timepoints, shape=(args.depth, args.size, args.size))
     print(f"packing into {dst}")
     return _pack_and_report(args, str(src), str(dst))
@@ -262,20 +275,62 @@ def _cluster_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of workers, 1 or more, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected 1 or more workers, got {n} (leave the option out to let autopar choose)")
+    return n
+
+
+def _quality(text: str) -> int:
+    try:
+        q = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number from 0 to 100, got {text!r}") from None
+    if not 0 <= q <= 100:
+        raise argparse.ArgumentTypeError(f"WebP quality goes from 0 to 100 (default 87), got {q}")
+    return q
+
+
 def _pack_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--executor", choices=["auto", "serial", "thread", "process", "dask"], default="auto")
+    p.add_argument(
+        "--executor", choices=["auto", "serial", "thread", "process", "dask"], default="auto",
+        help="how each pass runs: auto (measured and chosen per pass; pass 2 as a pipeline of its steps), "
+        "or the same pool for every pass; dask needs --scheduler (default auto)",
+    )
     p.add_argument(
         "--scheduler",
         help="a Dask scheduler's address (tcp://host:8786): each pass may run on its cluster where it pays "
         "(--executor dask: always); its workers must see both folders at the same paths",
     )
-    p.add_argument("--jobs", type=int, help="workers (default: chosen per pass)")
-    p.add_argument("--stretch", choices=["smart", "smart-late", "imagej-auto", "max"], default="smart")
-    p.add_argument("--z-crop", choices=["slope", "threshold"], default="slope")
+    p.add_argument("-j", "--jobs", type=_positive, help="workers, 1 or more (default: chosen per pass)")
+    p.add_argument(
+        "--stretch", choices=["smart", "smart-late", "imagej-auto", "max"], default="smart",
+        help="contrast limits of the pixels above zero, per channel over all timepoints: the low limit is the "
+        "1st percentile in the smart modes; the high limit, smart: where the histogram first falls steeply "
+        "from the dim side (the end of the background and dim signal: bright spots saturate); smart-late: the "
+        "last steep fall, from the bright side (bright spots keep their detail, dim structures stay darker); "
+        "imagej-auto: the 0.35th and 99.65th percentiles, as ImageJ's Auto; max: the lowest and the highest "
+        "value (default smart)",
+    )
+    p.add_argument(
+        "--z-crop", choices=["slope", "threshold"], default="slope",
+        help="which slices to keep, one range for all stacks (the union of each stack's): slope: where the "
+        "smoothed brightest-pixel-per-slice profile rises and falls by more than --z-threshold a slice; "
+        "threshold: the slices whose brightest pixel is above --z-threshold (default slope)",
+    )
     p.add_argument("--z-threshold", type=float, help="z crop: slope step per slice (slope, default 20) or intensity (threshold, default 0)")
     p.add_argument("--per-image-contrast", action="store_true", help="limits per image, not per channel")
-    p.add_argument("--quality", type=int, default=87, help="WebP quality (default 87)")
-    p.add_argument("--dry-run", action="store_true", help="run the passes, write nothing")
+    p.add_argument("-q", "--quality", type=_quality, default=87, help="WebP quality, 0 to 100 (default 87)")
+    p.add_argument("--dry-run", action="store_true", help="run the passes and say what would be written; write nothing")
+    p.add_argument(
+        "--force", action="store_true",
+        help="make every atlas again (default: atlases already in OUTPUT, made from the same input files "
+        "with the same crop, limits and settings, are kept)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--plot", metavar="FILE", help="each pass's time and pool as a bar chart, a PNG (needs autopar[plot])")
     p.add_argument("--preview", metavar="FILE", help="a contact sheet of the atlases' maximum projections, a PNG (demo: OUTPUT/preview.png)")
@@ -342,10 +397,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="generate sample stacks and pack them")
     p.add_argument("output", metavar="OUTPUT", nargs="?", default="autopar-demo", help="folder (default: ./autopar-demo)")
-    p.add_argument("--channels", type=int, default=2)
-    p.add_argument("--timepoints", type=int, default=6)
-    p.add_argument("--depth", type=int, default=96, help="slices per stack (default 96)")
-    p.add_argument("--size", type=int, default=512, help="width and height (default 512)")
+    p.add_argument("--channels", type=_positive, default=2,
+                   help="channels per timepoint, each its own *_ch<N>_* stack (default 2: a cell body and bright puncta)")
+    p.add_argument("--timepoints", type=_positive, default=DEMO_TIMEPOINTS,
+                   help=f"timepoints, each a *_stack<NNNN>* stack per channel; the cell drifts between them (default {DEMO_TIMEPOINTS})")
+    p.add_argument("--depth", type=_positive, default=DEMO_SHAPE[0], help=f"slices per stack (default {DEMO_SHAPE[0]})")
+    p.add_argument("--size", type=_positive, default=DEMO_SHAPE[1], help=f"width and height (default {DEMO_SHAPE[1]})")
     _pack_options(p)
     p.set_defaults(handler=cmd_demo)
     return parser
@@ -354,7 +411,20 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return int(args.handler(args))
+        code = int(args.handler(args))
+        sys.stdout.flush()  # here, where a closed pipe is caught, not at exit
+        return code
+    except KeyboardInterrupt as exc:
+        if argv is None:  # the command itself: a second Ctrl-C while it exits is ignored
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        print(f"autopar: {exc or 'interrupted'}", file=sys.stderr)  # pack says how far it got
+        return 130
+    except BrokenPipeError:
+        # The reader went away (`autopar cache list | head`): as Python's docs advise, the
+        # rest of the output goes to devnull, so that the exit flush does not fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
     except (TypeError, ValueError, ConnectionError, ImportError) as exc:
         print(f"autopar: {exc}", file=sys.stderr)
         return 2

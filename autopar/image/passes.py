@@ -20,11 +20,14 @@ would bin the pixels.
 
 from __future__ import annotations
 
+import logging
 import math
 import re
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -55,7 +58,8 @@ __all__ = [
 ]
 
 FILE_GLOB = "*_ch*_stack*.tif*"
-FILE_PATTERN = re.compile(r".*_ch(\d+)_stack(\d{4}).*?\.tiff?$")
+FILE_PATTERN = re.compile(r".*_ch(\d+)_stack(\d{4}).*?\.(?i:tiff?)$")  # .tif, .TIF, .Tiff ...
+TIFF_SUFFIXES = (".tif", ".tiff")  # compared lower-cased
 STRETCH_MODES = ("smart", "smart-late", "imagej-auto", "max")
 Z_CROP_METHODS = ("slope", "threshold")
 HIST_BINS = 512
@@ -96,24 +100,86 @@ def parse_name(path: str | Path) -> tuple[int, str]:
     return int(m.group(1)), f"stack{m.group(2)}"
 
 
+class _TiffLog(logging.Filter):
+    """tifffile's log records during our reads, kept for the error we raise instead of
+    printed (a damaged file is named once, by our message). Other threads' records, and
+    any outside our reads, pass as they are."""
+
+    local = threading.local()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        kept = getattr(self.local, "records", None)
+        if kept is None:
+            return True
+        kept.append(record)
+        return False
+
+
+_TIFF_LOG = _TiffLog()
+logging.getLogger("tifffile").addFilter(_TIFF_LOG)
+
+
+@contextmanager
+def _quiet_tifffile(path: str | Path) -> Iterator[None]:
+    """tifffile's own log lines silenced for the read; an error it logged (a truncated or
+    damaged file reads as fewer pages, without an exception) becomes our ImageError."""
+    outer = getattr(_TiffLog.local, "records", None)
+    _TiffLog.local.records = records = []
+    try:
+        yield
+    finally:
+        _TiffLog.local.records = outer
+    errors = [r.getMessage() for r in records if r.levelno >= logging.ERROR]
+    if errors:
+        raise ImageError(f"{path}: cannot read the TIFF (damaged or truncated: {errors[0]})")
+
+
+def _stack_axes(path: str | Path, data: np.ndarray, axes: str) -> np.ndarray:
+    """``data`` as Z×Y×X by the file's axes (tifffile's letters: from ImageJ or OME metadata,
+    else Q for an axis it cannot name). Axes of length 1 are dropped; one axis left beside
+    Y and X is Z, whatever its letter (tifffile and ImageJ call a bare stack written without
+    axes Q or C); none: one image, a stack of 1. Several, RGB samples, or Y and X not last:
+    ImageError with the shape and what pack expects."""
+    shape = tuple(int(n) for n in data.shape)
+    if len(axes) != data.ndim:
+        axes = "Q" * (data.ndim - 2) + "YX" if data.ndim >= 2 else "Q" * data.ndim
+    expected = "pack takes one channel and one timepoint a file, Z×Y×X (a *_ch<N>_stack<NNNN>.tif each)"
+    said = f"shape {shape}, axes {axes}"
+    if "S" in axes and shape[axes.index("S")] > 1:
+        raise ImageError(f"{path}: {shape[axes.index('S')]} samples a pixel (RGB), {said}; {expected}: save it as grey levels")
+    keep = [i for i, a in enumerate(axes) if shape[i] > 1 or a in "YX"]
+    kept = "".join(axes[i] for i in keep)
+    if not kept.endswith("YX") or kept.count("Y") != 1 or kept.count("X") != 1:
+        raise ImageError(f"{path}: expected Y and X as its last axes, got {said}; {expected}")
+    data = data.reshape(tuple(shape[i] for i in keep))
+    extra = kept[:-2]
+    if len(extra) == 0:
+        return data[np.newaxis]
+    if len(extra) == 1:
+        return data
+    for letter, what in (("C", "channels"), ("T", "timepoints")):
+        if letter in extra:
+            raise ImageError(f"{path}: {shape[axes.index(letter)]} {what} in one file ({said}); {expected}")
+    raise ImageError(f"{path}: cannot tell which axis is Z ({said}); {expected}")
+
+
 def read_stack(path: str | Path) -> np.ndarray:
-    """The stack as a ZYX array. 2D gets a Z axis of 1; 4D and 5D keep their last 3 axes."""
+    """The stack as a ZYX array, by the file's own axes (ImageJ, OME): axes of length 1
+    dropped, a 2D image a stack of 1. Channels, timepoints or RGB samples in the file, or
+    more axes than one can place: ImageError naming the file, its shape and axes."""
     import tifffile
 
     try:
-        data = tifffile.imread(path)
+        with _quiet_tifffile(path), tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            data, axes = series.asarray(), series.axes
+    except ImageError:
+        raise
     except Exception as exc:
         raise ImageError(f"{path}: cannot read the TIFF ({type(exc).__name__}: {exc})") from exc
     if data.size == 0:
         raise ImageError(f"{path}: cannot read the TIFF (no image data in it)")
-    data = np.squeeze(data)
-    if data.ndim == 2:
-        data = data[np.newaxis]
-    elif data.ndim > 3:
-        data = data[(0,) * (data.ndim - 3)]
-    if data.ndim != 3 or data.size == 0:
-        raise ImageError(f"{path}: expected an image stack, got shape {data.shape}")
-    return data
+    return _stack_axes(path, data, axes)
 
 
 # -- pass 0: z range ------------------------------------------------------------------------
@@ -375,7 +441,7 @@ def read_slices(path: str | Path, start: int, end: int) -> np.ndarray:
     if end < start:
         raise ImageError(f"{path}: the z range {start}-{end} is empty")
     try:
-        with tifffile.TiffFile(path) as tif:
+        with _quiet_tifffile(path), tifffile.TiffFile(path) as tif:
             series = tif.series[0]
             shape = tuple(d for d in series.shape if d != 1)
             if len(series.pages) == series.shape[0] == shape[0] and len(shape) == 3 and end < shape[0]:

@@ -1,0 +1,119 @@
+"""What ``pack`` reports: a line a pass (how it ran, what it measured) and the whole run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["PackInterrupted", "PackReport", "PassReport", "plural"]
+
+
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """``1 problem``, ``2 problems`` (``many``: an irregular plural)."""
+    return f"{n} {word if n == 1 else (many or word + 's')}"
+
+
+@dataclass
+class PassReport:
+    name: str
+    executor: str
+    n_jobs: int
+    chunksize: int
+    wall_time: float
+    files: int
+    megabytes: float
+    # A pass run as a pipeline: "fused" or "staged", and each step's seconds a file as this
+    # run measured them (the mean over the files it made).
+    mode: str | None = None
+    steps: list[tuple[str, float]] = field(default_factory=list)
+    # The plan's figures for the steps, where they came from the tuning cache (a run before
+    # this one), and when that was: shown apart, as a plan.
+    planned: list[tuple[str, float]] = field(default_factory=list)
+    planned_from: str = ""
+
+    @property
+    def files_per_s(self) -> float:
+        return self.files / self.wall_time if self.wall_time > 0 else 0.0
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.megabytes / self.wall_time if self.wall_time > 0 else 0.0
+
+    def line(self) -> str:
+        how = self.executor if self.executor == "serial" else f"{self.executor} x{self.n_jobs} (chunksize {self.chunksize})"
+        if self.mode == "staged":
+            how = "staged: " + self.executor
+        reads = f"{self.mb_per_s:7.1f} MB/s" if self.megabytes > 0 else f"{'(no reads)':>12}"
+        text = f"{self.name:<18} {how:<30} {self.wall_time:7.2f} s  {self.files_per_s:6.2f} files/s  {reads}"
+        text += _steps_line(self.steps, "a file, measured")
+        if self.planned:
+            text += _steps_line(self.planned, f"a file, planned from {self.planned_from}")
+        return text
+
+
+def _steps_line(steps: list[tuple[str, float]], what: str) -> str:
+    total = sum(t for _, t in steps)
+    if total <= 0:
+        return ""
+    return "\n" + " " * 19 + ", ".join(f"{n} {t * 1e3:.0f} ms ({t / total:.0%})" for n, t in steps) + " " + what
+
+
+@dataclass
+class PackReport:
+    passes: list[PassReport] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    written: list[str] = field(default_factory=list)
+    manifest: dict[str, Any] | None = None
+    wall_time: float = 0.0
+    dry_run: bool = False
+    # Resume: atlases already up to date in the output folder (not made again), and atlases
+    # there that the manifest does not list (left as they are).
+    kept: list[str] = field(default_factory=list)
+    unlisted: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def plot(self, path: str | Path) -> Path:
+        """Each pass as a bar (its time, how it ran, files a second), to ``path``. Needs
+        ``pip install "autopar[plot]"``."""
+        from ..plot import pack_plot
+
+        return pack_plot(self, path)
+
+    def summary(self) -> str:
+        lines = [f"{'pass':<18} {'executor':<30} {'time':>9}  {'throughput':>14}  {'input':>12}"]
+        lines.extend(p.line() for p in self.passes)
+        verb = "would write" if self.dry_run else "wrote"
+        done = f"{verb} {plural(len(self.written), 'atlas', 'atlases')}"
+        if self.kept:
+            done += f", {'would keep' if self.dry_run else 'kept'} {len(self.kept)} up to date"
+        lines.append(f"{done} in {self.wall_time:.2f} s")
+        if self.unlisted:
+            shown = ", ".join(self.unlisted[:5]) + (", ..." if len(self.unlisted) > 5 else "")
+            lines.append(
+                f"{plural(len(self.unlisted), 'atlas', 'atlases')} in the output folder not in the manifest "
+                f"(left as they are): {shown}"
+            )
+        if self.errors:
+            lines.append(f"{plural(len(self.errors), 'problem')}:")
+            lines.extend(f"  ! {e}" for e in self.errors)
+        return "\n".join(lines)
+
+
+class PackInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a pack, after its pools were stopped: how far it got, in one line."""
+
+    def __init__(self, written: int, total: int, dry_run: bool = False) -> None:
+        super().__init__(written, total, dry_run)
+        self.written, self.total, self.dry_run = written, total, dry_run
+
+    def __str__(self) -> str:
+        if self.dry_run:
+            return "interrupted: a dry run, nothing was written"
+        return (
+            f"interrupted: {self.written} of {plural(self.total, 'atlas', 'atlases')} written; no manifest; "
+            "run the same command again to finish"
+        )

@@ -1,0 +1,107 @@
+"""Resume: which atlases of an output folder are up to date, so a rerun makes only the rest.
+
+The record is ``OUTPUT/autopar-pack.json`` (written atomically beside manifest.json): per atlas
+the input file it was made from (path, size, mtime), the global z crop and the slices taken,
+the contrast limits, and the settings that change its bytes. An atlas is kept when its
+record equals the new run's and the file is a complete WebP. The record is written *before*
+pass 2, after the atlases about to be made again are removed, so that at every moment an
+atlas on disk with a record was made as that record says: a crash or Ctrl-C in pass 2
+leaves the atlases written so far valid, and the same command finishes the job.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from pathlib import Path
+from typing import Any, Iterable
+
+from .._atomic import atomic_write
+from .passes import RenderJob, output_name
+
+__all__ = ["RECORD", "complete_webp", "entry", "outdated", "read_record", "unlisted", "write_record"]
+
+RECORD = "autopar-pack.json"
+FORMAT = 1  # raised whenever pass 2's bytes for the same inputs and settings change
+SETTINGS = ("stretch", "z_crop", "z_threshold", "per_image_contrast", "quality", "method", "lossless")
+
+
+def entry(job: RenderJob, crop: tuple[int, int], settings: dict[str, Any]) -> dict[str, Any]:
+    """What an atlas is made from, as JSON gives it back (lists, exact floats)."""
+    st = os.stat(job.path)
+    made_from = {
+        "input": os.path.abspath(job.path),
+        "size": st.st_size,
+        "mtime_ns": st.st_mtime_ns,
+        "global_z_crop": list(crop),
+        "slices": [job.z_start, job.z_end],
+        "limits": [job.limits.p_low, job.limits.p_high],
+        "settings": {k: settings[k] for k in SETTINGS},
+    }
+    return json.loads(json.dumps(made_from))
+
+
+def read_record(out: Path) -> dict[str, Any]:
+    """The atlases' records of the last pack into ``out`` (none: empty)."""
+    try:
+        data = json.loads((out / RECORD).read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("atlases"), dict):
+        return {}
+    return data["atlases"]
+
+
+def complete_webp(path: Path) -> bool:
+    """A whole WebP file: its RIFF header's length is the file's."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(12)
+            size = os.fstat(fh.fileno()).st_size
+    except OSError:
+        return False
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WEBP":
+        return False
+    return struct.unpack("<I", head[4:8])[0] + 8 == size
+
+
+def outdated(out: Path, jobs: list[RenderJob], entries: dict[str, Any], force: bool) -> list[RenderJob]:
+    """The jobs whose atlas must be made (again): all with ``force``; else those with no
+    record, another record, or no complete file."""
+    if force:
+        return list(jobs)
+    old = read_record(out)
+    todo = []
+    for job in jobs:
+        name = output_name(job.time_id, job.channel)
+        if old.get(name) != entries[name] or not complete_webp(out / name):
+            todo.append(job)
+    return todo
+
+
+def write_record(out: Path, todo: Iterable[RenderJob], entries: dict[str, Any]) -> None:
+    """Before pass 2: remove the atlases about to be made again, then record every atlas of
+    this run (one whose stale file cannot be removed is left unrecorded: made again next
+    time)."""
+    kept = dict(entries)
+    for job in todo:
+        path = out / output_name(job.time_id, job.channel)
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError:
+            if path.is_file():
+                kept.pop(path.name, None)
+    with atomic_write(out / RECORD, "w") as fh:
+        json.dump({"format": FORMAT, "atlases": kept}, fh, indent=1)
+
+
+def unlisted(out: Path, names: set[str]) -> list[str]:
+    """Atlases in ``out`` (volume_*.webp) that this run does not list."""
+    try:
+        found = [p.name for p in out.iterdir() if p.name.startswith("volume_") and p.name.endswith(".webp")]
+    except OSError:
+        return []
+    return sorted(n for n in found if n not in names)
