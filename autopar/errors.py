@@ -8,7 +8,11 @@ on the exception as ``autopar_item_index`` where the exception accepts attribute
 
 from __future__ import annotations
 
+import sys
 from typing import Any
+
+if sys.version_info < (3, 11):  # pragma: no cover - 3.10
+    import exceptiongroup  # noqa: F401  (its import makes tracebacks print __notes__, as 3.11 does)
 
 __all__ = [
     "AutoparError",
@@ -17,6 +21,7 @@ __all__ = [
     "RemoteTraceback",
     "WorkerDied",
     "WorkerError",
+    "add_note",
     "annotate",
     "annotate_stage",
 ]
@@ -116,9 +121,21 @@ def _mark(exc: BaseException, attr: str, value: Any, note: str) -> BaseException
         setattr(exc, attr, value)
     except (AttributeError, TypeError):
         pass
+    add_note(exc, note)
+    return exc
+
+
+def add_note(exc: BaseException, note: str) -> None:
+    """``exc.add_note(note)``; before Python 3.11, the same list by hand (``exceptiongroup``,
+    a dependency there, prints it in tracebacks as 3.11 does)."""
     if hasattr(exc, "add_note"):
         exc.add_note(note)
-    return exc
+        return
+    try:
+        notes = exc.__dict__.setdefault("__notes__", [])
+        notes.append(note)
+    except (AttributeError, TypeError):
+        pass
 
 
 def settle(failures: "list[tuple[int, BaseException, str]]", where: str, collect: bool) -> list[int]:
