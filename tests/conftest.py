@@ -14,10 +14,23 @@ from pathlib import Path
 import psutil
 import pytest
 
+# The session's own temp folder, under the system's: everything the tests, their worker
+# processes (spawn and forkserver workers inherit TMPDIR, fork workers tempfile.tempdir) and
+# the commands they run write to a temp folder goes there, and the leak check looks only
+# there, not at other programs' files in the shared folder. Removed when the session ends.
+# pytest's own tmp_path folders stay under the system's temp folder, where pytest keeps the
+# last few runs' for a look after a failure.
+_SYSTEM_TMP = tempfile.gettempdir()
+os.environ.setdefault("PYTEST_DEBUG_TEMPROOT", _SYSTEM_TMP)
+SESSION_TMP = tempfile.mkdtemp(prefix="autopar-test-session-", dir=_SYSTEM_TMP)
+atexit.register(shutil.rmtree, SESSION_TMP, True)
+os.environ["TMPDIR"] = SESSION_TMP
+tempfile.tempdir = SESSION_TMP
+
 # Measured pool costs go to a cache of the test session's own, not the user's.
-_CACHE = tempfile.mkdtemp(prefix="autopar-test-cache-")
+_CACHE = os.path.join(SESSION_TMP, "cache")
+os.mkdir(_CACHE)
 os.environ["AUTOPAR_CACHE_DIR"] = _CACHE
-atexit.register(shutil.rmtree, _CACHE, True)  # the session's own cache goes with it
 # The tuning cache is off: a test that calls optimize() twice on the same job expects two
 # samples. tests/test_wisdom.py turns it on, each test in a folder of its own.
 os.environ["AUTOPAR_CACHE"] = "off"
@@ -68,8 +81,16 @@ def executor(request):
 
 
 def _tmp_entries() -> set[str]:
-    root = Path(tempfile.gettempdir())
-    return {p.name for p in root.iterdir() if not p.name.startswith(("pytest-of-", "autopar-test-cache-", "pymp-"))}
+    """What is in the session's own temp folder, less the session's cache, multiprocessing's
+    per-process folders (the fork server's ``pymp-*``) and Dask's scratch root, which every
+    Dask scheduler makes in the temp folder and keeps for the next (its work folders inside
+    go with their servers)."""
+    root = Path(SESSION_TMP)
+    return {
+        p.name
+        for p in root.iterdir()
+        if p.name not in ("cache", "dask-scratch-space") and not p.name.startswith("pymp-")
+    }
 
 
 def _mp_helpers() -> set[int]:

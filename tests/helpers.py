@@ -227,3 +227,11 @@ def sleep_first(x: int) -> int:
     if x == 0:
         time.sleep(30)
     return x
+
+
+def spin_tagged(item: "tuple[int, float]") -> int:
+    """Computes for its item's seconds of wall time and returns its index, so that a lost or
+    repeated item shows."""
+    index, seconds = item
+    spin_wall(seconds)
+    return index

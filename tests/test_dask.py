@@ -268,7 +268,10 @@ def test_optimize_with_a_cluster_then_execute_on_its_scheduler(client):
     assert out == data and report.executor_type == "dask"
     r = autopar.optimize(square, range(1000), cluster=client)  # tiny items: local
     assert r.executor_type != "dask"
-    assert any(c.executor_type == "dask" for c in r.runner_ups) or r.n_remaining == 0
+    # Where the model ranked the pools, the cluster is among them. (It ranks none where the
+    # work left is under MIN_SAVING: on a quiet machine the sample runs this whole job
+    # itself, on a busy one it may stop early and leave a rest too small to rank.)
+    assert not r.runner_ups or any(c.executor_type == "dask" for c in r.runner_ups)
 
 
 def test_optimize_for_dask_needs_the_cluster():
