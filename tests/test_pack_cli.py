@@ -21,7 +21,7 @@ from autopar import cli
 from autopar._atomic import atomic_write
 from autopar.image import passes as image
 from autopar.image.pack import pack
-from autopar.image.resume import RECORD
+RECORD = "autopar-pack.json"  # the resume record beside manifest.json
 
 pytestmark = pytest.mark.timeout(300)
 ROOT = Path(__file__).resolve().parent.parent
@@ -152,6 +152,8 @@ def test_a_dry_run_writes_nothing_not_even_the_tuning_cache(dataset, tmp_path):
 
 
 def test_the_report_gives_the_steps_this_run_measured(tmp_path, monkeypatch):
+    from autopar.tune import wisdom
+
     monkeypatch.setenv("AUTOPAR_CACHE", "on")
     monkeypatch.setenv("AUTOPAR_CACHE_DIR", str(tmp_path / "cache"))
     src = tmp_path / "in"
@@ -167,8 +169,11 @@ def test_the_report_gives_the_steps_this_run_measured(tmp_path, monkeypatch):
     for name in names:
         os.link(tmp_path / "flat.tif", src / name)
     image.webp_bytes(flat[0].astype(np.uint8))  # the encoder loaded: the first sample times encoding only
-    first = pack(src, tmp_path / "o1")
-    assert first.ok and first.passes[-1].planned == []  # planned from its own sample: not shown
+    for _ in range(4):  # a run far off its plan (a busy machine) leaves the figures stale: again
+        first = pack(src, tmp_path / "o1", force=True)
+        if [e for e in wisdom.entries() if e.func.startswith("pipeline(") and not e.stale]:
+            break
+    assert first.ok and first.passes[-1].planned_from in ("", "the tuning cache")
     for name in names:  # the same job, other images: planned from the first run's figures
         os.unlink(src / name)
         os.link(tmp_path / "noisy.tif", src / name)
