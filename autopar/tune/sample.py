@@ -56,7 +56,7 @@ from .. import _serialize
 from ..backends.blas import blas_share, capped_blas
 from ..backends.worker import Limited, Span, run_items
 from ..errors import ItemFailed, settle
-from .measure import CPU_BOUND, CpuMeter, NewThreadsCpu, PeakRSS, busy_clock, native_threads, rss
+from .measure import CPU_BOUND, CpuMeter, NewThreadsCpu, PeakRSS, busy_clock, native_threads, queued_seconds, rss
 from .remote import RemoteItems
 from .stash import SampleStash
 from .system import threaded_blas_loaded
@@ -298,7 +298,7 @@ def _probe(
     func: Callable[..., Any], items: list[Any], k: int, first_index: int, collect: bool
 ) -> tuple[list[Any], float, float, float]:
     """Run ``items`` on ``k`` threads at once. Returns (results, wall, the function's CPU,
-    the round's whole wall time).
+    the round's whole wall time, the threads' mean wait for a core).
 
     The threads start together only once all of them run: each yields its turn until the
     last has arrived (sleeping threads would let their cores idle again). A core that sat
@@ -316,6 +316,7 @@ def _probe(
     arrived = [0]
     lock = threading.Lock()
     ends = [0.0] * k
+    queues = [0.0] * k  # each thread's wait for a core (other processes busy) over the round
     spin = k <= _cpus()
     go = threading.Event()
     cpus = _cpu_list() if spin else []
@@ -329,6 +330,7 @@ def _probe(
             go.wait()
         while arrived[0] <= k:  # the caller counts itself in once all k are here
             time.sleep(0)
+        q0 = queued_seconds()
         try:
             for i in range(slot, len(items), k):
                 try:
@@ -340,6 +342,7 @@ def _probe(
                     results[i] = ItemFailed(first_index + i, exc)
         finally:
             ends[slot] = time.perf_counter()
+            queues[slot] = queued_seconds() - q0
 
     threads = [
         threading.Thread(target=worker, args=(s,), name=f"autopar-probe-{s}", daemon=True) for s in range(k)
@@ -361,7 +364,7 @@ def _probe(
     cpu = meter.stop()
     wall = sum(ends) / k - t0
     settle(sorted(failures, key=lambda f: f[0]), "thread (probe)", collect)
-    return results, wall, cpu, max(ends) - t0
+    return results, wall, cpu, max(ends) - t0, sum(queues) / k
 
 
 def _own_cpus(cpus: list[int]) -> None:
@@ -461,6 +464,7 @@ class _Sampler:
         self.own_ratios: list[float] = []  # the calling thread's alone, of the same batches
         self.peak = 0
         self.first_time = self.first_cpu = self.first_own = 0.0
+        self.first_active = 0.0  # the first item's wall time less its wait for a core
         self.watch_memory = False
         self.waiting = False
         self.ahead_round: tuple[float, int, int] | None = None  # (scaling, threads, items)
@@ -513,24 +517,27 @@ class _Sampler:
                 spec.stop_or_finish()
         self.peak = max(rss() - rss0, 0)
         self._keep(first, [result])
-        if spec is not None and spec.n_ran() and wall > 0 and own / wall >= CPU_BOUND / 2:
+        queued = meter.queued  # waiting for a core (other processes busy): not waiting on I/O
+        if spec is not None and spec.n_ran() and wall > 0 and own / CpuMeter.active(wall, queued, own) >= CPU_BOUND / 2:
             # The helper shared the machine with the first item: its own CPU time is its
             # serial time, and its CPU ratio its own.
             wall = cpu = max(own, 1e-9)
+            queued = 0.0
         self.first_time, self.first_cpu, self.first_own = wall, cpu, min(own, cpu)
+        self.first_active = CpuMeter.active(wall, queued, own)
         contended = False
         if spec is not None:
             if spec.waiting:  # the RSS growth was theirs too
                 self.peak //= 1 + spec.n_ran()
             contended = self._speculated(spec)
         if contended:  # the first item shared too few cores: its own CPU time is its time
-            self.first_time = wall = cpu = max(own, 1e-9)
+            self.first_time = self.first_active = wall = cpu = max(own, 1e-9)
             self.first_cpu = own
         # Peak memory: an item under 1 ms cannot touch much memory, so only its RSS growth
         # counts; a longer one has the next item, or the probe, watched by the RSS poller.
         self.watch_memory = wall >= 1e-3
         # An item that mostly waits: the thread probe measures it better than serial items.
-        self.waiting = not contended and wall >= 1e-3 and cpu / wall < IO_BOUND
+        self.waiting = not contended and wall >= 1e-3 and cpu / self.first_active < IO_BOUND
         return True
 
     def _first_remote(self, first: list[Any]) -> bool:
@@ -540,6 +547,7 @@ class _Sampler:
             return False
         wall, cpu = got
         self.first_time, self.first_cpu, self.first_own = wall, cpu, cpu
+        self.first_active = wall
         self.watch_memory = False  # another process's memory: the RSS poller cannot see it
         self.waiting = wall >= 1e-3 and cpu / wall < IO_BOUND
         return True
@@ -641,8 +649,9 @@ class _Sampler:
             self.batches.append((len(batch), dt))
             self.batch_pos.append(self.done - (len(batch) + 1) / 2)  # _keep counted them
             if dt >= 1e-3:  # long enough for the CPU clock to mean something
-                self.ratios.append(dc / dt)
-                self.own_ratios.append(min(do, dc) / dt)
+                active = CpuMeter.active(dt, meter.queued, do)  # less the wait for a core
+                self.ratios.append(dc / active)
+                self.own_ratios.append(min(do, dc) / active)
             batch_size = batch_size * 2 if dt / len(batch) < 1e-3 else 1
 
     def _timed_remote(self, batch: "list[Any] | Span") -> bool:
@@ -660,8 +669,8 @@ class _Sampler:
     def item_stats(self) -> _Stats:
         timed = sum(b for b, _ in self.batches)
         if not timed:  # only the first item ran
-            t = self.first_time
-            ratio, own = (self.first_cpu / t, self.first_own / t) if t > 0 else (1.0, 1.0)
+            t, active = self.first_time, self.first_active
+            ratio, own = (self.first_cpu / active, self.first_own / active) if t > 0 else (1.0, 1.0)
             return _Stats(t, 0.0, t, ratio, t, own)
         mean = sum(t for _, t in self.batches) / timed
         var = sum(b * (t / b - mean) ** 2 for b, t in self.batches) / len(self.batches)
@@ -808,7 +817,7 @@ def _blas_step(sp: "_Sampler", stats: _Stats) -> tuple[float | None, _Stats]:
     threads seemed to compute beside the items but capping them changed nothing, they were
     not the items' (a BLAS pool spinning on after someone else's call: pure Python read
     CPU/wall 1.7), and the CPU ratio is the calling thread's own."""
-    first = sp.first_cpu / sp.first_time if sp.first_time > 0 else 0.0
+    first = sp.first_cpu / sp.first_active if sp.first_time > 0 else 0.0
     native = max(first, stats.cpu_ratio) >= NATIVE_THREADS
     left = None if sp.n_total is None else sp.n_total - sp.done
     if sp.remote is not None or sp.src.done or stats.mean < 1e-3 or stats.cpu_ratio < CPU_BOUND or (left is not None and left < BLAS_STEP_MIN_ITEMS):
@@ -935,7 +944,7 @@ def _probe_step(sp: "_Sampler", stats: _Stats, cheap_low: bool = False) -> tuple
             break
         kk = min(k, len(items))
         with PeakRSS() if sp.watch_memory else nullcontext() as mem, _blas_capped(sp, kk):
-            results, wall, cpu, whole = _probe(sp.func, items, kk, sp.done, sp.collect)
+            results, wall, cpu, whole, queued = _probe(sp.func, items, kk, sp.done, sp.collect)
         sp.failures += [r.index for r in results if isinstance(r, ItemFailed)]
         if sp.watch_memory:  # items too long for a second serial one: k ran at once here
             sp.peak, sp.watch_memory = max(sp.peak, mem.peak // kk), False
@@ -947,7 +956,9 @@ def _probe_step(sp: "_Sampler", stats: _Stats, cheap_low: bool = False) -> tuple
                 # CPU-bound: cores kept busy at once over cores one item keeps busy. (Not
                 # capped by the round's throughput: a few items of uneven size make that
                 # too noisy; GIL-free NumPy read x1.0-1.13 so.)
-                s = (cpu / whole) / stats.cpu_ratio
+                # On a busy machine the threads also wait for cores: that time is neither
+                # the GIL nor the work's, so the round counts without it.
+                s = (cpu / CpuMeter.active(whole, queued)) / stats.cpu_ratio
                 slower = len(items) * stats.reference < SLOWER_TOGETHER * whole
             else:
                 # Waiting work, or BLAS capped (a BLAS library serializing its callers
