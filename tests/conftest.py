@@ -22,7 +22,18 @@ import pytest
 # last few runs' for a look after a failure.
 _SYSTEM_TMP = tempfile.gettempdir()
 os.environ.setdefault("PYTEST_DEBUG_TEMPROOT", _SYSTEM_TMP)
-SESSION_TMP = tempfile.mkdtemp(prefix="autopar-test-session-", dir=_SYSTEM_TMP)
+
+
+def _remove_stale_sessions() -> None:
+    """Folders of sessions that were killed before their end (their process is gone)."""
+    for folder in Path(_SYSTEM_TMP).glob("autopar-test-session-*-*"):
+        pid = folder.name.split("-")[3]
+        if pid.isdigit() and not psutil.pid_exists(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+_remove_stale_sessions()
+SESSION_TMP = tempfile.mkdtemp(prefix=f"autopar-test-session-{os.getpid()}-", dir=_SYSTEM_TMP)
 atexit.register(shutil.rmtree, SESSION_TMP, True)
 os.environ["TMPDIR"] = SESSION_TMP
 tempfile.tempdir = SESSION_TMP
