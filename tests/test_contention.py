@@ -79,3 +79,29 @@ def test_pure_python_beside_a_hog_is_cpu_bound_to_the_sample():
     with OneBusyCpu():
         r = optimize(_loop, [300_000] * 40, executor_type="serial")  # items of tens of ms
     assert r.profile.cpu_ratio > 0.8, r.explain()
+
+
+# -- a first call's one-time cost --------------------------------------------------------------
+
+_TABLE: dict[str, int] = {}
+_TABLE_LOCK = __import__("threading").Lock()
+
+
+def _lazy_table(n: int) -> int:
+    """Builds a table on its first call (0.3 s of CPU, under a lock, as an import does);
+    later calls wait for it, then compute about a millisecond."""
+    with _TABLE_LOCK:
+        if not _TABLE:
+            spin(0.3)
+            _TABLE["ready"] = 1
+    return _loop(n) + _TABLE["ready"]
+
+
+def test_an_item_waiting_on_the_first_calls_one_time_cost_is_not_taken_for_waiting_work():
+    _TABLE.clear()
+    r = optimize(_lazy_table, [20_000] * 400)
+    p = r.profile
+    assert p.warmup_time is not None and p.warmup_time >= 0.3, r.explain()
+    assert p.cpu_ratio > 0.5, r.explain()  # computing, not waiting
+    assert p.item_time_mean < 0.1, r.explain()  # the steady item, not the first call
+    assert not (r.executor_type == "thread" and r.n_jobs > r.usable_cores), r.explain()

@@ -137,6 +137,11 @@ class OptimizationResult:
             f"  item time {_fmt_time(p.item_time_mean)} mean, {_fmt_time(p.item_time_std)} spread "
             f"(cv {p.item_time_cv:.2f}), {_fmt_time(p.item_time_max)} max"
         )
+        if p.warmup_time is not None:
+            lines.append(
+                f"  first call {_fmt_time(p.warmup_time)}: a one-time cost (an item run beside it waited "
+                "for it to end); the figures are the later items'"
+            )
         lines.append(
             f"  CPU/wall {p.cpu_ratio:.2f} -> {self.workload_type}-bound; "
             + (

@@ -97,6 +97,8 @@ NATIVE_THREADS = 1.3  # items' CPU/wall from which native threads computed besid
 MIN_SAVING = 0.01  # seconds: no pool is worth starting to save less (the model's rule too)
 FINISH_SEEN = 4  # a rest under MIN_SAVING runs in the sample once it is at most this many times the items timed
 PROBE_MIN_WORK = 0.03  # seconds of work left, under which no pool can win back what a probe costs
+WARMUP_OVERLAP = 0.5  # an item beside the first that waited this share of its time waited on it
+WARMUP_END = 0.1  # ... and ended within this share of the first item's time from its end
 SPECULATE_MAX_ITEMS = 1000  # jobs of at most this many items start a second item early
 GROWTH_POINTS = 4  # timed batches from which a trend along the input is fitted
 GROWTH_FIT = 0.8  # R^2 of the linear fit from which items count as growing
@@ -140,6 +142,9 @@ class Profile:
     # seconds an item and the bytes its output pickles to (inf: it does not pickle).
     stage_times: tuple[tuple[float, float], ...] = ()
     stage_bytes: tuple[float, ...] = ()
+    # The first item's time where it was a one-time cost (an import, a cache filled): an item
+    # run beside it waited on it rather than ran, and the figures come from later items.
+    warmup_time: float | None = None
 
     @property
     def n_done(self) -> int:
@@ -234,7 +239,7 @@ class _Ahead:
         n = len(items)
         self.results: list[Any] = [None] * n
         self.errors: list[BaseException | None] = [None] * n
-        self.walls, self.cpus = [0.0] * n, [0.0] * n
+        self.walls, self.cpus, self.ends = [0.0] * n, [0.0] * n, [0.0] * n
         self.ran = [False] * n
         self.waiting = False
         self.round_wall = 0.0
@@ -250,7 +255,8 @@ class _Ahead:
             self.results[i] = self.func(self.items[i])
         except BaseException as exc:  # handed to the caller by the sampler
             self.errors[i] = exc
-        self.walls[i], self.cpus[i] = time.perf_counter() - t0, time.thread_time() - h0
+        self.ends[i] = time.perf_counter()
+        self.walls[i], self.cpus[i] = self.ends[i] - t0, time.thread_time() - h0
 
     def _coordinate(self) -> None:
         t0 = time.perf_counter()
@@ -465,6 +471,8 @@ class _Sampler:
         self.peak = 0
         self.first_time = self.first_cpu = self.first_own = 0.0
         self.first_active = 0.0  # the first item's wall time less its wait for a core
+        self.first_end = 0.0
+        self.warmup = False  # the first call's one-time cost held up an item beside it
         self.watch_memory = False
         self.waiting = False
         self.ahead_round: tuple[float, int, int] | None = None  # (scaling, threads, items)
@@ -513,6 +521,7 @@ class _Sampler:
                 self.failures += settle([(0, exc, "")], "serial (sample)", self.collect)
         finally:
             wall, own, cpu = meter.stop()
+            self.first_end = time.perf_counter()
             if spec is not None:
                 spec.stop_or_finish()
         self.peak = max(rss() - rss0, 0)
@@ -593,6 +602,13 @@ class _Sampler:
                 self.ahead_round = (min(scaling, float(k)), k, n)
         for i in timed:
             wall, cpu = spec.walls[i], spec.cpus[i]
+            if self._waited_on_first(spec, i):
+                # It queued behind the first call's one-time work (an import lock, a table
+                # being built): its wall time is the first item's, not its own. A computing
+                # function that imports scipy.stats on its first call read CPU/wall 0.001
+                # so, and ran on 64 threads at 4-7x the serial time.
+                self.warmup = True
+                continue
             if spec.errors[i] is None and wall > 0:
                 # A timed item: its own CPU time when CPU-bound (it shared the machine), else wall.
                 cpu_bound = cpu / wall >= CPU_BOUND / 2
@@ -600,6 +616,18 @@ class _Sampler:
                 self.batch_pos.append(1.0 + i)  # the first item is at 0, these right after it
                 self.ratios.append(1.0 if cpu_bound else cpu / wall)
         return contended
+
+    def _waited_on_first(self, spec: _Ahead, i: int) -> bool:
+        """An item run beside a computing first item that barely ran until the first one ended."""
+        wall, cpu = spec.walls[i], spec.cpus[i]
+        first_computes = self.first_cpu >= CPU_BOUND * self.first_active
+        return (
+            first_computes
+            and wall > 0
+            and cpu < IO_BOUND * wall
+            and spec.ends[i] >= self.first_end - WARMUP_END * self.first_time  # freed as it ended
+            and wall >= WARMUP_OVERLAP * self.first_time
+        )
 
     def _target(self, mean: float) -> float:
         if self.n_total is None:
@@ -618,8 +646,10 @@ class _Sampler:
             elapsed = time.perf_counter() - self.t_begin
             target = self._target(mean)
             # The first item pays the warm-up: it stands alone only when it is longer than the
-            # whole budget (items of seconds), never just longer than a small job's share.
-            if (elapsed >= target or self.waiting) and (timed >= min_timed or self.first_time >= self.budget):
+            # whole budget (items of seconds), never just longer than a small job's share, and
+            # never where it was a one-time cost others waited on (``warmup``).
+            stands = self.first_time >= self.budget and not self.warmup
+            if (elapsed >= target or self.waiting) and (timed >= min_timed or stands):
                 break
             if self.n_total is not None:
                 left = self.n_total - self.done
@@ -674,7 +704,7 @@ class _Sampler:
             return _Stats(t, 0.0, t, ratio, t, own)
         mean = sum(t for _, t in self.batches) / timed
         var = sum(b * (t / b - mean) ** 2 for b, t in self.batches) / len(self.batches)
-        tmax = max(max(t / b for b, t in self.batches), self.first_time)
+        tmax = max(max(t / b for b, t in self.batches), 0.0 if self.warmup else self.first_time)
         ratio = sorted(self.ratios)[(len(self.ratios) - 1) // 2] if self.ratios else 1.0
         own = sorted(self.own_ratios)[(len(self.own_ratios) - 1) // 2] if self.own_ratios else ratio
         reference = _robust_mean(self.batches) or mean
@@ -714,6 +744,7 @@ class _Sampler:
             items_shared=pk.items_shared,
             single_blas_time=self.single_blas_time,
             blas_live=self.blas_live,
+            warmup_time=self.first_time if self.warmup else None,
         )
         stash = SampleStash(
             func=self.user_func,
