@@ -700,3 +700,135 @@ def test_bad_arguments_are_named():
             m.submit(42)
         with pytest.raises(ValueError, match="timeout"):
             m.submit(square, 1, timeout=-1)
+
+
+# ---- on every supported Python: public APIs only, no fork beside the manager's threads ------
+
+
+def _stdlib_privates() -> set[str]:
+    """The private attributes of the stdlib objects the service works with (a Future, a thread
+    pool, a process pool), as this Python has them: none may be read or written."""
+    names = set()
+    pools = [cf.ThreadPoolExecutor(1), cf.ProcessPoolExecutor(1)]
+    for obj in [cf.Future(), *pools]:
+        names |= set(vars(obj))
+        names |= {n for klass in type(obj).__mro__ if klass is not object for n in vars(klass)}
+    for pool in pools:
+        pool.shutdown()
+    return {n for n in names if n.startswith("_") and not n.startswith("__")}
+
+
+def test_the_service_uses_no_private_name_of_the_standard_library():
+    import ast
+    import pathlib
+
+    import autopar.service
+
+    privates = _stdlib_privates()
+    assert {"_state", "_waiters", "_work_queue", "_broken"} <= privates  # what it looks for
+    found = []
+    for path in sorted(pathlib.Path(autopar.service.__file__).parent.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and node.attr in privates:
+                found.append(f"{path.name}:{node.lineno} .{node.attr}")
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                if any(part.startswith("_") and not part.startswith("__") for part in node.module.split(".")) or any(a.name.startswith("_") for a in node.names):
+                    if not node.module.startswith("autopar"):
+                        found.append(f"{path.name}:{node.lineno} from {node.module}")
+    assert not found, found
+
+
+class _Unusable:
+    def __init__(self, *args, **kwargs):
+        raise AssertionError("the stdlib's thread pool machinery was used")
+
+
+def test_the_thread_lane_needs_no_stdlib_work_item_nor_worker_loop(monkeypatch):
+    # Whatever a Python version's ThreadPoolExecutor does inside (3.14's worker loop calls
+    # ``work_item.run(ctx)``), the lane does not go through it: calls, a map on the lane's
+    # threads, a time limit and a cancel work with both replaced by things that fail.
+    import concurrent.futures.thread as stdlib_thread
+
+    from autopar.tune.costs import pool_costs
+
+    pool_costs()  # optimize()'s measure of pools (stdlib ones, not the lane's), taken first
+    monkeypatch.setattr(stdlib_thread, "_WorkItem", _Unusable)
+    monkeypatch.setattr(stdlib_thread, "_worker", _Unusable)
+    release = threading.Event()
+    started: list[int] = []
+
+    def take(x):
+        started.append(x)
+        release.wait(10)
+        return x
+
+    with Manager(io_workers=2, throttle=False) as m:
+        assert m.submit_io(square, 4).result(timeout=10) == 16
+        futs = [m.submit_io(take, x) for x in range(6)]
+        cancelled = m.submit_io(take, 99)
+        assert cancelled.cancel() and cancelled.cancel()  # twice: the same answer, counted once
+        release.set()
+        assert [f.result(timeout=10) for f in futs] == list(range(6))
+        assert set(started[:2]) == {0, 1} and sorted(started) == list(range(6))  # in the order they came
+        with pytest.raises(ItemTimeout):
+            m.submit_io(spin, 10, timeout=0.2).result(timeout=10)
+        s = m.stats()["io"]
+        assert (s["completed"], s["failed"], s["cancelled"], s["timed_out"]) == (7, 1, 1, 1)
+        beside = m.lanes["thread"].pool.submit(square, 5)  # execute()'s way onto the lane
+        assert beside.result(timeout=10) == 25
+        assert m.map_sync(nap, [0.002] * 30, executor_type="thread", n_jobs=2) == [0.002] * 30
+        assert m.stats()["io"]["completed"] == 7 + 30
+        threads = [t for t in threading.enumerate() if t.name.startswith("autopar-io")]
+        assert 1 <= len(threads) <= 2  # the lane's limit
+
+
+def test_a_call_is_cancelled_once_whatever_its_state_and_says_so():
+    release = threading.Event()
+    with Manager(io_workers=1, throttle=False) as m:
+        running = m.submit_io(release.wait, 10)
+        waiting = m.submit_io(square, 3)
+        deadline = time.monotonic() + 10
+        while not running.running() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert running.running() and not waiting.running()
+        for fut in (running, waiting):
+            assert fut.cancel() and fut.cancel() and fut.cancelled() and fut.done()
+        done, _ = cf.wait([running, waiting], timeout=10)  # wait() is woken by a cancel
+        assert done == {running, waiting}
+        release.set()
+        assert m.submit_io(square, 4).result(timeout=10) == 16
+        finished = m.submit_io(square, 5)
+        assert finished.result(timeout=10) == 25 and not finished.cancel() and not finished.running()
+        assert m.stats()["io"]["cancelled"] == 2 and "finished" in repr(finished)
+
+
+def test_no_fork_while_the_managers_threads_run(monkeypatch):
+    # On 3.12+ such a fork warns (DeprecationWarning: "This process ... is multi-threaded");
+    # on every version it is what the manager must not do: each fork this process makes is
+    # checked for other threads running at that moment.
+    import warnings
+
+    forks: list[int] = []
+    real_fork = os.fork
+
+    def fork():
+        forks.append(threading.active_count())
+        return real_fork()
+
+    monkeypatch.setattr(os, "fork", fork)
+    alone = threading.active_count() == 1
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with Manager(cpu_workers=2, io_workers=2, throttle=True, start_method="fork") as m:
+            # forked before its first thread where nothing else ran; forkserver otherwise
+            assert m.lanes["process"].method() == ("fork" if alone else "forkserver")
+            assert m.submit_io(nap, 0.01).result(timeout=30) == 0.01
+            assert m.submit_cpu(pid).result(timeout=60) != os.getpid()
+            assert m.submit_cpu(square, 6).result(timeout=60) == 36
+            # a pool replacing a broken one, made while the manager's threads run
+            with pytest.raises(WorkerDied):
+                m.submit_cpu(die).result(timeout=60)
+            assert m.submit_cpu(square, 7).result(timeout=60) == 49
+            assert m.lanes["process"].method() == "forkserver"
+    assert all(n == 1 for n in forks), forks
+    assert not [w for w in seen if "multi-threaded" in str(w.message)]

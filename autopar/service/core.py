@@ -165,6 +165,8 @@ class Core(_Routing):
             "process": ProcessLane(self.cpu_workers, self.start_method, max(1, cores // self.cpu_workers), self._attempt_done, self.timer),
         }
         self.throttle = Throttle(cpu_threshold, memory_threshold, listener=self._throttled, workers=self.lanes["process"].pids)
+        # A forking pool's workers start now, before the manager's first thread (see processes.py).
+        self.lanes["process"].prestart()
         if throttle:
             self.throttle.start()
 
@@ -188,7 +190,6 @@ class Core(_Routing):
             try:
                 call.trial = call.breaker.check()
             except CircuitOpen as exc:
-                call.set_running_or_notify_cancel()
                 call.settle(exc=exc)
                 return call
         with self._lock:
@@ -362,13 +363,8 @@ _UNSET: Any = _Unset()
 
 
 def _running(call: Call) -> bool:
-    """Mark the call running (once); False if it was cancelled meanwhile."""
-    if call.running():
-        return True
-    try:
-        return call.set_running_or_notify_cancel()
-    except RuntimeError:  # cancelled, and its waiters told already
-        return False
+    """Mark the call running; False if it was cancelled meanwhile."""
+    return call.begin()
 
 
 def _count(value: int | None, default: int, name: str) -> int:

@@ -91,7 +91,7 @@ class Manager(Core):
             return []
         limit = max(gate.limit for gate in self.gates.values())  # the pools' sizes, throttled
         try:
-            result = optimize(func, items, max_jobs=limit, errors=errors, start_method=self.start_method, **options)
+            result = optimize(func, items, max_jobs=limit, errors=errors, start_method=self.lanes["process"].method(), **options)
         except BaseException as exc:  # an item failed in the sample, which runs in this thread
             with self._lock:
                 self.stats_["inline"].submitted += len(items)
@@ -101,7 +101,7 @@ class Manager(Core):
         pool = None
         if kind == "process":
             n = min(n, self.gates["process"].limit)
-            pool = self.lanes["process"]._current().executor
+            pool = self.lanes["process"].executor()
         elif kind == "thread":
             n = min(n, self.gates["thread"].limit)
             pool = self.lanes["thread"].pool

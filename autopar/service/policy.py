@@ -124,9 +124,9 @@ class CircuitBreaker:
     @property
     def state(self) -> str:
         with self._lock:
-            return self._state()
+            return self._state_now()
 
-    def _state(self) -> str:
+    def _state_now(self) -> str:
         if self._opened_at is None:
             return "closed"
         return "half-open" if self.clock() - self._opened_at >= self.recovery_timeout else "open"
@@ -136,7 +136,7 @@ class CircuitBreaker:
         True for that trial call, whose ``record()`` decides; a cancelled trial is recorded
         as cancelled, which lets the next call be the trial)."""
         with self._lock:
-            state = self._state()
+            state = self._state_now()
             if state == "closed":
                 return False
             if state == "half-open" and not self._trial:
