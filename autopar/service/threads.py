@@ -51,13 +51,13 @@ class Workers:
         with self._lock:
             if self.closed:
                 raise RuntimeError("the manager is shut down")
-            self._jobs.put((fn, a, b, future))
             if self._free:
                 self._free -= 1
-            elif len(self.threads) < self.limit:
+            elif len(self.threads) < self.limit:  # (a thread that cannot start: the job fails, not queued)
                 t = threading.Thread(target=self._loop, name=f"{self.name}_{len(self.threads)}", daemon=True)
-                self.threads.append(t)
                 t.start()
+                self.threads.append(t)
+            self._jobs.put((fn, a, b, future))
 
     def _loop(self) -> None:
         jobs = self._jobs
