@@ -35,6 +35,10 @@ class Manager(Core):
     template: each function gets its own breaker with these settings) and ``timeout`` are
     defaults for every call; a call's own keyword overrides them (None: none).
 
+    Where its process pool would be forked (``start_method`` fork, the default before 3.14
+    on Linux) and no other thread runs yet, the pool's workers are forked as the manager is
+    made, before its own threads start; while threads run, pools are made by forkserver.
+
     Calls take ``func(*args, **kwargs)``; the keywords ``timeout``, ``retry`` and ``breaker``
     are the manager's, not passed on. Use it as a context manager (``with`` or ``async
     with``), or call :meth:`shutdown`; an ``atexit`` hook stops whatever is left.

@@ -7,13 +7,14 @@ that were in it run again in the new pool (the table says which call each dead w
 so a crash is blamed on its own call only).
 
 Start method: the manager's, except that a pool is never forked while this process runs
-other threads (a fork copies their locks as they are, and 3.12+ warns of it): then the pool
-is made by forkserver. A manager that would fork forks its first pool's workers as it is
-made, before any thread of its own starts (``prestart``): measured on 2 busy cores, the
-first CPU call took 1.6-7 ms after that (the fork, 13-46 ms, moved to ``Manager()``),
-against 660-800 ms by forkserver (the server's start, and each worker importing autopar)
-and 26-54 ms by a fork at the first call. A pool replacing a broken one is made while the
-manager's threads run, so by forkserver.
+other threads (a fork copies their locks as they are; 3.12+ warns of it, and 3.14 made
+forkserver the default on Linux for it): then the pool is made by forkserver. A manager that
+would fork forks its first pool's workers as it is made, before any thread of its own starts
+(``prestart``). Measured (medians of 5 runs, Manager(cpu_workers=2), 2 busy cores, 3.11):
+``Manager()`` 24 ms, then the first CPU call 3.5 ms; by forkserver the first call took
+563 ms (518-1188: the server's start, and each worker importing autopar); a fork at the
+first call, as before, 28 ms (and a fork beside the manager's throttle thread). A pool
+replacing a broken one is made while the manager's threads run, so by forkserver.
 """
 
 from __future__ import annotations
