@@ -252,9 +252,13 @@ def test_unpicklable_result(method):
 
 
 def test_optimize_rules_out_processes_for_unpicklable_results():
-    r = autopar.optimize(helpers.lock_result, range(200), executor_type="process")
-    assert r.executor_type == "serial"
+    r = autopar.optimize(helpers.lock_result, range(200))
+    assert r.executor_type != "process"
     assert any("processes ruled out" in w for w in r.warnings)
+    # Asked for processes, the function runs in a worker even in the sample: results that
+    # cannot come back are an error naming the items, not a serial run in the caller.
+    with pytest.raises(TypeError, match="cannot be sent back from a process worker"):
+        autopar.optimize(helpers.lock_result, range(200), executor_type="process")
 
 
 # -- arguments -------------------------------------------------------------------------------
@@ -367,3 +371,48 @@ def test_terminate_leaves_no_feeder_thread_and_no_pipe_open():
     pipes += [wakeup._reader, wakeup._writer]
     assert [c.closed for c in pipes] == [True] * len(pipes)
     assert all(f.done() for f in futures)
+
+
+def test_failing_process_runs_keep_no_pipes_open_for_the_garbage_collector():
+    # A failed run's traceback holds the run's frames; no cycle through it (nor the workers'
+    # Process objects, two pipe ends each) may wait for the collector.
+    import gc
+
+    def failing_run():
+        with pytest.raises(ValueError, match="bad item 7"):
+            execute(helpers.fail_on, range(20), executor_type="process", n_jobs=2, chunksize=1)
+
+    failing_run()  # (imports, the resource tracker)
+    me = psutil.Process()
+    gc.collect()
+    gc.disable()
+    try:
+        before = me.num_fds()
+        for _ in range(30):
+            failing_run()
+        after = me.num_fds()
+    finally:
+        gc.enable()
+    assert after <= before + 2, f"{after - before} more file descriptors after 30 failed runs"
+
+
+@pytest.mark.parametrize("kind", ["thread", "process"])
+def test_a_failed_run_leaves_nothing_for_the_garbage_collector(kind):
+    # Its items, results and pool go when the exception does, not at the next full collection.
+    import gc
+
+    def failing_run():
+        try:
+            execute(helpers.fail_on, range(20), executor_type=kind, n_jobs=2, chunksize=1)
+        except ValueError as exc:
+            return str(exc)
+
+    assert failing_run() is not None  # (imports, the resource tracker)
+    gc.collect()
+    gc.disable()
+    try:
+        assert "bad item 7" in failing_run()
+        left = gc.collect()
+    finally:
+        gc.enable()
+    assert left == 0, f"{left} objects in reference cycles"

@@ -13,7 +13,9 @@ from __future__ import annotations
 import gc
 import multiprocessing as mp
 import os
+import select
 import signal
+import sys
 import threading
 import time
 import uuid
@@ -27,7 +29,7 @@ from .worker import run_remote
 
 __all__ = ["ProcessBackend", "Unsendable", "how_it_ended", "make_process_pool", "terminate", "worker_processes"]
 
-MANAGER_GRACE = 2.0  # seconds a killed pool's manager thread gets to clean up by itself
+MANAGER_GRACE = 10.0  # seconds a killed pool's manager thread gets to clean up
 
 _BLAS_ENV = (
     "OMP_NUM_THREADS",
@@ -128,33 +130,53 @@ def terminate(pool: Executor) -> None:
     manager = getattr(pool, "_executor_manager_thread", None)
     call_queue = getattr(pool, "_call_queue", None)
     result_queue = getattr(pool, "_result_queue", None)
-    broken = getattr(pool, "_broken", False)
-    pool.shutdown(wait=False, cancel_futures=True)
-    if not processes:
-        return  # a thread pool: a running call cannot be stopped, and is not waited for
-    if call_queue is not None and not broken:
-        # No reader left here: a feeder thread writing to the workers about to be killed then
-        # fails instead of blocking. (A broken pool's manager thread closes this end itself,
-        # except on Python 3.10: see below.)
-        _close(getattr(call_queue, "_reader", None))
-    for proc in processes:
-        if proc.is_alive():
-            proc.terminate()
-    for proc in processes:
-        proc.join(timeout=5)
-        if proc.is_alive():
-            proc.kill()
+    own = manager is not None and manager is not threading.current_thread()
+    # (The manager thread of a pool already broken closes the pipe's read end itself, except
+    # on Python 3.10: a duplicate taken meanwhile could be of another file's descriptor.)
+    calm = not getattr(pool, "_broken", False) or sys.version_info < (3, 11)
+    spare = _spare_reader(call_queue) if processes and own and calm else None
+    try:
+        pool.shutdown(wait=False, cancel_futures=True)
+        if not processes:
+            return  # a thread pool: a running call cannot be stopped, and is not waited for
+        for proc in processes:
+            if proc.is_alive():
+                proc.terminate()
+        for proc in processes:
             proc.join(timeout=5)
-    if manager is not None and manager is not threading.current_thread():
-        # It fails the pool's futures, closes the call queue and joins its feeder thread.
-        manager.join(timeout=MANAGER_GRACE)
-        if manager.is_alive() and call_queue is not None:
-            # Python 3.10's manager thread waits there for a feeder blocked writing to the
-            # workers that are gone, and never closes this end: closed, the write fails.
-            _close(getattr(call_queue, "_reader", None))
-            manager.join(timeout=5)
+            if proc.is_alive():
+                proc.kill()
+                proc.join(timeout=5)
+        if own:
+            _wait_for_manager(manager, spare)  # type: ignore[arg-type]
+    finally:
+        if spare is not None:
+            os.close(spare)
     if manager is None or not manager.is_alive():
         _release_queues(call_queue, result_queue)
+
+
+def _spare_reader(call_queue: Any) -> int | None:
+    """A descriptor of the call queue's pipe of this module's own, to read from (no other
+    thread closes it), or None."""
+    reader = getattr(call_queue, "_reader", None)
+    try:
+        return os.dup(reader.fileno()) if reader is not None and not reader.closed else None
+    except (OSError, ValueError):
+        return None
+
+
+def _wait_for_manager(manager: threading.Thread, spare: int | None) -> None:
+    """Until the killed pool's manager thread ends: it fails the pool's futures, closes the
+    call queue and waits for its feeder thread. That thread may be blocked writing to the
+    workers that are gone (Python 3.10 never unblocks it, and the spare descriptor keeps the
+    pipe readable on later versions): what it writes is read here and dropped."""
+    deadline = time.monotonic() + MANAGER_GRACE
+    while manager.is_alive() and time.monotonic() < deadline:
+        manager.join(timeout=0.005)
+        while spare is not None and select.select([spare], [], [], 0)[0]:
+            if not os.read(spare, 1 << 16):
+                spare = None  # no writer left
 
 
 def _close(conn: Any) -> None:
@@ -166,7 +188,8 @@ def _close(conn: Any) -> None:
 
 
 def _release_queues(call_queue: Any, result_queue: Any) -> None:
-    """Close what the pool's queues still hold open (the manager thread has ended)."""
+    """Close what the pool's queues still hold open (the manager thread has ended, and with
+    it every other user of them)."""
     if call_queue is not None:
         call_queue.close()  # (no more puts; its feeder thread ends after what it holds)
         feeder = getattr(call_queue, "_thread", None)
@@ -298,3 +321,6 @@ class ProcessBackend:
                 self.ex.shutdown(wait=True)
             else:
                 terminate(self.ex)
+        # Each worker's Process holds two pipe ends until it goes: a failed run's traceback
+        # keeps this backend, and a cycle through it would keep them until a full collection.
+        self.processes = {}

@@ -29,19 +29,23 @@ error, Ctrl-C, an iterator closed early).
 from __future__ import annotations
 
 import bisect
+import inspect
+import os
 import queue
 import time
+import weakref
 from collections import deque
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from itertools import islice
+from types import FrameType, TracebackType
 from typing import Any, Callable, Iterator
 
 from ..backends.local import InlineBackend, ThreadBackend
 from ..backends.pools import make_executor, sigint_deferred
 from ..backends.process import ProcessBackend, Unsendable
 from ..backends.worker import limited
-from ..errors import ItemFailed, WorkerDied, settle
+from ..errors import ItemFailed, WorkerDied, add_note, settle
 from ..options import Options
 from ..tune.result import OptimizationResult
 from ..tune.sample import Profile
@@ -118,11 +122,15 @@ class InOrder:
         self.chunks.append(chunk)
         if len(self.chunks) > 1 and self.chunks[-2].start > chunk.start:
             self.chunks = deque(sorted(self.chunks, key=lambda c: c.start))
-        done = self.done
+        # The future holds this callback, and the queue the chunk once done: weak references
+        # here, or each would hold the other in a cycle.
+        done, ref = weakref.ref(self.done), weakref.ref(chunk)
 
         def back(_f: Future) -> None:
-            chunk.done_at = time.perf_counter()
-            done.put(chunk)
+            c, q = ref(), done()
+            if c is not None and q is not None:  # (else the chunk or the run is let go)
+                c.done_at = time.perf_counter()
+                q.put(c)
 
         chunk.future.add_done_callback(back)
 
@@ -139,6 +147,14 @@ class InOrder:
             c.live = False
         self.chunks = deque(c for c in self.chunks if c.checked)
         return lost
+
+    def forget(self) -> None:
+        """The run is over: chunks in flight are cancelled and let go (a failed run's
+        traceback keeps the run; a chunk's future may hold the very exception raised)."""
+        for c in self.chunks:
+            c.future.cancel()
+            c.live = False
+        self.chunks, self.done = deque(), queue.SimpleQueue()
 
     def waiting(self) -> bool:
         """Some chunk in flight is not checked yet (usually one near the head)."""
@@ -420,7 +436,13 @@ class PoolRun:
             status = "failed" if failures else "inline" if c.inline else "retried" if c.attempt else "ok"
             end = c.done_at or time.perf_counter()
             job.report.span(c.start, len(c.items), end - elapsed, end, status)
-            job.failed(failures)
+            try:
+                job.failed(failures)
+            except BaseException:
+                # The list is the chunk's result's, which a pool thread's returned frame
+                # holds: emptied, it holds no path back from there to the exception raised.
+                failures.clear()
+                raise
             c.values = values if c.inline else self.backend.decode(values)
             c.checked = True
             job.bar.update(len(c.items))
@@ -475,14 +497,48 @@ class PoolRun:
                 yield from self.inflight.release(self.feeder.hold_from())
             clean = True
             self.feeder.raise_input_error()
+        except BaseException as exc:
+            _clear_own_frames(exc.__traceback__)
+            raise
         finally:
             self.job.report.final_chunksize = self.feeder.chunksize
             if self.done_items:
                 self.job.report.measured_item_time = self.done_time / self.done_items
-            for c in self.inflight:
-                c.future.cancel()
+            self.inflight.forget()
             if not self.pool_closed:
                 self.backend.close(clean)
+
+
+_OWN_CODE = tuple(
+    os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), *parts)
+    for parts in (("run", "dispatch.py"), ("run", "recovery.py"), ("run", "adapt.py"), ("errors.py",), ("backends", ""))
+)
+_GENERATOR_CODE = inspect.CO_GENERATOR | inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR
+
+
+def _clear_own_frames(tb: TracebackType | None) -> None:
+    """Let go of the locals of this package's returned frames in a failure's traceback, and
+    of this package's returned frames that called them (a pool thread's chunk runner): the
+    failure rule's frame and a chunk runner's hold the exception itself, so through the
+    traceback every frame down to the run, its pool included, stayed in a cycle until the
+    garbage collector's next full pass. The function's own frames keep their locals."""
+    while tb is not None:
+        frame: FrameType | None = tb.tb_frame
+        while frame is not None and _clear_finished(frame):
+            frame = frame.f_back
+        tb = tb.tb_next
+
+
+def _clear_finished(frame: FrameType) -> bool:
+    """Clear a frame of this package that has returned; False (untouched) for any other, one
+    still running, or a generator's (clearing a suspended one would close it)."""
+    if not frame.f_code.co_filename.startswith(_OWN_CODE) or frame.f_code.co_flags & _GENERATOR_CODE:
+        return False
+    try:
+        frame.clear()
+    except RuntimeError:  # still running
+        return False
+    return True
 
 
 def _dask_worker_died(exc: BaseException, chunk: Chunk) -> BaseException:
@@ -497,7 +553,6 @@ def _dask_worker_died(exc: BaseException, chunk: Chunk) -> BaseException:
 
 
 def _raise_pool_error(exc: BaseException, kind: str, chunk: Chunk) -> None:
-    if hasattr(exc, "add_note"):
-        last = chunk.start + len(chunk.items) - 1
-        exc.add_note(f"autopar: sending or running items {chunk.start}-{last} on a {kind} pool failed")
+    last = chunk.start + len(chunk.items) - 1
+    add_note(exc, f"autopar: sending or running items {chunk.start}-{last} on a {kind} pool failed")
     raise exc
