@@ -277,3 +277,33 @@ def test_a_pipeline_is_decided_from_its_kept_figures_stages_included(cache):
     assert Pipeline([Stage(counted, name="a"), Stage(double, name="b")]).execute(items[:5], plan=None) == [
         double(counted(x)) for x in range(5)
     ]
+
+
+def test_short_threads_leave_no_database_connection_open(cache):
+    # One connection for the process: threads that each look a job up once and end leave no
+    # descriptor behind, and nothing for the garbage collector to close with a warning.
+    import gc
+    import threading
+    import warnings
+
+    import psutil
+
+    key = "0" * 32
+    assert wisdom.lookup(key) is None  # (the database made, its connection open)
+    me = psutil.Process()
+    gc.collect()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        gc.disable()
+        try:
+            before = me.num_fds()
+            for _ in range(200):
+                t = threading.Thread(target=wisdom.lookup, args=(key,))
+                t.start()
+                t.join()
+            after = me.num_fds()
+        finally:
+            gc.enable()
+        gc.collect()
+    assert after <= before + 2, f"{after - before} more file descriptors after 200 threads"
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning)]
