@@ -11,10 +11,12 @@ other threads (a fork copies their locks as they are; 3.12+ warns of it, and 3.1
 forkserver the default on Linux for it): then the pool is made by forkserver. A manager that
 would fork forks its first pool's workers as it is made, before any thread of its own starts
 (``prestart``). Measured (medians of 5 runs, Manager(cpu_workers=2), 2 busy cores, 3.11):
-``Manager()`` 24 ms, then the first CPU call 3.5 ms; by forkserver the first call took
+``Manager()`` 24-32 ms, then the first CPU call 3.5-7 ms; by forkserver the first call took
 563 ms (518-1188: the server's start, and each worker importing autopar); a fork at the
-first call, as before, 28 ms (and a fork beside the manager's throttle thread). A pool
-replacing a broken one is made while the manager's threads run, so by forkserver.
+first call, as before, 28 ms (beside the manager's throttle thread). Before forking,
+``prestart`` also makes sure the fork pool costs that map()'s optimize() reads are measured
+(measuring forks pools): a file read where they are cached, 2.8 s the first time on a machine.
+A pool replacing a broken one is made while the manager's threads run, so by forkserver.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from .._serialize import CLOUDPICKLE, dumps, loads
 from ..backends.process import _init_process_worker, how_it_ended, terminate, worker_processes
 from ..backends.worker import _get_func, _portable
 from ..errors import WorkerDied
+from ..tune.costs import pool_costs
 from .calls import GRACE, Call, NoProcesses, Outcome, Stopped, name_of
 
 __all__ = ["ProcessLane"]
@@ -233,8 +236,15 @@ class ProcessLane:
         """Fork the pool's workers now if the pool would be forked: before the manager starts
         a thread, the one time no thread of its own runs. (A first submit forks every worker
         of a forking pool; the pool starts its own threads after that.) Where that fails,
-        the first call finds out and says why."""
+        the first call finds out and says why. The fork pool costs a map's optimize() reads
+        are measured first where they are not cached: measuring forks pools too."""
         if self._pool is not None or self._next_method() != "fork":
+            return
+        try:  # what map()'s optimize() reads: measured once a machine (forking pools), cached
+            pool_costs("fork")
+        except Exception:
+            pass
+        if self._next_method() != "fork":  # a thread the measuring left running
             return
         try:
             self._current().executor.submit(_noop)
