@@ -829,6 +829,7 @@ def test_no_fork_while_the_managers_threads_run(monkeypatch):
             assert m.submit_io(nap, 0.01).result(timeout=30) == 0.01
             assert m.submit_cpu(pid).result(timeout=60) != os.getpid()
             assert m.submit_cpu(square, 6).result(timeout=60) == 36
+            assert m.map_sync(square, range(200)) == [x * x for x in range(200)]  # optimize()'s measuring too
             # a pool replacing a broken one, made while the manager's threads run
             with pytest.raises(WorkerDied):
                 m.submit_cpu(die).result(timeout=60)
