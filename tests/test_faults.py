@@ -398,21 +398,64 @@ def test_failing_process_runs_keep_no_pipes_open_for_the_garbage_collector():
 
 @pytest.mark.parametrize("kind", ["thread", "process"])
 def test_a_failed_run_leaves_nothing_for_the_garbage_collector(kind):
-    # Its items, results and pool go when the exception does, not at the next full collection.
+    # The exception's traceback holds the run (its input, results and pool): no cycle keeps
+    # them once the caller lets the exception go.
     import gc
+    import weakref
+
+    class Items(list):
+        pass  # (a list that a weak reference can watch)
 
     def failing_run():
+        items = Items(range(20))
         try:
-            execute(helpers.fail_on, range(20), executor_type=kind, n_jobs=2, chunksize=1)
+            execute(helpers.fail_on, items, executor_type=kind, n_jobs=2, chunksize=1)
         except ValueError as exc:
-            return str(exc)
+            assert "bad item 7" in str(exc)
+        return weakref.ref(items)
 
-    assert failing_run() is not None  # (imports, the resource tracker)
+    failing_run()  # (imports, the resource tracker)
     gc.collect()
     gc.disable()
     try:
-        assert "bad item 7" in failing_run()
-        left = gc.collect()
+        gone = failing_run()() is None
     finally:
         gc.enable()
-    assert left == 0, f"{left} objects in reference cycles"
+    assert gone, "the failed run's input is kept until the garbage collector runs"
+
+
+def _forever():
+    i = 0
+    while True:
+        yield i
+        i += 1
+
+
+@pytest.mark.parametrize("kind", ["thread", "process"])
+def test_an_iterator_let_go_after_a_break_stops_its_pool(kind):
+    import gc
+
+    me = psutil.Process()
+
+    def started() -> tuple[set[int | None], set[int]]:
+        return {t.ident for t in threading.enumerate()} - threads, {p.pid for p in me.children()} - kids
+
+    threads, kids = {t.ident for t in threading.enumerate()}, {p.pid for p in me.children()}
+    it = autopar.execute_iter(helpers.square, _forever(), executor_type=kind, n_jobs=2, chunksize=7)
+    for value in it:
+        break
+    assert value == 0 and started() != (set(), set())  # the pool is up
+    gc.disable()  # no cycle to wait for: dropping the last reference is enough
+    try:
+        del it
+        deadline = time.monotonic() + 10
+        while started() != (set(), set()) and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        gc.enable()
+    assert started() == (set(), set())
+
+
+def test_blocks_read_after_the_iterator_is_let_go_run_to_the_end():
+    blocks = autopar.execute_iter(helpers.square, range(100), executor_type="thread", n_jobs=2, chunksize=7).blocks()
+    assert [x for block in blocks for x in block] == [x * x for x in range(100)]

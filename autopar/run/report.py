@@ -4,6 +4,7 @@ the run goes)."""
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import asdict, dataclass, field
 from itertools import chain
 from typing import Any, Callable, Iterator
@@ -155,6 +156,11 @@ class ExecutionIterator(Iterator[Any]):
         self._gen = blocks  # lists of results, in order
         self._flat = chain.from_iterable(blocks)
         self.report = report
+        # An iterator let go without close() stops its run, and its pool, when it is
+        # collected: the finalizer holds the run's generator, which holds nothing of this
+        # iterator (a concurrent.futures executor's threads watch it the same way).
+        self._finalizer = weakref.finalize(self, blocks.close)  # type: ignore[attr-defined]
+        self._finalizer.atexit = False  # (at exit the pools' own hooks have run already)
 
     def __iter__(self) -> "ExecutionIterator":
         return self
@@ -164,17 +170,22 @@ class ExecutionIterator(Iterator[Any]):
 
     def blocks(self) -> Iterator[list[Any]]:
         """The results as lists (one per chunk), cheaper than one at a time for tiny items.
-        Each is a fresh list that nothing else holds: the caller may keep and extend it."""
-        return self._gen
+        Each is a fresh list that nothing else holds: the caller may keep and extend it.
+        They hold this iterator: its run goes on while they are read."""
+        return _held(self)
 
     def close(self) -> None:
-        self._gen.close()  # type: ignore[attr-defined]
+        self._finalizer()
 
     def __enter__(self) -> "ExecutionIterator":
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _held(it: ExecutionIterator) -> Iterator[list[Any]]:
+    yield from it._gen
 
 
 def ranges(indices: list[int]) -> str:
