@@ -321,8 +321,12 @@ def test_a_task_whose_workers_keep_dying_raises_worker_died_naming_its_items(cli
             with _cluster(scratch, "127.0.0.1:0") as cluster, distributed.Client(cluster, set_as_default=False) as c:
                 with pytest.raises(autopar.WorkerDied) as info:
                     execute(kill_worker_always, range(8), pool=c, chunksize=2)
-    assert info.value.items == (2, 3)
-    assert "Dask workers died running items 2-3" in str(info.value)
+    # Item 3 kills the worker running it; Dask marks every task that worker held as failed
+    # (allowed-failures 0): the task of items 2-3, and the later ones queued behind it on a
+    # busy machine. Which of them the run sees first depends on the machine's speed.
+    assert info.value.items in ((2, 3), (4, 5), (6, 7))
+    first, last = info.value.items
+    assert f"Dask workers died running items {first}-{last}" in str(info.value)
 
 
 def spin_on_5(x: int) -> int:
