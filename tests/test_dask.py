@@ -414,7 +414,7 @@ def test_pack_on_the_cluster_writes_what_a_local_pack_writes(client, tmp_path):
     assert local.ok and remote.ok, remote.summary()
     assert [p.executor for p in remote.passes] == ["dask", "serial", "dask"]  # pass 1 runs here
     names = sorted(p.name for p in (tmp_path / "local").iterdir())
-    assert names == sorted(p.name for p in (tmp_path / "dask").iterdir()) and len(names) == 5
+    assert names == sorted(p.name for p in (tmp_path / "dask").iterdir()) and len(names) == 6  # + autopar-pack.json
     for name in names:
         assert (tmp_path / "local" / name).read_bytes() == (tmp_path / "dask" / name).read_bytes(), name
     cli = subprocess.run(
