@@ -17,7 +17,7 @@ import time
 import numpy as np
 import pytest
 
-from autopar import ItemFailed, execute, optimize
+from autopar import ItemFailed, execute, execute_iter, optimize
 from autopar.errors import ItemTimeout
 
 from helpers import sleep_first
@@ -247,3 +247,32 @@ class _ByLabel:
 def test_data_indexed_by_label_is_named():
     with pytest.raises(TypeError, match=r"data \(_ByLabel\) has no __iter__"):
         execute(double, _ByLabel())
+
+
+# -- an input that fails part way --------------------------------------------------------------
+
+
+def _failing_input(n: int):
+    for i in range(n):
+        yield i
+    raise ValueError(f"the input broke after {n} items")
+
+
+def _nap_double(x):
+    time.sleep(0.002)
+    return x * 2
+
+
+@pytest.mark.parametrize("kind", [None, "serial"])
+@pytest.mark.parametrize("func, n", [(double, 300), (_nap_double, 60)])
+def test_every_result_before_a_failing_input_comes_back_first(kind, func, n):
+    # As a plain loop: every result before the input's own error, in order, then the error.
+    got = []
+    with pytest.raises(ValueError, match=f"broke after {n} items"):
+        for value in execute_iter(func, _failing_input(n), executor_type=kind):
+            got.append(value)
+    assert got == [x * 2 for x in range(n)]
+    gen = _failing_input(n)
+    r = optimize(func, gen, executor_type=kind)
+    with pytest.raises(ValueError, match=f"broke after {n} items"):
+        execute(func, gen, result=r)

@@ -108,6 +108,19 @@ def take(it: Iterator[Any], n: int) -> "list[Any] | Span":
     return list(islice(it, n))
 
 
+def take_some(it: Iterator[Any], n: int) -> "tuple[list[Any] | Span, Exception | None]":
+    """:func:`take`, keeping the items read before the input itself raised: (items, the
+    input's exception or None). A plain loop runs those items before it meets the error."""
+    if type(it) in _SEQUENCE_ITERATORS:
+        return take(it, n), None
+    out: list[Any] = []
+    try:
+        out.extend(islice(it, n))  # what was appended before an exception stays
+    except Exception as exc:
+        return out, exc
+    return out, None
+
+
 def _in_place(items: Any) -> tuple[Iterator[Any], Iterator[Any], int] | None:
     """For a list, tuple or Span: (the sequence's iterator, the iterator to run, its index at
     the first item); None for anything else."""

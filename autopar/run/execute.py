@@ -17,7 +17,7 @@ from typing import Any, Callable, ContextManager, Iterable, Iterator
 from ..backends.blas import blas_share, capped_blas
 from ..backends.dask import DaskExecutor, cluster_costs, connect, is_client
 from ..backends.pools import executor_kind, pool_size
-from ..backends.worker import Limited, run_items, take
+from ..backends.worker import Limited, run_items, take_some
 from ..errors import ItemFailed, settle, unwrapped
 from ..options import Options, check_func_and_data
 from ..tune.costs import pool_costs
@@ -326,8 +326,10 @@ def _serial(job: Job, rest: Iterator[Any], index: int) -> Iterator[list[Any]]:
     item_time = job.result.profile.item_time_mean if job.result is not None else 0.0
     block_size = min(max(int(0.002 / item_time), 1), MAX_SERIAL_BLOCK) if item_time > 0 else 1
     while True:
-        block = take(rest, block_size)
+        block, error = take_some(rest, block_size)
         if not block:
+            if error is not None:
+                raise error  # the input itself failed: after every result before it
             break
         tb = time.perf_counter()
         out, failures = run_items(func, index, block, job.opts.collect, remote=False)
@@ -336,6 +338,8 @@ def _serial(job: Job, rest: Iterator[Any], index: int) -> Iterator[list[Any]]:
         index += len(block)
         job.bar.update(len(block))
         yield out
+        if error is not None:
+            raise error
         if time.perf_counter() - tb < 0.02:
             block_size = min(block_size * 2, MAX_SERIAL_BLOCK)
     if index > first:

@@ -189,6 +189,13 @@ def optimize_with(func: Callable[[Any], Any], data: Iterable[Any], opts: Options
             runs = f", {entry.runs} runs since" if entry.runs else ""
             note = f"figures from the tuning cache (measured {when}{runs}; key {key[:12]}): no sample taken"
             result = replace(result, reasons=result.reasons + (note,))
+    if stash is not None and stash.input_error is not None:
+        err = stash.input_error
+        warnings = (
+            f"the input raised {type(err).__name__}: {err} after {stash.n_done} items; execute() gives "
+            "the results before it, then raises it",
+        )
+        result = replace(result, warnings=result.warnings + warnings)
     if stash is not None and stash.one_shot:
         try:
             _pending[data] = result

@@ -186,6 +186,7 @@ class _Source:
         self.seq = data if type(data) in (list, tuple) else None
         self.pos = 0
         self.exhausted = False
+        self.error: Exception | None = None  # what the input raised, if it did
         self.ahead: list[Any] = []
 
     def pull(self, n: int) -> list[Any]:
@@ -198,7 +199,12 @@ class _Source:
             batch = list(batch) if type(batch) is tuple else batch
             self.pos += len(batch)
         else:
-            batch = list(islice(self.it, n))
+            batch = []
+            try:
+                batch.extend(islice(self.it, n))  # what was read before an error stays
+            except Exception as exc:  # the input itself failed: the run raises it after these
+                self.error = exc
+                self.exhausted = True
         self.exhausted = self.exhausted or len(batch) < n
         return head + batch if head else batch
 
@@ -755,6 +761,7 @@ class _Sampler:
             ahead=self.src.ahead,
             exhausted=exhausted,
             failures=self.failures,
+            input_error=self.src.error,
         )
         return profile, stash
 

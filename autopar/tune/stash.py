@@ -26,7 +26,7 @@ import zlib
 from itertools import chain, islice
 from typing import Any, Callable, Iterator
 
-from ..backends.worker import take
+from ..backends.worker import take_some
 
 __all__ = ["SampleStash"]
 
@@ -76,6 +76,13 @@ def _is_array(data: Any) -> bool:
     return type(data).__module__ == "numpy" and hasattr(data, "dtype") and getattr(data, "ndim", 0) >= 1
 
 
+def _raising(error: Exception | None) -> Iterator[Any]:
+    """An input's end: nothing, or the exception the input raised there."""
+    if error is not None:
+        raise error
+    yield from ()
+
+
 class SampleStash:
     """Items already run by the sample and their results, kept for ``execute()``.
 
@@ -94,6 +101,7 @@ class SampleStash:
         ahead: list[Any],
         exhausted: bool,
         failures: list[int],
+        input_error: Exception | None = None,
     ) -> None:
         self.func = func
         self.one_shot = one_shot
@@ -106,6 +114,7 @@ class SampleStash:
         self.ahead = ahead  # a one-shot iterator's items taken but not run: they go first
         self.exhausted = exhausted
         self.failures = failures
+        self.input_error = input_error  # a one-shot input that raised: raised again after the rest
         self._used = False
         self._lock = threading.Lock()
         try:
@@ -127,8 +136,8 @@ class SampleStash:
             self._used = True
         if self.one_shot:
             rest: Iterator[Any] = chain(self.ahead, data) if self.ahead else data
-            if self.exhausted and not self.ahead:
-                rest = iter(())
+            if self.exhausted:  # (nothing left in the input, or it raised)
+                rest = chain(self.ahead, _raising(self.input_error))
             if func is not self.func:  # another function: the kept items run again, then the rest
                 return [], chain(self.items, rest)
             return self._hand_over(), rest
@@ -142,7 +151,8 @@ class SampleStash:
             next(islice(it, n, n), None)  # past the rows the sample ran
             return self._hand_over(), it
         it = iter(data)
-        if not self._same_items(take(it, self.n_done)):
+        head, error = take_some(it, self.n_done)
+        if error is not None or not self._same_items(head):
             return [], iter(data)
         return self._hand_over(), it
 
