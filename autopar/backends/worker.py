@@ -230,14 +230,17 @@ class _Deadlines:
     def __init__(self) -> None:
         self.cond = threading.Condition()
         self.due: dict[int, float] = {}  # thread id -> deadline (monotonic)
+        self.owner: dict[int, object] = {}  # thread id -> what armed it (a run's time limit)
+        self.fired: dict[int, tuple[float, object]] = {}  # rang, item not back yet: (deadline, owner)
         self.wake = float("inf")  # when the watcher wakes next
         self.idle_since = float("inf")  # since when no deadline is set
         self.watcher: threading.Thread | None = None
 
-    def arm(self, seconds: float) -> None:
+    def arm(self, seconds: float, owner: object = None) -> None:
         deadline = time.monotonic() + seconds
         with self.cond:
             self.due[threading.get_ident()] = deadline
+            self.owner[threading.get_ident()] = owner
             if self.watcher is None:
                 self.watcher = threading.Thread(target=self._watch, name="autopar-deadlines", daemon=True)
                 self.watcher.start()
@@ -248,8 +251,17 @@ class _Deadlines:
         """The item returned: its deadline goes; one that rang too late is withdrawn."""
         tid = threading.get_ident()
         with self.cond:
+            self.owner.pop(tid, None)
+            self.fired.pop(tid, None)
             if self.due.pop(tid, None) is None:
                 _async_raise(tid, None)
+
+    def overdue(self, owner: object) -> float:
+        """Seconds the longest-overdue item of ``owner`` has been past its deadline without
+        coming back (the exception raised into it waits for a call into C to return)."""
+        now = time.monotonic()
+        with self.cond:
+            return max((now - d for d, o in self.fired.values() if o is owner), default=0.0)
 
     def _watch(self) -> None:
         """Until no deadline is left for ``WATCHER_IDLE`` seconds (in the caller's process too,
@@ -260,6 +272,7 @@ class _Deadlines:
                 for tid, deadline in list(self.due.items()):
                     if deadline <= now:
                         del self.due[tid]
+                        self.fired[tid] = (deadline, self.owner.get(tid))
                         _async_raise(tid, _Expired)
                 if not self.due and now - self.idle_since >= WATCHER_IDLE:
                     self.watcher = None
@@ -281,7 +294,7 @@ class _ThreadAlarm(_Alarm):
 
     def __call__(self, item: Any) -> Any:
         try:
-            _DEADLINES.arm(self.seconds)
+            _DEADLINES.arm(self.seconds, self)
             try:
                 return self.func(item)
             finally:
@@ -303,6 +316,10 @@ class Limited:
         if threading.current_thread() is threading.main_thread():
             return self.on_main(item)
         return self.elsewhere(item)
+
+    def overdue(self) -> float:
+        """Seconds an item of this time limit on a thread has been stuck past it (0: none)."""
+        return _DEADLINES.overdue(self.elsewhere)
 
 
 def limited(func: Callable[[Any], Any], seconds: float | None) -> Callable[[Any], Any]:

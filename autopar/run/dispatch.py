@@ -486,6 +486,8 @@ class PoolRun:
                     done = self.inflight.wait(timeout)
                     if self.job.kind == "dask":
                         Watchdog.on_cluster(self)
+                    elif self.job.kind == "thread":
+                        Watchdog.on_threads(self)
                     if not done and busy_inline:
                         continue
                     if not done:

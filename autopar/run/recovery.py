@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Watchdog", "recover"]
 
-GRACE = {"process": 1.0, "dask": 2.0}  # seconds past the items' timeouts before a pool counts as stuck
+GRACE = {"process": 1.0, "dask": 2.0, "thread": 0.5}  # seconds past the items' timeouts before a pool counts as stuck
 CLUSTER_CHECK = 1.0  # seconds between checks that a Dask scheduler is still there
 
 
@@ -50,6 +50,8 @@ class Watchdog:
         if run.job.opts.timeout is None:
             return CLUSTER_CHECK if dask else None
         left = max(cls.stuck_limit(run) - (time.monotonic() - run.last_progress), 0.01)
+        if run.job.kind == "thread" and not run.job.opts.collect:
+            left = min(left, THREAD_CHECK)  # an item past its limit is looked for per item
         return min(left, CLUSTER_CHECK) if dask else left
 
     @classmethod
@@ -108,6 +110,14 @@ class Watchdog:
         lost = [c.start + i for c in run.inflight.unchecked() for i in range(len(c.items))]
         raise ConnectionError(f"{why}; items {ranges(lost) if lost else 'none'} were in flight")
 
+    @staticmethod
+    def on_threads(run: "PoolRun") -> None:
+        """A thread run's check at each turn of its loop, with a time limit and not
+        collecting: an item stuck past its limit in a call into C raises now."""
+        timeout = run.job.opts.timeout
+        if timeout is not None and not run.job.opts.collect:
+            _thread_overdue(run, timeout)
+
     @classmethod
     def stuck(cls, run: "PoolRun") -> None:
         job = run.job
@@ -135,6 +145,26 @@ class Watchdog:
             raise error
         run.fail_chunk(stuck, error)
         _requeue_lost(run, count_attempt=False)
+
+
+THREAD_CHECK = 0.25  # seconds between looks for a thread item stuck past its limit
+
+
+def _thread_overdue(run: "PoolRun", timeout: float) -> None:
+    """A thread item past its limit by ``GRACE["thread"]`` is in a call that does not come
+    back to Python (the exception raised into it waits for the call to return): the run
+    raises now, naming the chunks that have not come back, instead of waiting for the whole
+    chunk's limits to pass without progress anywhere."""
+    overdue = getattr(run.backend.func, "overdue", None)  # type: ignore[union-attr]
+    if overdue is None or overdue() < GRACE["thread"]:
+        return
+    unfinished = [c for c in run.inflight if not c.checked and not c.future.done()]
+    indices = [c.start + i for c in unfinished for i in range(len(c.items))]
+    raise ItemTimeout(
+        f"an item ran past the {timeout:g} s timeout on a thread (among items {ranges(indices)}), in a call "
+        "that does not return to Python; threads cannot be stopped: the stuck call goes on in the background "
+        "until it returns"
+    )
 
 
 def _requeue_lost(run: "PoolRun", count_attempt: bool) -> None:
