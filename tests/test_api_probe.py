@@ -284,7 +284,7 @@ _RETURNED = threading.Event()
 
 def _stuck_in_c_at_150(x):
     if x == 150:
-        _RELEASE.wait(30)  # a lock wait: in C until the test lets it go
+        _RELEASE.wait(20)  # a lock wait: in C until the test lets it go
         _RETURNED.set()
     return x
 
@@ -294,7 +294,7 @@ def test_a_thread_item_stuck_in_c_past_its_limit_raises_without_waiting_for_it()
     _RETURNED.clear()
     try:
         with pytest.raises(ItemTimeout, match="threads cannot be stopped"):
-            execute(_stuck_in_c_at_150, range(300), executor_type="thread", n_jobs=2, chunksize=21, timeout=0.3)
+            execute(_stuck_in_c_at_150, range(300), executor_type="thread", n_jobs=2, chunksize=100, timeout=0.3)
         assert not _RETURNED.is_set()  # raised while the item was still stuck
     finally:
         _RELEASE.set()
