@@ -284,8 +284,17 @@ def test_bad_run_arguments(kw, words):
 
 def _resources():
     me = psutil.Process()
-    shm = set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
-    return len(me.children(recursive=True)), threading.active_count(), me.num_fds(), shm
+    return len(me.children(recursive=True)), threading.active_count(), me.num_fds(), _own_shm()
+
+
+def _own_shm() -> set[str]:
+    """Shared-memory files this process maps (semaphores, shared memory): other processes'
+    files in /dev/shm are not this test's."""
+    try:
+        with open("/proc/self/maps") as fh:
+            return {line.split(None, 5)[-1].strip() for line in fh if "/dev/shm/" in line}
+    except OSError:
+        return set()
 
 
 @pytest.mark.slow
