@@ -132,7 +132,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
             on = {"pool": pool.client} if pool is not None and result.executor_type == "dask" else {}
             results, report = execute(func, data, result=result, progress=args.progress, return_report=True, **on)
             print()
-            print(report.summary())
+            print(report.explain())
             if args.timeline:
                 print(f"timeline: {report.plot(args.timeline)}")
     finally:
@@ -218,7 +218,7 @@ def _pack_and_report(args: argparse.Namespace, src: str, dst: str) -> int:
     except (ImageError, ConnectionError, ImportError) as exc:
         print(f"autopar: {exc}", file=sys.stderr)
         return 2
-    print(report.summary())
+    print(report.explain())
     made = report.manifest is not None and not args.dry_run and bool(report.written or report.kept)
     if made:
         print(f"manifest: {dst}/manifest.json")

@@ -37,6 +37,7 @@ import threading
 import time
 import weakref
 from collections.abc import Iterator as _IteratorABC
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Sequence, cast
 
@@ -44,7 +45,7 @@ from . import _serialize
 from .errors import AutoparError, ItemFailed, annotate, annotate_stage
 from .options import EXECUTOR_TYPES, Options, check_pool_args
 
-__all__ = ["Fused", "Pipeline", "PipelinePlan", "PipelineRun", "Stage", "StagePlan", "Stream", "StreamStalled"]
+__all__ = ["Fused", "Pipeline", "PipelinePlan", "PipelineReport", "PipelineRun", "Stage", "StagePlan", "Stream", "StreamStalled"]
 
 POLL = 0.05  # seconds between a blocked worker's looks at the stop flag
 TIMED_CALLS = 64  # items of the sample whose stages are timed one by one
@@ -878,11 +879,13 @@ class PipelineRun(Iterator[Any]):
         self._count, self._t_end = len(out), time.perf_counter()
         return out
 
-    def report(self) -> dict[str, Any]:
+    def report(self) -> "PipelineReport":
         """Predicted against measured (so far, while it runs): the mode, items/s the plan
         predicted and the run delivered, per stage its measured ms an item (the plan's) and,
         staged, the run's metrics (items, mean ms, busy share, waits before and after, the
-        bottleneck); a fused run's ExecutionReport as ``execution``; the switch, if any."""
+        bottleneck); a fused run's ExecutionReport as ``execution``; the switch, if any.
+        ``explain()`` says it in words, ``to_dict()`` as plain data; ``report()["mode"]``
+        reads it as the dict it was."""
         elapsed = (self._t_end or time.perf_counter()) - self._t0
         out: dict[str, Any] = {
             "mode": self.plan.mode,
@@ -903,12 +906,92 @@ class PipelineRun(Iterator[Any]):
                 planned.update(measured)
             out["bottleneck"] = staged["bottleneck"]
             out["grown"] = staged["grown"]
-        return out
+        out["done"] = self._t_end is not None
+        return PipelineReport(out)
 
     def close(self) -> None:
         close = getattr(self._it, "close", None)
         if close is not None:
             close()
+
+
+class PipelineReport(Mapping[str, Any]):
+    """What a pipeline run did against its plan (:meth:`PipelineRun.report`), in the words
+    of ``result.explain()`` and ``report.explain()``: :meth:`explain` in words,
+    :meth:`to_dict` as plain data (a fused run's ExecutionReport as its own dict). Read as a
+    mapping it is what ``report()`` returned before: ``report["mode"]``, ``["stages"]``,
+    ``["execution"]`` (the ExecutionReport itself)."""
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self._data = data
+
+    def __getitem__(self, key: str) -> Any:
+        return self._data[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (JSON-ready)."""
+        d = dict(self._data)
+        d["stages"] = [dict(s) for s in d["stages"]]
+        d["grown"] = dict(d.get("grown") or {})
+        if d["execution"] is not None:
+            d["execution"] = d["execution"].to_dict()
+        return d
+
+    def explain(self) -> str:
+        """The run in words: items and time against the plan, each stage, the switch, and a
+        fused run's own report."""
+        from ._words import fmt_rate, fmt_time, plural
+
+        d = self._data
+        so_far = "" if d.get("done", True) else " so far"
+        lines = [
+            f"pipeline run ({d['mode']}): {plural(d['items'], 'item')} in {fmt_time(d['seconds'])}{so_far}, "
+            f"{fmt_rate(d['items_per_s'])} against {fmt_rate(d['predicted_items_per_s'])} predicted"
+        ]
+        if d["from_sample"]:
+            lines.append(f"  {plural(d['from_sample'], 'result')} came from the plan's sample")
+        lines.append("stages:")
+        lines.extend(_stage_line(s, d.get("bottleneck")) for s in d["stages"])
+        if d["switched_at"] is not None:
+            lines.append(f"from item {d['switched_at']} on, ran fused: {d['reason']}")
+        grown = d.get("grown") or {}
+        for name, n in grown.items():
+            lines.append(f"{name}: {plural(n, 'worker')} added while running")
+        if d["execution"] is not None:
+            lines.append("fused run:" if d["switched_at"] is None else "the items run fused:")
+            lines.extend("  " + line for line in d["execution"].explain().splitlines())
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.explain()
+
+    def __repr__(self) -> str:
+        return f"PipelineReport({self.to_dict()!r})"
+
+
+def _stage_line(s: dict[str, Any], bottleneck: str | None) -> str:
+    """One stage: its pool, and staged, what it did (items, time an item against the plan,
+    busy share, waits); fused, the plan's time an item."""
+    from ._words import fmt_time, plural, pool_words
+
+    planned = fmt_time(s["planned_ms"] / 1e3)
+    if "items" not in s:  # fused: every item through all stages on one pool
+        return f"  {s['name']:<20} planned {planned} an item"
+    how = pool_words(s.get("executor_type") or s["executor"], s["n_jobs"])
+    text = (
+        f"  {s['name']:<20} {how}: {plural(s['items'], 'item')}, {fmt_time(s['mean_ms'] / 1e3)} an item "
+        f"(planned {planned}), busy {s['busy_share']:.0%}, waited {fmt_time(s['wait_in'])} for input "
+        f"and {fmt_time(s['wait_out'])} to pass items on"
+    )
+    if s.get("failed"):
+        text += f", {plural(s['failed'], 'item')} failed"
+    return text + ("  <- bottleneck" if s["name"] == bottleneck else "")
 
 
 def _then(done: Iterable[Any], rest: Iterator[Any], collect: bool = True) -> Iterator[Any]:

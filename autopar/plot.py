@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ._atomic import atomic_write
+from ._words import fmt_time, plural, pool_words, ran_words, reword_pool
 
 if TYPE_CHECKING:
     from .benchmark import BenchReport
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
     from .run.report import ExecutionReport
     from .tune.result import OptimizationResult
 
-__all__ = ["INSTALL_HINT", "bench_plot", "pack_plot", "speedup_plot", "timeline_plot"]
+__all__ = ["INSTALL_HINT", "bench_plot", "pack_plot", "speedup_figure", "speedup_plot", "timeline_plot"]
 
 INSTALL_HINT = 'plots need matplotlib: pip install "autopar[plot]"'
 COLOURS = {"serial": "#555555", "thread": "#1f77b4", "process": "#d62728", "dask": "#2ca02c"}
@@ -102,6 +103,15 @@ def _chunk_curve(result: "OptimizationResult") -> list[tuple[int, float]]:
 def speedup_plot(result: "OptimizationResult", path: str | Path) -> Path:
     """Predicted speedup against workers (threads, processes), the measured points and the
     choice; and the chosen pool's predicted time against its chunksize."""
+    return _save(speedup_figure(result), path)
+
+
+def speedup_figure(result: "OptimizationResult") -> Any:
+    """:func:`speedup_plot`'s figure. Where the sample ran every item there is nothing left
+    to predict: the figure says so, with no curves (a speedup of 0 would be a reading of
+    nothing)."""
+    if result.n_remaining == 0:
+        return _nothing_left_figure(result)
     serial = max(result.serial_time, 1e-12)
     curves = _curves(result)
     chunk = _chunk_curve(result)
@@ -109,9 +119,11 @@ def speedup_plot(result: "OptimizationResult", path: str | Path) -> Path:
     axes = fig.subplots(1, 2) if chunk else [fig.subplots(1, 1)]
     ax = axes[0]
     for kind, row in curves.items():
-        ns = [n for n, _, _ in row]
+        row = [(n, t) for n, t, _ in row if 0 < t < float("inf")]  # a pool the model cannot run draws nothing
+        if not row:
+            continue
         name = {"thread": "threads", "process": "processes"}[kind]
-        ax.plot(ns, [serial / t for _, t, _ in row], "-o", ms=3, color=COLOURS[kind], label=f"{name} (predicted)")
+        ax.plot([n for n, _ in row], [serial / t for _, t in row], "-o", ms=3, color=COLOURS[kind], label=f"{name} (predicted)")
     ax.axhline(1.0, color=COLOURS["serial"], lw=1, ls="--", label="serial")
     p = result.profile
     ax.plot([1], [1.0], "s", color="black", label="serial sample (measured)")
@@ -124,7 +136,7 @@ def speedup_plot(result: "OptimizationResult", path: str | Path) -> Path:
     ax.set_xscale("log", base=2)
     ax.set_xlabel("workers")
     ax.set_ylabel("speedup over serial")
-    ax.set_title(f"{result.n_remaining} items, {p.item_time_mean * 1e3:.3g} ms each, CPU/wall {p.cpu_ratio:.2f}")
+    ax.set_title(f"{plural(result.n_remaining, 'item')} left, {fmt_time(p.item_time_mean)} each, CPU/wall {p.cpu_ratio:.2f}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     if chunk:
@@ -137,10 +149,25 @@ def speedup_plot(result: "OptimizationResult", path: str | Path) -> Path:
         ax2.set_yscale("log")
         ax2.set_xlabel("chunksize (items per task)")
         ax2.set_ylabel("predicted seconds")
-        ax2.set_title(f"{result.executor_type} x{result.n_jobs}: predicted time by chunksize")
+        ax2.set_title(f"{pool_words(result.executor_type, result.n_jobs)}: predicted time by chunksize")
         ax2.grid(alpha=0.3)
         ax2.legend(fontsize=8)
-    return _save(fig, path)
+    return fig
+
+
+def _nothing_left_figure(result: "OptimizationResult") -> Any:
+    """The sample ran every item: no pool has anything to run, so no speedup to draw."""
+    p = result.profile
+    fig = _figure(6.5, 4.2)
+    ax = fig.subplots(1, 1)
+    ax.set_axis_off()
+    ran = plural(p.n_done, "item") if p.n_done else "every item"
+    ax.text(0.5, 0.55, f"nothing left to run:\nthe sample ran {ran} ({fmt_time(p.sample_time)})",
+            ha="center", va="center", fontsize=12, transform=ax.transAxes)
+    ax.text(0.5, 0.25, f"item time {fmt_time(p.item_time_mean)}, CPU/wall {p.cpu_ratio:.2f}",
+            ha="center", va="center", fontsize=9, color=COLOURS["serial"], transform=ax.transAxes)
+    ax.set_title("no speedup to predict")
+    return fig
 
 
 # -- execute(): what each worker did ----------------------------------------------------------
@@ -198,9 +225,8 @@ def timeline_plot(report: "ExecutionReport", path: str | Path) -> Path:
     ax.set_yticks([-1.0, *range(n_lanes)], ["optimize()", *names])
     ax.set_ylim(n_lanes - 0.4, -1.6)
     ax.set_xlabel("seconds since execute() was called")
-    how = report.executor_type if report.executor_type == "serial" else f"{report.executor_type} x{report.n_jobs}"
-    ax.set_title(f"{report.n_items} items on {how}, {report.n_chunks} chunks"
-                 + (f"; from item {report.fallback[0]}: {report.fallback[1]}" if report.fallback else ""))
+    ax.set_title(f"{ran_words(report.n_items, report.executor_type, report.n_jobs)}, {plural(report.n_chunks, 'chunk')}"
+                 + (f"; from item {report.fallback[0]}: {reword_pool(report.fallback[1])}" if report.fallback else ""))
     if report.optimize_time > 0:
         ax.plot([], [], color=STATUS_COLOURS["sample"], lw=6, label=f"optimize() ({report.optimize_time:.3g} s)")
     ax.legend(fontsize=8, loc="upper right", ncols=3)
@@ -221,14 +247,13 @@ def pack_plot(report: "PackReport", path: str | Path) -> Path:
     colours = [COLOURS.get(p.executor, "black") for p in passes]
     bars = ax.barh(names, times, color=colours)
     for bar, p in zip(bars, passes):
-        how = p.executor if p.executor == "serial" else f"{p.executor} x{p.n_jobs}"
-        ax.annotate(f" {how}, {p.wall_time:.2f} s, {p.files_per_s:.1f} files/s", (bar.get_width(), bar.get_y() + bar.get_height() / 2),
+        ax.annotate(f" {p.how(chunks=False)}, {p.wall_time:.2f} s, {p.files_per_s:.1f} files/s", (bar.get_width(), bar.get_y() + bar.get_height() / 2),
                     va="center", fontsize=9)
     ax.invert_yaxis()
     ax.set_xlim(0, max(times, default=1.0) * 1.8 or 1.0)
     ax.set_xlabel("seconds")
-    ax.set_title(f"autopar pack: {len(report.written)} atlases in {report.wall_time:.2f} s"
-                 + (f", {len(report.errors)} problems" if report.errors else ""))
+    ax.set_title(f"autopar pack: {plural(len(report.written), 'atlas', 'atlases')} in {fmt_time(report.wall_time)}"
+                 + (f", {plural(len(report.errors), 'problem')}" if report.errors else ""))
     ax.grid(axis="x", alpha=0.3)
     return _save(fig, path)
 

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .._words import fmt_time, plural, pool_words, reword_pool
+
 __all__ = ["PackInterrupted", "PackReport", "PassReport", "plural"]
-
-
-def plural(n: int, word: str, many: str | None = None) -> str:
-    """``1 problem``, ``2 problems`` (``many``: an irregular plural)."""
-    return f"{n} {word if n == 1 else (many or word + 's')}"
 
 
 @dataclass
@@ -40,12 +37,17 @@ class PassReport:
     def mb_per_s(self) -> float:
         return self.megabytes / self.wall_time if self.wall_time > 0 else 0.0
 
-    def line(self) -> str:
-        how = self.executor if self.executor == "serial" else f"{self.executor} x{self.n_jobs} (chunksize {self.chunksize})"
+    def how(self, chunks: bool = True) -> str:
+        """How the pass ran, in the words of ``result.explain()``: ``serial``, ``thread pool,
+        2 workers, chunksize 1``; staged, each step's pool."""
         if self.mode == "staged":
-            how = "staged: " + self.executor
+            return "staged: " + " / ".join(reword_pool(part) for part in self.executor.split(" / "))
+        return pool_words(self.executor, self.n_jobs, self.chunksize if chunks and self.executor != "serial" else None)
+
+    def line(self) -> str:
+        how = self.how()
         reads = f"{self.mb_per_s:7.1f} MB/s" if self.megabytes > 0 else f"{'(no reads)':>12}"
-        text = f"{self.name:<18} {how:<30} {self.wall_time:7.2f} s  {self.files_per_s:6.2f} files/s  {reads}"
+        text = f"{self.name:<18} {how:<38} {self.wall_time:7.2f} s  {self.files_per_s:6.2f} files/s  {reads}"
         text += _steps_line(self.steps, "a file, measured")
         if self.planned:
             text += _steps_line(self.planned, f"a file, planned from {self.planned_from}")
@@ -83,14 +85,16 @@ class PackReport:
 
         return pack_plot(self, path)
 
-    def summary(self) -> str:
-        lines = [f"{'pass':<18} {'executor':<30} {'time':>9}  {'throughput':>14}  {'input':>12}"]
+    def explain(self) -> str:
+        """Each pass (how it ran, its time and throughput), what was written and kept, and
+        the problems, in the words of ``result.explain()``."""
+        lines = [f"{'pass':<18} {'how it ran':<38} {'time':>9}  {'throughput':>14}  {'input':>12}"]
         lines.extend(p.line() for p in self.passes)
         verb = "would write" if self.dry_run else "wrote"
         done = f"{verb} {plural(len(self.written), 'atlas', 'atlases')}"
         if self.kept:
             done += f", {'would keep' if self.dry_run else 'kept'} {len(self.kept)} up to date"
-        lines.append(f"{done} in {self.wall_time:.2f} s")
+        lines.append(f"{done} in {fmt_time(self.wall_time)}")
         if self.unlisted:
             shown = ", ".join(self.unlisted[:5]) + (", ..." if len(self.unlisted) > 5 else "")
             lines.append(
@@ -101,6 +105,18 @@ class PackReport:
             lines.append(f"{plural(len(self.errors), 'problem')}:")
             lines.extend(f"  ! {e}" for e in self.errors)
         return "\n".join(lines)
+
+    def summary(self) -> str:
+        """The same as :meth:`explain` (its earlier name)."""
+        return self.explain()
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (JSON-ready): the passes, what was written and kept, the problems."""
+        d = asdict(self)
+        d["ok"] = self.ok
+        for p, src in zip(d["passes"], self.passes):
+            p["how"] = src.how()
+        return d
 
 
 class PackInterrupted(KeyboardInterrupt):

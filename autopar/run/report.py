@@ -9,6 +9,8 @@ from dataclasses import asdict, dataclass, field
 from itertools import chain
 from typing import Any, Callable, Iterator
 
+from .._words import fmt_time, plural, ran_words, reword_pool
+
 __all__ = ["ExecutionIterator", "ExecutionReport", "Progress", "ranges"]
 
 
@@ -76,41 +78,50 @@ class ExecutionReport:
         d["fell_back"] = self.fell_back
         return d
 
-    def summary(self) -> str:
-        lines = [
-            f"ran {self.n_items} items on {self.executor_type}"
-            + (f" x{self.n_jobs} (chunksize {self.chunksize})" if self.executor_type != "serial" else "")
-            + f" in {self.wall_time:.3f} s"
-        ]
+    def explain(self) -> str:
+        """What the run did against what was predicted, in plain words (the words of
+        ``OptimizationResult.explain()``)."""
+        serial = self.executor_type == "serial"
+        lines = [ran_words(self.n_items, self.executor_type, self.n_jobs, None if serial else self.chunksize, self.wall_time)]
         if self.optimize_time > 1e-3:
-            lines.append(f"optimize() took {self.optimize_time:.3f} s of it")
+            lines.append(f"optimize() took {fmt_time(self.optimize_time)} of it")
         if self.n_from_sample:
-            lines.append(f"{self.n_from_sample} results came from optimize()'s sample")
-        if self.predicted_time is not None:
+            lines.append(f"{plural(self.n_from_sample, 'result')} came from optimize()'s sample")
+        rest = self.n_items - self.n_from_sample
+        if self.predicted_time is not None and rest > 0:
             lines.append(
-                f"the other {self.n_items - self.n_from_sample} items: predicted {self.predicted_time:.3f} s, "
-                f"measured {self.run_time:.3f} s"
+                f"{'the other' if self.n_from_sample else 'the'} {plural(rest, 'item')}: predicted {fmt_time(self.predicted_time)}, "
+                f"measured {fmt_time(self.run_time)}"
             )
+        elif self.predicted_time is not None and self.completed:
+            lines.append("nothing was left to run after the sample")
         if self.predicted_item_time and self.measured_item_time:
             lines.append(
-                f"item time: predicted {self.predicted_item_time * 1e3:.3f} ms, "
-                f"measured {self.measured_item_time * 1e3:.3f} ms in the workers"
+                f"item time: predicted {fmt_time(self.predicted_item_time)}, "
+                f"measured {fmt_time(self.measured_item_time)} in the workers"
             )
         if self.measured_speedup is not None:
+            s = self.measured_speedup
             lines.append(
-                f"speedup over serial for those items: measured x{self.measured_speedup:.2f}"
+                f"speedup over serial for those items: measured x{s:.2f}"
+                + (" (slower than serial)" if s < 1 else "")
                 + (f", predicted x{self.predicted_speedup:.2f}" if self.predicted_speedup else "")
             )
         if self.failures:
-            lines.append(f"{len(self.failures)} items failed: {ranges(self.failures)}")
+            lines.append(f"{plural(len(self.failures), 'item')} failed: {ranges(self.failures)}")
         if self.retried:
-            lines.append(f"{len(self.retried)} items ran again after a worker died: {ranges(self.retried)}")
+            lines.append(f"{plural(len(self.retried), 'item')} ran again after a worker died: {ranges(self.retried)}")
         for at, old, new, why in self.chunksize_changes:
             lines.append(f"chunksize {old} -> {new} at item {at}: {why}")
         if self.fallback is not None:
             at, to, why = self.fallback
-            lines.append(f"from item {at} on, ran {to}: {why}")
+            how = "serially" if to == "serial" else f"on a {reword_pool(to)}"
+            lines.append(f"from item {at} on, ran {how}: {why}")
         return "\n".join(lines)
+
+    def summary(self) -> str:
+        """The same as :meth:`explain` (its earlier name)."""
+        return self.explain()
 
 
 class Progress:

@@ -7,26 +7,17 @@ from typing import Any
 
 from .model import Candidate
 from .sample import Profile, SampleStash
+from .._words import fmt_bytes, fmt_time, plural, pool_words, reword_scaling, scaling_words
 
 __all__ = ["OptimizationResult"]
 
 
-def _fmt_time(seconds: float) -> str:
-    if seconds >= 1:
-        return f"{seconds:.2f} s"
-    if seconds >= 1e-3:
-        return f"{seconds * 1e3:.1f} ms"
-    if seconds >= 1e-6 or seconds == 0:
-        return f"{seconds * 1e6:.1f} us"
-    return f"{seconds * 1e9:.0f} ns"  # tiny items (a bare call is tens of ns)
+# The one formatter for times and sizes (kept under their old names here).
+_fmt_time = fmt_time
+_fmt_bytes = fmt_bytes
 
-
-def _fmt_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GiB"
+# The reason optimize() adds on a tuning-cache hit (when the figures were measured).
+CACHE_NOTE = "figures from the tuning cache"
 
 
 @dataclass(frozen=True)
@@ -114,63 +105,106 @@ class OptimizationResult:
         return speedup_plot(self, path)
 
     def label(self) -> str:
-        if self.executor_type == "serial":
-            return "serial"
         if self.executor_type == "dask":
-            return f"dask cluster at {self.scheduler}, {self.n_jobs} threads, {self.chunksize} items a task"
-        return f"{self.executor_type} pool, {self.n_jobs} workers, chunksize {self.chunksize}"
+            return f"dask cluster at {self.scheduler}, {plural(self.n_jobs, 'thread')}, {self.chunksize} items a task"
+        return pool_words(self.executor_type, self.n_jobs, None if self.executor_type == "serial" else self.chunksize)
 
     def explain(self) -> str:
         """Why this configuration, in plain words, with the runner-ups and their predictions."""
-        p = self.profile
-        lines = [f"autopar chose: {self.label()}"]
-        lines.append(
-            f"  predicted {_fmt_time(self.predicted_time)} for the {self.n_remaining} remaining items "
-            f"against {_fmt_time(self.serial_time)} serial (speedup x{self.estimated_speedup:.2f})"
-        )
-        lines.append("measured on a sample:")
-        lines.append(
-            f"  {p.n_sampled} items serially, {p.n_probed} on {p.probe_threads} threads at once, "
-            f"in {_fmt_time(p.sample_time)} (optimize took {_fmt_time(self.optimize_time)})"
-        )
-        lines.append(
-            f"  item time {_fmt_time(p.item_time_mean)} mean, {_fmt_time(p.item_time_std)} spread "
-            f"(cv {p.item_time_cv:.2f}), {_fmt_time(p.item_time_max)} max"
-        )
-        if p.warmup_time is not None:
-            lines.append(
-                f"  first call {_fmt_time(p.warmup_time)}: a one-time cost (an item run beside it waited "
-                "for it to end); the figures are the later items'"
-            )
-        lines.append(
-            f"  CPU/wall {p.cpu_ratio:.2f} -> {self.workload_type}-bound; "
-            + (
-                f"{p.probe_threads} threads ran x{p.thread_scaling:.2f} faster than one"
-                if p.thread_scaling is not None
-                else "thread scaling not probed (too little work left)"
-            )
-        )
-        lines.append(
-            f"  pickled: function {_fmt_bytes(p.func_bytes)}, item {_fmt_bytes(p.item_bytes)}, "
-            f"result {_fmt_bytes(p.result_bytes)} ({_fmt_time(p.item_pickle_time + p.result_pickle_time)} "
-            f"per item round trip, transport {p.transport or 'none'})"
-        )
-        lines.append(
-            f"  peak memory per item {_fmt_bytes(p.peak_memory_per_item)}; "
-            f"{self.usable_cores} usable cores; pool start {_fmt_time(self.start_cost)} "
-            f"({self.start_method})"
-        )
-        if self.reasons:
+        lines = [f"autopar chose: {self.label()}", self._prediction_line()]
+        lines += self._evidence_lines()
+        cache_note = [r for r in self.reasons if r.startswith(CACHE_NOTE)] if self.cache == "hit" else []
+        reasons = [reword_scaling(r) for r in self.reasons if r not in cache_note]
+        if reasons:
             lines.append("why:")
-            lines.extend(f"  - {r}" for r in self.reasons)
-        if self.runner_ups:
+            lines.extend(f"  - {r}" for r in reasons)
+        parallel = [c for c in self.runner_ups if c.executor_type in ("serial", "dask") or c.n_jobs > 1]
+        if parallel:
             lines.append("runner-ups (predicted time for the remaining items):")
-            for c in self.runner_ups:
-                lines.append(f"  {c.label():<40} {_fmt_time(c.predicted_time)}")
+            for c in parallel:
+                how = pool_words(c.executor_type, c.n_jobs, None if c.executor_type == "serial" else c.chunksize)
+                lines.append(f"  {how:<40} {fmt_time(c.predicted_time)}")
+        alone = len(self.runner_ups) - len(parallel)
+        if alone:
+            lines.append(f"  ({plural(alone, 'pool')} of one worker left out: one worker runs nothing in parallel)")
         if self.warnings:
             lines.append("warnings:")
             lines.extend(f"  ! {w}" for w in self.warnings)
         return "\n".join(lines)
 
+    def _prediction_line(self) -> str:
+        if self.n_remaining == 0:
+            return "  nothing left to run: the sample ran every item (its results are kept)"
+        s = self.estimated_speedup
+        speed = f"speedup x{s:.2f}" if s >= 1 else f"slower: x{s:.2f} the speed of serial"
+        return (
+            f"  predicted {fmt_time(self.predicted_time)} for the {plural(self.n_remaining, 'remaining item')} "
+            f"against {fmt_time(self.serial_time)} serial ({speed})"
+        )
+
+    def _evidence_lines(self) -> list[str]:
+        """Where the figures come from (this call's sample, or the tuning cache), and them."""
+        p = self.profile
+        if self.cache == "hit":
+            note = next((r for r in self.reasons if r.startswith(CACHE_NOTE)), None)
+            lines = [
+                "measured before, kept in the tuning cache (no sample this time):",
+                f"  {note or CACHE_NOTE + ' (an earlier run of the same job)'}; optimize took {fmt_time(self.optimize_time)}",
+            ]
+        else:
+            probed = f", {p.n_probed} on {p.probe_threads} threads at once" if p.n_probed else ""
+            lines = [
+                "measured on a sample:",
+                f"  {plural(p.n_sampled, 'item')} serially{probed}, in {fmt_time(p.sample_time)} "
+                f"(optimize took {fmt_time(self.optimize_time)})",
+            ]
+        lines.append(_item_time_line(p))
+        if p.warmup_time is not None:
+            lines.append(
+                f"  first call {fmt_time(p.warmup_time)}: a one-time cost (an item run beside it waited "
+                "for it to end); the figures are the later items'"
+            )
+        lines.append(
+            f"  CPU/wall {p.cpu_ratio:.2f} -> {self.workload_type}-bound; "
+            + (
+                scaling_words(p.probe_threads, p.thread_scaling)
+                if p.thread_scaling is not None
+                else "thread scaling not probed (too little work left)"
+            )
+        )
+        lines.append(
+            f"  pickled: function {fmt_bytes(p.func_bytes)}, item {fmt_bytes(p.item_bytes)}, "
+            f"result {fmt_bytes(p.result_bytes)} ({fmt_time(p.item_pickle_time + p.result_pickle_time)} "
+            f"per item round trip, transport {p.transport or 'none'})"
+        )
+        lines.append(
+            f"  peak memory per item {fmt_bytes(p.peak_memory_per_item)}; "
+            f"{self.usable_cores} usable cores; pool start {fmt_time(self.start_cost)} "
+            f"({self.start_method})"
+        )
+        return lines
+
     def __str__(self) -> str:
         return self.explain()
+
+
+def _item_time_line(p: Profile) -> str:
+    """The item time, saying what each figure is over: the mean and spread are the timed
+    batches' (the items after the first call), the max takes the first call in unless it was
+    a one-time cost."""
+    mean, sd, top = fmt_time(p.item_time_mean), p.item_time_std, p.item_time_max
+    first_in = p.warmup_time is None
+    if sd > 0:
+        where = "the first call included" if first_in else "the later items"
+        return (
+            f"  item time {mean} mean, {fmt_time(sd)} spread (cv {p.item_time_cv:.2f}) between the timed batches; "
+            f"{fmt_time(top)} max ({where})"
+        )
+    if top > p.item_time_mean and first_in:
+        return (
+            f"  item time {mean} mean over the timed batches (no spread between them); "
+            f"the first call took {fmt_time(top)}"
+        )
+    if top > p.item_time_mean:
+        return f"  item time {mean} mean (no spread measured); {fmt_time(top)} max"
+    return f"  item time {mean} (no spread measured: one item timed, or every batch alike)"
