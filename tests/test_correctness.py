@@ -434,7 +434,7 @@ def test_threads_short_of_their_prediction_switch_to_processes():
     assert report.fell_back, report.summary()
     at, to, why = report.fallback
     assert to.startswith("process x4") and "items/s" in why and 0 < at < len(data)
-    assert f"from item {at} on, ran process x4" in report.summary()
+    assert f"from item {at} on, ran on a process pool, 4 workers" in report.summary()
     me = os.getpid()
     assert all(p == me for _, p in out[:at])  # the threads ran the first chunks
     assert all(p != me for _, p in out[at:])  # the processes the rest

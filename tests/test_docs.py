@@ -72,7 +72,7 @@ def test_readme_command_runs(command, _readme_outputs):
 def test_example_runs(example):
     out = subprocess.run([sys.executable, str(ROOT / "examples" / example)], cwd=ROOT, capture_output=True, text=True, timeout=500)
     assert out.returncode == 0, out.stderr[-3000:]
-    expected = {"dask_cluster.py": "ran 2000 items on dask x2", "steps.py": "bright pixels", "service.py": "routes:"}.get(example, "autopar chose")
+    expected = {"dask_cluster.py": "on a dask cluster, 2 threads", "steps.py": "bright pixels", "service.py": "routes:"}.get(example, "autopar chose")
     assert expected in out.stdout, out.stdout[-2000:]
 
 
