@@ -58,7 +58,7 @@ def _steps_line(steps: list[tuple[str, float]], what: str) -> str:
     total = sum(t for _, t in steps)
     if total <= 0:
         return ""
-    return "\n" + " " * 19 + ", ".join(f"{n} {t * 1e3:.0f} ms ({t / total:.0%})" for n, t in steps) + " " + what
+    return "\n" + " " * 19 + ", ".join(f"{n} {fmt_time(t)} ({t / total:.0%})" for n, t in steps) + " " + what
 
 
 @dataclass
