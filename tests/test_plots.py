@@ -57,7 +57,8 @@ def test_the_timeline_records_every_chunk_and_plots(tmp_path):
     assert all(0 <= t0 <= t1 <= report.wall_time + 0.05 for _, _, t0, t1, _ in report.timeline)
     width, height = _size(report.plot(tmp_path / "timeline.png"))
     # optimize()'s row and a row a worker: at most two (chunks that never overlap share one)
-    assert width == 1000 and height in (round(100 * (1.6 + 0.35 * 2)), round(100 * (1.6 + 0.35 * 3)))
+    # (a pixel either way: matplotlib versions round the figure's height differently)
+    assert width == 1000 and any(abs(height - 100 * (1.6 + 0.35 * rows)) <= 1 for rows in (2, 3)), height
     _, serial = autopar.execute(spin, list(range(40)), executor_type="serial", return_report=True)
     assert sum(n for _, n, _, _, _ in serial.timeline) == 40
     assert _size(serial.plot(tmp_path / "serial.png"))[0] == 1000
