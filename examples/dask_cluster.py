@@ -30,5 +30,5 @@ if __name__ == "__main__":
         ) as cluster, Client(cluster) as client:
             sizes, report = autopar.execute(compressed_size, data, pool=client, return_report=True)
     assert sizes == [compressed_size(x) for x in data]
-    print(report.summary())
+    print(report.explain())
     print(f"\n{len(sizes)} blocks, {sum(sizes)} bytes compressed in all")

@@ -7,6 +7,7 @@ import weakref
 from dataclasses import replace
 from typing import Any, Callable, Iterable
 
+from .._words import scaling_words
 from ..backends.dask import cluster_costs
 from .model import Candidate, Decision, decide
 from .result import OptimizationResult
@@ -43,7 +44,7 @@ def _main_reason(d: Decision, profile: Any) -> str:
     best = d.best
     scaling = profile.thread_scaling
     probe = (
-        f"{profile.probe_threads} threads ran x{scaling:.2f} faster than one"
+        scaling_words(profile.probe_threads, scaling)
         if scaling is not None
         else "thread scaling not measured"
     )
