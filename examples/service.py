@@ -23,7 +23,9 @@ import autopar
 
 
 def read_stack(path: str) -> np.ndarray:
-    if random.random() < 0.1:  # a network share that drops a read now and then
+    # A network share that drops a read now and then (SystemRandom: forked workers share the
+    # parent's `random` state, and their failures would come in step).
+    if random.SystemRandom().random() < 0.1:
         raise OSError(f"{path}: read failed, try again")
     return tifffile.imread(path)
 

@@ -236,14 +236,16 @@ def test_a_thread_run_checks_the_kept_thread_scaling(cache):
     data = list(range(4000))  # about 0.16 s serially: judged on its time (over MIN_CHECKED_RUN)
     first = autopar.optimize(counted, data, executor_type="thread", n_jobs=2)
     [entry] = wisdom.entries()
-    t0 = time.perf_counter()
+    t0 = time.thread_time()
     [counted(x) for x in data]
-    item_time = (time.perf_counter() - t0) / len(data)  # the sample's figure can be off by 1.3x
-    # Only the wrong kept scaling is run: a busy machine only slows a run, so a right one read
-    # "stale" there too; that a run within its prediction confirms the entry is the rule's own.
+    cpu_time = (time.thread_time() - t0) / len(data)  # an item's CPU: what no load changes
+    # Only the wrong kept scaling is run, on a kept item time of half its CPU time: the
+    # prediction is a quarter of what two threads holding the GIL take even on an idle
+    # machine (a busy one only slows them). That a run within its prediction confirms the
+    # entry is the rule's own.
     for scaling, verdict in ((2.0, "stale"),):
         forged = replace(
-            entry.profile, thread_scaling=scaling, probe_threads=2, cpu_ratio=1.0, item_time_mean=item_time
+            entry.profile, thread_scaling=scaling, probe_threads=2, cpu_ratio=1.0, item_time_mean=cpu_time / 2
         )
         wisdom.store(first.cache_key, entry.func, forged)
         r = autopar.optimize(counted, data, executor_type="thread", n_jobs=2)
