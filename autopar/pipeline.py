@@ -1043,8 +1043,7 @@ class Pipeline:
             raise ValueError("a pipeline needs at least one stage")
         self.stages = tuple(s if isinstance(s, Stage) else Stage(s) for s in stages)
         self.start_method = start_method  # of the process stages' pools (default: autopar's)
-        # The last optimize()'s plan: a run given the same items and no plan takes it, so
-        # the items its sample ran are not run again.
+        # The last optimize()'s plan: a run of the same items without a plan takes it.
         self._last: PipelinePlan | None = None
         self._last_lock = threading.Lock()
 

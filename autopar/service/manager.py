@@ -3,6 +3,10 @@ for sync and asyncio code, routing each function by what its calls measured.
 
 See ``core.py`` for a call's way, ``lanes.py`` for how a running call is stopped,
 ``routes.py`` for the routing table, ``throttle.py`` for admission under load.
+
+Where the manager's process pool would be forked (``start_method`` fork, the default before
+3.14 on Linux) and no other thread runs yet, the pool's workers are forked as the manager is
+made, before its own threads start; while threads run, pools are made by forkserver.
 """
 
 from __future__ import annotations
@@ -33,15 +37,10 @@ class Manager(Core):
     where there is one) or memory past ``memory_threshold`` (defaults 85 and 80, or
     ``AUTOPAR_CPU_THRESHOLD`` / ``AUTOPAR_MEMORY_THRESHOLD``). ``retry``, ``breaker`` (a
     template: each function gets its own breaker with these settings) and ``timeout`` are
-    defaults for every call; a call's own keyword overrides them (None: none).
-
-    Where its process pool would be forked (``start_method`` fork, the default before 3.14
-    on Linux) and no other thread runs yet, the pool's workers are forked as the manager is
-    made, before its own threads start; while threads run, pools are made by forkserver.
-
-    Calls take ``func(*args, **kwargs)``; the keywords ``timeout``, ``retry`` and ``breaker``
-    are the manager's, not passed on. Use it as a context manager (``with`` or ``async
-    with``), or call :meth:`shutdown`; an ``atexit`` hook stops whatever is left.
+    defaults for every call; a call's own keyword overrides them (None: none). Calls take
+    ``func(*args, **kwargs)``; the keywords ``timeout``, ``retry`` and ``breaker`` are the
+    manager's. Use it as a context manager (``with``, ``async with``) or call :meth:`shutdown`;
+    an ``atexit`` hook stops whatever is left. The start method: see the module docstring.
     """
 
     def __init__(
@@ -65,7 +64,6 @@ class Manager(Core):
         atexit.register(self._atexit)
 
     # ---- sync --------------------------------------------------------------------------------
-
     def submit(self, func: Callable[..., Any], /, *args: Any, timeout: Any = _UNSET, retry: Any = _UNSET, breaker: Any = _UNSET, **kwargs: Any) -> cf.Future:
         """Run ``func(*args, **kwargs)`` where its profile says; a Future (``cancel()`` also
         stops it while it runs)."""
@@ -155,7 +153,6 @@ class Manager(Core):
             route.gil_free = p.thread_scaling >= 0.8 * p.probe_threads
 
     # ---- asyncio -----------------------------------------------------------------------------
-
     async def run(self, func: Callable[..., Any], /, *args: Any, timeout: Any = _UNSET, retry: Any = _UNSET, breaker: Any = _UNSET, **kwargs: Any) -> Any:
         """``await`` a call routed by the function's measured profile. Cancelling the awaiting
         task cancels the call: a waiting one never starts, a running one is stopped."""
@@ -216,7 +213,6 @@ class Manager(Core):
                 fut.cancel()
 
     # ---- state -------------------------------------------------------------------------------
-
     def stats(self) -> dict[str, dict[str, Any]]:
         """Per lane ("cpu": the process pool, "io": the thread pool, "inline"): counts, success
         rate, mean seconds a call in its worker, the most running at once, calls a second."""

@@ -562,8 +562,7 @@ def decide(
         for kind, limit in (("thread", thread_limit), ("process", proc_limit)):
             if kind not in allowed:
                 continue
-            # (at least one worker: a kind asked for is answered even with nothing left)
-            ns = [n_jobs] if n_jobs is not None else _n_options(max(limit, 1), cores)
+            ns = [n_jobs] if n_jobs is not None else _n_options(max(limit, 1), cores)  # (a kind asked: one at least)
             for n in ns:
                 if chunksize is not None:
                     g = gil_share(p, system.gil_enabled)

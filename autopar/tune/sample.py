@@ -510,7 +510,7 @@ class _Sampler:
         if not first:
             return False
         if self.remote is not None:
-            return self._first_remote(first)
+            return _first_remote(self, first)
         spec = None
         n = self.n_total
         if n is not None and 3 <= n <= SPECULATE_MAX_ITEMS and self.probe_wanted:
@@ -544,7 +544,7 @@ class _Sampler:
         if spec is not None:
             if spec.waiting:  # the RSS growth was theirs too
                 self.peak //= 1 + spec.n_ran()
-            contended = self._speculated(spec)
+            contended = _speculated(self, spec)
         if contended:  # the first item shared too few cores: its own CPU time is its time
             self.first_time = self.first_active = wall = cpu = max(own, 1e-9)
             self.first_cpu = own
@@ -554,86 +554,6 @@ class _Sampler:
         # An item that mostly waits: the thread probe measures it better than serial items.
         self.waiting = not contended and wall >= 1e-3 and cpu / self.first_active < IO_BOUND
         return True
-
-    def _first_remote(self, first: list[Any]) -> bool:
-        """The first item in the sample's worker process (``executor_type="process"``)."""
-        got = self._remote_batch(first)
-        if got is None:
-            return False
-        wall, cpu = got
-        self.first_time, self.first_cpu, self.first_own = wall, cpu, cpu
-        self.first_active = wall
-        self.watch_memory = False  # another process's memory: the RSS poller cannot see it
-        self.waiting = wall >= 1e-3 and cpu / wall < IO_BOUND
-        return True
-
-    def _remote_batch(self, batch: "list[Any] | Span") -> tuple[float, float] | None:
-        """Run a batch in the sample's worker process; (wall, CPU) seconds, or None where it
-        did not come back (its items go back in front, for the run's pool to meet)."""
-        items = list(batch)
-        got = self.remote.run(self.done, items)  # type: ignore[union-attr]
-        if got is None:
-            self.src.push_back(items)
-            self.remote_stopped = True
-            return None
-        out, failed, wall, cpu = got
-        self.failures += settle(failed, "process (sample)", self.collect)
-        self._keep(items, out)
-        return max(wall, 1e-9), cpu
-
-    def _speculated(self, spec: _Ahead) -> bool:
-        """Keep what ran ahead (a prefix of the items given); the rest goes back in front.
-
-        Items that ran at once count as timed items and as a first probe round only if the
-        round mostly waited. A round that kept cores busy came from a first item that only
-        looked like waiting (importing on its first call, say): its items' times are those of
-        items sharing too few cores, so their results are kept and their times are not."""
-        n = spec.n_ran()
-        self.src.push_back(spec.items[n:])
-        for i in range(n):
-            index, result, error = self.done, spec.results[i], spec.errors[i]
-            if error is not None:
-                result = ItemFailed(index, error)
-                self.failures += settle([(index, error, "")], "thread (sample)", self.collect)
-            self._keep([spec.items[i]], [result])
-        timed, contended = range(n), False
-        if spec.waiting and n >= 2 and spec.round_wall > 0:
-            wall = max(spec.round_wall, self.first_time)
-            contended = (sum(spec.cpus[:n]) + self.first_cpu) / wall >= 0.5
-            if contended:
-                timed = range(0)
-            else:  # a probe round already: throughput of k items at once
-                k = n + 1
-                scaling = (sum(spec.walls[:n]) + self.first_time) / wall
-                self.ahead_round = (min(scaling, float(k)), k, n)
-        for i in timed:
-            wall, cpu = spec.walls[i], spec.cpus[i]
-            if self._waited_on_first(spec, i):
-                # It queued behind the first call's one-time work (an import lock, a table
-                # being built): its wall time is the first item's, not its own. A computing
-                # function that imports scipy.stats on its first call read CPU/wall 0.001
-                # so, and ran on 64 threads at 4-7x the serial time.
-                self.warmup = True
-                continue
-            if spec.errors[i] is None and wall > 0:
-                # A timed item: its own CPU time when CPU-bound (it shared the machine), else wall.
-                cpu_bound = cpu / wall >= CPU_BOUND / 2
-                self.batches.append((1, max(cpu, 1e-9) if cpu_bound else wall))
-                self.batch_pos.append(1.0 + i)  # the first item is at 0, these right after it
-                self.ratios.append(1.0 if cpu_bound else cpu / wall)
-        return contended
-
-    def _waited_on_first(self, spec: _Ahead, i: int) -> bool:
-        """An item run beside a computing first item that barely ran until the first one ended."""
-        wall, cpu = spec.walls[i], spec.cpus[i]
-        first_computes = self.first_cpu >= CPU_BOUND * self.first_active
-        return (
-            first_computes
-            and wall > 0
-            and cpu < IO_BOUND * wall
-            and spec.ends[i] >= self.first_end - WARMUP_END * self.first_time  # freed as it ended
-            and wall >= WARMUP_OVERLAP * self.first_time
-        )
 
     def _target(self, mean: float) -> float:
         if self.n_total is None:
@@ -669,7 +589,7 @@ class _Sampler:
             if not batch:
                 break
             if self.remote is not None:
-                if not self._timed_remote(batch):
+                if not _timed_remote(self, batch):
                     break
                 batch_size = batch_size * 2 if self.batches[-1][1] / len(batch) < 1e-3 else 1
                 continue
@@ -689,18 +609,6 @@ class _Sampler:
                 self.ratios.append(dc / active)
                 self.own_ratios.append(min(do, dc) / active)
             batch_size = batch_size * 2 if dt / len(batch) < 1e-3 else 1
-
-    def _timed_remote(self, batch: "list[Any] | Span") -> bool:
-        got = self._remote_batch(batch)
-        if got is None:
-            return False
-        dt, dc = got
-        self.batches.append((len(batch), dt))
-        self.batch_pos.append(self.done - (len(batch) + 1) / 2)
-        if dt >= 1e-3:
-            self.ratios.append(dc / dt)
-            self.own_ratios.append(dc / dt)
-        return True
 
     def item_stats(self) -> _Stats:
         timed = sum(b for b, _ in self.batches)
@@ -764,6 +672,103 @@ class _Sampler:
             input_error=self.src.error,
         )
         return profile, stash
+
+
+def _first_remote(sp: "_Sampler", first: list[Any]) -> bool:
+    """The first item in the sample's worker process (``executor_type="process"``)."""
+    got = _remote_batch(sp, first)
+    if got is None:
+        return False
+    wall, cpu = got
+    sp.first_time, sp.first_cpu, sp.first_own = wall, cpu, cpu
+    sp.first_active = wall
+    sp.watch_memory = False  # another process's memory: the RSS poller cannot see it
+    sp.waiting = wall >= 1e-3 and cpu / wall < IO_BOUND
+    return True
+
+
+def _remote_batch(sp: "_Sampler", batch: "list[Any] | Span") -> tuple[float, float] | None:
+    """Run a batch in the sample's worker process; (wall, CPU) seconds, or None where it
+    did not come back (its items go back in front, for the run's pool to meet)."""
+    items = list(batch)
+    got = sp.remote.run(sp.done, items)  # type: ignore[union-attr]
+    if got is None:
+        sp.src.push_back(items)
+        sp.remote_stopped = True
+        return None
+    out, failed, wall, cpu = got
+    sp.failures += settle(failed, "process (sample)", sp.collect)
+    sp._keep(items, out)
+    return max(wall, 1e-9), cpu
+
+
+def _speculated(sp: "_Sampler", spec: _Ahead) -> bool:
+    """Keep what ran ahead (a prefix of the items given); the rest goes back in front.
+
+    Items that ran at once count as timed items and as a first probe round only if the
+    round mostly waited. A round that kept cores busy came from a first item that only
+    looked like waiting (importing on its first call, say): its items' times are those of
+    items sharing too few cores, so their results are kept and their times are not."""
+    n = spec.n_ran()
+    sp.src.push_back(spec.items[n:])
+    for i in range(n):
+        index, result, error = sp.done, spec.results[i], spec.errors[i]
+        if error is not None:
+            result = ItemFailed(index, error)
+            sp.failures += settle([(index, error, "")], "thread (sample)", sp.collect)
+        sp._keep([spec.items[i]], [result])
+    timed, contended = range(n), False
+    if spec.waiting and n >= 2 and spec.round_wall > 0:
+        wall = max(spec.round_wall, sp.first_time)
+        contended = (sum(spec.cpus[:n]) + sp.first_cpu) / wall >= 0.5
+        if contended:
+            timed = range(0)
+        else:  # a probe round already: throughput of k items at once
+            k = n + 1
+            scaling = (sum(spec.walls[:n]) + sp.first_time) / wall
+            sp.ahead_round = (min(scaling, float(k)), k, n)
+    for i in timed:
+        wall, cpu = spec.walls[i], spec.cpus[i]
+        if _waited_on_first(sp, spec, i):
+            # It queued behind the first call's one-time work (an import lock, a table
+            # being built): its wall time is the first item's, not its own. A computing
+            # function that imports scipy.stats on its first call read CPU/wall 0.001
+            # so, and ran on 64 threads at 4-7x the serial time.
+            sp.warmup = True
+            continue
+        if spec.errors[i] is None and wall > 0:
+            # A timed item: its own CPU time when CPU-bound (it shared the machine), else wall.
+            cpu_bound = cpu / wall >= CPU_BOUND / 2
+            sp.batches.append((1, max(cpu, 1e-9) if cpu_bound else wall))
+            sp.batch_pos.append(1.0 + i)  # the first item is at 0, these right after it
+            sp.ratios.append(1.0 if cpu_bound else cpu / wall)
+    return contended
+
+
+def _waited_on_first(sp: "_Sampler", spec: _Ahead, i: int) -> bool:
+    """An item run beside a computing first item that barely ran until the first one ended."""
+    wall, cpu = spec.walls[i], spec.cpus[i]
+    first_computes = sp.first_cpu >= CPU_BOUND * sp.first_active
+    return (
+        first_computes
+        and wall > 0
+        and cpu < IO_BOUND * wall
+        and spec.ends[i] >= sp.first_end - WARMUP_END * sp.first_time  # freed as it ended
+        and wall >= WARMUP_OVERLAP * sp.first_time
+    )
+
+
+def _timed_remote(sp: "_Sampler", batch: "list[Any] | Span") -> bool:
+    got = _remote_batch(sp, batch)
+    if got is None:
+        return False
+    dt, dc = got
+    sp.batches.append((len(batch), dt))
+    sp.batch_pos.append(sp.done - (len(batch) + 1) / 2)
+    if dt >= 1e-3:
+        sp.ratios.append(dc / dt)
+        sp.own_ratios.append(dc / dt)
+    return True
 
 
 def _growing_mean(
@@ -994,8 +999,7 @@ def _probe_step(sp: "_Sampler", stats: _Stats, cheap_low: bool = False) -> tuple
                 # CPU-bound: cores kept busy at once over cores one item keeps busy. (Not
                 # capped by the round's throughput: a few items of uneven size make that
                 # too noisy; GIL-free NumPy read x1.0-1.13 so.)
-                # On a busy machine the threads also wait for cores: that time is neither
-                # the GIL nor the work's, so the round counts without it.
+                # (less the threads' wait for a core: neither the GIL's nor the work's)
                 s = (cpu / CpuMeter.active(whole, queued)) / stats.cpu_ratio
                 slower = len(items) * stats.reference < SLOWER_TOGETHER * whole
             else:
