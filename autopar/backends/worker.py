@@ -10,6 +10,7 @@ unpickle it once per key and keep the last few, so one pool can serve many calls
 
 from __future__ import annotations
 
+import os
 import pickle
 import signal
 import threading
@@ -241,7 +242,7 @@ class _Deadlines:
         with self.cond:
             self.due[threading.get_ident()] = deadline
             self.owner[threading.get_ident()] = owner
-            if self.watcher is None:
+            if self.watcher is None or not self.watcher.is_alive():
                 self.watcher = threading.Thread(target=self._watch, name="autopar-deadlines", daemon=True)
                 self.watcher.start()
             elif deadline < self.wake:
@@ -255,6 +256,13 @@ class _Deadlines:
             self.fired.pop(tid, None)
             if self.due.pop(tid, None) is None:
                 _async_raise(tid, None)
+
+    def forget(self) -> None:
+        """The calling thread's item ended by its time limit: nothing of it stays watched."""
+        with self.cond:
+            self.owner.pop(threading.get_ident(), None)
+            self.fired.pop(threading.get_ident(), None)
+            self.due.pop(threading.get_ident(), None)
 
     def overdue(self, owner: object) -> float:
         """Seconds the longest-overdue item of ``owner`` has been past its deadline without
@@ -287,6 +295,8 @@ class _Deadlines:
 
 WATCHER_IDLE = 0.5  # seconds the deadline watcher waits for another item before it ends
 _DEADLINES = _Deadlines()
+if hasattr(os, "register_at_fork"):  # a forked child has none of the parent's threads
+    os.register_at_fork(after_in_child=_DEADLINES.__init__)
 
 
 class _ThreadAlarm(_Alarm):
@@ -300,6 +310,7 @@ class _ThreadAlarm(_Alarm):
             finally:
                 _DEADLINES.disarm()
         except _Expired:
+            _DEADLINES.forget()  # (rung as disarm() began: its entries may still stand)
             raise ItemTimeout(f"the item ran longer than the {self.seconds:g} s timeout") from None
 
 

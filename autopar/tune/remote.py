@@ -24,6 +24,7 @@ from ..backends.worker import Failure
 __all__ = ["RemoteItems"]
 
 GRACE = 1.0  # seconds past a batch's time limits before its worker counts as stuck
+STARTUP = 30.0  # more for the first batch: a spawned worker imports before it runs anything
 
 
 class RemoteItems:
@@ -40,6 +41,7 @@ class RemoteItems:
             timeout,
         )
         self.broken = False
+        self.started = False
 
     def run(self, start: int, items: list[Any]) -> tuple[list[Any], list[Failure], float, float] | None:
         """(results, failures, wall seconds, CPU seconds in the worker), or None where the
@@ -51,6 +53,8 @@ class RemoteItems:
         except Unsendable:
             return None
         limit = None if self.timeout is None else len(items) * self.timeout + GRACE
+        if limit is not None and not self.started:
+            limit += STARTUP  # the first batch also waits for the worker to start
         try:
             values, wall, failures, cpu = fut.result(timeout=limit)
         except FutureTimeout:
@@ -65,6 +69,7 @@ class RemoteItems:
                 ) from exc
             self.broken = True
             return None
+        self.started = True
         return self.backend.decode(values), failures, wall, cpu
 
     def close(self) -> None:

@@ -308,7 +308,7 @@ class _Ahead:
 
 def _probe(
     func: Callable[..., Any], items: list[Any], k: int, first_index: int, collect: bool
-) -> tuple[list[Any], float, float, float]:
+) -> tuple[list[Any], float, float, float, float]:
     """Run ``items`` on ``k`` threads at once. Returns (results, wall, the function's CPU,
     the round's whole wall time, the threads' mean wait for a core).
 
@@ -484,7 +484,6 @@ class _Sampler:
         self.ahead_round: tuple[float, int, int] | None = None  # (scaling, threads, items)
         self.single_blas_time: float | None = None
         self.blas_live = False
-        self.remote_stopped = False  # a batch did not come back from the sample's worker
 
     # -- steps --------------------------------------------------------------------------
 
@@ -694,7 +693,6 @@ def _remote_batch(sp: "_Sampler", batch: "list[Any] | Span") -> tuple[float, flo
     got = sp.remote.run(sp.done, items)  # type: ignore[union-attr]
     if got is None:
         sp.src.push_back(items)
-        sp.remote_stopped = True
         return None
     out, failed, wall, cpu = got
     sp.failures += settle(failed, "process (sample)", sp.collect)
@@ -1054,5 +1052,8 @@ def sample(
     try:
         sampler = _Sampler(func, data, n_items, budget, min_budget, probe_threads, False, collect, False, remote=remote)
         return sampler.run()
+    except BaseException:
+        remote.broken = True  # (Ctrl-C, an item's error): the worker is killed, not waited for
+        raise
     finally:
         remote.close()
