@@ -231,13 +231,26 @@ def _pack(paths: list[str], out: Path, run: _Runner, report: PackReport, t_begin
                     json.dump(report.manifest, fh, indent=2)
     except KeyboardInterrupt:
         # The pools have stopped by now; what is on disk is whole (atomic writes) and
-        # recorded, so the same command finishes the job.
+        # recorded, so the same command finishes the job. A worker killed in the middle of
+        # an atomic write leaves its temp file: those of this pack's atlases go.
         written = 0
         if jobs and not settings["dry_run"]:
+            _remove_temp_files(out, {image.output_name(j.time_id, j.channel) for j in jobs})
             written = sum(resume.complete_webp(out / image.output_name(j.time_id, j.channel)) for j in jobs)
         raise PackInterrupted(written, len(jobs) or len(paths), settings["dry_run"]) from None
     report.wall_time = time.perf_counter() - t_begin
     return report
+
+
+def _remove_temp_files(out: Path, names: set[str]) -> None:
+    """The temp files atomic writes of ``names`` left in ``out`` (``.NAME.XXXXXXXX.tmp``)."""
+    for path in out.glob(".*.tmp"):
+        base = path.name[1:].rsplit(".", 2)[0]
+        if base in names:
+            try:
+                path.unlink()
+            except OSError:
+                pass
 
 
 def _resume_and_render(
