@@ -193,7 +193,7 @@ def optimize_with(func: Callable[[Any], Any], data: Iterable[Any], opts: Options
     if stash is not None and stash.input_error is not None:
         err = stash.input_error
         warnings = (
-            f"the input raised {type(err).__name__}: {err} after {stash.n_done} items; execute() gives "
+            f"the input raised {type(err).__name__}: {err} after {stash.n_done + len(stash.ahead)} items; execute() gives "
             "the results before it, then raises it",
         )
         result = replace(result, warnings=result.warnings + warnings)
