@@ -304,7 +304,8 @@ def test_ctrl_c_says_how_far_it_got_in_one_line_and_the_same_command_finishes(ma
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
     again = subprocess.run(argv, capture_output=True, text=True, timeout=240)
     assert again.returncode == 0, again.stderr
-    assert f"wrote {30 - n} atlases, kept {n} up to date" in again.stdout
+    left = 30 - n
+    assert f"wrote {left} {'atlas' if left == 1 else 'atlases'}, kept {n} up to date" in again.stdout
     assert len(assert_manifest_true(out)["timepoints"]) == 15
 
 
