@@ -333,8 +333,9 @@ def test_submitting_past_the_queues_with_no_reader_says_so_instead_of_hanging(mo
     thread takes them, submit() raises StreamStalled naming the cause and the ways out
     instead of waiting forever; the stream goes on (the items in are all there)."""
     from autopar import pipeline
+    from autopar.pipeline import stream  # STALL_GRACE lives there, read by submit() at call time
 
-    monkeypatch.setattr(pipeline, "STALL_GRACE", 0.5, raising=False)
+    monkeypatch.setattr(stream, "STALL_GRACE", 0.5)
     write, seen = _counting_sink()
     pipe = Pipeline(README_SHAPES["staged"](write))
     with pipe.stream(queue_size=4) as s:
@@ -356,9 +357,9 @@ def test_submitting_past_the_queues_with_no_reader_says_so_instead_of_hanging(mo
 def test_a_reader_thread_away_for_a_while_keeps_backpressure(monkeypatch):
     """A thread that has taken results and is busy elsewhere will be back: submit() waits for
     it (no StreamStalled), past the stall grace."""
-    from autopar import pipeline
+    from autopar.pipeline import stream  # STALL_GRACE lives there, read by submit() at call time
 
-    monkeypatch.setattr(pipeline, "STALL_GRACE", 0.1, raising=False)
+    monkeypatch.setattr(stream, "STALL_GRACE", 0.1)
     pipe = Pipeline([Stage(add1, executor_type="thread", n_jobs=1), Stage(double, executor_type="thread", n_jobs=1)])
     got: list[int] = []
     first = threading.Event()
