@@ -126,20 +126,21 @@ def test_the_sample_runs_a_small_rest_itself(monkeypatch, finish):
     # far beyond the job here (10 s for 76 items of 0.5 ms) and MIN_SAVING is raised, so that
     # the rule decides on any machine; whether a 15 ms sample gets that far is in
     # benchmarks/speed_choices.py.
-    import autopar.tune.sample as sampling
+    from autopar.tune import constants
+    from autopar.tune.sample.sampler import _Sampler
 
-    monkeypatch.setattr(sampling, "MIN_SAVING", 10.0)
+    monkeypatch.setattr(constants, "MIN_SAVING", 10.0)
     n = 76
     items = [(i, 0.0005) for i in range(n)]
-    sp = sampling._Sampler(spin_tagged, items, None, 10.0, 10.0, 2, False, False, finish)
+    sp = _Sampler(spin_tagged, items, None, 10.0, 10.0, 2, False, False, finish)
     assert sp.first_item()
     sp.serial_batches()
-    assert sp.done == n and sp.results == list(range(n))  # every item once, in order
-    sizes = [b for b, _ in sp.batches]
+    assert sp.kept.done == n and sp.kept.results == list(range(n))  # every item once, in order
+    sizes = [b for b, _ in sp.timings.batches]
     timed, done = 0, 1
     for i, size in enumerate(sizes):
         left = n - done
-        if left <= sampling.FINISH_SEEN * timed:  # the rest is at most 4 times the items timed
+        if left <= constants.FINISH_SEEN * timed:  # the rest is at most 4 times the items timed
             if finish:
                 assert size == left and i == len(sizes) - 1, sizes  # the whole rest, at once
             else:
@@ -153,9 +154,9 @@ def test_the_sample_runs_a_small_rest_itself(monkeypatch, finish):
 def test_a_sample_that_ran_the_rest_leaves_every_item_once_in_order(monkeypatch):
     # Whatever the sample ran itself (all of it on a quiet machine, part on a busy one),
     # execute() returns every item once, in order, and so does a run of optimize()'s result.
-    import autopar.tune.sample as sampling
+    from autopar.tune import constants
 
-    monkeypatch.setattr(sampling, "MIN_SAVING", 10.0)
+    monkeypatch.setattr(constants, "MIN_SAVING", 10.0)
     items = [(i, 0.0005) for i in range(76)]
     assert execute(spin_tagged, items, sample_time=0.015) == list(range(76))
     r = optimize(spin_tagged, items, sample_time=0.015)

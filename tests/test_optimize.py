@@ -156,7 +156,7 @@ def test_input_of_unknown_length_is_sampled_as_a_second_of_work():
     """The sample takes its share of the work assumed (a second), not its whole budget
     (0.2 s: 100 items of 2 ms, where about 12 are asked for); the model assumes at least a
     second of work is left."""
-    from autopar.tune.sample import SAMPLE_SHARE, UNKNOWN_SECONDS
+    from autopar.tune.constants import SAMPLE_SHARE, UNKNOWN_SECONDS
 
     from helpers import spin_wall
 
@@ -214,25 +214,27 @@ def test_native_threads_that_capping_does_not_change_are_not_the_items(monkeypat
     import types
     import time as real_time
 
-    from autopar.tune import sample as S
+    from autopar.tune import constants
+    from autopar.tune.sample import blas
+    from autopar.tune.sample.sampler import _Sampler
 
     clock = _ItemClock()
-    sp = S._Sampler(clock.item, [0.003] * 200, None, 0.2, 0.01, 2, False, False)
+    sp = _Sampler(clock.item, [0.003] * 200, None, 0.2, 0.01, 2, False, False)
     sp.first_item()
     sp.serial_batches()
     real = sp.item_stats()
-    assert real.own_ratio < S.NATIVE_THREADS
+    assert real.own_ratio < constants.NATIVE_THREADS
     # as if the natives counted; the capped items take capped_share of the mean
     seen = dataclasses.replace(real, cpu_ratio=1.7, mean=0.003 / capped_share)
     fake_time = types.SimpleNamespace(**{k: getattr(real_time, k) for k in dir(real_time) if not k.startswith("_")})
     fake_time.perf_counter = clock.perf_counter
-    monkeypatch.setattr(S, "time", fake_time)
-    done = sp.done
-    single, stats = S._blas_step(sp, seen)
-    assert sp.done == done + 2  # two more items, timed with BLAS capped
+    monkeypatch.setattr(blas, "time", fake_time)
+    done = sp.kept.done
+    single, stats = blas._blas_step(sp, seen)
+    assert sp.kept.done == done + 2  # two more items, timed with BLAS capped
     if verdict == "own":
         assert single is None
-        assert stats.cpu_ratio == seen.own_ratio < S.NATIVE_THREADS
+        assert stats.cpu_ratio == seen.own_ratio < constants.NATIVE_THREADS
     elif verdict == "blas":
         assert single == pytest.approx(0.003) and stats == seen
     else:
@@ -249,12 +251,12 @@ def _affinity_and_thread(_: object) -> tuple[frozenset, int]:
 def test_probe_threads_run_on_cpus_of_their_own():
     import os
 
-    from autopar.tune import sample as S
+    from autopar.tune.sample import probe as P
 
     cpus = os.sched_getaffinity(0)
     if len(cpus) < 2:
         pytest.skip("needs two CPUs")
-    results, *_ = S._probe(_affinity_and_thread, list(range(8)), 2, 0, False)
+    results, *_ = P._probe(_affinity_and_thread, list(range(8)), 2, 0, False)
     by_thread: dict[int, set] = {}
     for aff, tid in results:
         by_thread.setdefault(tid, set()).add(aff)
@@ -283,20 +285,20 @@ def test_waiting_items_run_wide_at_once_settle_the_probe_in_one_round():
 def test_a_first_round_of_short_waits_is_two_ms_a_thread(monkeypatch):
     # Waiting work on more threads than CPUs is clear after 2 ms a thread (it needs a third
     # of k): 16 threads ran 5 sleeps of 1 ms each, 80 of 187 items, where the run had 64.
-    from autopar.tune import sample as S
+    from autopar.tune.sample import probe as P
 
     from helpers import nap
 
     rounds = []
-    real = S._probe
+    real = P._probe
 
     def probe(func, items, k, first_index, collect):
         rounds.append((len(items), k))
         return real(func, items, k, first_index, collect)
 
-    monkeypatch.setattr(S, "_probe", probe)
+    monkeypatch.setattr(P, "_probe", probe)
     r = optimize(nap, [0.001] * 300)
-    if r.profile.probe_threads > S._cpus():
+    if r.profile.probe_threads > P._cpus():
         for n_items, k in rounds:
             assert n_items <= 2 * k  # sleeps of at least 1 ms: 2 a thread
     assert execute(nap, [0.001] * 300, result=r) == [0.001] * 300

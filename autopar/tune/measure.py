@@ -18,9 +18,10 @@ import threading
 import time
 from typing import Callable
 
-__all__ = ["CpuMeter", "PeakRSS", "busy_clock", "queued_seconds", "rss"]
+from . import constants
+from .constants import CPU_BOUND  # noqa: F401  (imported from here by tune/optimize.py)
 
-CPU_BOUND = 0.5  # the calling thread's CPU/wall from which helper threads count as its own
+__all__ = ["CpuMeter", "PeakRSS", "busy_clock", "queued_seconds", "rss"]
 
 try:
     _PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -129,7 +130,7 @@ class CpuMeter:
             return wall, own, process
         after = _thread_cpu(threading.get_native_id())
         python = _python_threads()
-        busy = wall > 0 and own / self.active(wall, self.queued, own) >= CPU_BOUND
+        busy = wall > 0 and own / self.active(wall, self.queued, own) >= constants.CPU_BOUND
         foreign = 0
         for tid, ns0 in self._threads0.items():
             if tid not in after:

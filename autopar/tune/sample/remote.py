@@ -6,25 +6,29 @@ function starts stay in the workers. The sample keeps that promise by sending it
 batch by batch, to a pool of one worker (BLAS capped at one thread, as a pool of ``cores``
 workers runs them) and timing them there; the results come back as any chunk's do.
 
-A batch that breaks the worker, or outlives its items' time limits by ``GRACE``, or cannot be
-sent, ends the sample: its items go back in front of the input, and the run's own pool meets
-them with the run's rules (retries, ``WorkerDied`` naming the item and how its worker ended,
-``ItemTimeout``, an error naming the item that cannot be pickled).
+A batch that breaks the worker, or outlives its items' time limits by ``REMOTE_GRACE``, or
+cannot be sent, ends the sample: its items go back in front of the input, and the run's own
+pool meets them with the run's rules (retries, ``WorkerDied`` naming the item and how its
+worker ended, ``ItemTimeout``, an error naming the item that cannot be pickled).
+
+:class:`RemoteItems` is the worker's side; :func:`_first_remote` and :func:`_timed_remote` the
+sampler's steps that use it.
 """
 
 from __future__ import annotations
 
 from concurrent.futures import TimeoutError as FutureTimeout
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-from .. import _serialize
-from ..backends.process import ProcessBackend, Unsendable, make_process_pool
-from ..backends.worker import Failure
+from ... import _serialize
+from ...backends.process import ProcessBackend, Unsendable, make_process_pool
+from ...backends.worker import Failure, Span
+from .. import constants
+
+if TYPE_CHECKING:
+    from .sampler import _Sampler
 
 __all__ = ["RemoteItems"]
-
-GRACE = 1.0  # seconds past a batch's time limits before its worker counts as stuck
-STARTUP = 30.0  # more for the first batch: a spawned worker imports before it runs anything
 
 
 class RemoteItems:
@@ -52,9 +56,9 @@ class RemoteItems:
             fut = self.backend.submit(start, items)
         except Unsendable:
             return None
-        limit = None if self.timeout is None else len(items) * self.timeout + GRACE
+        limit = None if self.timeout is None else len(items) * self.timeout + constants.REMOTE_GRACE
         if limit is not None and not self.started:
-            limit += STARTUP  # the first batch also waits for the worker to start
+            limit += constants.REMOTE_STARTUP  # the first batch also waits for the worker to start
         try:
             values, wall, failures, cpu = fut.result(timeout=limit)
         except FutureTimeout:
@@ -75,3 +79,43 @@ class RemoteItems:
     def close(self) -> None:
         self.backend.close(clean=not self.broken)
 
+
+
+def _first_remote(sp: "_Sampler", first: list[Any]) -> bool:
+    """The first item in the sample's worker process (``executor_type="process"``)."""
+    got = _remote_batch(sp, first)
+    if got is None:
+        return False
+    wall, cpu = got
+    sp.first.time, sp.first.cpu, sp.first.own = wall, cpu, cpu
+    sp.first.active = wall
+    sp.memory.watch = False  # another process's memory: the RSS poller cannot see it
+    sp.first.waiting = wall >= 1e-3 and cpu / wall < constants.IO_BOUND
+    return True
+
+
+def _remote_batch(sp: "_Sampler", batch: "list[Any] | Span") -> tuple[float, float] | None:
+    """Run a batch in the sample's worker process; (wall, CPU) seconds, or None where it
+    did not come back (its items go back in front, for the run's pool to meet)."""
+    items = list(batch)
+    got = sp.remote.run(sp.kept.done, items)  # type: ignore[union-attr]
+    if got is None:
+        sp.src.push_back(items)
+        return None
+    out, failed, wall, cpu = got
+    sp.kept.fail(failed, "process (sample)")
+    sp.kept.keep(items, out)
+    return max(wall, 1e-9), cpu
+
+
+def _timed_remote(sp: "_Sampler", batch: "list[Any] | Span") -> bool:
+    got = _remote_batch(sp, batch)
+    if got is None:
+        return False
+    dt, dc = got
+    pos = sp.kept.done - (len(batch) + 1) / 2
+    if dt >= 1e-3:
+        sp.timings.add(len(batch), dt, pos, dc / dt, dc / dt)
+    else:
+        sp.timings.add(len(batch), dt, pos)
+    return True

@@ -26,7 +26,7 @@ import zlib
 from itertools import chain, islice
 from typing import Any, Callable, Iterator
 
-from ..backends.worker import take_some
+from ...backends.worker import take_some
 
 __all__ = ["SampleStash"]
 

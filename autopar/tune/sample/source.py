@@ -1,0 +1,76 @@
+"""Where the sample takes its items from: :class:`_Source` pulls them (slices of a list or a
+tuple, ``islice`` of anything else) and takes back, in front, those taken ahead and not run;
+:func:`known_length` is the input's length where it can be known without reading it."""
+
+from __future__ import annotations
+
+import operator
+from itertools import islice
+from typing import Any, Iterable
+
+from ...backends.worker import Span
+
+__all__ = ["known_length"]
+
+
+def known_length(data: Any, n_items: int | None) -> int | None:
+    if n_items is not None:
+        return n_items
+    try:
+        return len(data)
+    except TypeError:
+        pass
+    hint = operator.length_hint(data, -1)
+    return hint if hint > 0 else None
+
+
+class _Source:
+    """Where the sample takes items from. Lists and tuples are sliced (a copy of pointers),
+    anything else goes through ``islice``; items taken ahead and not run go back in front."""
+
+    def __init__(self, data: Iterable[Any]) -> None:
+        self.data = data
+        self.it = iter(data)
+        self.one_shot = self.it is data
+        self.seq = data if type(data) in (list, tuple) else None
+        self.pos = 0
+        self.exhausted = False
+        self.error: Exception | None = None  # what the input raised, if it did
+        self.ahead: list[Any] = []
+
+    def pull(self, n: int) -> list[Any]:
+        head, self.ahead = self.ahead[:n], self.ahead[n:]
+        n -= len(head)
+        if n <= 0:
+            return head
+        if self.seq is not None:
+            batch = self.seq[self.pos : self.pos + n]
+            batch = list(batch) if type(batch) is tuple else batch
+            self.pos += len(batch)
+        else:
+            batch = []
+            try:
+                batch.extend(islice(self.it, n))  # what was read before an error stays
+            except Exception as exc:  # the input itself failed: the run raises it after these
+                self.error = exc
+                self.exhausted = True
+        self.exhausted = self.exhausted or len(batch) < n
+        return head + batch if head else batch
+
+    def span(self, n: int) -> "list[Any] | Span":
+        """The next ``n`` items without copying them where the input is a list or tuple and
+        nothing was put back (tiny items: the copy cost as much as the loop's overhead)."""
+        if self.seq is None or self.ahead:
+            return self.pull(n)
+        part = Span(self.seq, self.pos, min(n, len(self.seq) - self.pos))
+        self.pos += len(part)
+        self.exhausted = self.exhausted or len(part) < n
+        return part
+
+    def push_back(self, items: list[Any]) -> None:
+        self.ahead[:0] = items
+
+    @property
+    def done(self) -> bool:
+        """Nothing left to pull: the input ended and nothing was put back."""
+        return self.exhausted and not self.ahead

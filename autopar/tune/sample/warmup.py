@@ -1,0 +1,210 @@
+"""The first item, and what runs beside it: warm-up detection.
+
+The first item runs alone on the calling thread (its RSS growth is the first memory figure).
+In a short job (at most ``SPECULATE_MAX_ITEMS`` items) where threads are candidates, items
+run ahead beside it on helper threads (:class:`_Ahead`): all at once where the first item
+mostly waits, else one once the first has run ``min_budget`` (with slow items, a core would
+otherwise idle through the whole first item). An item beside the first that barely ran until
+the first ended waited on the first call's one-time cost (an import, a cache filled): the
+first item's time is then a warm-up (``warmup``), and the figures come from later items.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import TYPE_CHECKING, Any, Callable
+
+from ...errors import ItemFailed
+from .. import constants
+from ..measure import CpuMeter, busy_clock, rss
+from .remote import _first_remote
+
+if TYPE_CHECKING:
+    from .sampler import _Sampler
+
+
+class _Ahead:
+    """Items run ahead on helper threads while the caller runs the first item.
+
+    A coordinator thread looks at the caller's thread after ``AHEAD_EARLY`` seconds: if the
+    first item is still running and mostly waiting (it barely ran or queued for a core), every
+    item given runs at once on threads of its own (slow start for waiting work: a job of a few
+    slow waits is done in the time of one). Otherwise, past ``delay``, one item runs beside the
+    first, so that a core does not idle through a slow item. Items that did not run go back
+    to the input; ``stop_or_finish()`` cancels what has not started and waits for the rest.
+    """
+
+    def __init__(self, func: Callable[..., Any], items: list[Any], delay: float, caller: int, caller_tid: int) -> None:
+        self.func, self.items, self.delay = func, items, delay
+        n = len(items)
+        self.results: list[Any] = [None] * n
+        self.errors: list[BaseException | None] = [None] * n
+        self.walls, self.cpus, self.ends = [0.0] * n, [0.0] * n, [0.0] * n
+        self.ran = [False] * n
+        self.waiting = False
+        self.round_wall = 0.0
+        self._cancel = threading.Event()
+        self._busy = busy_clock(caller, caller_tid)
+        self._thread = threading.Thread(target=self._coordinate, name="autopar-sample-ahead", daemon=True)
+        self._thread.start()
+
+    def _run_one(self, i: int) -> None:
+        self.ran[i] = True
+        h0, t0 = time.thread_time(), time.perf_counter()
+        try:
+            self.results[i] = self.func(self.items[i])
+        except BaseException as exc:  # handed to the caller by the sampler
+            self.errors[i] = exc
+        self.ends[i] = time.perf_counter()
+        self.walls[i], self.cpus[i] = self.ends[i] - t0, time.thread_time() - h0
+
+    def _coordinate(self) -> None:
+        t0 = time.perf_counter()
+        c0 = self._busy() if self._busy is not None else 0.0
+        rss0 = rss()
+        if self._cancel.wait(constants.AHEAD_EARLY):
+            return
+        if self._busy is not None and len(self.items) > 1:
+            used = self._busy() - c0
+            self.waiting = used / max(time.perf_counter() - t0, 1e-9) < constants.IO_BOUND
+        if self.waiting:
+            # Memory: what the first item has grown so far, times the items run beside it.
+            count = len(self.items)  # the rest (never started) goes back to the input
+            grown = rss() - rss0
+            if grown > 0:
+                import psutil
+
+                count = min(count, max(1, int(constants.AHEAD_MEMORY_SHARE * psutil.virtual_memory().available // grown)))
+            helpers = [
+                threading.Thread(target=self._run_one, args=(i,), name=f"autopar-sample-ahead-{i}", daemon=True)
+                for i in range(1, count)
+            ]
+            t1 = time.perf_counter()
+            for t in helpers:
+                t.start()
+            self._run_one(0)
+            for t in helpers:
+                t.join()
+            self.round_wall = time.perf_counter() - t1
+            return
+        if self._cancel.wait(max(self.delay - constants.AHEAD_EARLY, 0.0)):
+            return
+        self._run_one(0)
+
+    def stop_or_finish(self) -> None:
+        self._cancel.set()
+        self._thread.join()
+
+    def n_ran(self) -> int:
+        """Items that ran: always the first ``n_ran()`` given."""
+        return sum(self.ran)
+
+
+def first_item(sp: "_Sampler") -> bool:
+    """Run the first item alone (warm-up, RSS growth); in a short job of slow items, the
+    second runs ahead on a helper thread meanwhile. False when the input is empty."""
+    first = sp.src.pull(1)
+    if not first:
+        return False
+    if sp.remote is not None:
+        return _first_remote(sp, first)
+    spec = None
+    n = sp.n_total
+    if n is not None and 3 <= n <= constants.SPECULATE_MAX_ITEMS and sp.probe_wanted:
+        ahead = sp.src.pull(min(n - 1, constants.AHEAD_MAX))
+        if ahead:
+            spec = _Ahead(sp.func, ahead, sp.min_budget, threading.get_ident(), threading.get_native_id())
+    rss0 = rss()
+    meter = CpuMeter().start()
+    try:
+        try:
+            result = sp.func(first[0])
+        except BaseException as exc:
+            result = ItemFailed(0, exc)
+            sp.kept.fail([(0, exc, "")], "serial (sample)")
+    finally:
+        wall, own, cpu = meter.stop()
+        sp.first.end = time.perf_counter()
+        if spec is not None:
+            spec.stop_or_finish()
+    sp.memory.peak = max(rss() - rss0, 0)
+    sp.kept.keep(first, [result])
+    queued = meter.queued  # waiting for a core (other processes busy): not waiting on I/O
+    if spec is not None and spec.n_ran() and wall > 0 and own / CpuMeter.active(wall, queued, own) >= constants.CPU_BOUND / 2:
+        # The helper shared the machine with the first item: its own CPU time is its
+        # serial time, and its CPU ratio its own.
+        wall = cpu = max(own, 1e-9)
+        queued = 0.0
+    f = sp.first
+    f.time, f.cpu, f.own = wall, cpu, min(own, cpu)
+    f.active = CpuMeter.active(wall, queued, own)
+    contended = False
+    if spec is not None:
+        if spec.waiting:  # the RSS growth was theirs too
+            sp.memory.peak //= 1 + spec.n_ran()
+        contended = _speculated(sp, spec)
+    if contended:  # the first item shared too few cores: its own CPU time is its time
+        f.time = f.active = wall = cpu = max(own, 1e-9)
+        f.cpu = own
+    # Peak memory: an item under 1 ms cannot touch much memory, so only its RSS growth
+    # counts; a longer one has the next item, or the probe, watched by the RSS poller.
+    sp.memory.watch = wall >= 1e-3
+    # An item that mostly waits: the thread probe measures it better than serial items.
+    f.waiting = not contended and wall >= 1e-3 and cpu / f.active < constants.IO_BOUND
+    return True
+
+
+def _speculated(sp: "_Sampler", spec: _Ahead) -> bool:
+    """Keep what ran ahead (a prefix of the items given); the rest goes back in front.
+
+    Items that ran at once count as timed items and as a first probe round only if the
+    round mostly waited. A round that kept cores busy came from a first item that only
+    looked like waiting (importing on its first call, say): its items' times are those of
+    items sharing too few cores, so their results are kept and their times are not."""
+    n = spec.n_ran()
+    sp.src.push_back(spec.items[n:])
+    for i in range(n):
+        index, result, error = sp.kept.done, spec.results[i], spec.errors[i]
+        if error is not None:
+            result = ItemFailed(index, error)
+            sp.kept.fail([(index, error, "")], "thread (sample)")
+        sp.kept.keep([spec.items[i]], [result])
+    timed, contended = range(n), False
+    if spec.waiting and n >= 2 and spec.round_wall > 0:
+        wall = max(spec.round_wall, sp.first.time)
+        contended = (sum(spec.cpus[:n]) + sp.first.cpu) / wall >= 0.5
+        if contended:
+            timed = range(0)
+        else:  # a probe round already: throughput of k items at once
+            k = n + 1
+            scaling = (sum(spec.walls[:n]) + sp.first.time) / wall
+            sp.first.ahead_round = (min(scaling, float(k)), k, n)
+    for i in timed:
+        wall, cpu = spec.walls[i], spec.cpus[i]
+        if _waited_on_first(sp, spec, i):
+            # It queued behind the first call's one-time work (an import lock, a table
+            # being built): its wall time is the first item's, not its own. A computing
+            # function that imports scipy.stats on its first call read CPU/wall 0.001
+            # so, and ran on 64 threads at 4-7x the serial time.
+            sp.first.warmup = True
+            continue
+        if spec.errors[i] is None and wall > 0:
+            # A timed item: its own CPU time when CPU-bound (it shared the machine), else wall.
+            cpu_bound = cpu / wall >= constants.CPU_BOUND / 2
+            # (at 1.0 + i: the first item is at 0, these right after it)
+            sp.timings.add(1, max(cpu, 1e-9) if cpu_bound else wall, 1.0 + i, 1.0 if cpu_bound else cpu / wall)
+    return contended
+
+
+def _waited_on_first(sp: "_Sampler", spec: _Ahead, i: int) -> bool:
+    """An item run beside a computing first item that barely ran until the first one ended."""
+    wall, cpu = spec.walls[i], spec.cpus[i]
+    first_computes = sp.first.cpu >= constants.CPU_BOUND * sp.first.active
+    return (
+        first_computes
+        and wall > 0
+        and cpu < constants.IO_BOUND * wall
+        and spec.ends[i] >= sp.first.end - constants.WARMUP_END * sp.first.time  # freed as it ended
+        and wall >= constants.WARMUP_OVERLAP * sp.first.time
+    )
