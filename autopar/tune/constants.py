@@ -34,8 +34,8 @@ AHEAD_EARLY = 0.005  # seconds after which the items run ahead look whether the 
 AHEAD_MAX = 64  # items a short job of waiting items runs at once beside its first
 # Not measured.
 AHEAD_MEMORY_SHARE = 0.05  # of available memory, for the items run ahead (growth so far x count)
-# A function importing scipy.stats on its first call read CPU/wall 0.001 beside it, and ran on
-# 64 threads at 4-7x the serial time; the two shares themselves are not measured.
+# An item queued behind a computing function's first call importing scipy.stats read CPU/wall
+# 0.001, and the work ran on 64 threads at 4-7x the serial time; the two shares: not measured.
 WARMUP_OVERLAP = 0.5  # an item beside the first that waited this share of its time waited on it
 WARMUP_END = 0.1  # ... and ended within this share of the first item's time from its end
 

@@ -12,33 +12,24 @@ The steps, each in a module of its own, taken in order by :class:`~.sampler._Sam
 ahead beside it, warm-up detection), :mod:`.serial` (timed batches, item figures),
 :mod:`.pickling`, :mod:`.blas` (BLAS capped), :mod:`.probe` (the concurrency probe),
 :mod:`.remote` (the items in a worker process), :mod:`.state` (what the steps found),
-:mod:`.profile` and :mod:`.stash` (what the sample hands on); tuned constants in
-:mod:`autopar.tune.constants`.
+:mod:`.profile` and :mod:`.stash` (what the sample hands on); :mod:`.sampler` takes the steps
+in order. The tuned constants are in :mod:`autopar.tune.constants`.
 
-The serial sample grows until a time budget is spent (``budget`` seconds, or 2.5% of the
-estimated total when the item count is known, whichever is smaller, never below
+The serial sample grows until a time budget is spent (``budget`` seconds, or ``SAMPLE_SHARE``
+of the estimated total when the item count is known, whichever is smaller, never below
 ``min_budget``). On 2 cores a serial share f of the job costs about f of the parallel run's
-time, so the share is kept small. Fast items are timed in doubling batches so the clock does
-not dominate what it measures. A thread polls the resident memory while the second item, or
-for items too long for that the first probe round, runs; the first item is left out of the
+time, so the share is kept small. A thread polls the resident memory while the second item,
+or for items too long for that the first probe round, runs; the first item is left out of the
 timing figures when other items were timed (it pays the warm-up).
 
 The item's CPU time is the calling thread's, plus threads the function starts, plus native
-helper threads (BLAS) while the calling thread computes too; see :class:`CpuMeter`. Library
-threads spinning in the background do not make a sleeping item CPU-bound.
+helper threads (BLAS) while the calling thread computes too; see
+:class:`~autopar.tune.measure.CpuMeter`. Library threads spinning in the background do not
+make a sleeping item CPU-bound.
 
 The **concurrency probe** (only when threads are candidates) runs the next items on ``k``
-threads at once (8 for work that mostly waits), in rounds of at least 20 ms per thread. It
-stops as soon as the evidence is clear: a round that scales like one thread or like ``k``
-ends it; only a round in between, which noise may have slowed, earns a second. For CPU-bound
-work the scaling is the function's CPU during the round over one item's CPU ratio (pure
-Python on k threads keeps one core busy, GIL-free work keeps k busy), which does not depend on
-the probe items being the same size as the sampled ones; for waiting work it is throughput
-against the serial items' mean time.
-
-In a short job (at most ``SPECULATE_MAX_ITEMS`` items) where threads are candidates, a helper
-thread starts the second item once the first has run ``min_budget``: with slow items, a core
-would otherwise idle through the whole first item.
+threads at once, in rounds until the scaling is clear (see :mod:`.probe`). In a short job
+where threads are candidates, items run ahead beside the first (see :mod:`.warmup`).
 
 Every item the sample or the probe ran is kept with its result in a :class:`SampleStash`, so
 ``execute()`` neither loses items of a one-shot iterator nor computes them twice. The stash

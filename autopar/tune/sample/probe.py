@@ -2,13 +2,13 @@
 how they scale.
 
 The probe (only when threads are candidates) runs on ``k`` threads (``IO_PROBE_THREADS`` for
-work that mostly waits), in rounds of at least ``PROBE_ROUND_MIN`` of work per thread. It
-stops as soon as the evidence is clear: a round that scales like one thread or like ``k``
-ends it; only a round in between, which noise may have slowed, earns a second. For CPU-bound
-work the scaling is the function's CPU during the round over one item's CPU ratio (pure
-Python on k threads keeps one core busy, GIL-free work keeps k busy), which does not depend on
-the probe items being the same size as the sampled ones; for waiting work it is throughput
-against the serial items' mean time.
+work that mostly waits), in rounds of at least ``PROBE_ROUND_MIN`` of work per thread (a short
+first round, a longer second one). It stops as soon as the evidence is clear: a round that
+scales like one thread or like ``k`` ends it; only a round in between, which noise may have
+slowed, earns a second. For CPU-bound work the scaling is the function's CPU during the round
+over one item's CPU ratio (pure Python on k threads keeps one core busy, GIL-free work keeps k
+busy), which does not depend on the probe items being the same size as the sampled ones; for
+waiting work it is throughput against the serial items' mean time.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """The sampler: the steps in order over one input, and :func:`sample`, the entry.
 
-    source ──► first item ──► serial batches ──► item stats ──► pickling ──► BLAS ──► probe ──► assemble
-    (source)   (warmup)       (serial)           (serial)       (pickling)   (blas)   (probe)   Profile +
-                                                                                                SampleStash
+Each step in its module: first item (:mod:`.warmup`, or :mod:`.remote`), serial batches and
+item stats (:mod:`.serial`), pickling (:mod:`.pickling`), BLAS capped (:mod:`.blas`), the
+probe (:mod:`.probe`); then the :class:`Profile` and the :class:`SampleStash` are assembled.
 """
 
 from __future__ import annotations
@@ -53,8 +53,8 @@ class _Sampler:
         self.user_func, self.data, self.remote = func, data, remote
         self.budget, self.min_budget = budget, min_budget
         self.probe_threads, self.probe_wanted, self.collect = probe_threads, probe, collect
-        self.n_total = known_length(data, n_items)
         self.src = _Source(data)
+        self.n_total = known_length(data, n_items)
         self.kept = Kept(collect)
         self.timings = Timings()
         self.first = FirstItem()
