@@ -6,17 +6,20 @@ way and returns the results in input order.
 """
 
 from .errors import AutoparError, ItemFailed, ItemTimeout, RemoteTraceback, WorkerDied, WorkerError
-from .backends.pools import SerialExecutor, get_executor
+from .backends.pools import SerialExecutor
 from .run import ExecutionIterator, ExecutionReport, execute, execute_iter
 from .pipeline import Pipeline, PipelinePlan, Stage, Stream, StreamStalled
 from .benchmark import BenchReport, bench
 from .service import CircuitBreaker, CircuitOpen, Manager, Retry, get_manager
-from .tune.costs import PoolCosts, pool_costs
+from .tune.costs import PoolCosts, pool_costs, use_runner
 from .tune.model import Candidate
 from .tune.optimize import optimize
-from .tune.result import OptimizationResult
+from .tune.result import OptimizationResult, get_executor
 from .tune.sample import Profile
 from .tune.system import SystemInfo, system_info, usable_cores
+
+use_runner(execute)  # pool costs time a thread chunk through the runner, a floor above them
+del use_runner
 
 __version__ = "0.1.0"
 

@@ -22,7 +22,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from .pipeline import Fused, Pipeline, Stage, StagedRun, _best_config, _measure
-from .tune.system import usable_cores
+from .plot import bench_plot
+from .tune.costs import pool_costs
+from .tune.system import default_start_method, usable_cores
 
 __all__ = ["BenchReport", "BenchRow", "bench", "fused_way", "staged_way"]
 
@@ -79,8 +81,6 @@ class BenchReport:
         return out
 
     def plot(self, path: str | Path) -> Path:
-        from .plot import bench_plot
-
         return bench_plot(self, path)
 
 
@@ -143,9 +143,6 @@ def bench(
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
     cores = max_workers or usable_cores()
-    from .tune.costs import pool_costs
-    from .tune.system import default_start_method
-
     measured, _, sizes = _measure(pipe.stages, data[:64], 0.2)
     costs = pool_costs(pipe.start_method or default_start_method())
     config, _, _ = _best_config(pipe.stages, measured, sizes, cores, costs, False, len(data))  # as optimize() would stage it

@@ -14,10 +14,16 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from . import __version__
+from .backends.dask import cluster_costs, connect
+from .benchmark import bench
+from .image import ImageError
 from .image.demo import DEMO_SHAPE, DEMO_TIMEPOINTS
-from .tune.optimize import optimize
+from .image.pack import make_demo_data, pack
+from .image.preview import contact_sheet
 from .run import execute
+from .tune import wisdom
 from .tune.costs import pool_costs
+from .tune.optimize import optimize
 from .tune.system import system_info
 
 
@@ -107,8 +113,6 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         raise ValueError("--executor dask needs --scheduler tcp://host:port")
     pool = None
     if args.scheduler is not None:
-        from .backends.dask import connect
-
         pool = connect(args.scheduler)
     try:
         result = optimize(
@@ -142,8 +146,6 @@ def cmd_optimize(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .benchmark import bench
-
     stages = []
     for spec in args.stages.split(","):
         func = _load(spec.strip())
@@ -162,8 +164,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def cmd_cache(args: argparse.Namespace) -> int:
     """``autopar cache list | show KEY | clear [KEY] | path``: the tuning cache."""
-    from .tune import wisdom
-
     if args.action == "path":
         print(wisdom.path())
         return 0
@@ -196,9 +196,6 @@ def cmd_cache(args: argparse.Namespace) -> int:
 
 
 def _pack_and_report(args: argparse.Namespace, src: str, dst: str) -> int:
-    from .image import ImageError
-    from .image.pack import pack
-
     try:
         report = pack(
             src,
@@ -226,8 +223,6 @@ def _pack_and_report(args: argparse.Namespace, src: str, dst: str) -> int:
         print(f"plot: {report.plot(args.plot)}")
     preview = args.preview or (str(Path(dst) / "preview.png") if args.command == "demo" else None)
     if preview and made:
-        from .image.preview import contact_sheet
-
         print(f"preview: {contact_sheet(dst, preview)} (maximum projections of the atlases)")
     return 0 if report.ok else 1
 
@@ -237,8 +232,6 @@ def cmd_pack(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .image.pack import make_demo_data
-
     root = Path(args.output)
     src, dst = root / "input", root / "output"
     if root.exists() and not root.is_dir():
@@ -256,8 +249,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def _cluster_info(args: argparse.Namespace) -> int:
     """``autopar info --scheduler ADDRESS``: the Dask cluster and its measured costs."""
-    from .backends.dask import cluster_costs, connect
-
     pool = connect(args.scheduler)
     try:
         costs = cluster_costs(pool.client)

@@ -10,11 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
+from .tune.system import START_METHODS, usable_cores
+
 __all__ = ["EXECUTOR_TYPES", "POOL_TYPES", "Options", "check_func_and_data", "check_pool_args"]
 
 EXECUTOR_TYPES = ("serial", "thread", "process")  # what optimize() chooses among
 POOL_TYPES = EXECUTOR_TYPES + ("dask",)  # what a caller may ask for
-START_METHODS = ("fork", "spawn", "forkserver")
 NO_LIMIT = 1e9  # seconds: a timeout this long (infinity included) is no limit (timers stop near 1e9)
 
 
@@ -33,8 +34,6 @@ def check_pool_args(
         if isinstance(n_jobs, bool) or not isinstance(n_jobs, int):
             raise TypeError(f"n_jobs must be an int, got {type(n_jobs).__name__}")
         if n_jobs == -1:
-            from .tune.system import usable_cores
-
             n_jobs = usable_cores()
         elif n_jobs < 1:
             raise ValueError(f"n_jobs must be a positive int or -1 (all usable cores), got {n_jobs}")

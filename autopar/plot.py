@@ -24,6 +24,9 @@ from typing import TYPE_CHECKING, Any
 
 from ._atomic import atomic_write
 from ._words import fmt_time, plural, pool_words, ran_words, reword_pool
+from .tune.costs import pool_costs
+from .tune.measure import rss
+from .tune.predict import _predict, best_chunksize, gil_share
 
 if TYPE_CHECKING:
     from .benchmark import BenchReport
@@ -62,10 +65,6 @@ def _save(fig: Any, path: str | Path) -> Path:
 
 def _curves(result: "OptimizationResult") -> dict[str, list[tuple[int, float, int]]]:
     """Per pool kind: (workers, predicted time, chunksize) at the model's best chunksize."""
-    from .tune.costs import pool_costs
-    from .tune.measure import rss
-    from .tune.model import best_chunksize
-
     costs = pool_costs(result.start_method).for_parent(rss())
     remaining = max(result.n_remaining, 1)
     cores = result.usable_cores
@@ -84,10 +83,6 @@ def _curves(result: "OptimizationResult") -> dict[str, list[tuple[int, float, in
 
 
 def _chunk_curve(result: "OptimizationResult") -> list[tuple[int, float]]:
-    from .tune.costs import pool_costs
-    from .tune.measure import rss
-    from .tune.model import _predict, gil_share
-
     if result.executor_type not in ("thread", "process"):
         return []
     costs = pool_costs(result.start_method).for_parent(rss())

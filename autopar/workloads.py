@@ -10,6 +10,8 @@ import time
 
 import numpy as np
 
+from ._atomic import atomic_write
+
 __all__ = [
     "large_input",
     "large_result",
@@ -81,8 +83,6 @@ def image_pass(path: str) -> int:
 
     import tifffile
     from PIL import Image
-
-    from ._atomic import atomic_write
 
     stack = tifffile.imread(path)
     proj = stack.max(axis=0).astype(np.float32)

@@ -511,7 +511,7 @@ def test_chosen_pool_ramps_its_chunks_up():
 
 
 def test_ramped_chunks_shrink_towards_a_known_end():
-    from autopar.run.dispatch import Feeder
+    from autopar.run.chunks import Feeder
 
     # Doubling alone gave 8, 16, 32, 64, 64, ...: a last chunk of 64 while the other worker
     # idles. Towards the end, a chunk holds at most a 2n-th of what is left (not below the
@@ -536,7 +536,7 @@ def test_ramped_chunks_shrink_towards_a_known_end():
 def test_ramp_starts_above_what_a_chunk_costs():
     # One object passed as every item travels once a chunk: a process pool's first chunks
     # hold ten times that cost in work, not 10 ms; threads copy nothing and start at 10 ms.
-    from autopar.run.dispatch import RAMP_CHUNK_COST, RAMP_SECONDS, ramp_start
+    from autopar.run.chunks import RAMP_CHUNK_COST, RAMP_SECONDS, ramp_start
 
     r = optimize(len, [[1, 2]] * 30, executor_type="serial")
     p = dataclasses.replace(r.profile, item_time_mean=0.001, items_shared=True, item_pickle_time=0.01, item_load_time=0.01)

@@ -22,6 +22,8 @@ from concurrent.futures import Executor, Future
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
+from .worker import running_chunks
+
 __all__ = ["ClusterCosts", "DaskExecutor", "cluster_costs", "connect", "is_client", "require_distributed"]
 
 INSTALL_HINT = 'Dask support needs the "distributed" package: pip install "autopar[dask]"'
@@ -56,7 +58,7 @@ class DaskExecutor(Executor):
         self.client, self.owned = client, owned
         self.address = str(client.scheduler.address)
         self._ex = client.get_executor(pure=False)
-        self._max_workers = max(1, sum(client.nthreads().values()))
+        self.n_workers = max(1, sum(client.nthreads().values()))  # the pool's size: worker threads
         self.stuck_workers: set[str] = set()
         self._shared: list[Any] = []  # futures of shared data, released at shutdown
         self.scattered = 0  # arguments scattered
@@ -84,8 +86,6 @@ class DaskExecutor(Executor):
         """The chunks of the run ``key`` running on a worker now: chunk start -> (seconds
         running, worker address); what the workers say, so a task queued behind a stuck one
         is not blamed."""
-        from .worker import running_chunks
-
         replies = self.client.run(running_chunks, key, on_error="ignore")
         return {
             start: (t, worker)

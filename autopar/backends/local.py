@@ -15,7 +15,7 @@ __all__ = ["InlineBackend", "SerialExecutor", "ThreadBackend"]
 class SerialExecutor(Executor):
     """Runs each task in the caller's thread when it is submitted."""
 
-    _max_workers = 1
+    n_workers = 1  # its size, as autopar.backends.pools.pool_size reads it
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
         future: Future = Future()

@@ -1,28 +1,25 @@
-"""Pools: building them, limiting BLAS threads in process workers, and shutting them down.
+"""Pools: building them (:func:`make_executor`), their kind and size, and shutting them down.
 
-:func:`get_executor` is the public door: a context manager that yields a real
-``concurrent.futures`` executor (thread or process pool, or an inline serial one) and leaves no
-thread or process behind when the block ends, whatever way it ends.
+The public door, :func:`autopar.get_executor` (in :mod:`autopar.tune.result`, as it takes
+the result of ``optimize()``), makes its pool here.
 """
 
 from __future__ import annotations
 
 import signal
 import threading
+import weakref
 from concurrent.futures import Executor, ThreadPoolExecutor
-from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import Any
 
-from ..tune.system import default_start_method, usable_cores
+from ..tune.system import default_start_method
+from . import _cpython
 from .blas import blas_share
 from .dask import DaskExecutor
 from .local import SerialExecutor
 from .process import make_process_pool, terminate
 
-if TYPE_CHECKING:
-    from ..tune.result import OptimizationResult
-
-__all__ = ["SerialExecutor", "get_executor", "executor_kind", "sigint_deferred", "terminate"]
+__all__ = ["SerialExecutor", "executor_kind", "make_executor", "pool_size", "sigint_deferred", "terminate"]
 
 
 class sigint_deferred:
@@ -70,8 +67,17 @@ def executor_kind(pool: Executor) -> str:
     return "process"  # ProcessPoolExecutor, or any other executor that needs pickled work
 
 
+# The worker counts of the pools make_executor made (no attribute of a pool is set or read).
+_sizes: "weakref.WeakKeyDictionary[Executor, int]" = weakref.WeakKeyDictionary()
+
+
 def pool_size(pool: Executor) -> int:
-    return int(getattr(pool, "_max_workers", 1) or 1)
+    """Workers of ``pool``: autopar's own record for a pool it made, the pool's own figure
+    (read by :mod:`._cpython`) for one the caller made."""
+    if isinstance(pool, (SerialExecutor, DaskExecutor)):
+        return pool.n_workers
+    made = _sizes.get(pool)
+    return made if made is not None else _cpython.max_workers(pool)
 
 
 def make_executor(
@@ -79,60 +85,15 @@ def make_executor(
 ) -> Executor:
     """A pool of ``kind``; ``one_run``: it lives for one run, and a process pool holds the
     caller's BLAS cap until it shuts down (see :func:`make_process_pool`)."""
+    pool: Executor
     if kind == "serial":
         return SerialExecutor()
     if kind == "thread":
-        return ThreadPoolExecutor(max_workers=n_jobs, thread_name_prefix="autopar")
-    if kind == "process":
+        pool = ThreadPoolExecutor(max_workers=n_jobs, thread_name_prefix="autopar")
+    elif kind == "process":
         blas = blas_threads if blas_threads is not None else blas_share(n_jobs)
-        return make_process_pool(n_jobs, start_method or default_start_method(), blas, hold=one_run)
-    raise ValueError(f"executor kind must be 'serial', 'thread' or 'process', got {kind!r}")
-
-
-@contextmanager
-def get_executor(
-    kind: "str | OptimizationResult" = "auto",
-    n_jobs: int | None = None,
-    *,
-    start_method: str | None = None,
-    blas_threads: int | None = None,
-) -> Iterator[Executor]:
-    """A pool to use in a ``with`` block; every worker is gone when the block ends.
-
-    Parameters
-    ----------
-    kind
-        ``"serial"``, ``"thread"``, ``"process"``, or an :class:`OptimizationResult` whose
-        choice (executor type and n_jobs) is used. ``"auto"`` needs a result: pass the one
-        :func:`autopar.optimize` returned.
-    n_jobs
-        Workers (default: usable cores). ``-1`` also means all usable cores.
-    start_method
-        For process pools: ``"fork"``, ``"spawn"`` or ``"forkserver"``.
-    blas_threads
-        BLAS threads per process worker (default: usable cores // n_jobs, at least 1).
-
-    The yielded executor works with :func:`autopar.execute` (``pool=``) and on its own.
-    """
-    from ..options import check_pool_args
-    from ..tune.result import OptimizationResult
-
-    if isinstance(kind, OptimizationResult):
-        n_jobs = n_jobs or kind.n_jobs
-        start_method = start_method or kind.start_method
-        kind = kind.executor_type
-    if kind == "auto":
-        raise ValueError(
-            "get_executor('auto') needs the result of optimize(): get_executor(optimize(func, data))"
-        )
-    _, n_jobs = check_pool_args(kind, n_jobs, start_method)
-    pool = make_executor(kind, n_jobs or usable_cores(), start_method=start_method, blas_threads=blas_threads)
-    ok = False
-    try:
-        yield pool
-        ok = True
-    finally:
-        if ok:  # like a concurrent.futures executor: a normal exit runs what was submitted
-            pool.shutdown(wait=True)
-        else:  # an exception or Ctrl-C: queued work is cancelled, workers are stopped
-            terminate(pool)
+        pool = make_process_pool(n_jobs, start_method or default_start_method(), blas, hold=one_run)
+    else:
+        raise ValueError(f"executor kind must be 'serial', 'thread' or 'process', got {kind!r}")
+    _sizes[pool] = n_jobs
+    return pool

@@ -1,4 +1,4 @@
-"""Process pools: the one module that touches CPython's ProcessPoolExecutor internals.
+"""Process pools (CPython's internals they need are read in :mod:`._cpython`, nowhere else).
 
 What it adds to ``concurrent.futures``: BLAS threads capped in each worker (so workers x
 BLAS threads fit the cores), :func:`terminate` (kill the workers now, leaving no feeder
@@ -25,6 +25,9 @@ from typing import Any, Callable
 
 from .. import _serialize
 from ..tune.system import threaded_blas_loaded
+from . import _cpython
+from ._cpython import worker_processes
+from .blas import hold_cap
 from .worker import run_remote
 
 __all__ = ["ProcessBackend", "Unsendable", "how_it_ended", "make_process_pool", "terminate", "worker_processes"]
@@ -97,8 +100,6 @@ def make_process_pool(n_jobs: int, start_method: str, blas_threads: int, hold: b
         max_workers=n_jobs, mp_context=ctx, initializer=_init_process_worker, initargs=(blas_threads, not forked)
     )
     if forked and threaded_blas_loaded():
-        from .blas import hold_cap
-
         release = hold_cap(blas_threads)
         try:
             pool.submit(_nothing)  # with fork, the first submit starts every worker
@@ -112,12 +113,6 @@ def make_process_pool(n_jobs: int, start_method: str, blas_threads: int, hold: b
     return pool
 
 
-def worker_processes(pool: Executor) -> dict[int, Any]:
-    """The pool's pid -> Process map as it is now (empty for other executors)."""
-    procs = getattr(pool, "_processes", None)
-    return dict(procs) if isinstance(procs, dict) else {}
-
-
 def terminate(pool: Executor) -> None:
     """Stop a pool now: cancel queued work and, for a process pool, kill its workers; when
     it returns, the pool's manager thread, its queue feeder thread and their pipes are gone.
@@ -125,45 +120,29 @@ def terminate(pool: Executor) -> None:
     A thread pool is shut down without waiting: its threads end when their current call
     returns."""
     processes = list(worker_processes(pool).values())
-    # shutdown() drops the pool's references to its manager thread and queues: taken first,
-    # so that they are joined and closed here rather than left to the garbage collector.
-    manager = getattr(pool, "_executor_manager_thread", None)
-    call_queue = getattr(pool, "_call_queue", None)
-    result_queue = getattr(pool, "_result_queue", None)
+    inner = _cpython.pool_internals(pool)  # before the shutdown lets go of them
+    manager = inner.manager
     own = manager is not None and manager is not threading.current_thread()
     # (The manager thread of a pool already broken closes the pipe's read end itself, except
     # on Python 3.10: a duplicate taken meanwhile could be of another file's descriptor.)
-    calm = not getattr(pool, "_broken", False) or sys.version_info < (3, 11)
-    spare = _spare_reader(call_queue) if processes and own and calm else None
+    calm = not _cpython.is_broken(pool) or sys.version_info < (3, 11)
+    spare = _cpython.spare_reader(inner.call_queue) if processes and own and calm else None
     try:
-        pool.shutdown(wait=False, cancel_futures=True)
+        _cpython.stop_workers(pool, processes)
         if not processes:
             return  # a thread pool: a running call cannot be stopped, and is not waited for
         for proc in processes:
-            if proc.is_alive():
-                proc.terminate()
-        for proc in processes:
             proc.join(timeout=5)
-            if proc.is_alive():
+            if proc.is_alive():  # (3.14's kill_workers() cannot follow: the shutdown let go of them)
                 proc.kill()
                 proc.join(timeout=5)
         if own:
-            _wait_for_manager(manager, spare)  # type: ignore[arg-type]
+            _wait_for_manager(manager, spare)
     finally:
         if spare is not None:
             os.close(spare)
     if manager is None or not manager.is_alive():
-        _release_queues(call_queue, result_queue)
-
-
-def _spare_reader(call_queue: Any) -> int | None:
-    """A descriptor of the call queue's pipe of this module's own, to read from (no other
-    thread closes it), or None."""
-    reader = getattr(call_queue, "_reader", None)
-    try:
-        return os.dup(reader.fileno()) if reader is not None and not reader.closed else None
-    except (OSError, ValueError):
-        return None
+        _cpython.release_queues(inner.call_queue, inner.result_queue)
 
 
 def _wait_for_manager(manager: threading.Thread, spare: int | None) -> None:
@@ -177,29 +156,6 @@ def _wait_for_manager(manager: threading.Thread, spare: int | None) -> None:
         while spare is not None and select.select([spare], [], [], 0)[0]:
             if not os.read(spare, 1 << 16):
                 spare = None  # no writer left
-
-
-def _close(conn: Any) -> None:
-    if conn is not None:
-        try:
-            conn.close()
-        except OSError:
-            pass
-
-
-def _release_queues(call_queue: Any, result_queue: Any) -> None:
-    """Close what the pool's queues still hold open (the manager thread has ended, and with
-    it every other user of them)."""
-    if call_queue is not None:
-        call_queue.close()  # (no more puts; its feeder thread ends after what it holds)
-        feeder = getattr(call_queue, "_thread", None)
-        if feeder is not None:
-            feeder.join(timeout=5)
-        if feeder is None or not feeder.is_alive():
-            _close(getattr(call_queue, "_reader", None))
-            _close(getattr(call_queue, "_writer", None))
-    if result_queue is not None:
-        result_queue.close()
 
 
 def how_it_ended(processes: dict[int, Any]) -> str:

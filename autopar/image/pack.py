@@ -41,7 +41,9 @@ from typing import Any, Callable
 from . import passes as image
 from . import resume
 from .._atomic import atomic_write
+from ..backends.dask import connect
 from ..errors import ItemFailed
+from ..pipeline import Pipeline, Stage
 from ..run import execute
 from .demo import make_demo_data
 from .inputs import check_options, check_output, find_stacks
@@ -111,8 +113,6 @@ def _render_pipeline(jobs: list[image.RenderJob], megabytes: float, report: Pack
     through all steps on one pool (fused) or each step on its own (staged), as predicted
     faster; the report says which and what each step took a file in this run (and the
     plan's figures apart, where they came from the tuning cache)."""
-    from ..pipeline import Pipeline, Stage
-
     t0 = time.perf_counter()
     pipe = Pipeline([Stage(_Timed(f, i == 0), name=n) for i, (n, f) in enumerate(RENDER_STEPS)])
     plan = pipe.optimize(jobs, errors="collect", cache=run.cache)
@@ -191,8 +191,6 @@ def pack(
     if scheduler is None:
         check_output(out, dry_run)
         return _pack(paths, out, _Runner(executor, jobs, progress, cache=not dry_run), report, t_begin, settings)
-    from ..backends.dask import connect
-
     pool = connect(scheduler)
     src, out = src.resolve(), out.resolve()  # the workers' working folders are not ours
     paths = [str(Path(p).resolve()) for p in paths]

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from .._words import fmt_time, plural, pool_words, reword_pool
+from ..plot import pack_plot
 
 __all__ = ["PackInterrupted", "PackReport", "PassReport", "plural"]
 
@@ -81,8 +82,6 @@ class PackReport:
     def plot(self, path: str | Path) -> Path:
         """Each pass as a bar (its time, how it ran, files a second), to ``path``. Needs
         ``pip install "autopar[plot]"``."""
-        from ..plot import pack_plot
-
         return pack_plot(self, path)
 
     def explain(self) -> str:

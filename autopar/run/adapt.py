@@ -11,11 +11,13 @@ import weakref
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
+from ..backends.dask import cluster_costs
 from ..backends.local import InlineBackend
 from ..backends.worker import limited
 from ..tune.costs import pool_costs
-from ..tune.model import CPU_RATIO_CPU, Candidate, best_chunksize
-from .dispatch import RAMP_SECONDS, Chunk, Feeder, Job
+from ..tune.constants import CPU_RATIO_CPU
+from ..tune.predict import Candidate, best_chunksize, best_dask
+from .chunks import RAMP_SECONDS, Chunk, Feeder, Job
 
 if TYPE_CHECKING:
     from .dispatch import PoolRun
@@ -54,9 +56,6 @@ class ChunkTuner:
         if left > 0:
             profile = replace(result.profile, item_time_mean=measured, item_time_std=result.profile.item_time_std * ratio)
             if job.kind == "dask":  # the cluster's task costs, not a local pool's
-                from ..backends.dask import cluster_costs
-                from ..tune.model import best_dask
-
                 new = best_dask(left, profile, cluster_costs(job.pool.client)).chunksize  # type: ignore[union-attr]
             else:
                 costs = pool_costs(job.method)

@@ -20,6 +20,8 @@ import weakref
 from typing import Any, AsyncIterator, Callable, Iterable
 
 from ..errors import ItemFailed, ItemTimeout
+from ..run.execute import execute_iter
+from ..tune.optimize import optimize
 from .core import _UNSET, LANES, Core
 from .policy import CircuitBreaker, Retry
 
@@ -83,9 +85,6 @@ class Manager(Core):
         return self._map(func, items, timeout, errors, options, None)
 
     def _map(self, func: Callable[[Any], Any], items: Iterable[Any], timeout: float | None, errors: str, options: dict, stop: threading.Event | None) -> list[Any]:
-        from ..run.execute import execute_iter
-        from ..tune.optimize import optimize
-
         if self._closing:
             raise RuntimeError("the manager is shut down: no new calls")
         items = list(items)

@@ -19,7 +19,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import psutil
 
@@ -182,14 +182,26 @@ def _fork_per_byte(make_pool: Any, n: int, hold: float, small: float) -> float:
     return max(big - small, 0.0) / (n * size)
 
 
+# The runner (autopar.execute), handed in by the floor above as the package loads (see
+# autopar/__init__.py): the thread chunk cost is timed through it, and it needs no costs
+# when told every choice.
+_runner: list[Callable[..., Any]] = []
+
+
+def use_runner(execute: Callable[..., Any]) -> None:
+    """Time the thread chunk cost through ``execute`` (autopar's runner, ``autopar.execute``)."""
+    _runner[:] = [execute]
+
+
 def _thread_chunk_cost(n: int, items: int = 400, big: int = 100) -> float:
     """Seconds one more chunk costs a run on n threads: the same no-op items through
     autopar's runner in chunks of 1 and of ``big``, the difference per chunk. A bare
     executor's pipelined round trip (``thread_task_overhead``) is a fifth of it: 927 sleeps
     of 1 ms on 64 threads ran 41 ms in chunks of 1 and 28 ms in chunks of 16 here, about
     15 us a chunk, where the model charged 5.7 us and chose chunks of 2."""
-    from ..run.execute import execute  # the runner itself; it needs no costs when told all
-
+    if not _runner:
+        raise RuntimeError("measuring pool costs needs autopar's runner: import autopar first")
+    execute = _runner[0]
     data = list(range(items))
 
     def run(cs: int) -> float:

@@ -1,15 +1,23 @@
-"""OptimizationResult: what optimize() chose, the figures it measured, and why."""
+"""OptimizationResult: what optimize() chose, the figures it measured, and why; and
+:func:`get_executor`, a pool to use in a ``with`` block, of a result's choice or a kind named
+(a real ``concurrent.futures`` executor, no thread or process left behind when the block ends,
+whatever way it ends)."""
 
 from __future__ import annotations
 
+from concurrent.futures import Executor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
-from .model import Candidate
+from ..backends.pools import make_executor, terminate
+from ..options import check_pool_args
+from .predict import Candidate
 from .sample import Profile, SampleStash
+from .system import usable_cores
 from .._words import fmt_bytes, fmt_time, plural, pool_words, reword_scaling, scaling_words
 
-__all__ = ["OptimizationResult"]
+__all__ = ["OptimizationResult", "get_executor"]
 
 
 # The one formatter for times and sizes (kept under their old names here).
@@ -208,3 +216,49 @@ def _item_time_line(p: Profile) -> str:
     if top > p.item_time_mean:
         return f"  item time {mean} mean (no spread measured); {fmt_time(top)} max"
     return f"  item time {mean} (no spread measured: one item timed, or every batch alike)"
+
+
+@contextmanager
+def get_executor(
+    kind: "str | OptimizationResult" = "auto",
+    n_jobs: int | None = None,
+    *,
+    start_method: str | None = None,
+    blas_threads: int | None = None,
+) -> Iterator[Executor]:
+    """A pool to use in a ``with`` block; every worker is gone when the block ends.
+
+    Parameters
+    ----------
+    kind
+        ``"serial"``, ``"thread"``, ``"process"``, or an :class:`OptimizationResult` whose
+        choice (executor type and n_jobs) is used. ``"auto"`` needs a result: pass the one
+        :func:`autopar.optimize` returned.
+    n_jobs
+        Workers (default: usable cores). ``-1`` also means all usable cores.
+    start_method
+        For process pools: ``"fork"``, ``"spawn"`` or ``"forkserver"``.
+    blas_threads
+        BLAS threads per process worker (default: usable cores // n_jobs, at least 1).
+
+    The yielded executor works with :func:`autopar.execute` (``pool=``) and on its own.
+    """
+    if isinstance(kind, OptimizationResult):
+        n_jobs = n_jobs or kind.n_jobs
+        start_method = start_method or kind.start_method
+        kind = kind.executor_type
+    if kind == "auto":
+        raise ValueError(
+            "get_executor('auto') needs the result of optimize(): get_executor(optimize(func, data))"
+        )
+    _, n_jobs = check_pool_args(kind, n_jobs, start_method)
+    pool = make_executor(kind, n_jobs or usable_cores(), start_method=start_method, blas_threads=blas_threads)
+    ok = False
+    try:
+        yield pool
+        ok = True
+    finally:
+        if ok:  # like a concurrent.futures executor: a normal exit runs what was submitted
+            pool.shutdown(wait=True)
+        else:  # an exception or Ctrl-C: queued work is cancelled, workers are stopped
+            terminate(pool)

@@ -22,7 +22,7 @@ import psutil
 
 __all__ = ["START_METHODS", "SystemInfo", "default_start_method", "system_info", "usable_cores"]
 
-from ..options import START_METHODS
+START_METHODS = ("fork", "spawn", "forkserver")  # multiprocessing's, on the platforms autopar runs on
 
 
 _CGROUP_FILES = (
