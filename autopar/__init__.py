@@ -5,6 +5,7 @@ thread or process pool, ``n_jobs``, ``chunksize``, and why); ``execute(func, dat
 way and returns the results in input order.
 """
 
+from ._version import __version__
 from .errors import AutoparError, ItemFailed, ItemTimeout, RemoteTraceback, WorkerDied, WorkerError
 from .backends.pools import SerialExecutor
 from .run import ExecutionIterator, ExecutionReport, execute, execute_iter
@@ -21,7 +22,6 @@ from .tune.system import SystemInfo, system_info, usable_cores
 use_runner(execute)  # pool costs time a thread chunk through the runner, a floor above them
 del use_runner
 
-__version__ = "0.1.0"
 
 __all__ = [
     "AutoparError",

@@ -187,6 +187,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
         p = e.profile
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(e.used))
         mark = " (stale)" if e.stale else ""
+        mark += "".join(f" (lost to serial on {k} x{int(v['n_jobs'])})" for k, v in sorted(e.verdicts.items()))
         print(
             f"{e.key[:12]:<14} {p.item_time_mean * 1e3:8.3f} ms {p.cpu_ratio:8.2f} "
             f"{p.n_items if p.n_items is not None else '?':>8} {e.hits:>5} {e.runs:>5}  {when:<16}  {e.func}{mark}"

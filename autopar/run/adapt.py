@@ -158,6 +158,7 @@ class Fallback:
         if self.doubt and not self.checked:
             return CHECK, ""
         if self.doubt:
+            self.job.report.fallback_speedup = round(rate / serial_rate, 3)
             return SERIAL, (
                 f"the pool delivered {rate:.4g} items/s against {serial_rate:.4g} items/s serially "
                 f"({self.items} items over {span * 1e3:.0f} ms)"

@@ -20,6 +20,7 @@ from ..backends.pools import executor_kind, pool_size
 from ..backends.worker import Limited, run_items, take_some
 from ..errors import ItemFailed, settle, unwrapped
 from ..options import Options, check_func_and_data
+from ..tune import wisdom
 from ..tune.costs import pool_costs
 from ..tune.measure import rss
 from ..tune.model import best_chunksize, best_dask, serial_blas_time
@@ -36,6 +37,9 @@ __all__ = ["ExecutionIterator", "ExecutionReport", "execute", "execute_iter"]
 # bounds only blocks of sub-microsecond items (65,536 of 50 ns: 3 ms).
 MAX_SERIAL_BLOCK = 65536
 MIN_CHECKED_RUN = 0.02  # a thread run predicted shorter is not judged on its time (noise)
+# A pool run whose items take less serially is not judged against serial: a pool's start
+# (2-20 ms here) and one scheduling hiccup are most of it.
+MIN_LOST_RUN = 0.1
 
 
 def _configure(result: OptimizationResult | None, opts: Options, pool: Executor | None = None) -> tuple[str, int, int]:
@@ -296,17 +300,21 @@ def _collect(it: ExecutionIterator) -> list[Any]:
     return [] if results is None else results
 
 
-def _feed_back(job: Job) -> None:
+def _feed_back(job: Job, cpu: float) -> None:
     """What the run measured goes back to the tuning cache: its item time in the workers for
     serial and process runs and a single thread. Several threads are judged on the run's wall
     time against the prediction instead: an item's time in a thread holds the other threads'
     share of the GIL, or not (a chunk of a few ms often runs within one switch interval), so
-    it says nothing certain; a wrong kept thread scaling shows in the run's time."""
+    it says nothing certain; a wrong kept thread scaling shows in the run's time. A pool run
+    slower than serial (``cpu``: the process's CPU seconds over the run, for threads) leaves
+    its verdict with the key (see :mod:`autopar.tune.wisdom`)."""
     result, report = job.result, job.report
     if result is None or result.cache_key is None or not report.measured_item_time:
         return
-    from ..tune import wisdom
-
+    lost = _lost(job, cpu)
+    if lost is not None:
+        report.cache = wisdom.observe(result.cache_key, None, lost=lost)
+        return
     if job.kind != "thread" or job.n_jobs == 1:
         report.cache = wisdom.observe(result.cache_key, report.measured_item_time)
         return
@@ -314,6 +322,25 @@ def _feed_back(job: Job) -> None:
     if not predicted or not took or predicted < MIN_CHECKED_RUN:
         return
     report.cache = wisdom.observe(result.cache_key, None, stale=took > wisdom.THREAD_STALE_FACTOR * predicted)
+
+
+def _lost(job: Job, cpu: float) -> tuple[str, dict[str, float]] | None:
+    """(pool kind, its figures) where a pool run was slower than the serial estimate of its
+    items by more than the noise of one run (wisdom.LOST), on a run long enough to tell."""
+    report, profile = job.report, job.result.profile  # type: ignore[union-attr]
+    speedup, serial = report.measured_speedup, report.serial_estimate
+    if report.fallback_speedup is not None:  # the pool lost to a chunk timed in the caller
+        speedup = report.fallback_speedup
+    elif report.fell_back:  # the run left its pool for another: its time is not one pool's
+        return None
+    if job.kind == "serial" or speedup is None or not serial or serial < MIN_LOST_RUN or speedup >= wisdom.LOST:
+        return None
+    figures = {"n_jobs": float(job.n_jobs), "speedup": round(speedup, 3)}
+    if job.kind == "thread":
+        n_run = report.n_items - report.n_from_sample
+        if n_run > 0 and profile.item_time_mean > 0:
+            figures["cpu_ratio"] = round(min(cpu / n_run / profile.item_time_mean, 1.0), 3)
+    return job.kind, figures
 
 
 def _serial(job: Job, rest: Iterator[Any], index: int) -> Iterator[list[Any]]:
@@ -362,7 +389,7 @@ def _native_threads(job: Job) -> ContextManager[Any]:
 
 def _run(job: Job, prefix: list[list[Any]], rest: Iterator[Any], total: int | None, t_begin: float) -> Iterator[list[Any]]:
     report = job.report
-    t_run = time.perf_counter()
+    t_run, cpu0 = time.perf_counter(), time.process_time()
     index = n_prefix = sum(map(len, prefix))
     try:
         job.bar.update(n_prefix)
@@ -383,4 +410,4 @@ def _run(job: Job, prefix: list[list[Any]], rest: Iterator[Any], total: int | No
         report.wall_time = now - t_begin
         if job.result is not None and report.completed:
             report.serial_estimate = (index - n_prefix) * job.result.profile.item_time_mean
-            _feed_back(job)
+            _feed_back(job, time.process_time() - cpu0)

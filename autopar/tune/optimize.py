@@ -128,6 +128,22 @@ def optimize(
     return optimize_with(func, data, opts)
 
 
+def _without_losers(types: tuple[str, ...], verdicts: dict[str, Any], kind: str | None) -> tuple[str, ...]:
+    """Runs of this job that lost to serial: a kind whose pool did is not a candidate again
+    unless asked for (threads aside: their verdict corrects the profile instead)."""
+    if kind is not None or not verdicts:
+        return types
+    return tuple(t for t in types if t == "thread" or t not in verdicts)
+
+
+def _verdict_notes(verdicts: dict[str, Any]) -> tuple[str, ...]:
+    notes = []
+    for k, v in sorted(verdicts.items()):
+        what = "its figures replace the probe's" if k == "thread" else "not a candidate again"
+        notes.append(f"an earlier run of this job on {k} x{int(v['n_jobs'])} was slower than serial (x{v['speedup']:.2f}): {what}")
+    return tuple(notes)
+
+
 def optimize_with(func: Callable[[Any], Any], data: Iterable[Any], opts: Options) -> OptimizationResult:
     """optimize() with its options already checked (execute() calls this)."""
     t0 = time.perf_counter()
@@ -139,6 +155,8 @@ def optimize_with(func: Callable[[Any], Any], data: Iterable[Any], opts: Options
     costs = pool_costs(method).for_parent(rss())  # a large parent forks slowly
     key = _cache_key(func, data, opts, system, method, cluster)
     entry = wisdom.lookup(key) if key is not None else None
+    verdicts = entry.verdicts if entry is not None else wisdom.verdicts(key) if key is not None else {}
+    types = _without_losers(types, verdicts, kind)
     stash, lost = None, False
     if entry is not None:  # measured before: decide again from the kept figures, no sample
         n = opts.n_items if opts.n_items is not None else len(data)  # type: ignore[arg-type]
@@ -166,6 +184,7 @@ def optimize_with(func: Callable[[Any], Any], data: Iterable[Any], opts: Options
             profile = replace(profile, item_time_mean=LOST_ITEM_TIME, item_time_max=LOST_ITEM_TIME, cpu_ratio=1.0)
         elif key is not None and wisdom.worth_keeping(profile):
             wisdom.store(key, wisdom.func_name(func), profile)
+        profile = wisdom.corrected(profile, verdicts)
     d = decide(
         profile,
         system,
@@ -190,6 +209,7 @@ def optimize_with(func: Callable[[Any], Any], data: Iterable[Any], opts: Options
             runs = f", {entry.runs} runs since" if entry.runs else ""
             note = f"figures from the tuning cache (measured {when}{runs}; key {key[:12]}): no sample taken"
             result = replace(result, reasons=result.reasons + (note,))
+    result = replace(result, reasons=result.reasons + _verdict_notes(verdicts))
     if stash is not None and stash.input_error is not None:
         err = stash.input_error
         warnings = (
