@@ -10,9 +10,10 @@
   task cancelled (the call goes on holding its thread until it returns) and fails or
   raises; a scheduler that went away ends the run within about a second.
 * :func:`recover`: a broken process pool. The items in flight are named with how the worker
-  ended; with retries left they run again on a fresh pool one at a time (a second crash then
-  names its item), after ``retry_backoff * 2**attempt`` seconds; out of retries they raise
-  :class:`WorkerDied` or, collecting, fail in place.
+  ended; with retries left (:class:`~autopar.backends.retry.Retry`, the Manager's policy too)
+  they run again on a fresh pool one at a time (a second crash then names its item), after
+  ``retry_backoff * 2**(attempt-1)`` seconds; out of retries they raise :class:`WorkerDied`
+  or, collecting, fail in place.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
+from ..backends.retry import Retry
 from ..errors import ItemTimeout, WorkerDied
 from .report import ranges
 
@@ -177,13 +179,17 @@ def _requeue_lost(run: "PoolRun", count_attempt: bool) -> None:
 
 
 def recover(run: "PoolRun") -> None:
-    """A worker died: replace the pool and queue the lost items again, or give up."""
+    """A worker died: replace the pool and queue the lost items again, or give up. Whether
+    an item goes again, and after how long, is :class:`~autopar.backends.retry.Retry`'s
+    decision (``execute(retries=, retry_backoff=)`` as a policy)."""
     job = run.job
-    retries = job.opts.retries
+    policy = Retry.for_lost_items(job.opts.retries, job.opts.retry_backoff)
     ended = run.backend.how_it_ended()
     lost = run.inflight.unchecked()
     indices = [c.start + i for c in lost for i in range(len(c.items))]
-    give_up = [c for c in lost if c.attempt >= retries]
+    died = WorkerDied(ended, tuple(indices))
+    give_up = [c for c in lost if not policy.retries(died, c.attempt + 1)]
+    retries = policy.attempts - 1
     message = f"{ended}; items {ranges(indices)} were in flight" + (
         f" (after {retries} retries)" if retries and give_up else ""
     )
@@ -198,5 +204,5 @@ def recover(run: "PoolRun") -> None:
     _requeue_lost(run, count_attempt=True)
     if retries:
         attempt = max((r[2] for r in run.feeder.retry), default=1)
-        time.sleep(job.opts.retry_backoff * 2 ** max(attempt - 1, 0))
+        time.sleep(policy.delay(attempt))
     job.report.retried.extend(indices)

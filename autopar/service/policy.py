@@ -1,5 +1,6 @@
-"""What the service does around a call: retries with backoff, a circuit breaker, and the timer
-that schedules both.
+"""What the service does around a call: retries with backoff (the one policy,
+:class:`~autopar.backends.retry.Retry`, that ``execute(retries=)`` decides with too), a
+circuit breaker, and the timer that schedules both.
 
 Retries are event-driven: a failed attempt is submitted again from the manager's timer after
 its backoff, so no thread or task is held while a call waits for its next attempt. That is
@@ -16,24 +17,25 @@ import asyncio
 import concurrent.futures
 import heapq
 import itertools
-import random
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Iterator, TypeVar
+from typing import Any, Awaitable, Callable, TypeVar
 
+from ..backends.retry import Retry
 from ..errors import AutoparError
 
 __all__ = ["CircuitBreaker", "CircuitOpen", "Retry", "Timer"]
 
 T = TypeVar("T")
 
-# Never retried, whatever ``on`` says: a cancelled call, a circuit that is open.
+# Never counted by a breaker: a cancelled call, a circuit that is open.
 _NEVER = (asyncio.CancelledError, concurrent.futures.CancelledError)
 
 
 class CircuitOpen(AutoparError):
     """A call refused at once: its circuit breaker is open after repeated failures."""
+
+    retryable = False  # Retry never tries it again
 
     def __init__(self, name: str, retry_in: float) -> None:
         super().__init__(f"circuit {name!r} is open after repeated failures; next trial in {retry_in:.1f} s")
@@ -42,50 +44,6 @@ class CircuitOpen(AutoparError):
 
     def __reduce__(self):  # type: ignore[no-untyped-def]
         return (CircuitOpen, (self.name, self.retry_in))
-
-
-@dataclass(frozen=True)
-class Retry:
-    """Attempts, exponential backoff with jitter, and which exceptions are worth another try.
-
-    Attempt k (k = 1 for the first retry) waits ``min(max_backoff, backoff * 2**(k-1))``
-    scaled by a random factor in ``[1 - jitter, 1]`` ("equal jitter": never longer than the
-    bound, never all callers at once). Cancellation and :class:`CircuitOpen` are never retried.
-    """
-
-    attempts: int = 3
-    backoff: float = 0.1
-    max_backoff: float = 5.0
-    on: tuple[type[BaseException], ...] = (Exception,)
-    jitter: float = 0.5
-    rng: random.Random = field(default_factory=random.Random, compare=False, repr=False)
-
-    def __post_init__(self) -> None:
-        if isinstance(self.attempts, bool) or not isinstance(self.attempts, int) or self.attempts < 1:
-            raise ValueError(f"Retry(attempts=) must be an int >= 1, got {self.attempts!r}")
-        if self.backoff < 0 or self.max_backoff < 0:
-            raise ValueError("Retry(backoff=, max_backoff=) must be >= 0")
-        if not 0 <= self.jitter <= 1:
-            raise ValueError(f"Retry(jitter=) must be within [0, 1], got {self.jitter!r}")
-        on = self.on if isinstance(self.on, tuple) else (self.on,)
-        if not all(isinstance(t, type) and issubclass(t, BaseException) for t in on):
-            raise TypeError(f"Retry(on=) takes exception types, got {self.on!r}")
-        object.__setattr__(self, "on", on)
-
-    def retries(self, exc: BaseException, attempt: int) -> bool:
-        """Whether a call whose attempt number ``attempt`` (1-based) raised ``exc`` goes again."""
-        if attempt >= self.attempts or isinstance(exc, _NEVER + (CircuitOpen,)):
-            return False
-        return isinstance(exc, self.on)
-
-    def delay(self, attempt: int) -> float:
-        """Seconds to wait before attempt ``attempt + 1``."""
-        bound = min(self.max_backoff, self.backoff * 2 ** (attempt - 1))
-        return bound * (1.0 - self.jitter * self.rng.random())
-
-    def delays(self) -> Iterator[float]:
-        """The waits before each retry, in order (attempts - 1 of them)."""
-        return (self.delay(k) for k in range(1, self.attempts))
 
 
 class CircuitBreaker:
