@@ -3,6 +3,8 @@ baselines a user would write instead.
 
     python benchmarks/bench_grid.py [--buckets small,medium,large] [--only NAME] [--out docs/benchmarks.md]
     python benchmarks/bench_grid.py --cache warm --out docs/benchmarks_warm.md   # the repeated run of each job
+    python benchmarks/bench_grid.py --cold --out docs/benchmarks_cold.md         # each run a script's first
+    python benchmarks/bench_grid.py --hogs 3 ...                                 # beside three spinning processes
 
 Workloads come from ``benchmarks/suite.py``. Each is sized for the bucket by timing a few of
 its items serially: about 0.2 s of serial work (small), 1 s (medium) and 10 s (large; eight of
@@ -35,6 +37,13 @@ included). ``--cache warm``: each job runs once untimed first, in a tuning cache
 own, so every timed autopar entry is a repeated run, decided from the kept figures without a
 sample (the one-shot generator workload has no key: it is measured every time).
 
+``--cold``: every entry of the rounds (autopar, the grid's top configurations, the
+baselines) runs in a fresh interpreter that builds the items, imports autopar and then times
+the entry alone, the tuning cache off: how a user's script runs a job once, first calls and
+all (the first grid pass, which only picks the entries, stays in the benchmark's process).
+``--hogs N``: N processes spin beside the whole run, the grid's best measured under the same
+load as autopar.
+
 Regret is autopar's median over the best median of the re-timed grid entries (serial is one).
 A baseline's figure is the same ratio for it. All figures come from one run on one machine.
 
@@ -60,6 +69,7 @@ import random
 import resource
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -72,6 +82,9 @@ import autopar  # noqa: E402
 import suite  # noqa: E402
 
 CACHE_WARM = [False]  # --cache warm: autopar's entries are repeated runs of a job it has measured
+COLD = [False]  # --cold: the rounds' entries each run in a fresh interpreter
+ROUNDS_GIVEN = [False]  # --rounds: exactly that many rounds, quick rows too
+MALLOC_DEFAULT = [False]  # --malloc-default, passed on to --cold's interpreters
 QUICK_BEST, QUICK_ROUNDS = 1.0, 5  # a row whose best is under QUICK_BEST s gets at least QUICK_ROUNDS rounds
 BUCKETS = {"small": (0.2, 5), "medium": (1.0, 5), "large": (10.0, 1)}
 LARGE = {"pure-Python loop", "string building", "sha256 4 MB", "NumPy element-wise", "sleep 20 ms",
@@ -225,10 +238,67 @@ def baselines() -> dict[str, Callable[[Callable[[Any], Any], Any], Any]]:
     return out
 
 
-def run_workload(name: str, func: Callable[[Any], Any], items: Any, waiting: bool, bucket: str, rounds: int) -> dict[str, Any]:
-    n = count_of(items)
+def workload(name: str) -> tuple[Callable[[Any], Any], Any]:
+    for w in suite.WORKLOADS + [suite.TINY]:
+        if w[0] == name:
+            return w[1], w[2]
+    raise KeyError(name)
 
-    def forced(kind: str, nj: int, cs: int) -> float:
+
+def in_fresh_process(spec: dict[str, Any]) -> dict[str, Any]:
+    """One entry timed in a fresh interpreter (``--cold``): what :func:`child` printed."""
+    env = dict(os.environ, AUTOPAR_CACHE="off")
+    out = subprocess.run(
+        [sys.executable, os.path.abspath(__file__), "--child", json.dumps(spec)],
+        capture_output=True, text=True, env=env, timeout=1200,
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"{spec}: {out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def child(spec: dict[str, Any]) -> None:
+    """The fresh interpreter's side of ``--cold``: build the items, time the one entry."""
+    if not spec.get("malloc_default") and sys.platform.startswith("linux"):
+        keep_freed_memory()
+    func, factory = workload(spec["name"])
+    items = factory(spec["count"], spec["tmp"])
+    how = spec["how"]
+    gc.collect()
+    report = None
+    t0 = time.perf_counter()
+    if how == "autopar":
+        out, report = autopar.execute(func, fresh(items), return_report=True)
+    elif how == "serial":
+        out = [func(x) for x in fresh(items)]
+    elif how in baselines():
+        out = baselines()[how](func, fresh(items))
+    else:
+        kind, nj, cs = spec["config"]
+        out = autopar.execute(func, fresh(items), executor_type=kind, n_jobs=nj, chunksize=cs, adapt=False)
+    took = time.perf_counter() - t0
+    assert len(out) == count_of(items), (spec, len(out))
+    line: dict[str, Any] = {"time": took}
+    if report is not None:
+        line.update(
+            pick=label(report.executor_type, report.n_jobs, report.chunksize) + (" *" if report.fell_back else ""),
+            predicted=report.predicted_speedup or 1.0,
+            measured=report.measured_speedup or 1.0,
+            optimize_time=report.optimize_time,
+            n_from_sample=report.n_from_sample,
+        )
+    print(json.dumps(line))
+
+
+def run_workload(
+    name: str, func: Callable[[Any], Any], items: Any, waiting: bool, bucket: str, rounds: int, count: int = 0, tmp: str = ""
+) -> dict[str, Any]:
+    n = count_of(items)
+    spec = {"name": name, "count": count, "tmp": tmp, "malloc_default": MALLOC_DEFAULT[0]}
+
+    def forced(kind: str, nj: int, cs: int, cold: bool = False) -> float:
+        if cold:
+            return in_fresh_process(dict(spec, how="serial" if kind == "serial" else "config", config=(kind, nj, cs)))["time"]
         settle()
         if kind == "serial":
             return timed(lambda: [func(x) for x in fresh(items)], "serial")
@@ -251,6 +321,15 @@ def run_workload(name: str, func: Callable[[Any], Any], items: Any, waiting: boo
     picks, predicted, measured, overheads = [], [], [], []
     serial_estimate = next(t for t, c in first if c[0] == "serial")
     def auto() -> None:
+        if COLD[0]:
+            got = in_fresh_process(dict(spec, how="autopar"))
+            times["autopar"].append(got["time"])
+            picks.append(got["pick"])
+            predicted.append(got["predicted"])
+            measured.append(got["measured"])
+            useful = got["n_from_sample"] * serial_estimate / n
+            overheads.append(max(got["optimize_time"] - useful, 0.0) / serial_estimate)
+            return
         settle()
         before = _counters()
         t0 = time.perf_counter()
@@ -271,7 +350,7 @@ def run_workload(name: str, func: Callable[[Any], Any], items: Any, waiting: boo
             # A pathological baseline (over 5 s and 5x the grid's best) runs once.
             if key in base and times[key] and times[key][0] > max(5.0, 5 * first[0][0]):
                 return
-            if key in base:  # (grid entries settle in forced())
+            if key in base and not COLD[0]:  # (grid entries settle in forced())
                 settle()
             times[key].append(fn())
 
@@ -282,13 +361,16 @@ def run_workload(name: str, func: Callable[[Any], Any], items: Any, waiting: boo
         # run decides from them, without a sample, and feeds its own back.
         settle()
         autopar.execute(func, fresh(items))
-    if first[0][0] < QUICK_BEST:
+    if first[0][0] < QUICK_BEST and not ROUNDS_GIVEN[0]:
         # One run of a job the grid did in under a second is one noisy sample (sleeps of
         # 20 ms in the large bucket: 0.30, 0.23 and 0.18 s in three runs of the same code).
         rounds = max(rounds, QUICK_ROUNDS)
     entries = [auto]
-    entries += [entry(label(*c), lambda c=c: forced(*c)) for c in top]
-    entries += [entry(b, lambda fn=fn: timed(lambda: fn(func, fresh(items)), b)) for b, fn in base.items()]
+    entries += [entry(label(*c), lambda c=c: forced(*c, cold=COLD[0])) for c in top]
+    if COLD[0]:
+        entries += [entry(b, lambda b=b: in_fresh_process(dict(spec, how=b))["time"]) for b in base]
+    else:
+        entries += [entry(b, lambda fn=fn: timed(lambda: fn(func, fresh(items)), b)) for b, fn in base.items()]
     order = random.Random(name)  # the same orders for a workload in every run
     for _ in range(rounds):
         # Each round in its own order: no entry always runs after the same one. (Rotating
@@ -386,6 +468,9 @@ def tiny_row() -> str:
 
 
 def main() -> None:
+    if len(sys.argv) == 3 and sys.argv[1] == "--child":
+        child(json.loads(sys.argv[2]))
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--buckets", default="small,medium,large")
     parser.add_argument("--only", help="only workloads whose name contains this")
@@ -398,7 +483,22 @@ def main() -> None:
         help="the tuning cache: off (every autopar run measures: a job's first run) or warm (each job runs once "
         "untimed first, in a cache of the run's own: its repeated runs)",
     )
+    parser.add_argument("--cold", action="store_true", help="each entry of the rounds in a fresh interpreter (a script's first run)")
+    parser.add_argument("--hogs", type=int, default=0, help="processes spinning beside the whole run")
     args = parser.parse_args()
+    if args.cold and args.cache == "warm":
+        parser.error("--cold runs each job once in a fresh process: the tuning cache stays off")
+    COLD[0], MALLOC_DEFAULT[0], ROUNDS_GIVEN[0] = args.cold, args.malloc_default, args.rounds is not None
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.hogs)]
+    try:
+        _main(args)
+    finally:
+        for h in hogs:
+            h.kill()
+            h.wait()
+
+
+def _main(args: argparse.Namespace) -> None:
     cache_scratch = _tuning_cache(args.cache)
     TRACE[0] = open(args.trace, "w") if args.trace else None
     kept = not args.malloc_default and sys.platform.startswith("linux") and keep_freed_memory()
@@ -429,7 +529,7 @@ def main() -> None:
                 items = factory(count, tmp)
                 t0 = time.perf_counter()
                 TRACE[1] = f"{bucket}: {name}"
-                row = run_workload(name, func, items, ratio < 0.5, bucket, rounds)
+                row = run_workload(name, func, items, ratio < 0.5, bucket, rounds, count=count, tmp=tmp)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
                 items = None  # the workload's data goes before the next one
@@ -453,7 +553,7 @@ def main() -> None:
         "size asks for (its row in a smaller bucket is the same job).\n"
         for b, n, cap, want in skipped
     ]
-    if "small" in buckets and not args.only:
+    if "small" in buckets and not args.only and not args.cold:
         TRACE[1] = f"small: {suite.TINY[0]} (its own line)"
         parts.append(tiny_row())
     text = "\n".join(p for p in parts if p)
@@ -469,7 +569,8 @@ def main() -> None:
             fh.write(
                 f"Machine: {machine}. Run: `python benchmarks/bench_grid.py --buckets {args.buckets}"
                 f"{' --rounds %d' % args.rounds if args.rounds else ''}{' --malloc-default' * args.malloc_default}"
-                f"{' --cache warm' * (args.cache == 'warm')} "
+                f"{' --cache warm' * (args.cache == 'warm')}{' --cold' * args.cold}"
+                f"{' --hogs %d' % args.hogs if args.hogs else ''} "
                 f"--out {args.out}` on {time.strftime('%Y-%m-%d')}, {(time.perf_counter() - t_all) / 60:.0f} minutes; "
                 f"freed heap {'kept in one arena' if kept else 'trimmed as the allocator does by default'}.\n\n"
             )

@@ -1,4 +1,4 @@
-"""The benchmark's workloads: 26 kinds of work, most of them not the built-in ones autopar's
+"""The benchmark's workloads: 29 kinds of work, most of them not the built-in ones autopar's
 tests use. Each is ``(name, function, make_items(count, tmp), note)``; functions live at
 module level so every pool and start method can run them.
 
@@ -6,8 +6,9 @@ Categories: pure-Python CPU (loops, dicts, strings, sorting, fractions, skewed a
 items), GIL-free C code (NumPy, hashing, zlib, lzma, SciPy filters, BLAS SVD, FFT, Pillow),
 waiting (sleeps of 1 and 20 ms, real file writes and reads), transfer-heavy (16 MB results,
 8 MB inputs, 100 KB nested dicts), tiny calls, many small NumPy calls (GIL-bound), a mixed
-sleep-and-compute item, a generator input, and the image pass (TIFF read, projection,
-stretch, WebP encode).
+sleep-and-compute item, a generator input, the image pass (TIFF read, projection,
+stretch, WebP encode), and pure Python whose first call costs more (an import, a table, a
+compile).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import json
 import lzma
 import os
 import re
+import threading
 import time
 import zlib
 from fractions import Fraction
@@ -164,6 +166,42 @@ def image_pass(path: str) -> int:
     return W.image_pass(path)
 
 
+# -- first calls that cost more than the rest -----------------------------------------------------
+# Everyday Python whose first call pays a one-time cost: a heavy import inside the function,
+# a table the first call builds, code compiled on first use. In a fresh process (``--cold``)
+# every run pays it once; in one process only the first run does.
+
+_TABLE: dict[int, int] = {}
+_COMPILED: dict[str, Any] = {}
+_LOCK = threading.Lock()
+
+
+def lazy_import(n: int) -> int:
+    """Pure Python that imports a heavy module on its first call."""
+    import scipy.stats  # noqa: F401  (the first call pays the import)
+
+    return W.pure_python_cpu(n)
+
+
+def lazy_table(n: int) -> int:
+    """Pure Python whose first call builds a table (about 0.2 s of work under a lock)."""
+    with _LOCK:
+        if not _TABLE:
+            _TABLE.update((i, W.pure_python_cpu(200)) for i in range(20_000))
+    return W.pure_python_cpu(n) + len(_TABLE)
+
+
+def compiled_on_first_call(n: int) -> int:
+    """Pure Python that compiles generated code on its first call (about 0.1 s)."""
+    with _LOCK:
+        if not _COMPILED:
+            src = "\n".join(f"def f{i}(x):\n    return x * {i} + {i % 7}" for i in range(6000))
+            scope: dict[str, Any] = {}
+            exec(compile(src, "<generated>", "exec"), scope)
+            _COMPILED.update(scope)
+    return W.pure_python_cpu(n) + _COMPILED["f3"](1)
+
+
 # -- item factories ------------------------------------------------------------------------------
 
 _WORDS = [f"w{i % 997}" for i in range(40_000)]
@@ -214,6 +252,9 @@ WORKLOADS: list[tuple[str, Callable[[Any], Any], Factory, str]] = [
     ("8 MB inputs", input_8mb, lambda n, tmp: [np.random.default_rng(i).random(1 << 20) for i in range(n)], "input transfer"),
     ("generator of CPU items", py_loop, lambda n, tmp: ("gen", [60_000] * n), "one-shot input"),
     ("TIFF to WebP", image_pass, lambda n, tmp: W.make_tiff_stacks(tmp, count=n, shape=(16, 384, 384)), "image pass"),
+    ("import on first call", lazy_import, lambda n, tmp: [30_000] * n, "scipy.stats imported by the first call"),
+    ("table on first call", lazy_table, lambda n, tmp: [30_000] * n, "the first call builds a table"),
+    ("compile on first call", compiled_on_first_call, lambda n, tmp: [30_000] * n, "the first call compiles code"),
 ]
 
 # Items kept whole in memory several times over (results lists, forked workers): capped.
