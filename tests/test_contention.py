@@ -17,7 +17,7 @@ import time
 import pytest
 
 from autopar import optimize
-from autopar.tune.measure import CpuMeter, queued_seconds
+from autopar.tune.measure import CpuMeter, OthersMeter, queued_seconds
 
 pytestmark = pytest.mark.skipif(
     not os.path.exists(f"/proc/self/task/{os.getpid()}/schedstat") or not hasattr(os, "sched_setaffinity"),
@@ -105,3 +105,39 @@ def test_an_item_waiting_on_the_first_calls_one_time_cost_is_not_taken_for_waiti
     assert p.cpu_ratio > 0.5, r.explain()  # computing, not waiting
     assert p.item_time_mean < 0.1, r.explain()  # the steady item, not the first call
     assert not (r.executor_type == "thread" and r.n_jobs > r.usable_cores), r.explain()
+
+
+def test_other_processes_on_the_cpus_are_counted_by_what_they_want():
+    # One CPU shared with one spinning process: whatever else the machine runs, at least
+    # half a core's worth of another's work competed with this process for it.
+    with OneBusyCpu():
+        meter = OthersMeter()
+        spin(0.15)
+        others = meter.cores()
+    assert others >= 0.5, others
+
+
+def test_the_model_predicts_pools_at_their_share_beside_other_work():
+    # Synthetic: 100 CPU-bound items of 10 ms. On 2 idle cores two processes halve the work;
+    # beside three other processes' work they get 0.8 of the cores against serial's 0.5 (x1.6,
+    # not x2); serial's own prediction is the sample's item time either way (measured at its
+    # share).
+    from dataclasses import replace
+
+    from autopar import Profile, pool_costs, system_info
+    from autopar.tune.model import decide
+    from autopar.tune.predict import _predict
+
+    profile = Profile(
+        n_sampled=10, n_probed=0, n_items=110, item_time_mean=0.01, item_time_std=0.0, item_time_max=0.01,
+        cpu_ratio=1.0, func_bytes=50, func_pickle_time=1e-6, item_bytes=20, item_pickle_time=1e-6,
+        result_bytes=20, result_pickle_time=1e-6, transport="pickle", pickle_error=None,
+        peak_memory_per_item=1 << 10, thread_scaling=1.0, probe_threads=2, sample_time=0.1, exhausted=False,
+    )
+    costs = pool_costs()
+    idle = _predict("process", 2, 10, 100, profile, costs, 2, 1.0)
+    loaded = _predict("process", 2, 10, 100, replace(profile, others_cores=3.0), costs, 2, 1.0)
+    assert loaded.work == pytest.approx(idle.work * 2 / 1.6, rel=0.02)
+    system = replace(system_info(blas=False), usable_cores=2)
+    serial = [decide(replace(profile, others_cores=o), system, costs).serial.predicted_time for o in (0.0, 3.0)]
+    assert serial[0] == serial[1] == pytest.approx(1.0)

@@ -148,3 +148,18 @@ DASK_TASK_SECONDS = 1e-3  # a task's round trip through a Dask scheduler
 DASK_TASK_SHARE = 0.05  # a task's round trip at most this share of its work, where items allow
 # Not measured.
 LOCAL_PREFERENCE = 1.2  # a local pool within this of the cluster wins: nothing leaves the machine
+
+# -- other processes -------------------------------------------------------------------------
+
+# /proc/stat counts CPU time in clock ticks (10 ms here): over a window of 50 ms on 2 cores
+# one tick is 0.1 of a core, and shorter windows say little.
+OTHERS_MIN_WINDOW = 0.05
+# Other processes' use under this many cores is the machine's background (daemons, the
+# terminal): no share of the cores is taken from the pools for it. Not measured beyond that.
+OTHERS_MIN_CORES = 0.3
+# The calling thread waited this share of its runnable time for a core: others wanted more
+# than they used (under it, a core was mostly free whenever it asked). Not measured.
+OTHERS_QUEUED_SHARE = 0.15
+# Others' demand read from one thread's share is capped at this many a core (a thread
+# descheduled for long reads as hundreds of competitors). Not measured.
+OTHERS_MAX_PER_CORE = 4.0

@@ -21,7 +21,7 @@ from typing import Callable
 from . import constants
 from .constants import CPU_BOUND  # noqa: F401  (imported from here by tune/optimize.py)
 
-__all__ = ["CpuMeter", "PeakRSS", "busy_clock", "queued_seconds", "rss"]
+__all__ = ["CpuMeter", "OthersMeter", "PeakRSS", "busy_clock", "queued_seconds", "rss"]
 
 try:
     _PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -167,6 +167,80 @@ class NewThreadsCpu:
         old = [tid for tid in self._threads0 if tid in after and tid in self._base]
         foreign = sum(after[tid] - self._base[tid] for tid in old)
         return max(process - foreign / 1e9, 0.0)
+
+
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _busy_ticks(cpus: set[int]) -> int | None:
+    """Clock ticks the given CPUs have spent busy (anything but idle and I/O wait; steal
+    counts: a virtual CPU the host gave to another guest was busy for this one), or None
+    without ``/proc/stat``."""
+    try:
+        with open("/proc/stat", "rb") as fh:
+            lines = fh.read().splitlines()
+    except OSError:
+        return None
+    total = 0
+    for line in lines:
+        if not line.startswith(b"cpu") or line.startswith(b"cpu "):
+            continue
+        name, *fields = line.split()
+        try:
+            cpu = int(name[3:])
+        except ValueError:
+            continue
+        if cpu in cpus:
+            values = [int(v) for v in fields[:8]]
+            total += sum(values) - values[3] - values[4]  # all but idle and iowait
+    return total
+
+
+def _own_schedstat() -> tuple[int, int]:
+    """(on a CPU, waiting for one) nanoseconds of the calling thread; zeros without schedstat."""
+    if not _HAVE_SCHEDSTAT:
+        return 0, 0
+    try:
+        return _schedstat(threading.get_native_id())
+    except (OSError, ValueError, IndexError):
+        return 0, 0
+
+
+class OthersMeter:
+    """How many cores' worth of other processes' work competed with this one over a window.
+
+    Two readings, the larger taken: what the others used (the busy time of the CPUs this
+    process may run on, less this process's own CPU time, over the window), and what the
+    calling thread's share of a core says they wanted: each runnable thread gets an equal
+    share, so a thread that ran a fraction ``f`` of the time it was runnable shared ``c``
+    cores with ``c / f - 1`` others (three spinning processes on 2 cores use 1.5 cores and
+    leave this thread half of one: 3 wanted). ``/proc/stat`` counts in clock ticks (10 ms
+    here): windows under ``OTHERS_MIN_WINDOW`` read 0, and so do readings under
+    ``OTHERS_MIN_CORES``."""
+
+    def __init__(self) -> None:
+        try:
+            self.cpus = os.sched_getaffinity(0)
+        except (AttributeError, OSError):
+            self.cpus = set(range(os.cpu_count() or 1))
+        self.t0, self.own0, self.busy0 = time.perf_counter(), time.process_time(), _busy_ticks(self.cpus)
+        self.sched0 = _own_schedstat()
+
+    def cores(self) -> float:
+        wall = time.perf_counter() - self.t0
+        if self.busy0 is None or wall < constants.OTHERS_MIN_WINDOW:
+            return 0.0
+        busy = _busy_ticks(self.cpus)
+        if busy is None:
+            return 0.0
+        n = float(len(self.cpus))
+        used = ((busy - self.busy0) / _TICK - (time.process_time() - self.own0)) / wall
+        run, queued = (b - a for a, b in zip(self.sched0, _own_schedstat()))
+        wanted = 0.0
+        if run > 0 and queued > constants.OTHERS_QUEUED_SHARE * (run + queued):
+            wanted = n * (run + queued) / run - 1.0
+        others = min(max(used, wanted, 0.0), constants.OTHERS_MAX_PER_CORE * n)
+        return round(others, 2) if others >= constants.OTHERS_MIN_CORES else 0.0
 
 
 def rss() -> int:

@@ -14,7 +14,10 @@ usable cores::
 * ``t_eff = t * n / S(n)`` is an item's time when n workers share the machine. For threads,
   ``S(n) = min(n, 1 / (g + (1 - g) / n), c / r)`` where ``g``, the share of an item that holds
   the GIL, comes from the measured thread scaling of the concurrency probe. For processes,
-  ``S(n) = min(n, c / r)``: no GIL, but no more CPU than the machine has.
+  ``S(n) = min(n, c / r)``: no GIL, but no more CPU than the machine has. Beside other
+  processes' work (``o`` busy cores, measured while the sample ran), ``c / r`` becomes the
+  workers' fair share of the cores over serial's: ``P(n) / P(1)`` with
+  ``P(n) = n`` while ``n r + o <= c``, else ``c n / (n r + o)``.
 * Processes also pay per item: unpickling the item and pickling the result in the worker
   (inside ``w``), and in the parent, which does it for all workers through one pipe each way,
   pickling items, unpickling results and moving the bytes (``parent_serial``).
@@ -106,10 +109,31 @@ def _chunk_options(remaining: int, n: int) -> list[int]:
     return sorted(o for o in opts if o <= max(1, remaining))
 
 
-def _thread_speedup(n: int, g: float, cores: int, r: float) -> float:
+def _progress(n: int, r: float, cores: int, others: float) -> float:
+    """Items' worth of progress n workers computing a share ``r`` of the time make at once,
+    in units of one worker alone on an idle machine: n while the cores go round, else their
+    fair share of the cores beside ``others`` (other processes' busy cores; each runnable
+    thread gets an equal share of the CPU) over ``r``."""
+    demand = n * r + others
+    return float(n) if demand <= cores else cores * n / demand
+
+
+def _cpu_cap(n: int, r: float, cores: int, others: float) -> float:
+    """How much faster n workers run the items than one serial run on the same machine:
+    ``cores / r`` on an idle machine (no more CPU than there is); beside other processes'
+    work, n workers' fair share of the cores over serial's (the sample's item time was
+    measured at serial's share). Three spinning processes on 2 cores: 2 workers get 0.8 of
+    a core, serial 0.5: x1.6, not x2."""
+    if r <= 1e-3:
+        return float("inf")
+    if others <= 0.0:
+        return cores / r
+    return _progress(n, r, cores, others) / _progress(1, r, cores, others)
+
+
+def _thread_speedup(n: int, g: float, cores: int, r: float, others: float = 0.0) -> float:
     amdahl = 1.0 / (g + (1.0 - g) / n)
-    cpu_cap = cores / r if r > 1e-3 else float("inf")
-    return max(min(float(n), amdahl, cpu_cap), 1e-3)
+    return max(min(float(n), amdahl, _cpu_cap(n, r, cores, others)), 1e-3)
 
 
 def shared_resource(p: Profile) -> bool:
@@ -121,9 +145,8 @@ def shared_resource(p: Profile) -> bool:
     return s is not None and p.probe_threads >= 2 and s < constants.SHARED_RESOURCE_SCALING and p.cpu_ratio < 0.9
 
 
-def _process_speedup(n: int, cores: int, r: float) -> float:
-    cpu_cap = cores / r if r > 1e-3 else float("inf")
-    return max(min(float(n), cpu_cap), 1e-3)
+def _process_speedup(n: int, cores: int, r: float, others: float = 0.0) -> float:
+    return max(min(float(n), _cpu_cap(n, r, cores, others)), 1e-3)
 
 
 def _predict(
@@ -144,7 +167,7 @@ def _predict(
     # items of 27 ms ran in 0.10 s on 8 threads (all at once, the cores shared), 0.11 s on 2.
     active = min(n, n_chunks)
     if kind == "thread":
-        speedup = 1.0 if shared_resource(p) else _thread_speedup(active, g, cores, r)
+        speedup = 1.0 if shared_resource(p) else _thread_speedup(active, g, cores, r, p.others_cores)
         t_eff = t * active / speedup
         start = costs.thread_start(n)
         work = busiest * t_eff + tail * active / speedup
@@ -153,7 +176,7 @@ def _predict(
     item_pickle, item_load, item_bytes, worker_side, parent_side = _pickling(p, cs)
     w = t + worker_side
     # With a shared resource the workers queue on what slowed the threads: no gain from n.
-    w_eff = w * active / (1.0 if shared_resource(p) else _process_speedup(active, cores, r))
+    w_eff = w * active / (1.0 if shared_resource(p) else _process_speedup(active, cores, r, p.others_cores))
     start = costs.process_start(n)
     work = busiest * w_eff + tail
     per_byte = costs.process_seconds_per_byte
@@ -164,7 +187,9 @@ def _predict(
     first_chunk = cs * ((item_pickle - item_load) + item_bytes * per_byte)
     # All the CPU the run needs, items, pickling both ways and dispatch, shares the cores.
     cpu = remaining * (t * min(r, 1.0) + item_pickle + p.result_pickle_time) + n_chunks * costs.process_task_cpu
-    total = start + max(work + first_chunk, parent, cpu / cores)
+    # (beside other processes' work, the share of the cores n workers and the caller get)
+    usable = cores if p.others_cores <= 0 else min(cores, cores * (active + 1) / (active + 1 + p.others_cores))
+    total = start + max(work + first_chunk, parent, cpu / usable)
     return Candidate(kind, n, cs, total, start, work, transfer, dispatch)
 
 

@@ -190,6 +190,11 @@ class OptimizationResult:
             f"{self.usable_cores} usable cores; pool start {fmt_time(self.start_cost)} "
             f"({self.start_method})"
         )
+        if p.others_cores > 0:
+            lines.append(
+                f"  other processes kept {p.others_cores:.1f} of the {self.usable_cores} cores busy while sampling: "
+                "the pools are predicted at their share of the cores beside them"
+            )
         return lines
 
     def __str__(self) -> str:

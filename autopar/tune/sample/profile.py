@@ -48,6 +48,9 @@ class Profile:
     # The first item's time where it was a one-time cost (an import, a cache filled): an item
     # run beside it waited on it rather than ran, and the figures come from later items.
     warmup_time: float | None = None
+    # The cores other processes kept busy while the sample ran (0: under OTHERS_MIN_CORES,
+    # or not measured): the pools' share of the cores is predicted against them.
+    others_cores: float = 0.0
 
     @property
     def n_done(self) -> int:

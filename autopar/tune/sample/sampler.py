@@ -11,6 +11,7 @@ import time
 from typing import Any, Callable, Iterable
 
 from ...backends.worker import Limited
+from ..measure import OthersMeter
 from .blas import _blas_step
 from .pickling import _Pickling, _pickling_step
 from .probe import _misread_is_cheap, _probe_step
@@ -47,6 +48,9 @@ class _Sampler:
         remote: RemoteItems | None = None,
     ) -> None:
         self.t_begin = time.perf_counter()
+        # Other processes' use of the cores meanwhile (not with a worker process of our own
+        # running the items: it would read as another's).
+        self.others = OthersMeter() if remote is None else None
         self.finish = finish
         # The items run under the run's time limit wherever the sample runs them.
         self.func = Limited(func, timeout) if timeout is not None else func
@@ -115,6 +119,7 @@ class _Sampler:
             single_blas_time=self.blas.single_time,
             blas_live=self.blas.live,
             warmup_time=self.first.time if self.first.warmup else None,
+            others_cores=self.others.cores() if self.others is not None else 0.0,
         )
         stash = SampleStash(
             func=self.user_func,
