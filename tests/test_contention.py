@@ -141,3 +141,28 @@ def test_the_model_predicts_pools_at_their_share_beside_other_work():
     system = replace(system_info(blas=False), usable_cores=2)
     serial = [decide(replace(profile, others_cores=o), system, costs).serial.predicted_time for o in (0.0, 3.0)]
     assert serial[0] == serial[1] == pytest.approx(1.0)
+
+
+def test_workers_of_a_fresh_interpreter_pay_the_first_call_again():
+    # Synthetic: a first call of 0.5 s (an import) before items of 10 ms. Forked workers
+    # inherit what the sample's first call left; spawn and forkserver workers pay it again,
+    # side by side: once more in the pool's wall time.
+    from dataclasses import replace
+
+    from autopar import Profile
+    from autopar.tune.costs import pool_costs
+    from autopar.tune.predict import _predict
+
+    profile = Profile(
+        n_sampled=10, n_probed=0, n_items=110, item_time_mean=0.01, item_time_std=0.0, item_time_max=0.5,
+        cpu_ratio=1.0, func_bytes=50, func_pickle_time=1e-6, item_bytes=20, item_pickle_time=1e-6,
+        result_bytes=20, result_pickle_time=1e-6, transport="pickle", pickle_error=None,
+        peak_memory_per_item=1 << 10, thread_scaling=1.0, probe_threads=2, sample_time=0.6, exhausted=False,
+        warmup_time=0.5,
+    )
+    for method in ("fork", "spawn", "forkserver"):
+        costs = replace(pool_costs(), start_method=method)
+        without = _predict("process", 2, 10, 100, replace(profile, warmup_time=None), costs, 2, 1.0)
+        warm = _predict("process", 2, 10, 100, profile, costs, 2, 1.0)
+        extra = 0.0 if method == "fork" else 0.49
+        assert warm.predicted_time == pytest.approx(without.predicted_time + extra), method

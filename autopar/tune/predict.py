@@ -25,6 +25,8 @@ usable cores::
   (parent and worker, measured) divided by the cores. On a machine the workers fill, the
   parent's dispatch work is taken from theirs, which makes tiny chunks cost more than their
   idle-pool round trip suggests.
+* A first call's one-time cost (``Profile.warmup_time``) is paid again by each spawn or
+  forkserver worker: added to the process pool's start.
 * Every figure is measured: ``t``, ``sd``, ``r``, pickle sizes and times and thread scaling by
   the sample; start costs, task overhead and seconds per byte by :mod:`autopar.tune.costs`.
 
@@ -177,7 +179,7 @@ def _predict(
     w = t + worker_side
     # With a shared resource the workers queue on what slowed the threads: no gain from n.
     w_eff = w * active / (1.0 if shared_resource(p) else _process_speedup(active, cores, r, p.others_cores))
-    start = costs.process_start(n)
+    start = costs.process_start(n) + _worker_warmup(p, costs)
     work = busiest * w_eff + tail
     per_byte = costs.process_seconds_per_byte
     transfer = remaining * (parent_side + (item_bytes + p.result_bytes) * per_byte)
@@ -191,6 +193,16 @@ def _predict(
     usable = cores if p.others_cores <= 0 else min(cores, cores * (active + 1) / (active + 1 + p.others_cores))
     total = start + max(work + first_chunk, parent, cpu / usable)
     return Candidate(kind, n, cs, total, start, work, transfer, dispatch)
+
+
+def _worker_warmup(p: Profile, costs: PoolCosts) -> float:
+    """A first call's one-time cost (an import inside the function, a table it builds), paid
+    again by every worker that does not inherit the caller's memory: spawn and forkserver
+    workers start from a fresh interpreter (a forked one has what the sample's first call
+    left). The workers pay it side by side: once in the wall time."""
+    if p.warmup_time is None or costs.start_method == "fork":
+        return 0.0
+    return max(p.warmup_time - p.item_time_mean, 0.0)
 
 
 def _tail(p: Profile, cs: int, n: int) -> float:

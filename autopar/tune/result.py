@@ -171,6 +171,7 @@ class OptimizationResult:
             lines.append(
                 f"  first call {fmt_time(p.warmup_time)}: a one-time cost (an item run beside it waited "
                 "for it to end); the figures are the later items'"
+                + ("; each worker process of a fresh interpreter pays it again" if self.start_method in ("spawn", "forkserver") else "")
             )
         lines.append(
             f"  CPU/wall {p.cpu_ratio:.2f} -> {self.workload_type}-bound; "
