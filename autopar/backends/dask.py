@@ -22,9 +22,11 @@ from concurrent.futures import Executor, Future
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
+from .base import CAPABILITIES
+from .process import ProcessBackend
 from .worker import running_chunks
 
-__all__ = ["ClusterCosts", "DaskExecutor", "cluster_costs", "connect", "is_client", "require_distributed"]
+__all__ = ["ClusterCosts", "DaskBackend", "DaskExecutor", "cluster_costs", "connect", "is_client", "require_distributed"]
 
 INSTALL_HINT = 'Dask support needs the "distributed" package: pip install "autopar[dask]"'
 
@@ -132,6 +134,36 @@ class DaskExecutor(Executor):
             self.client.close(timeout=5)
         finally:
             log.setLevel(level)
+
+
+class DaskBackend(ProcessBackend):
+    """Chunks to a Dask cluster (a :class:`~.base.Backend`): a process backend whose pool is
+    a :class:`DaskExecutor` the caller gave. One running chunk is stopped by cancelling its
+    task and giving its worker no more of the run's tasks: a thread there cannot be stopped,
+    the call goes on until it returns."""
+
+    kind = "dask"
+    caps = CAPABILITIES["dask"]
+    ex: DaskExecutor
+
+    def running(self) -> dict[int, tuple[float, str]]:
+        """The run's chunks the workers run now: chunk start -> (seconds, worker address)."""
+        return self.ex.running(self.key)
+
+    def stop(self, where: Any) -> bool:
+        """``where``: (the chunk's future, the worker address that runs it)."""
+        future, worker = where
+        future.cancel()
+        self.ex.avoid(worker)
+        return True
+
+    def gone(self) -> str | None:
+        """Why the cluster can no longer run the chunks (None: it can)."""
+        return self.ex.gone()
+
+    @staticmethod
+    def how_it_ended() -> str:
+        return "a Dask worker died"
 
 
 def _large(arg: Any) -> bool:

@@ -1,5 +1,7 @@
 """Chunks run in this process: on a thread pool, or inline in the caller (serial, and the
-fallback when a pool is losing to serial part way through a run)."""
+fallback when a pool is losing to serial part way through a run). Both are
+:class:`~.base.Backend` s; an item on a thread is stopped by the deadline watcher
+(:func:`.worker.stop_thread`), the one way for threads."""
 
 from __future__ import annotations
 
@@ -7,7 +9,8 @@ import threading
 from concurrent.futures import Executor, Future
 from typing import Any, Callable
 
-from .worker import run_local
+from .base import CAPABILITIES, Stopped
+from .worker import run_local, stop_thread
 
 __all__ = ["InlineBackend", "SerialExecutor", "ThreadBackend"]
 
@@ -30,9 +33,11 @@ class ThreadBackend:
     """Chunks to a thread pool: no pickling, the exception objects as they are."""
 
     kind = "thread"
+    caps = CAPABILITIES["thread"]
 
     def __init__(self, func: Callable[[Any], Any], make_pool: Callable[[], Executor], pool: Executor | None, collect: bool) -> None:
         self.func, self.collect, self.owned = func, collect, pool is None
+        self._make = make_pool
         self.ex = pool if pool is not None else make_pool()
         self.cancel = threading.Event()
 
@@ -46,6 +51,23 @@ class ThreadBackend:
     def is_broken(exc: BaseException | None) -> bool:
         return False
 
+    @staticmethod
+    def stop(where: Any) -> bool:
+        """Raise :class:`~.base.Stopped` into the item the thread ``where`` runs (armed by
+        its time limit: ``limited``); a call into C stops when it returns."""
+        return stop_thread(where, Stopped)
+
+    @staticmethod
+    def how_it_ended() -> str:
+        return ""  # threads do not die under a chunk
+
+    def replace(self) -> None:
+        """A fresh pool in place of an owned one; its threads end after their current call
+        (a thread cannot be killed)."""
+        if self.owned:
+            self.ex.shutdown(wait=False, cancel_futures=True)
+            self.ex = self._make()
+
     def close(self, clean: bool) -> None:
         self.cancel.set()  # chunks not yet started return at once
         if self.owned:
@@ -56,6 +78,9 @@ class InlineBackend:
     """Runs each chunk in the caller's thread as it is submitted: the future is done at once."""
 
     kind = "serial"
+    caps = CAPABILITIES["serial"]
+    ex = None
+    owned = False
 
     def __init__(self, func: Callable[[Any], Any], collect: bool) -> None:
         self.func, self.collect = func, collect
@@ -71,6 +96,17 @@ class InlineBackend:
     @staticmethod
     def is_broken(exc: BaseException | None) -> bool:
         return False
+
+    @staticmethod
+    def stop(where: Any) -> bool:
+        return False  # the item runs in the caller: its own time limit is all there is
+
+    @staticmethod
+    def how_it_ended() -> str:
+        return ""
+
+    def replace(self) -> None:
+        pass
 
     def close(self, clean: bool) -> None:
         pass

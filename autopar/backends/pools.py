@@ -1,4 +1,5 @@
-"""Pools: building them (:func:`make_executor`), their kind and size, and shutting them down.
+"""Pools and backends: building them (:func:`make_executor`, :func:`make_backend`), their
+kind and size, and shutting them down.
 
 The public door, :func:`autopar.get_executor` (in :mod:`autopar.tune.result`, as it takes
 the result of ``optimize()``), makes its pool here.
@@ -10,16 +11,18 @@ import signal
 import threading
 import weakref
 from concurrent.futures import Executor, ThreadPoolExecutor
-from typing import Any
+from typing import Any, Callable
 
 from ..tune.system import default_start_method
 from . import _cpython
+from .base import Backend
 from .blas import blas_share
-from .dask import DaskExecutor
-from .local import SerialExecutor
-from .process import make_process_pool, terminate
+from .dask import DaskBackend, DaskExecutor
+from .local import InlineBackend, SerialExecutor, ThreadBackend
+from .process import ProcessBackend, make_process_pool, terminate
+from .worker import limited
 
-__all__ = ["SerialExecutor", "executor_kind", "make_executor", "pool_size", "sigint_deferred", "terminate"]
+__all__ = ["SerialExecutor", "executor_kind", "make_backend", "make_executor", "pool_size", "sigint_deferred", "terminate"]
 
 
 class sigint_deferred:
@@ -97,3 +100,31 @@ def make_executor(
         raise ValueError(f"executor kind must be 'serial', 'thread' or 'process', got {kind!r}")
     _sizes[pool] = n_jobs
     return pool
+
+
+def make_backend(
+    kind: str,
+    func: Callable[[Any], Any],
+    n_jobs: int,
+    *,
+    pool: Executor | None = None,
+    start_method: str | None = None,
+    transport: str = "pickle",
+    collect: bool = False,
+    timeout: float | None = None,
+    blas_threads: int | None = None,
+    one_run: bool = True,
+) -> Backend:
+    """The backend of ``kind`` running ``func`` (under a per-item ``timeout`` where given):
+    on ``pool`` (borrowed), or on a pool of ``n_jobs`` it makes (:func:`make_executor`:
+    ``blas_threads`` each, its share by default; ``one_run``: it lives for one run)."""
+    if kind == "serial":
+        return InlineBackend(limited(func, timeout), collect)
+
+    def make() -> Executor:
+        return make_executor(kind, n_jobs, start_method=start_method, blas_threads=blas_threads, one_run=one_run)
+
+    if kind == "thread":
+        return ThreadBackend(limited(func, timeout), make, pool, collect)
+    backend = DaskBackend if kind == "dask" else ProcessBackend
+    return backend(func, make, pool, transport, collect, timeout)

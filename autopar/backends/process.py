@@ -1,11 +1,16 @@
-"""Process pools (CPython's internals they need are read in :mod:`._cpython`, nowhere else).
+"""Process pools: the one place they are made (:func:`make_process_pool`), stopped
+(:func:`terminate`) and asked how a worker ended (:func:`how_it_ended`); CPython's
+internals they need are read in :mod:`._cpython`, nowhere else.
 
 What it adds to ``concurrent.futures``: BLAS threads capped in each worker (so workers x
 BLAS threads fit the cores), :func:`terminate` (kill the workers now, leaving no feeder
 thread behind), :func:`worker_processes` (the pool's Process objects, kept to tell later how
-a worker ended) and :func:`how_it_ended`. :class:`ProcessBackend` is how a run sends chunks:
-items pickled in the caller (an item that cannot be sent is named before the pool sees it),
-the function as cloudpickle bytes under a key, results decoded on the way back.
+a worker ended), :func:`how_it_ended`, and, for a tracked pool, which item each worker runs
+(:mod:`.slots`: one running item stopped by killing its worker). :class:`ProcessBackend` is
+how a run (execute()'s, a pipeline's process stage) sends chunks: items pickled in the
+caller (an item that cannot be sent is named before the pool sees it), the function as
+cloudpickle bytes under a key, results decoded on the way back. The Manager's process lane
+makes its pools here too (tracked), and runs its calls by :func:`.worker.run_call`.
 """
 
 from __future__ import annotations
@@ -27,10 +32,15 @@ from .. import _serialize
 from ..tune.system import threaded_blas_loaded
 from . import _cpython
 from ._cpython import worker_processes
+from .base import CAPABILITIES
 from .blas import hold_cap
+from .slots import Slots, kill_worker, take_slot
 from .worker import run_remote
 
-__all__ = ["ProcessBackend", "Unsendable", "how_it_ended", "make_process_pool", "terminate", "worker_processes"]
+__all__ = [
+    "ProcessBackend", "ProcessPool", "Unsendable", "how_it_ended", "kill_worker", "make_process_pool", "terminate",
+    "worker_processes",
+]
 
 MANAGER_GRACE = 10.0  # seconds a killed pool's manager thread gets to clean up
 
@@ -44,7 +54,7 @@ _BLAS_ENV = (
 )
 
 
-def _init_process_worker(blas_threads: int, cap_loaded: bool) -> None:
+def _init_process_worker(blas_threads: int, cap_loaded: bool, table: Any = None, lock: Any = None) -> None:
     """Process worker start: cap BLAS threads so workers x BLAS threads fit the cores, and
     keep the garbage collector off the heap a forked worker inherits.
 
@@ -54,8 +64,11 @@ def _init_process_worker(blas_threads: int, cap_loaded: bool) -> None:
 
     ``cap_loaded`` caps libraries already loaded here; a forked worker never does (see
     :func:`make_process_pool`): capping OpenBLAS in a child starts its threads, which spin
-    for about 0.1 s, a core's worth taken from the items at every pool start."""
+    for about 0.1 s, a core's worth taken from the items at every pool start. ``table``: a
+    tracked pool's slots (:mod:`.slots`), where the worker takes one."""
     gc.freeze()
+    if table is not None:
+        take_slot(table, lock)
     for name in _BLAS_ENV:
         os.environ[name] = str(blas_threads)  # libraries loaded later read these
     if cap_loaded:
@@ -68,10 +81,12 @@ def _nothing() -> None:
     return None
 
 
-class _CappedPool(ProcessPoolExecutor):
-    """A process pool that can put the caller's BLAS setting back when it shuts down."""
+class ProcessPool(ProcessPoolExecutor):
+    """A process pool made here: it can put the caller's BLAS setting back when it shuts
+    down; ``slots`` (a tracked pool): which item each worker runs."""
 
     _release: Callable[[], None] | None = None
+    slots: Slots | None = None
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         try:
@@ -82,7 +97,7 @@ class _CappedPool(ProcessPoolExecutor):
                 release()
 
 
-def make_process_pool(n_jobs: int, start_method: str, blas_threads: int, hold: bool = False) -> ProcessPoolExecutor:
+def make_process_pool(n_jobs: int, start_method: str, blas_threads: int, hold: bool = False, tracked: bool = False) -> ProcessPool:
     """A process pool whose workers run at most ``blas_threads`` BLAS threads each.
 
     Forked workers inherit the cap from the caller: with a threaded BLAS loaded, the caller
@@ -93,12 +108,16 @@ def make_process_pool(n_jobs: int, start_method: str, blas_threads: int, hold: b
     and those threads spin too: with ``hold`` (a pool that lives for one run) the cap is
     held until the pool shuts down, so that happens after the run; without it (a pool the
     caller keeps) at once. Spawned and forkserver workers cap themselves at start (their
-    libraries load later and read the environment)."""
+    libraries load later and read the environment). ``tracked``: the workers say which item
+    each runs (:mod:`.slots`, ``pool.slots``)."""
     ctx = mp.get_context(start_method)
     forked = start_method == "fork"
-    pool = _CappedPool(
-        max_workers=n_jobs, mp_context=ctx, initializer=_init_process_worker, initargs=(blas_threads, not forked)
+    slots = Slots(ctx, n_jobs) if tracked else None
+    shared = (slots.table, slots.lock) if slots is not None else ()
+    pool = ProcessPool(
+        max_workers=n_jobs, mp_context=ctx, initializer=_init_process_worker, initargs=(blas_threads, not forked, *shared)
     )
+    pool.slots = slots
     if forked and threaded_blas_loaded():
         release = hold_cap(blas_threads)
         try:
@@ -196,9 +215,11 @@ class Unsendable(Exception):
 
 
 class ProcessBackend:
-    """Chunks to a process pool and back. Owns the pool it makes; a given pool is borrowed."""
+    """Chunks to a process pool and back (a :class:`~.base.Backend`). Owns the pool it
+    makes; a given pool is borrowed."""
 
     kind = "process"
+    caps = CAPABILITIES["process"]
 
     def __init__(
         self,
@@ -261,8 +282,21 @@ class ProcessBackend:
     def is_broken(exc: BaseException | None) -> bool:
         return isinstance(exc, BrokenProcessPool)
 
+    def pool_broken(self) -> bool:
+        """The pool broke (a worker died), as its manager thread marks it before it fails
+        the futures."""
+        return _cpython.is_broken(self.ex)
+
     def how_it_ended(self) -> str:
         return how_it_ended(self.processes)
+
+    def stop(self, where: Any) -> bool:
+        """Kill the worker ``where`` (a pid) of this backend's pool: the pool breaks, and
+        the run replaces it (:meth:`replace`)."""
+        if where not in self.processes and where not in worker_processes(self.ex):
+            return False
+        kill_worker(where)
+        return True
 
     def replace(self) -> None:
         """Kill this pool and start a fresh one (a new key: the workers are new)."""

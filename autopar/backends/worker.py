@@ -22,6 +22,8 @@ from typing import Any, Callable, Iterable, Iterator
 
 from .._serialize import CLOUDPICKLE, dumps, loads
 from ..errors import ItemFailed, ItemTimeout, WorkerError
+from . import slots
+from .base import Stopped
 
 _FUNCS: "OrderedDict[str, Callable[..., Any]]" = OrderedDict()
 _FUNC_CACHE_SIZE = 8
@@ -226,42 +228,65 @@ class _Deadlines:
     SIGALRM cannot reach): one watcher thread per process raises :class:`_Expired` in a
     thread whose item passed its deadline. Python code stops at its next bytecode; one long
     call into C (a sleep, a large NumPy operation) only when it returns, which the caller's
-    watchdog covers."""
+    watchdog covers. The one way an item on a thread is stopped: by its deadline, or at
+    once by :meth:`stop` (the Manager's thread lane: a cancel, a call's time limit)."""
 
     def __init__(self) -> None:
         self.cond = threading.Condition()
         self.due: dict[int, float] = {}  # thread id -> deadline (monotonic)
         self.owner: dict[int, object] = {}  # thread id -> what armed it (a run's time limit)
         self.fired: dict[int, tuple[float, object]] = {}  # rang, item not back yet: (deadline, owner)
+        self.outer: dict[int, object] = {}  # thread id -> the owner of the item this one runs within
         self.wake = float("inf")  # when the watcher wakes next
         self.idle_since = float("inf")  # since when no deadline is set
         self.watcher: threading.Thread | None = None
 
-    def arm(self, seconds: float, owner: object = None) -> None:
-        deadline = time.monotonic() + seconds
+    def arm(self, seconds: float | None, owner: object = None) -> None:
+        """The calling thread runs an item of ``owner``, stopped ``seconds`` from now (None:
+        only by :meth:`stop`) unless it comes back first (:meth:`disarm`)."""
         with self.cond:
-            self.due[threading.get_ident()] = deadline
+            if threading.get_ident() in self.owner:  # an item within an item (run inline)
+                self.outer[threading.get_ident()] = self.owner[threading.get_ident()]
             self.owner[threading.get_ident()] = owner
+            if seconds is None:
+                return
+            deadline = time.monotonic() + seconds
+            self.due[threading.get_ident()] = deadline
             if self.watcher is None or not self.watcher.is_alive():
                 self.watcher = threading.Thread(target=self._watch, name="autopar-deadlines", daemon=True)
                 self.watcher.start()
             elif deadline < self.wake:
                 self.cond.notify()
 
+    def stop(self, thread_id: int, exc: type[BaseException]) -> bool:
+        """Stop the item running on ``thread_id`` now: ``exc`` is raised into it (at its next
+        bytecode; a call into C when it returns). False where no item is armed there."""
+        with self.cond:
+            if thread_id not in self.owner:
+                return False
+            self.due.pop(thread_id, None)
+            self.fired[thread_id] = (time.monotonic(), self.owner[thread_id])
+            _async_raise(thread_id, exc)
+            return True
+
     def disarm(self) -> None:
-        """The item returned: its deadline goes; one that rang too late is withdrawn."""
+        """The item returned: its deadline goes; a stop that came too late is withdrawn."""
         tid = threading.get_ident()
         with self.cond:
-            self.owner.pop(tid, None)
-            self.fired.pop(tid, None)
+            self._drop(tid)
             if self.due.pop(tid, None) is None:
                 _async_raise(tid, None)
+
+    def _drop(self, tid: int) -> None:
+        self.owner.pop(tid, None)
+        self.fired.pop(tid, None)
+        if tid in self.outer:
+            self.owner[tid] = self.outer.pop(tid)
 
     def forget(self) -> None:
         """The calling thread's item ended by its time limit: nothing of it stays watched."""
         with self.cond:
-            self.owner.pop(threading.get_ident(), None)
-            self.fired.pop(threading.get_ident(), None)
+            self._drop(threading.get_ident())
             self.due.pop(threading.get_ident(), None)
 
     def overdue(self, owner: object) -> float:
@@ -297,6 +322,22 @@ WATCHER_IDLE = 0.5  # seconds the deadline watcher waits for another item before
 _DEADLINES = _Deadlines()
 if hasattr(os, "register_at_fork"):  # a forked child has none of the parent's threads
     os.register_at_fork(after_in_child=_DEADLINES.__init__)
+
+
+def watch_item(owner: object = None) -> None:
+    """The calling thread runs an item that :func:`stop_thread` may stop, until
+    :func:`unwatch_item` (a stop that comes after is withdrawn there)."""
+    _DEADLINES.arm(None, owner)
+
+
+def unwatch_item() -> None:
+    _DEADLINES.disarm()
+
+
+def stop_thread(thread_id: int, exc: type[BaseException] = Stopped) -> bool:
+    """Stop the item a thread runs (armed by :func:`watch_item` or a time limit): ``exc``
+    raised into it by the deadline watcher's way. False where no item is armed there."""
+    return _DEADLINES.stop(thread_id, exc)
 
 
 class _ThreadAlarm(_Alarm):
@@ -382,3 +423,49 @@ def run_remote(
     if transport == CLOUDPICKLE:
         return dumps(out, CLOUDPICKLE), elapsed, failures, cpu
     return out, elapsed, failures, cpu
+
+
+class _TimeUp(BaseException):
+    """Raised in a call by its time limit's alarm (not an Exception: the call's own
+    ``except Exception`` does not swallow it)."""
+
+
+def _time_up(signum: int, frame: Any) -> None:
+    raise _TimeUp()
+
+
+def run_call(call_id: int, key: str, blob: bytes, payload: bytes, deadline: float | None) -> tuple[str, Any, Any, float]:
+    """One call of the Manager's in a worker process of a tracked pool (its slot says the
+    call runs, so that the lane can stop it by killing this worker): ("ok", result bytes,
+    wall, CPU), ("raised", exception, traceback text, wall), or ("expired", None, wall, CPU):
+    its time limit (``deadline``, on the machine-wide monotonic clock, set when the manager
+    sent it) passed while it ran, by SIGALRM, or before it started, and then it never did.
+    ``payload``: the pickled (args, kwargs)."""
+    func = _get_func(key, blob)
+    args, kwargs = loads(payload)
+    c0, t0 = time.thread_time(), time.perf_counter()
+    left = None if deadline is None else deadline - time.monotonic()
+    if left is not None and left <= 0:
+        return "expired", None, 0.0, 0.0
+    previous = signal.signal(signal.SIGALRM, _time_up) if left is not None else None
+    slots.running(call_id)
+    try:
+        try:
+            if left is not None:
+                signal.setitimer(signal.ITIMER_REAL, left)
+            value = func(*args, **kwargs)
+        finally:
+            if left is not None:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+                signal.signal(signal.SIGALRM, previous)
+            slots.running(0)
+    except _TimeUp:
+        return "expired", None, time.perf_counter() - t0, time.thread_time() - c0
+    except BaseException as exc:
+        return "raised", _portable(exc), traceback.format_exc(), time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.thread_time() - c0
+    try:
+        data = dumps(value, CLOUDPICKLE)
+    except Exception as exc:
+        return "raised", _portable(exc), f"the result could not be pickled: {exc!r}", wall
+    return "ok", data, wall, cpu

@@ -1,5 +1,5 @@
 """A pipeline running staged: each stage's workers (:class:`_StageRun`: threads running the
-function, driver threads over the stage's process pool, or one thread), the
+function, driver threads over the stage's process backend, or one thread), the
 :class:`~autopar.pipeline.handoff.Handoff` queues between them, what each stage did
 (:class:`StageMetrics`), and :class:`StagedRun`, which holds them together: items in, results
 out in order, a watcher that adds threads to a waiting stage, and a close that leaves nothing
@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
 from .. import _serialize
-from ..backends.process import make_process_pool, terminate
-from ..backends.worker import run_remote
-from ..errors import ItemFailed, annotate, annotate_stage
+from ..backends.pools import make_backend
+from ..backends.process import ProcessBackend, Unsendable
+from ..errors import ItemFailed, add_note, annotate, annotate_stage
 from ..tune.system import default_start_method
 from .compose import Stage
 from .handoff import Handoff, Stopped
@@ -59,7 +59,8 @@ class _Failed:
 
 class _StageRun:
     """One stage's workers: threads running the function, or driver threads sending items
-    to the stage's process pool."""
+    to the stage's process backend (:func:`~autopar.backends.pools.make_backend`: made,
+    terminated, replaced when a worker dies, and asked how it ended, there)."""
 
     def __init__(self, run: "StagedRun", index: int, stage: Stage, kind: str, n_jobs: int, inq: Handoff, outq: Handoff) -> None:
         self.run, self.index, self.stage = run, index, stage
@@ -67,13 +68,15 @@ class _StageRun:
         self.inq, self.outq = inq, outq
         self.metrics = StageMetrics(str(stage.name), kind, n_jobs)
         self.lock = threading.Lock()
-        self.pool: Any = None
-        self.blob: bytes | None = None
-        self.key = f"stage-{id(self)}"
+        self.backend: ProcessBackend | None = None
+        self.closed = False
+        self.ended = ""  # how the workers of the last pool that broke ended
         drivers = 1 if kind == "serial" else n_jobs if kind == "thread" else 2 * n_jobs
         if kind == "process":
-            self.blob = _serialize.dumps(stage.func, _serialize.CLOUDPICKLE)
-            self.pool = make_process_pool(n_jobs, run.start_method or default_start_method(), 1)
+            method = run.start_method or default_start_method()
+            self.backend = make_backend(  # type: ignore[assignment]
+                "process", stage.func, n_jobs, start_method=method, transport=_serialize.PICKLE, blas_threads=1, one_run=False
+            )
         self.left = drivers
         self.passed = 0  # items passed on (the count the next handoff is closed with)
         self.threads = [
@@ -99,17 +102,38 @@ class _StageRun:
         t.start()
         return True
 
-    def _call(self, value: Any) -> tuple[Any, float]:
+    def _call(self, seq: int, value: Any) -> tuple[Any, float]:
         """The stage's function on one item: (result, CPU seconds)."""
-        if self.pool is None:
+        backend = self.backend
+        if backend is None:
             c0 = time.thread_time()
             return self.stage.func(value), time.thread_time() - c0
-
-        payload = _serialize.dumps([value], _serialize.PICKLE)
-        values, _, failures, cpu = self.pool.submit(run_remote, self.key, self.blob, 0, payload, _serialize.PICKLE).result()
+        try:
+            values, _, failures, cpu = backend.submit(seq + self.run.offset, [value]).result()
+        except Unsendable as exc:  # the item's own pickling error, as it was raised
+            raise (exc.error.__cause__ or exc.error) from None
+        except Exception as exc:
+            if backend.is_broken(exc):
+                self._broke(exc)
+            raise
         if failures:
             raise failures[0][1]
-        return values[0], cpu
+        return backend.decode(values)[0], cpu
+
+    def _broke(self, exc: BaseException) -> None:
+        """A worker died under the item: the item fails, saying how the worker ended;
+        collecting, the stage goes on with a fresh pool (once per broken pool; none once it
+        closes)."""
+        backend = self.backend
+        assert backend is not None
+        with self.lock:
+            if backend.pool_broken():
+                self.ended = backend.how_it_ended()
+                if self.run.collect and not self.closed and not self.run.stop.is_set():
+                    backend.replace()
+        note = f"autopar: {self.ended or backend.how_it_ended()}"
+        if note not in getattr(exc, "__notes__", ()):  # (one exception for every item the break took)
+            add_note(exc, note)
 
     def _work(self) -> None:
         m = self.metrics
@@ -123,7 +147,7 @@ class _StageRun:
                 if not isinstance(value, _Failed):
                     t0 = time.perf_counter()
                     try:
-                        value, cpu = self._call(value)
+                        value, cpu = self._call(seq, value)
                     except Exception as exc:
                         value = self._failed(seq, exc)
                         cpu = 0.0
@@ -158,12 +182,17 @@ class _StageRun:
     def close(self, kill: bool) -> None:
         """Wait for the workers; ``kill``: the process pool's workers are killed first, so
         drivers waiting on them return at once."""
-        if self.pool is not None and kill:
-            terminate(self.pool)
+        backend = self.backend
+        if backend is not None and kill:
+            with self.lock:
+                self.closed = True
+            backend.close(clean=False)
         for t in self.threads:
             _join(t)
-        if self.pool is not None and not kill:
-            self.pool.shutdown(wait=True)
+        if backend is not None and not kill:
+            with self.lock:
+                self.closed = True
+            backend.close(clean=True)
 
 
 def _join(t: threading.Thread) -> None:

@@ -31,14 +31,14 @@ from __future__ import annotations
 import inspect
 import os
 import time
-from concurrent.futures import Executor, Future
+from concurrent.futures import Future
 from types import FrameType, TracebackType
 from typing import Any, Iterator
 
-from ..backends.local import InlineBackend, ThreadBackend
-from ..backends.pools import make_executor, sigint_deferred
-from ..backends.process import ProcessBackend, Unsendable
-from ..backends.worker import limited
+from ..backends.base import Backend
+from ..backends.local import InlineBackend
+from ..backends.pools import make_backend, sigint_deferred
+from ..backends.process import Unsendable
 from ..errors import ItemFailed, WorkerDied, add_note, settle
 from .adapt import Adapter
 from .chunks import Chunk, Feeder, InOrder, Job, ramp_start
@@ -77,16 +77,13 @@ class PoolRun:
             return 0
         return ramp_start(job.result.profile, job.kind)
 
-    def new_backend(self) -> ProcessBackend | ThreadBackend:
+    def new_backend(self) -> Backend:
         job = self.job
-
-        def make() -> Executor:
-            return make_executor(job.kind, job.n_jobs, start_method=job.method, one_run=True)
-
-        if job.kind == "thread":
-            return ThreadBackend(limited(job.func, job.opts.timeout), make, job.pool, job.opts.collect)
         transport = (job.result.profile.transport if job.result is not None else None) or "pickle"
-        return ProcessBackend(job.func, make, job.pool, transport, job.opts.collect, job.opts.timeout)
+        return make_backend(
+            job.kind, job.func, job.n_jobs, pool=job.pool, start_method=job.method, transport=transport,
+            collect=job.opts.collect, timeout=job.opts.timeout,
+        )
 
     # -- fill ------------------------------------------------------------------------------
 

@@ -75,8 +75,8 @@ class Watchdog:
         are cancelled, then fail in place (collect) or the run raises. The stuck call goes on
         holding its worker's thread, so that worker gets no more of the run's tasks, and
         chunks not started yet (perhaps queued behind it there) go again to the others."""
-        pool = run.job.pool
-        running = pool.running(run.backend.key)  # type: ignore[union-attr]
+        backend = run.backend
+        running = backend.running()  # type: ignore[attr-defined]
         stuck = []
         for c in run.inflight.unchecked():
             seconds, worker = running.get(c.start, (0.0, ""))
@@ -88,12 +88,12 @@ class Watchdog:
                 f"items {ranges(indices)} ran past the {timeout:g} s timeout on the Dask worker {worker}; "
                 "the task is cancelled, but a thread cannot be stopped: the call goes on there until it returns"
             )
-            c.future.cancel()
             if not run.job.opts.collect:
+                c.future.cancel()
                 raise error
+            backend.stop((c.future, worker))  # its task cancelled, its worker given no more
             run.inflight.remove(c)
             run.fail_chunk(c, error)
-            pool.avoid(worker)  # type: ignore[union-attr]
         if stuck:
             for c in run.inflight.unchecked():
                 if c.start not in running and not c.future.done():
@@ -105,7 +105,7 @@ class Watchdog:
     def cluster_gone(run: "PoolRun") -> None:
         """A Dask run whose scheduler went away: its tasks are lost with it; a
         ConnectionError names the scheduler and the items that had not come back."""
-        gone = getattr(run.job.pool, "gone", None)
+        gone = getattr(run.backend, "gone", None)
         why = gone() if gone is not None else None
         if why is None:
             return

@@ -18,6 +18,7 @@ import time
 from concurrent.futures import Future
 from typing import Any, Callable
 
+from ..backends.base import Stopped  # raised into a call on a thread to stop it (cancelled, or past its time limit)
 from ..errors import ItemTimeout
 
 __all__ = ["Call", "NoProcesses", "Outcome", "Stopped", "run_here", "timed_out"]
@@ -29,10 +30,6 @@ _ids = itertools.count(1)
 
 class NoProcesses(Exception):
     """Process workers cannot be had here (they cannot start, or die before serving a call)."""
-
-
-class Stopped(BaseException):
-    """Raised into a call to stop it (cancelled, or past its time limit)."""
 
 
 class Call(Future):

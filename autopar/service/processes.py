@@ -1,10 +1,12 @@
 """The process lane: calls in worker processes, and one running call stopped where it runs.
 
-Every worker has a slot in a shared table (pid, call running, call to stop); the lane marks
-the call to stop and sends SIGUSR1, whose handler raises in the call; a worker still on that
-call a grace period later (stuck in C) is killed, and the pool is replaced: the other calls
-that were in it run again in the new pool (the table says which call each dead worker ran,
-so a crash is blamed on its own call only).
+The pool is made, stopped and diagnosed by :mod:`autopar.backends.process`: a tracked pool,
+whose workers say which call each runs (:mod:`autopar.backends.slots`), and the calls run by
+:func:`autopar.backends.worker.run_call`. A call's time limit is kept in its worker (SIGALRM);
+a running call is stopped the one way a process item is: its worker is killed (a call stuck
+in C past its limit + GRACE too), and the pool is replaced: the other calls that were in it
+run again in the new pool (the slots say which call each dead worker ran, so a crash is
+blamed on its own call only).
 
 Start method: the manager's, except that a pool is never forked while this process runs
 other threads (a fork copies their locks as they are; 3.12+ warns of it, and 3.14 made
@@ -21,174 +23,44 @@ A pool replacing a broken one is made while the manager's threads run, so by for
 
 from __future__ import annotations
 
-import multiprocessing as mp
-import os
-import signal
 import threading
 import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable
 
-from .._serialize import CLOUDPICKLE, dumps, loads
-from ..backends.process import _init_process_worker, how_it_ended, terminate, worker_processes
-from ..backends.worker import _get_func, _portable
+from .._serialize import loads
+from ..backends.process import how_it_ended, make_process_pool, terminate, worker_processes
+from ..backends.slots import Slots
+from ..backends.worker import run_call
 from ..errors import WorkerDied
 from ..tune.costs import pool_costs
-from .calls import GRACE, Call, NoProcesses, Outcome, Stopped, name_of
+from .calls import GRACE, Call, NoProcesses, Outcome, name_of
 
 __all__ = ["ProcessLane"]
 
 MAX_REPLAYS = 3  # times a call runs again because a pool broke under it (not by its own doing)
 
 
-# ---- the process lane: worker side ----------------------------------------------------------
-
-_TABLE: Any = None  # (pid, call running, call to stop) per worker, shared with the manager
-_SLOT = -1
-
-
-def _worker_init(table: Any, lock: Any, blas_threads: int, cap_loaded: bool) -> None:
-    global _TABLE, _SLOT
-    _init_process_worker(blas_threads, cap_loaded)
-    _TABLE = table
-    with lock:
-        for s in range(0, len(table), 3):
-            if table[s] == 0:
-                table[s] = os.getpid()
-                _SLOT = s
-                break
-    signal.signal(signal.SIGUSR1, _on_stop)
-
-
-def _on_stop(signum: int, frame: Any) -> None:
-    if _SLOT >= 0 and _TABLE[_SLOT + 1] != 0 and _TABLE[_SLOT + 1] == _TABLE[_SLOT + 2]:
-        raise Stopped()
-
-
-class _TimeUp(BaseException):
-    """Raised in a call by its time limit's alarm (not an Exception: the call's own
-    ``except Exception`` does not swallow it)."""
-
-
-def _time_up(signum: int, frame: Any) -> None:
-    raise _TimeUp()
-
-
-def _serve(call_id: int, key: str, blob: bytes, payload: bytes, deadline: float | None) -> tuple[str, Any, float, float]:
-    """One call in a worker process: ("ok", result bytes, wall, CPU), ("raised", exception,
-    traceback text, wall), ("stopped", None, wall, CPU), or ("expired", None, wall, CPU): its
-    time limit (``deadline``, on the machine-wide monotonic clock, set when the manager sent
-    it) passed while it ran, by SIGALRM, or before it started, and then it never did."""
-    import traceback
-
-    func = _get_func(key, blob)
-    args, kwargs = loads(payload)
-    c0, t0 = time.thread_time(), time.perf_counter()
-    left = None if deadline is None else deadline - time.monotonic()
-    if left is not None and left <= 0:
-        return "expired", None, 0.0, 0.0
-    previous = signal.signal(signal.SIGALRM, _time_up) if left is not None else None
-    if _SLOT >= 0:
-        _TABLE[_SLOT + 1] = call_id
-    try:
-        try:
-            if left is not None:
-                signal.setitimer(signal.ITIMER_REAL, left)
-            value = func(*args, **kwargs)
-        finally:
-            if left is not None:
-                signal.setitimer(signal.ITIMER_REAL, 0)
-                signal.signal(signal.SIGALRM, previous)
-            if _SLOT >= 0:
-                _TABLE[_SLOT + 1] = 0
-    except (Stopped, _TimeUp) as stop:
-        status = "stopped" if isinstance(stop, Stopped) else "expired"
-        return status, None, time.perf_counter() - t0, time.thread_time() - c0
-    except BaseException as exc:
-        return "raised", _portable(exc), traceback.format_exc(), time.perf_counter() - t0
-    wall, cpu = time.perf_counter() - t0, time.thread_time() - c0
-    try:
-        data = dumps(value, CLOUDPICKLE)
-    except Exception as exc:
-        return "raised", _portable(exc), f"the result could not be pickled: {exc!r}", wall
-    return "ok", data, wall, cpu
-
-
-def _noop() -> None:
-    return None
-
-
-# ---- the process lane: manager side ---------------------------------------------------------
-
-
 class _Pool:
-    """One generation of the lane's process pool, with its slot table."""
+    """One generation of the lane's process pool: a tracked pool from
+    :func:`~autopar.backends.process.make_process_pool` (its slots say which call each
+    worker runs), and the calls running in it."""
 
     def __init__(self, workers: int, start_method: str, blas_threads: int) -> None:
-        ctx = mp.get_context(start_method)
         self.method = start_method
-        self.table = ctx.RawArray("q", 3 * workers)
-        self.executor = ProcessPoolExecutor(
-            max_workers=workers,
-            mp_context=ctx,
-            initializer=_worker_init,
-            initargs=(self.table, ctx.Lock(), blas_threads, start_method != "fork"),
-        )
+        self.executor = make_process_pool(workers, start_method, blas_threads, tracked=True)
+        self.slots: Slots = self.executor.slots  # type: ignore[assignment]
         self.calls: dict[int, Call] = {}  # running in this generation, by id
         self.broken = False
+        self.killed = False  # broken by the lane itself, to stop a call
         self.culprits: set[int] = set()  # calls whose worker died under them
         self.processes: dict[int, Any] = {}  # its workers, as they were when it broke
         self.ended: dict[int, str] = {}  # call id -> how the worker that died under it ended
 
-    def pid_of(self, call_id: int) -> int | None:
-        t = self.table
-        for s in range(0, len(t), 3):
-            if t[s + 1] == call_id:
-                return int(t[s])
-        return None
 
-    def blame(self) -> dict[int, int]:
-        """Dead workers' pids -> the call each was running (0: none). A worker counts as dead
-        once its sentinel is ready: a process closes its files as it exits, before it is a
-        zombie, and the pool breaks on the sentinel, so at that moment a liveness check by
-        pid can still read the dying worker as running."""
-        from multiprocessing.connection import wait as wait_sentinels
-
-        procs = worker_processes(self.executor)
-        t = self.table
-        out = {}
-        for s in range(0, len(t), 3):
-            pid = int(t[s])
-            if not pid:
-                continue
-            proc = procs.get(pid)
-            dead = bool(wait_sentinels([proc.sentinel], 0)) if proc is not None else not _alive(pid)
-            if dead:
-                out[pid] = int(t[s + 1])
-        return out
-
-
-def _kill(pid: int) -> None:
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    import psutil
-
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
+def _noop() -> None:
+    return None
 
 
 class ProcessLane:
@@ -257,7 +129,7 @@ class ProcessLane:
     def pids(self) -> list[int]:
         """The current pool's worker processes."""
         pool = self._pool
-        return [] if pool is None else [int(p) for p in pool.table[0::3] if p]
+        return [] if pool is None else pool.slots.pids()
 
     def warm(self) -> None:
         """Start every worker now (the first call would otherwise pay for it)."""
@@ -279,7 +151,7 @@ class ProcessLane:
                 pool = None
                 try:
                     pool = self._current()
-                    fut = pool.executor.submit(_serve, call.id, key, blob, payload, deadline)
+                    fut = pool.executor.submit(run_call, call.id, key, blob, payload, deadline)
                     break
                 except BrokenProcessPool:
                     if pool is not None:
@@ -310,8 +182,8 @@ class ProcessLane:
             status, a, b, c = fut.result()
             if status == "ok":
                 return self.finish(call, Outcome(loads(a), wall=b, cpu=c).of(attempt))
-            if status in ("stopped", "expired"):
-                if status == "expired" and call.stop_reason is None:
+            if status == "expired":
+                if call.stop_reason is None:
                     call.stop_reason = "timeout"
                 return self.finish(call, Outcome(stopped=True, wall=b, cpu=c).of(attempt))
             a.__cause__ = _RemoteText(b)
@@ -322,14 +194,14 @@ class ProcessLane:
         if call.stop_reason is not None:
             return self.finish(call, Outcome(stopped=True).of(attempt))
         culprit = call.id in pool.culprits
-        if not culprit and not self.served and self.replaced >= 2:
+        if not culprit and not self.served and self.replaced >= 2 and not pool.killed:
             self.unusable = f"worker processes die before serving a call ({how_it_ended(pool.processes)})"
             return self.finish(call, Outcome(exc=NoProcesses(self.unusable)).of(attempt))
         if culprit or call.replays >= MAX_REPLAYS or self.closed:
             why = "its worker process died while running it" if culprit else "the process pool broke under it"
             ended = pool.ended.get(call.id) or how_it_ended(pool.processes)
             return self.finish(call, Outcome(exc=WorkerDied(f"{name_of(call)}: {why} ({ended})")).of(attempt))
-        call.replays += 1
+        call.replays += not pool.killed  # (a pool the lane killed to stop a call is no fault of this one)
         try:
             self.send(call, payload)
         except Exception as e:  # closed, no processes to be had (the manager moves it to threads), broken again
@@ -343,7 +215,7 @@ class ProcessLane:
             if pool.broken:
                 return
             pool.broken = True
-            dead = pool.blame()
+            dead = pool.slots.dead(worker_processes(pool.executor))
             pool.culprits = {c for c in dead.values() if c}
             pool.processes = worker_processes(pool.executor)
             # as execute() says it: "worker 1234 exited with status 3", "... was killed by SIGKILL"
@@ -352,33 +224,20 @@ class ProcessLane:
         threading.Thread(target=terminate, args=(pool.executor,), name="autopar-reap", daemon=True).start()
 
     def stop(self, call: Call, reason: str, now: bool = False) -> None:
-        """Ask the call's worker to stop it; kill the worker if it is still on it after GRACE
-        (at once with ``now``: the time limit's own alarm already had its chance)."""
+        """Stop the call where it runs: its worker is killed (the one way for processes), the
+        pool breaks and is replaced. A call sent but not started stops as it starts (looked
+        for again shortly; with ``now``, the time limit's, its worker finds it expired)."""
         with self._lock:
             pool = call.where
             if not isinstance(pool, _Pool) or call.id not in pool.calls:
                 return
             if call.stop_reason is None:
                 call.stop_reason = reason
-            pid = pool.pid_of(call.id)
-        if pid is None:  # sent, not started: it stops as it starts
-            if not now:
-                self.timer.call_later(0.05, lambda: self.stop(call, reason))
-            return
-        if now:
-            return _kill(pid)
-        slot = [s for s in range(0, len(pool.table), 3) if pool.table[s] == pid]
-        if slot:
-            pool.table[slot[0] + 2] = call.id
-            try:
-                os.kill(pid, signal.SIGUSR1)
-            except ProcessLookupError:
+            if pool.slots.kill(call.id):
+                pool.killed = True
                 return
-        self.timer.call_later(GRACE, lambda: self._kill_if_still(pool, call, pid))
-
-    def _kill_if_still(self, pool: _Pool, call: Call, pid: int) -> None:
-        if pool.pid_of(call.id) == pid:
-            _kill(pid)
+        if not now:
+            self.timer.call_later(0.05, lambda: self.stop(call, reason))
 
     def close(self, wait: bool) -> None:
         with self._lock:

@@ -24,7 +24,7 @@ import traceback
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable
 
-from ..backends.worker import _async_raise
+from ..backends.worker import stop_thread, unwatch_item, watch_item
 from .calls import GRACE, Call, Outcome, Stopped, run_here
 
 __all__ = ["LanePool", "ThreadLane", "Workers"]
@@ -168,31 +168,43 @@ class ThreadLane:
             cancelled = call.done()
             if not cancelled:
                 call.where = threading.get_ident()
+                watch_item(self)  # from here stop() stops it, by the deadline watcher's way
         if cancelled:
             return self.finish(call, Outcome(stopped=True).of(attempt))
-        active = self._active
-        alone = [not active]
-        if active:
-            for other in list(active.values()):
-                other[0] = False
-        active[call.id] = alone
+        alone = [True]
         try:
-            try:
-                out = run_here(call)
-            finally:
-                with self._lock:
-                    call.where = None
-                active.pop(call.id, None)
-        except Stopped:
+            out = self._attempt(call, alone)
+        except Stopped:  # (delivered as the call ended: one stop an attempt, so no second comes)
             out = Outcome(stopped=True)
+        self._unwatch(call)
         if isinstance(out.exc, Stopped):
             out = Outcome(stopped=True, wall=out.wall, cpu=out.cpu)
         out.alone = alone[0]
         self.finish(call, out.of(attempt))
 
+    def _attempt(self, call: Call, alone: list[bool]) -> Outcome:
+        active = self._active
+        try:
+            alone[0] = not active
+            for other in list(active.values()):
+                other[0] = False
+            active[call.id] = alone
+            return run_here(call)
+        finally:
+            self._unwatch(call)
+            active.pop(call.id, None)
+
+    def _unwatch(self, call: Call) -> None:
+        """The call's thread is no longer stoppable; a stop not delivered yet is withdrawn."""
+        with self._lock:
+            if call.where == threading.get_ident():
+                call.where = None
+            unwatch_item()
+
     def stop(self, call: Call, reason: str, attempt: int | None = None) -> None:
-        """Raise into the call's thread; past the grace period, let it go. A call no thread
-        has taken yet ends now, and never starts."""
+        """Stop the call where it runs (:func:`~autopar.backends.worker.stop_thread`: the
+        one way for threads); past the grace period, let it go. A call no thread has taken
+        yet ends now, and never starts."""
         with self._lock:
             if call.stop_reason is not None or attempt not in (None, call.attempt):
                 return
@@ -204,7 +216,7 @@ class ThreadLane:
             if waiting:
                 self._queued.discard((call.id, attempt))
             else:
-                _async_raise(call.where, Stopped)
+                stop_thread(call.where, Stopped)
         if waiting:
             return self.finish(call, Outcome(stopped=True).of(attempt))
         self.timer.call_later(GRACE, lambda: self._let_go(call, attempt))
