@@ -1,4 +1,6 @@
-"""Code that runs inside a pool worker: one chunk of items at a time.
+"""Code that runs inside a pool worker: one chunk of items at a time (:func:`run_local`,
+:func:`run_remote`), or one call of the Manager's (:func:`run_call`); per-item time limits,
+and the deadline watcher, the one way an item on a thread is stopped (:func:`stop_thread`).
 
 A chunk returns ``(results, elapsed, failures)`` and never raises for an item's sake: each
 failure is ``(index, exception, traceback text)``. Without ``collect`` the chunk stops at the
