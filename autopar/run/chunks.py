@@ -205,6 +205,13 @@ class Feeder:
         self.retry.append((start, items, attempt))
         self.retry = deque(sorted(self.retry, key=lambda r: r[0]))
 
+    def retry_each(self, chunks: list[Chunk], again: bool) -> None:
+        """The items of ``chunks`` (taken off a broken pool) go again, one a chunk, so that a
+        second crash names its item; ``again``: as one more attempt."""
+        for c in chunks:
+            for i, item in enumerate(c.items):
+                self.add_retry(c.start + i, [item], c.attempt + again)
+
     def put_back(self, start: int, items: list[Any]) -> None:
         """A chunk sent but not started goes out again before anything new, in input order."""
         bisect.insort(self.front, (start, items), key=lambda f: f[0])

@@ -42,7 +42,7 @@ from ..backends.process import Unsendable
 from ..errors import ItemFailed, WorkerDied, add_note, settle
 from .adapt import Adapter
 from .chunks import Chunk, Feeder, InOrder, Job, ramp_start
-from .recovery import Watchdog, recover
+from .recovery import Decision, Watchdog, recover
 
 __all__ = ["Job", "PoolRun"]
 
@@ -58,14 +58,11 @@ class PoolRun:
         self.switch_to: str | None = None  # why the run is to move to the runner-up pool
         self.switched_from: str | None = None  # the kind of pool it left
         self.total, self.first_index = total, first_index
-        self.done_time = 0.0
-        self.done_items = 0
-        self.done_chunks = 0
+        self.done_time, self.done_items, self.done_chunks = 0.0, 0, 0
         self.last_progress = time.monotonic()
         self.cluster_checked = 0.0  # when the Dask workers were last asked what they run
         self.pool_closed = False
         self.backend = self.new_backend()
-
         self.adapt = Adapter(self, first_index, total)
 
     def ramp_size(self) -> int:
@@ -112,7 +109,7 @@ class PoolRun:
                 self.feeder.add_retry(start, items, attempt)
             else:
                 self.feeder.put_back(start, items)
-            recover(self)
+            self.act(recover(self))
             return
         self.inflight.add(Chunk(start, items, fut, attempt, inline=inline))
         self.job.report.n_chunks += 1
@@ -232,6 +229,33 @@ class PoolRun:
         chunk.future.set_result(None)  # done, so that nothing waits on it
         self.inflight.add(chunk)
 
+    # -- recovery's decisions --------------------------------------------------------------
+
+    def act(self, d: Decision | None) -> None:
+        """Do what recovery decided (see :class:`~autopar.run.recovery.Decision` for the order)."""
+        if d is None:
+            return
+        if d.checked is not None:
+            self.cluster_checked = d.checked
+        for _, where in d.stop:
+            self.backend.stop(where)
+        if d.error is not None:
+            raise d.error
+        for c in d.put_back:
+            c.future.cancel()
+            self.inflight.remove(c)
+            self.feeder.put_back(c.start, c.items)
+        if d.replace:
+            self.backend.replace()
+        for c, error in d.fail:
+            self.inflight.remove(c)
+            self.fail_chunk(c, error)
+        if d.requeue is not None:  # the unfinished chunks leave the broken pool
+            self.feeder.retry_each(self.inflight.take_unchecked(), d.requeue == "again")
+        if d.wait:
+            time.sleep(d.wait)
+        self.job.report.retried.extend(d.retried)
+
     # -- the loop --------------------------------------------------------------------------
 
     def results(self) -> Iterator[list[Any]]:
@@ -247,16 +271,16 @@ class PoolRun:
                     timeout = 0 if busy_inline else Watchdog.wait_timeout(self)
                     done = self.inflight.wait(timeout)
                     if self.job.kind == "dask":
-                        Watchdog.on_cluster(self)
+                        self.act(Watchdog.on_cluster(self))
                     elif self.job.kind == "thread":
                         Watchdog.on_threads(self)
                     if not done and busy_inline:
                         continue
                     if not done:
-                        Watchdog.stuck(self)
+                        self.act(Watchdog.stuck(self))
                         continue
                 if not self.harvest():
-                    recover(self)
+                    self.act(recover(self))
                     continue
                 yield from self.inflight.release(self.feeder.hold_from())
             clean = True

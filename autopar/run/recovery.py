@@ -14,24 +14,50 @@
   they run again on a fresh pool one at a time (a second crash then names its item), after
   ``retry_backoff * 2**(attempt-1)`` seconds; out of retries they raise :class:`WorkerDied`
   or, collecting, fail in place.
+
+Both only read the run: what to do comes back as a :class:`Decision` (or an exception to
+raise), and :meth:`PoolRun.act <autopar.run.dispatch.PoolRun.act>` does it: the run's state
+has one writer.
 """
 
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from ..backends.retry import Retry
 from ..errors import ItemTimeout, WorkerDied
 from .report import ranges
 
 if TYPE_CHECKING:
+    from .chunks import Chunk
     from .dispatch import PoolRun
 
-__all__ = ["Watchdog", "recover"]
+__all__ = ["Decision", "Watchdog", "recover"]
 
 GRACE = {"process": 1.0, "dask": 2.0, "thread": 0.5}  # seconds past the items' timeouts before a pool counts as stuck
 CLUSTER_CHECK = 1.0  # seconds between checks that a Dask scheduler is still there
+
+
+@dataclass
+class Decision:
+    """What recovery decided; :meth:`PoolRun.act` does it, in this order: ``stop`` (chunks
+    stopped where they run: ``backend.stop(where)``), ``error`` raised, ``put_back`` (chunks
+    not started: cancelled, sent again before anything new), ``replace`` (the pool killed, a
+    fresh one started), ``fail`` (chunks whose items fail in place), ``requeue`` (the other
+    unfinished chunks' items queued again one at a time; "again": as one more attempt),
+    ``wait`` (seconds before they go), ``retried`` (item indices, for the report)."""
+
+    stop: list[tuple[Chunk, Any]] = field(default_factory=list)
+    error: BaseException | None = None
+    put_back: list[Chunk] = field(default_factory=list)
+    replace: bool = False
+    fail: list[tuple[Chunk, BaseException]] = field(default_factory=list)
+    requeue: str | None = None  # None, "same" or "again"
+    wait: float = 0.0
+    retried: list[int] = field(default_factory=list)
+    checked: float | None = None  # when the Dask workers were asked what they run
 
 
 class Watchdog:
@@ -57,49 +83,49 @@ class Watchdog:
         return min(left, CLUSTER_CHECK) if dask else left
 
     @classmethod
-    def on_cluster(cls, run: "PoolRun") -> None:
+    def on_cluster(cls, run: "PoolRun") -> Decision | None:
         """A Dask run's checks at each turn of its loop: the scheduler still there, and, with
         a timeout, chunks overdue (sent longer ago than their limit) asked after."""
         cls.cluster_gone(run)
         timeout = run.job.opts.timeout
         now = time.monotonic()
         if timeout is None or now - run.cluster_checked < CLUSTER_CHECK:
-            return
+            return None
         if any(now - c.sent >= len(c.items) * timeout + GRACE["dask"] for c in run.inflight.unchecked()):
-            run.cluster_checked = now
-            cls._stuck_on_cluster(run, timeout)
+            decision = cls._stuck_on_cluster(run, timeout)
+            decision.checked = now
+            return decision
+        return None
 
     @staticmethod
-    def _stuck_on_cluster(run: "PoolRun", timeout: float) -> None:
+    def _stuck_on_cluster(run: "PoolRun", timeout: float) -> Decision:
         """A quiet Dask run: chunks the workers have been running past their items' timeouts
-        are cancelled, then fail in place (collect) or the run raises. The stuck call goes on
-        holding its worker's thread, so that worker gets no more of the run's tasks, and
-        chunks not started yet (perhaps queued behind it there) go again to the others."""
-        backend = run.backend
-        running = backend.running()  # type: ignore[attr-defined]
-        stuck = []
+        are stopped (their tasks cancelled), then fail in place (collect) or the run raises.
+        The stuck call goes on holding its worker's thread, so that worker gets no more of the
+        run's tasks, and chunks not started yet (perhaps queued behind it there) go again to
+        the others."""
+        running = run.backend.running()  # type: ignore[attr-defined]
+        decision = Decision()
         for c in run.inflight.unchecked():
             seconds, worker = running.get(c.start, (0.0, ""))
-            if not c.future.done() and seconds >= len(c.items) * timeout + GRACE["dask"]:
-                stuck.append((c, worker))
-        for c, worker in stuck:
+            if c.future.done() or seconds < len(c.items) * timeout + GRACE["dask"]:
+                continue
             indices = list(range(c.start, c.start + len(c.items)))
             error = ItemTimeout(
                 f"items {ranges(indices)} ran past the {timeout:g} s timeout on the Dask worker {worker}; "
                 "the task is cancelled, but a thread cannot be stopped: the call goes on there until it returns"
             )
+            decision.stop.append((c, (c.future, worker)))
             if not run.job.opts.collect:
-                c.future.cancel()
-                raise error
-            backend.stop((c.future, worker))  # its task cancelled, its worker given no more
-            run.inflight.remove(c)
-            run.fail_chunk(c, error)
-        if stuck:
-            for c in run.inflight.unchecked():
-                if c.start not in running and not c.future.done():
-                    c.future.cancel()
-                    run.inflight.remove(c)
-                    run.feeder.put_back(c.start, c.items)
+                decision.error = error
+                return decision
+            decision.fail.append((c, error))
+        if decision.stop:
+            stopped = {id(c) for c, _ in decision.stop}
+            decision.put_back = [
+                c for c in run.inflight.unchecked() if id(c) not in stopped and c.start not in running and not c.future.done()
+            ]
+        return decision
 
     @staticmethod
     def cluster_gone(run: "PoolRun") -> None:
@@ -121,14 +147,17 @@ class Watchdog:
             _thread_overdue(run, timeout)
 
     @classmethod
-    def stuck(cls, run: "PoolRun") -> None:
+    def stuck(cls, run: "PoolRun") -> Decision | None:
+        """No chunk came back for the stuck limit: a process pool the run owns is killed and
+        replaced (its stuck chunk fails or raises, the others run again); threads, and a
+        pool the caller gave, raise."""
         job = run.job
         timeout = job.opts.timeout
         if timeout is None or time.monotonic() - run.last_progress < cls.stuck_limit(run):
-            return
+            return None
         unfinished = [c for c in run.inflight if not c.checked and not c.future.done()]
         if not unfinished or job.kind == "dask":  # (Dask: see on_cluster)
-            return
+            return None
         # Items not yet started may be queued behind the stuck ones: name what is running.
         stuck = unfinished[0]
         indices = list(range(stuck.start, stuck.start + len(stuck.items)))
@@ -140,13 +169,10 @@ class Watchdog:
         if not run.backend.owned:
             raise ItemTimeout(f"items {ranges(indices)} ran past the {timeout:g} s timeout")
         # A process worker is stuck beyond the reach of SIGALRM: kill the pool, go on without it.
-        run.backend.replace()
-        run.inflight.remove(stuck)
         error = ItemTimeout(f"items {ranges(indices)} ran past the {timeout:g} s timeout; the worker was killed")
         if not job.opts.collect:
-            raise error
-        run.fail_chunk(stuck, error)
-        _requeue_lost(run, count_attempt=False)
+            return Decision(error=error)  # (the run's close kills the pool)
+        return Decision(replace=True, fail=[(stuck, error)], requeue="same")
 
 
 THREAD_CHECK = 0.25  # seconds between looks for a thread item stuck past its limit
@@ -169,16 +195,7 @@ def _thread_overdue(run: "PoolRun", timeout: float) -> None:
     )
 
 
-def _requeue_lost(run: "PoolRun", count_attempt: bool) -> None:
-    """Take the unfinished chunks off the broken pool and queue their items again, one item
-    per chunk so that a second crash names the item."""
-    for c in run.inflight.take_unchecked():
-        attempt = c.attempt + (1 if count_attempt else 0)
-        for i, item in enumerate(c.items):
-            run.feeder.add_retry(c.start + i, [item], attempt)
-
-
-def recover(run: "PoolRun") -> None:
+def recover(run: "PoolRun") -> Decision:
     """A worker died: replace the pool and queue the lost items again, or give up. Whether
     an item goes again, and after how long, is :class:`~autopar.backends.retry.Retry`'s
     decision (``execute(retries=, retry_backoff=)`` as a policy)."""
@@ -195,14 +212,8 @@ def recover(run: "PoolRun") -> None:
     )
     if not run.backend.owned or (give_up and not job.opts.collect):
         raise WorkerDied(message, tuple(indices)) from None
-    run.backend.replace()
-    if give_up and job.opts.collect:
-        # Out of retries: these items fail, the others run again on the fresh pool.
-        for c in give_up:
-            run.inflight.remove(c)
-            run.fail_chunk(c, WorkerDied(message, tuple(indices)))
-    _requeue_lost(run, count_attempt=True)
-    if retries:
-        attempt = max((r[2] for r in run.feeder.retry), default=1)
-        time.sleep(policy.delay(attempt))
-    job.report.retried.extend(indices)
+    # Out of retries (collecting): these items fail, the others run again on the fresh pool.
+    fail: list[tuple[Chunk, BaseException]] = [(c, WorkerDied(message, tuple(indices))) for c in give_up]
+    again = [c.attempt + 1 for c in lost if c not in give_up] + [r[2] for r in run.feeder.retry]
+    wait = policy.delay(max(again, default=1)) if retries else 0.0
+    return Decision(replace=True, fail=fail, requeue="again", wait=wait, retried=indices)
