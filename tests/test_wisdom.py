@@ -330,12 +330,12 @@ def _forged(entry, **figures):
     real one, so a pool run on it reads slower than serial on any machine, busy or not)."""
     from dataclasses import replace
 
-    return replace(entry.profile, item_time_std=0.0, **figures)
+    return replace(entry.profile, item_time_std=0.0, others_cores=0.0, **figures)
 
 
-def _cpu_time(data) -> float:
+def _cpu_time() -> float:
     t0 = time.thread_time()
-    [counted(x) for x in data[:500]]
+    [counted(x) for x in range(500)]
     return (time.thread_time() - t0) / 500  # an item's CPU: what no load changes
 
 
@@ -345,10 +345,11 @@ def test_a_thread_run_slower_than_serial_corrects_the_kept_profile_for_good(cach
     # threads x3.7 faster than one (they queued on the import lock). Threads are picked for
     # pure Python, run slower than serial, and the run's figures replace the probe's: the
     # next optimize() keeps threads off it, from the cache, and says why.
-    data = list(range(6000))  # about 0.6 s serially
+    cpu = _cpu_time()
+    data = list(range(int(0.6 / cpu)))  # about 0.6 s serially, whatever this machine's speed
     first = autopar.optimize(counted, data)
     [entry] = wisdom.entries()
-    half = _cpu_time(data) / 2
+    half = cpu / 2
     forged = _forged(entry, thread_scaling=3.7, probe_threads=4, cpu_ratio=0.13, item_time_mean=half, item_time_max=half)
     wisdom.store(first.cache_key, entry.func, forged)
     r = autopar.optimize(counted, data)
@@ -373,10 +374,11 @@ def test_a_thread_run_slower_than_serial_corrects_the_kept_profile_for_good(cach
 
 @pytest.mark.skipif(autopar.tune.system.usable_cores() < 2, reason="two processes on two cores")
 def test_a_process_run_slower_than_serial_is_not_picked_again(cache):
-    data = list(range(8000))  # about 0.8 s serially; the forged figures say 0.2 s
+    cpu = _cpu_time()
+    data = list(range(int(1.0 / cpu)))  # about 1 s serially; the forged figures say 0.25 s
     first = autopar.optimize(counted, data)
     [entry] = wisdom.entries()
-    quarter = _cpu_time(data) / 4
+    quarter = cpu / 4
     forged = _forged(entry, thread_scaling=1.0, probe_threads=2, cpu_ratio=1.0, item_time_mean=quarter, item_time_max=quarter)
     wisdom.store(first.cache_key, entry.func, forged)
     r = autopar.optimize(counted, data)

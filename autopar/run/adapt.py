@@ -31,6 +31,13 @@ SWITCH_MIN_TIME = 0.05  # ... and before a switch to the runner-up pool is
 SWITCH_SHORTFALL = 0.8  # a pool delivering under this share of its predicted rate ...
 SWITCH_GAIN = 1.2  # ... gives way to the other pool kind predicted this much faster than it
 SWITCH_DRIFT = 1.5  # ... unless its items take this much more CPU than the sample's
+# Threads delivering no more than this many cores' worth of CPU (their CPU an item times the
+# rate they deliver) hold the GIL in turn: one core, and a little for the switches. Pure
+# Python on 2-16 threads reads 0.95-1.05 here; GIL-free work about the threads it has.
+GIL_CORES = 1.25
+# ... items whose CPU in the threads is at least this share of their time alone compute (an
+# item's CPU time varies by 10% from moment to moment here; naps read under 0.01).
+GIL_COMPUTING = 0.5
 
 
 class ChunkTuner:
@@ -105,6 +112,7 @@ class Fallback:
         self.items = 0
         self.chunks = 0
         self.busy_items, self.busy_time, self.busy_cpu = 0, 0.0, 0.0  # in the workers
+        self.busy_chunks, self.t_begin = 0, time.perf_counter()
         self.item_cpu = profile.item_time_mean * profile.cpu_ratio if profile is not None else 0.0
         self.alternative: Candidate | None = None  # the process pool a thread run may switch to
         self.predicted_rate = self.alternative_rate = 0.0  # steady items/s, predicted
@@ -112,12 +120,55 @@ class Fallback:
         # against predictions from another moment (in a full benchmark run, thread runs on a
         # hit switched on GIL-free rows where the grid's thread x2 won: 1.5x its time).
         fresh = result is not None and result.cache != "hit"
-        if fresh and job.chosen and job.kind == "thread" and self.cpu_bound and result.n_remaining > 0:
+        threads = job.chosen and job.kind == "thread" and result is not None and result.n_remaining > 0
+        if fresh and threads and self.cpu_bound:
             self.predicted_rate = _steady_rate(result.n_remaining, result.predicted_time - result.start_cost)
-            self.alternative = next((c for c in result.runner_ups if c.executor_type == "process"), None)
-            if self.alternative is not None:
-                alt = self.alternative
-                self.alternative_rate = _steady_rate(result.n_remaining, alt.predicted_time - alt.start)
+            self._take_alternative()
+        # Threads the sample (or a kept profile) read as waiting or as parallel: watched for
+        # the GIL's signature in what the run itself measures (see :meth:`gil_found`).
+        self.gil_watch = bool(threads and job.n_jobs > 1 and self.alternative is None)
+        self.thread_rate = (
+            _steady_rate(result.n_remaining, result.predicted_time - result.start_cost) if self.gil_watch else 0.0
+        )
+
+    def _take_alternative(self) -> None:
+        """The runner-up process pool and its predicted steady rate, if there is one."""
+        result = self.job.result
+        assert result is not None
+        self.alternative = next((c for c in result.runner_ups if c.executor_type == "process"), None)
+        if self.alternative is not None:
+            alt = self.alternative
+            self.alternative_rate = _steady_rate(result.n_remaining, alt.predicted_time - alt.start)
+
+    def gil_found(self) -> bool:
+        """Whether threads turned out to hold the GIL in turn, from the run's own figures, not
+        the sample's: their CPU an item times the rate they deliver is about one core
+        (:data:`GIL_CORES`) and the rate is short of the prediction. A function whose first
+        call imported a module read CPU/wall 0.13 and x3.7 on 16 threads in its sample (the
+        threads queued on the import lock): pure Python went to 16 threads, 4x serial's
+        time. Then the items are taken as computing (serial's item time is their CPU time)
+        and the runner-up process pool becomes the switch's alternative. ``rate``: items a
+        second since the pool started (a chunk's time in its thread says nothing certain: a
+        chunk of a few ms often runs within one switch interval of the GIL; and a window from
+        the first chunk back counts the chunks already in flight then, half of a 16-thread
+        run's items)."""
+        if not self.gil_watch or self.busy_chunks < 2 * self.job.n_jobs or self.busy_cpu <= 0:
+            return False
+        item_cpu = self.busy_cpu / self.busy_items
+        rate = self.busy_items / max(time.perf_counter() - self.t_begin, 1e-9)
+        result = self.job.result
+        assert result is not None
+        # The items compute: their CPU in the threads is about their time alone (naps that
+        # deliver short of a prediction are not the GIL's doing).
+        computing = item_cpu >= GIL_COMPUTING * result.profile.item_time_mean
+        if not computing or rate * item_cpu > GIL_CORES or rate >= SWITCH_SHORTFALL * self.thread_rate:
+            return False
+        self.gil_watch = False
+        self.job.report.fallback_speedup = round(rate * item_cpu, 3)  # threads over serial, as run
+        self.cpu_bound, self.serial_item, self.item_cpu, self.checked = True, item_cpu, item_cpu, True
+        self.predicted_rate = self.thread_rate
+        self._take_alternative()
+        return True
 
     def serial_timed(self, n_items: int, wall: float, cpu: float) -> None:
         """A chunk of n_items ran in the caller: serial's item time, and a new window."""
@@ -135,6 +186,7 @@ class Fallback:
     def busy(self, items: int, elapsed: float, cpu: float) -> None:
         """A pool chunk of ``items`` took ``elapsed`` seconds (``cpu`` of CPU) in its worker."""
         self.busy_items += items
+        self.busy_chunks += 1
         self.busy_time += elapsed
         self.busy_cpu += cpu
 
@@ -154,6 +206,9 @@ class Fallback:
         if span < FALLBACK_MIN_TIME or self.chunks < self.job.n_jobs:
             return None
         rate, serial_rate = self.items / span, 1.0 / self.serial_item
+        if self.gil_found():
+            self.restart()  # a new window, judged on the items' CPU time as serial's
+            return self._gil_switch(left)
         self.doubt = rate < FALLBACK_RATE * serial_rate
         if self.doubt and not self.checked:
             return CHECK, ""
@@ -165,6 +220,19 @@ class Fallback:
             )
         self.checked = False  # items may drift: a later doubt is checked again
         return self._switch(span, left)
+
+    def _gil_switch(self, left: int) -> tuple[str, str] | None:
+        """Right away once the GIL is found: the runner-up process pool where it is predicted
+        clearly faster than what the threads deliver and saves its start twice over."""
+        alt = self.alternative
+        rate = self.busy_items / max(time.perf_counter() - self.t_begin, 1e-9)
+        if alt is None or self.alternative_rate < SWITCH_GAIN * rate or left / rate - left / self.alternative_rate < 2 * alt.start:
+            return None
+        return SWITCH, (
+            f"the threads held the GIL in turn ({rate * self.item_cpu:.2f} cores busy, {rate:.4g} items/s "
+            f"where {self.thread_rate:.4g} were predicted), and {alt.executor_type} x{alt.n_jobs} was predicted "
+            f"{self.alternative_rate:.4g} items/s"
+        )
 
     def _switch(self, span: float, left: int) -> tuple[str, str] | None:
         """The pool's rate here is what its workers deliver while busy (n over the item

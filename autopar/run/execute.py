@@ -329,18 +329,24 @@ def _lost(job: Job, cpu: float) -> tuple[str, dict[str, float]] | None:
     items by more than the noise of one run (wisdom.LOST), on a run long enough to tell."""
     report, profile = job.report, job.result.profile  # type: ignore[union-attr]
     speedup, serial = report.measured_speedup, report.serial_estimate
-    if report.fallback_speedup is not None:  # the pool lost to a chunk timed in the caller
+    kind, n_jobs = job.kind, job.n_jobs
+    if report.fallback_speedup is not None:
+        # The run found its pool losing on its own figures: it fell back to serial, or the
+        # threads held the GIL in turn (and may have switched to processes since): no margin.
         speedup = report.fallback_speedup
-    elif report.fell_back:  # the run left its pool for another: its time is not one pool's
+        kind, n_jobs = (report.executor_type, report.n_jobs) if report.fallback else (kind, n_jobs)
+    elif report.fell_back or speedup is None or speedup >= wisdom.LOST:
         return None
-    if job.kind == "serial" or speedup is None or not serial or serial < MIN_LOST_RUN or speedup >= wisdom.LOST:
+    if kind == "serial" or not serial or serial < MIN_LOST_RUN:
         return None
-    figures = {"n_jobs": float(job.n_jobs), "speedup": round(speedup, 3)}
-    if job.kind == "thread":
+    figures = {"n_jobs": float(n_jobs), "speedup": round(speedup, 3)}
+    if kind == "thread" and job.kind != "thread":  # switched: the threads held the GIL computing
+        figures["cpu_ratio"] = 1.0
+    elif kind == "thread":
         n_run = report.n_items - report.n_from_sample
         if n_run > 0 and profile.item_time_mean > 0:
             figures["cpu_ratio"] = round(min(cpu / n_run / profile.item_time_mean, 1.0), 3)
-    return job.kind, figures
+    return kind, figures
 
 
 def _serial(job: Job, rest: Iterator[Any], index: int) -> Iterator[list[Any]]:

@@ -39,7 +39,9 @@ class ExecutionReport:
     failures: list[int] = field(default_factory=list)
     retried: list[int] = field(default_factory=list)
     fallback: tuple[int, str, str] | None = None  # (at item, switched to, why)
-    fallback_speedup: float | None = None  # the pool's rate over serial's when it fell back to serial
+    # The pool's speedup over serial as the run measured it, where that made it leave the pool
+    # (falling back to serial) or found threads holding the GIL in turn.
+    fallback_speedup: float | None = None
     completed: bool = False
     # Chunk by chunk: (first item, items, start, end, status), seconds since execute() was
     # called; status "ok", "failed", "retried" (ran again after a worker died) or "inline"
