@@ -8,7 +8,11 @@ the model:
     python -m pytest -q -p no:cacheprovider benchmarks/speed_choices.py
 
 Each check is a test function; a failure on a quiet machine is a regression, one on a busy
-machine says little.
+machine says little. The sampler's parts are patched where they are looked up: the probe's
+threads in ``autopar.tune.sample.probe._probe``, the BLAS step's
+``autopar.tune.sample.blas.threaded_blas_loaded`` / ``.native_threads`` (``_blas_step``
+itself as the sampler imported it, ``autopar.tune.sample.sampler._blas_step``), the tuned
+figures in ``autopar.tune.constants`` (``NATIVE_THREADS``, ``MIN_SAVING``: read at call time).
 """
 
 from __future__ import annotations
@@ -35,9 +39,21 @@ import pytest  # noqa: E402
 
 import autopar  # noqa: E402
 from autopar import execute, optimize, usable_cores  # noqa: E402
-from autopar.workloads import large_input, pure_python_cpu, tiny  # noqa: E402
+from autopar.tune import constants  # noqa: E402
+from autopar.tune.sample import blas, probe, sampler  # noqa: E402
+from autopar.workloads import large_input, pure_python_cpu, sleep_io, tiny  # noqa: E402
 
 from helpers import spin_wall  # noqa: E402
+
+
+def test_sleep_bound_work_goes_to_threads():
+    # (from tests/test_optimize.py; the model's side on a synthetic profile:
+    # tests/test_model.py::test_sleep_bound_work_goes_to_many_threads)
+    r = optimize(sleep_io, [0.01] * 200)
+    assert r.executor_type == "thread", r.explain()
+    assert r.workload_type == "io"
+    assert r.n_jobs > autopar.usable_cores()  # waiting work may use more threads than cores
+    assert r.estimated_speedup > 2
 
 
 @pytest.mark.skipif(autopar.usable_cores() < 2, reason="needs 2 usable cores")
@@ -70,25 +86,23 @@ def test_items_timed_with_blas_capped_where_a_threaded_blas_is_loaded(monkeypatc
     # Whether a BLAS pool's second thread shows in an item's CPU time varies from run to run;
     # with a multi-threaded BLAS loaded, two computing items of a millisecond or more are
     # timed with BLAS at one thread whatever their CPU/wall read.
-    from autopar.tune import sample as S
-
     from helpers import blas_threads_after_busy
 
-    monkeypatch.setattr(S, "NATIVE_THREADS", 1e9)  # the CPU/wall reading never decides here
-    monkeypatch.setattr(S, "threaded_blas_loaded", lambda: loaded)
+    monkeypatch.setattr(constants, "NATIVE_THREADS", 1e9)  # the CPU/wall reading never decides here
+    monkeypatch.setattr(blas, "threaded_blas_loaded", lambda: loaded)
     from autopar.tune.costs import pool_costs
     from autopar.tune.system import default_start_method
 
     pool_costs(default_start_method())  # measured now if not yet: a fork stops BLAS threads
     a = np.ones((300, 300))
     a @ a  # the BLAS pool starts its threads: a pool that never ran is not capped
-    assert S.native_threads() > 0
+    assert blas.native_threads() > 0
     items = list(range(200))
     r = optimize(blas_threads_after_busy, items, executor_type="serial")
     seen = execute(blas_threads_after_busy, items, result=r)[: r.profile.n_sampled]
     assert seen.count(1) == (2 if loaded else 0)
     # A BLAS pool whose threads never started was not used: capping it would start them.
-    monkeypatch.setattr(S, "native_threads", lambda: 0)
+    monkeypatch.setattr(blas, "native_threads", lambda: 0)
     r = optimize(blas_threads_after_busy, items, executor_type="serial")
     assert 1 not in execute(blas_threads_after_busy, items, result=r)[: r.profile.n_sampled]
     # Work that waits is not timed so: its times are too uneven to tell (file writes and
@@ -106,17 +120,15 @@ def test_native_threads_that_capping_does_not_change_are_not_the_items(monkeypat
     # A BLAS pool spinning on after someone else's call computes beside the first items:
     # pure Python read CPU/wall 1.7. Capping BLAS leaves such items as they are, so the
     # native threads were not theirs and the CPU ratio is the calling thread's own.
-    from autopar.tune import sample as S
-
     from helpers import spin_wall
 
-    sp = S._Sampler(spin_wall, [0.003] * 200, None, 0.2, 0.01, 2, False, False)
+    sp = sampler._Sampler(spin_wall, [0.003] * 200, None, 0.2, 0.01, 2, False, False)
     sp.first_item()
     sp.serial_batches()
     seen = dataclasses.replace(sp.item_stats(), cpu_ratio=1.7)  # as if the natives counted
-    single, stats = S._blas_step(sp, seen)
+    single, stats = blas._blas_step(sp, seen)
     assert single is None
-    assert stats.cpu_ratio == seen.own_ratio < S.NATIVE_THREADS
+    assert stats.cpu_ratio == seen.own_ratio < constants.NATIVE_THREADS
 
 
 def test_items_growing_along_the_input_are_extrapolated():
@@ -144,14 +156,14 @@ def test_probe_caps_a_running_blas_pool_as_a_thread_pool_would(monkeypatch):
     # ran slower than serial: the probe and thread pools cap a running BLAS pool at
     # cores // k a thread even where items time alike capped (no single_blas_time).
     from autopar.backends.blas import blas_share
-    from autopar.tune import sample as S
     from autopar.tune.costs import pool_costs
     from autopar.tune.system import default_start_method
 
     from helpers import blas_threads_after_busy
 
-    monkeypatch.setattr(S, "_blas_step", lambda sp, stats: (None, stats))
-    monkeypatch.setattr(S, "threaded_blas_loaded", lambda: True)
+    # (the sampler calls _blas_step by the name it imported from .blas)
+    monkeypatch.setattr(sampler, "_blas_step", lambda sp, stats: (None, stats))
+    monkeypatch.setattr(blas, "threaded_blas_loaded", lambda: True)
     pool_costs(default_start_method())  # measured now if not yet: a fork stops BLAS threads
     a = np.ones((300, 300))
     a @ a  # the BLAS pool starts its threads
@@ -174,18 +186,16 @@ def _scripted_probe(monkeypatch, readings, slow_factor=0.8):
     reading at once, and tests that expect a second round failed once in a full run.)"""
     import time as _time
 
-    from autopar.tune import sample as S
-
     calls = []
 
-    def probe(func, items, k, first_index, collect):
+    def scripted(func, items, k, first_index, collect):
         t0 = _time.perf_counter()
         results = [func(x) for x in items]
         whole = (_time.perf_counter() - t0) * slow_factor
         calls.append(len(items))
         return results, whole, readings[len(calls) - 1] * whole, whole, 0.0  # (no wait for a core)
 
-    monkeypatch.setattr(S, "_probe", probe)
+    monkeypatch.setattr(probe, "_probe", scripted)
     return calls
 
 
@@ -252,9 +262,7 @@ def test_the_sample_runs_a_small_rest_itself(monkeypatch):
     # MIN_SAVING runs in the sample: no loop or pool starts for it. MIN_SAVING is raised so
     # that the bounds on timing decide: 16 items of 0.5 ms are timed by about 8 ms, under
     # the 15 ms budget, and 32 take 16 ms at least, over it.
-    import autopar.tune.sample as sampling
-
-    monkeypatch.setattr(sampling, "MIN_SAVING", 10.0)
+    monkeypatch.setattr(constants, "MIN_SAVING", 10.0)
     items = [0.0005] * 76
     assert optimize(spin_wall, items, sample_time=0.015).profile.n_done == 76
     # Serial no candidate: the sample stops at its budget and leaves the rest to the pool.

@@ -1,14 +1,17 @@
-"""Shared fixtures: one pool per executor kind and start method for the whole session, and a
-guard that fails any test leaving child processes, threads or temp files behind."""
+"""Shared fixtures: the executor x start-method matrix (one pool per executor kind and start
+method for the whole session), and a guard that fails any test leaving child processes,
+threads or temp files behind."""
 
 from __future__ import annotations
 
 import atexit
+import multiprocessing
 import os
 import shutil
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -48,12 +51,113 @@ os.environ["AUTOPAR_CACHE"] = "off"
 
 import autopar  # noqa: E402
 
-EXECUTORS = ["serial", "thread", "process-fork", "process-spawn", "process-forkserver"]
+# -- the executor x start-method matrix ---------------------------------------------------
+#
+# Where work runs, written once for the whole suite: serial, threads, and a process pool under
+# each start method this platform has (fork, forkserver, spawn). A test takes the matrix by
+# naming one of three fixtures, and pytest_generate_tests below runs it once for each place:
+#
+#   where     a Where (.kind, .method, .kw for execute(): executor_type and start_method);
+#             the test starts what it needs itself (a fault breaks the pool it runs on)
+#   pool      a warm pool of 2 workers of that kind, shared by the whole session (one pool
+#             start for every test that asks: the cheapest way to run on every start method)
+#   executor  (executor_type, start_method), for tests that let execute() build its own pool
+#
+# (A test may take ``where`` and ``pool`` together: both are then the same place.)
+#
+# ``@pytest.mark.matrix(*kinds, cost=...)`` narrows it: ``kinds`` (default all three) and
+# ``cost``. "cheap" (the default): the process cases under every start method. "expensive",
+# for cases that start several pools, kill or replace workers, or wait on them for seconds:
+# the process cases under EXPENSIVE_METHODS only, the documented subset: the default start
+# method alone (autopar's default_start_method(): what a caller who names none gets, fork on
+# Linux before 3.14, forkserver on 3.14, spawn on macOS; AUTOPAR_START_METHOD where set).
+# The other methods reach the same code through the cheap cases (a pool started, run, failed
+# and shut down under each). AUTOPAR_TEST_EXPENSIVE_METHODS widens the subset: "all", or
+# names ("fork,spawn"). On this project's 2-core machine, spawn added to the default cost
+# about 10 s more over faults, pipeline and service (about 47 s without it).
+
+START_METHODS = tuple(m for m in ("fork", "forkserver", "spawn") if m in multiprocessing.get_all_start_methods())
+KINDS = ("serial", "thread", "process")
+COSTS = ("cheap", "expensive")
 
 
-def _split(name: str) -> tuple[str, str | None]:
-    kind, _, method = name.partition("-")
-    return kind, method or None
+def _expensive_methods() -> tuple[str, ...]:
+    from autopar.tune.system import default_start_method
+
+    asked = os.environ.get("AUTOPAR_TEST_EXPENSIVE_METHODS", "").strip()
+    if asked == "all":
+        return START_METHODS
+    wanted = {m.strip() for m in asked.split(",") if m.strip()} or {default_start_method()}
+    unknown = wanted - set(START_METHODS)
+    if unknown:
+        raise ValueError(f"AUTOPAR_TEST_EXPENSIVE_METHODS: {sorted(unknown)} not among this platform's {START_METHODS}")
+    return tuple(m for m in START_METHODS if m in wanted)
+
+
+EXPENSIVE_METHODS = _expensive_methods()
+
+
+@dataclass(frozen=True)
+class Where:
+    """One place work runs: ``kind`` serial, thread or process; ``method`` the start method
+    of a process pool (None otherwise)."""
+
+    kind: str
+    method: str | None = None
+
+    def __str__(self) -> str:
+        return self.kind if self.method is None else f"{self.kind}-{self.method}"
+
+    @property
+    def kw(self) -> dict:
+        """execute()'s arguments for it."""
+        return {"executor_type": self.kind, "start_method": self.method}
+
+
+def matrix(kinds: tuple[str, ...] = KINDS, cost: str = "cheap") -> list[Where]:
+    """The places a test with these ``kinds`` and this ``cost`` runs on, in a fixed order."""
+    if cost not in COSTS:
+        raise ValueError(f"matrix cost must be one of {COSTS}, got {cost!r}")
+    unknown = set(kinds) - set(KINDS)
+    if unknown:
+        raise ValueError(f"matrix kinds must be among {KINDS}, got {sorted(unknown)}")
+    methods = START_METHODS if cost == "cheap" else EXPENSIVE_METHODS
+    out: list[Where] = []
+    for kind in KINDS:
+        if kind in kinds:
+            out += [Where(kind, m) for m in methods] if kind == "process" else [Where(kind)]
+    return out
+
+
+EVERY = matrix()  # every place, for the session's shared pools
+_MATRIX_FIXTURES = ("where", "pool", "executor")
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        "matrix(*kinds, cost='cheap'): the executor x start-method matrix a test taking `where`, "
+        "`pool` or `executor` runs on (tests/conftest.py): kinds among serial, thread, process; "
+        "cost 'expensive' runs process cases under EXPENSIVE_METHODS only",
+    )
+
+
+def pytest_generate_tests(metafunc):
+    named = [n for n in _MATRIX_FIXTURES if n in metafunc.fixturenames]
+    if not named:
+        return
+    marker = metafunc.definition.get_closest_marker("matrix")
+    places = matrix(marker.args or KINDS, **marker.kwargs) if marker else matrix()
+    if len(named) == 1:
+        metafunc.parametrize(named[0], places, ids=str, indirect=True)
+    else:  # (``where`` and ``pool`` together: the same place for both)
+        metafunc.parametrize(named, [[p] * len(named) for p in places], ids=[str(p) for p in places], indirect=True)
+
+
+@pytest.fixture
+def where(request) -> Where:
+    """Where the test runs its work (see the matrix above)."""
+    return request.param
 
 
 def _warm(pool, n: int) -> None:
@@ -66,29 +170,28 @@ def _warm(pool, n: int) -> None:
 def _pools():
     pools = {}
     stack = []
-    for name in EXECUTORS:
-        kind, method = _split(name)
-        cm = autopar.get_executor(kind, 2, start_method=method)
+    for place in EVERY:
+        cm = autopar.get_executor(place.kind, 2, start_method=place.method)
         pool = cm.__enter__()
         stack.append(cm)
-        if kind != "serial":
+        if place.kind != "serial":
             _warm(pool, 2)
-        pools[name] = pool
+        pools[str(place)] = pool  # by the place's id: "thread", "process-spawn"
     yield pools
     for cm in reversed(stack):
         cm.__exit__(None, None, None)
 
 
-@pytest.fixture(params=EXECUTORS)
+@pytest.fixture
 def pool(request, _pools):
-    """A warm shared pool of 2 workers: serial, thread, or process with each start method."""
-    return _pools[request.param]
+    """A warm pool of 2 workers at the test's place, shared by the session (started once)."""
+    return _pools[str(request.param)]
 
 
-@pytest.fixture(params=EXECUTORS)
-def executor(request):
+@pytest.fixture
+def executor(request) -> tuple[str, str | None]:
     """(executor_type, start_method) for tests that let execute() build its own pool."""
-    return _split(request.param)
+    return request.param.kind, request.param.method
 
 
 def _tmp_entries() -> set[str]:

@@ -1,8 +1,11 @@
 """The fault matrix: every fault, on threads and on process pools with each start method.
 
-Each case runs execute() with its own pool (the pool is what a fault breaks). The leak guard in
-conftest.py fails any case that leaves a process, thread or temp file behind, and every test
-has a deadlock timeout.
+Where a case runs is the suite's one executor x start-method matrix (``where``, narrowed by
+``@pytest.mark.matrix``: tests/conftest.py). Each case runs execute() with its own pool (the
+pool is what a fault breaks); a second run of a fault that leaves its pool whole (an error
+collected, an item or result that cannot be pickled) takes the session's shared pool of that
+place (``pool``) instead of starting another. The leak guard in conftest.py fails any case
+that leaves a process, thread or temp file behind, and every test has a deadlock timeout.
 """
 
 from __future__ import annotations
@@ -24,25 +27,26 @@ from autopar import ItemFailed, ItemTimeout, WorkerDied, execute
 from autopar.backends.pools import sigint_deferred
 
 import helpers
+from conftest import START_METHODS, Where
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.timeout(90)
 
-PROCESS = ["fork", "spawn", "forkserver"]
-ALL = ["thread"] + [f"process-{m}" for m in PROCESS]
 
 
-def run_on(where: str, func, data, **kw):
-    kind, _, method = where.partition("-")
-    kw.setdefault("n_jobs", 2)
+def run_on(where, func, data, pool=None, **kw):
+    """execute() on its own pool of 2 at ``where`` (a conftest.Where), or on ``pool`` (the
+    session's shared one of that place), in chunks of 2."""
     kw.setdefault("chunksize", 2)
-    return execute(func, data, executor_type=kind, start_method=method or None, **kw)
+    if pool is not None:
+        return execute(func, data, pool=pool, **kw)
+    kw.setdefault("n_jobs", 2)
+    return execute(func, data, **where.kw, **kw)
 
 
 # -- an exception in the function ----------------------------------------------------------
 
 
-@pytest.mark.parametrize("where", ["serial"] + ALL)
 def test_exception_raises_with_index(where):
     t0 = time.monotonic()
     with pytest.raises(ValueError, match="bad item 7") as info:
@@ -51,15 +55,14 @@ def test_exception_raises_with_index(where):
     assert time.monotonic() - t0 < 10
 
 
-@pytest.mark.parametrize("where", ["serial"] + ALL)
-def test_exception_collected(where):
-    out, report = run_on(where, helpers.fail_on, range(20), errors="collect", return_report=True)
+def test_exception_collected(where, pool):
+    out, report = run_on(where, helpers.fail_on, range(20), pool=pool, errors="collect", return_report=True)
     assert [x for i, x in enumerate(out) if i != 7] == [i for i in range(20) if i != 7]
     failed = out[7]
     assert isinstance(failed, ItemFailed) and failed.index == 7
     assert isinstance(failed.exception, ValueError) and "bad item 7" in str(failed.exception)
     assert report.failures == [7]
-    if where.startswith("process"):
+    if where.kind == "process":
         assert "fail_on" in failed.traceback
 
 
@@ -72,29 +75,29 @@ DEATHS = [
 ]
 
 
-@pytest.mark.parametrize("method", PROCESS)
+@pytest.mark.matrix("process")
 @pytest.mark.parametrize("func, how", DEATHS, ids=["os._exit", "SIGKILL", "segfault"])
-def test_worker_death_is_named(method, func, how):
+def test_worker_death_is_named(where, func, how):
     t0 = time.monotonic()
     with pytest.raises(WorkerDied) as info:
-        run_on(f"process-{method}", func, range(12))
+        run_on(where, func, range(12))
     assert time.monotonic() - t0 < 20
     assert how in str(info.value)
     assert 5 in info.value.items
 
 
-@pytest.mark.parametrize("method", PROCESS)
-def test_retries_pin_the_item_down(method):
+@pytest.mark.matrix("process")
+def test_retries_pin_the_item_down(where):
     with pytest.raises(WorkerDied) as info:
-        run_on(f"process-{method}", helpers.crash_kill, range(12), retries=2, retry_backoff=0.01)
+        run_on(where, helpers.crash_kill, range(12), retries=2, retry_backoff=0.01)
     assert info.value.items == (5,)  # items run alone on retry: only the culprit is left
     assert "after 2 retries" in str(info.value)
 
 
-@pytest.mark.parametrize("method", PROCESS)
-def test_retries_with_collect_lose_only_the_culprit(method):
+@pytest.mark.matrix("process")
+def test_retries_with_collect_lose_only_the_culprit(where):
     out, report = run_on(
-        f"process-{method}", helpers.crash_exit, range(12), retries=1, retry_backoff=0.01,
+        where, helpers.crash_exit, range(12), retries=1, retry_backoff=0.01,
         errors="collect", return_report=True,
     )
     assert isinstance(out[5], ItemFailed) and isinstance(out[5].exception, WorkerDied)
@@ -113,26 +116,26 @@ def test_thread_worker_death_takes_the_caller_down():
 # -- an item that hangs ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("method", PROCESS)
-def test_process_item_timeout_raises(method):
+@pytest.mark.matrix("process")
+def test_process_item_timeout_raises(where):
     t0 = time.monotonic()
     with pytest.raises(ItemTimeout) as info:
-        run_on(f"process-{method}", helpers.hang, range(8), timeout=0.5)
+        run_on(where, helpers.hang, range(8), timeout=0.5)
     assert time.monotonic() - t0 < 10
     assert info.value.autopar_item_index == 3
 
 
-@pytest.mark.parametrize("method", PROCESS)
-def test_process_item_timeout_collected(method):
-    out = run_on(f"process-{method}", helpers.hang, range(8), timeout=0.5, errors="collect")
+@pytest.mark.matrix("process")
+def test_process_item_timeout_collected(where):
+    out = run_on(where, helpers.hang, range(8), timeout=0.5, errors="collect")
     assert isinstance(out[3], ItemFailed) and isinstance(out[3].exception, ItemTimeout)
     assert [x for i, x in enumerate(out) if i != 3] == [0, 1, 2, 4, 5, 6, 7]
 
 
-@pytest.mark.parametrize("method", PROCESS)
-def test_item_beyond_signals_gets_its_worker_killed(method):
+@pytest.mark.matrix("process")
+def test_item_beyond_signals_gets_its_worker_killed(where):
     t0 = time.monotonic()
-    out = run_on(f"process-{method}", helpers.blocks_signals, range(8), timeout=0.5, chunksize=1, errors="collect")
+    out = run_on(where, helpers.blocks_signals, range(8), timeout=0.5, chunksize=1, errors="collect")
     assert time.monotonic() - t0 < 20
     assert isinstance(out[3], ItemFailed) and "worker was killed" in str(out[3].exception)
     assert [x for i, x in enumerate(out) if i != 3] == [0, 1, 2, 4, 5, 6, 7]
@@ -141,7 +144,7 @@ def test_item_beyond_signals_gets_its_worker_killed(method):
 def test_thread_item_timeout_raises_and_says_the_thread_goes_on():
     helpers.HANG_DONE.clear()
     with pytest.raises(ItemTimeout, match="threads cannot be stopped"):
-        run_on("thread", helpers.hang_briefly, range(8), timeout=0.3, chunksize=1)
+        run_on(Where("thread"), helpers.hang_briefly, range(8), timeout=0.3, chunksize=1)
     assert not helpers.HANG_DONE.is_set()  # raised while the stuck call was still running
     assert helpers.HANG_DONE.wait(10)  # and that call does finish, in the background
 
@@ -154,8 +157,9 @@ def test_serial_item_timeout():
 # -- Ctrl-C in the caller --------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("method", PROCESS)
-def test_sigint_stops_every_worker(method):
+@pytest.mark.matrix("process")
+def test_sigint_stops_every_worker(where):
+    method = where.method
     script = textwrap.dedent(
         f"""
         import os, sys, time, autopar, helpers
@@ -223,30 +227,30 @@ def test_holding_ctrl_c_back_leaves_other_handlers_and_threads_alone():
     assert seen == [old]
 
 
-@pytest.mark.parametrize("method", PROCESS)
-def test_unpicklable_function_is_refused_before_work(method):
+@pytest.mark.matrix("process")
+def test_unpicklable_function_is_refused_before_work(where):
     lock = threading.Lock()
     with pytest.raises(TypeError, match="cannot be sent to a process worker"):
-        run_on(f"process-{method}", lambda x: (lock, x)[1], range(10))
+        run_on(where, lambda x: (lock, x)[1], range(10))
 
 
-@pytest.mark.parametrize("method", PROCESS)
-def test_unpicklable_item_names_the_items(method):
+@pytest.mark.matrix("process")
+def test_unpicklable_item_names_the_items(where, pool):
     items = [i if i != 3 else helpers.Unpicklable(i) for i in range(8)]
     with pytest.raises(TypeError, match="item 3 cannot be sent to a process worker") as info:
-        run_on(f"process-{method}", helpers.square_or_value, items)
+        run_on(where, helpers.square_or_value, items)
     assert info.value.autopar_item_index == 3
-    out = run_on(f"process-{method}", helpers.square_or_value, items, errors="collect")
+    out = run_on(where, helpers.square_or_value, items, pool=pool, errors="collect")
     assert isinstance(out[3], ItemFailed)
     assert [x for i, x in enumerate(out) if i != 3] == [i * i for i in range(8) if i != 3]
 
 
-@pytest.mark.parametrize("method", PROCESS)
-def test_unpicklable_result(method):
+@pytest.mark.matrix("process")
+def test_unpicklable_result(where, pool):
     with pytest.raises(Exception) as info:
-        run_on(f"process-{method}", helpers.bad_result, range(8), chunksize=1)
+        run_on(where, helpers.bad_result, range(8), chunksize=1)
     assert any("items 4-4" in n for n in getattr(info.value, "__notes__", []))
-    out = run_on(f"process-{method}", helpers.bad_result, range(8), chunksize=1, errors="collect")
+    out = run_on(where, helpers.bad_result, range(8), pool=pool, chunksize=1, errors="collect")
     assert isinstance(out[4], ItemFailed)
     assert [x for i, x in enumerate(out) if i != 4] == [0, 1, 2, 3, 5, 6, 7]
 
@@ -300,14 +304,15 @@ def _own_shm() -> set[str]:
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_500_calls_leave_nothing_behind():
-    kinds = [("serial", None), ("thread", None), ("process", "fork"), ("thread", None), ("serial", None)]
+    # Repeated use, not the matrix: a rotation over its kinds, the process pool under the
+    # first start method the platform has (fork where there is one: 100 pool starts are
+    # cheap only forked).
+    kinds = [Where("serial"), Where("thread"), Where("process", START_METHODS[0]), Where("thread"), Where("serial")]
     for i in range(20):  # warm up imports and caches
-        kind, method = kinds[i % len(kinds)]
-        execute(helpers.square, range(20), executor_type=kind, n_jobs=2, chunksize=5, start_method=method)
+        execute(helpers.square, range(20), **kinds[i % len(kinds)].kw, n_jobs=2, chunksize=5)
     before = _resources()
     for i in range(500):
-        kind, method = kinds[i % len(kinds)]
-        assert execute(helpers.square, range(20), executor_type=kind, n_jobs=2, chunksize=5, start_method=method) == [
+        assert execute(helpers.square, range(20), **kinds[i % len(kinds)].kw, n_jobs=2, chunksize=5) == [
             x * x for x in range(20)
         ]
     time.sleep(0.5)
@@ -342,21 +347,21 @@ def _input_failing_at(n: int):
     raise LookupError(f"the input broke after {n} items")
 
 
-@pytest.mark.parametrize("kind", ["thread", "process"])
-def test_every_result_before_a_failing_input_comes_back_before_its_error(kind):
+@pytest.mark.matrix("thread", "process", cost="expensive")  # three pools a case
+def test_every_result_before_a_failing_input_comes_back_before_its_error(where):
     # As a plain loop does: the items read before the input failed all run and come back in
     # order, then the input's own error.
     got = []
-    it = autopar.execute_iter(helpers.square, _input_failing_at(300), executor_type=kind, n_jobs=2, chunksize=7)
+    it = autopar.execute_iter(helpers.square, _input_failing_at(300), **where.kw, n_jobs=2, chunksize=7)
     with pytest.raises(LookupError, match="after 300 items"):
         for value in it:
             got.append(value)
     assert got == [x * x for x in range(300)]
     with pytest.raises(LookupError, match="after 300 items"):
-        execute(helpers.square, _input_failing_at(300), executor_type=kind, n_jobs=2, chunksize=7)
+        execute(helpers.square, _input_failing_at(300), **where.kw, n_jobs=2, chunksize=7)
     # An item that fails before the input does is the error, as in a plain loop.
     with pytest.raises(ValueError, match="bad item 7"):
-        execute(helpers.fail_on, _input_failing_at(20), executor_type=kind, n_jobs=2, chunksize=7)
+        execute(helpers.fail_on, _input_failing_at(20), **where.kw, n_jobs=2, chunksize=7)
 
 
 def test_terminate_leaves_no_feeder_thread_and_no_pipe_open():
@@ -405,8 +410,8 @@ def test_failing_process_runs_keep_no_pipes_open_for_the_garbage_collector():
     assert after <= before + 2, f"{after - before} more file descriptors after 30 failed runs"
 
 
-@pytest.mark.parametrize("kind", ["thread", "process"])
-def test_a_failed_run_leaves_nothing_for_the_garbage_collector(kind):
+@pytest.mark.matrix("thread", "process", cost="expensive")  # two pools a case
+def test_a_failed_run_leaves_nothing_for_the_garbage_collector(where):
     # The exception's traceback holds the run (its input, results and pool): no cycle keeps
     # them once the caller lets the exception go.
     import gc
@@ -418,7 +423,7 @@ def test_a_failed_run_leaves_nothing_for_the_garbage_collector(kind):
     def failing_run():
         items = Items(range(20))
         try:
-            execute(helpers.fail_on, items, executor_type=kind, n_jobs=2, chunksize=1)
+            execute(helpers.fail_on, items, **where.kw, n_jobs=2, chunksize=1)
         except ValueError as exc:
             assert "bad item 7" in str(exc)
         return weakref.ref(items)
@@ -440,8 +445,8 @@ def _forever():
         i += 1
 
 
-@pytest.mark.parametrize("kind", ["thread", "process"])
-def test_an_iterator_let_go_after_a_break_stops_its_pool(kind):
+@pytest.mark.matrix("thread", "process", cost="expensive")  # its workers killed mid-chunk
+def test_an_iterator_let_go_after_a_break_stops_its_pool(where):
     import gc
 
     me = psutil.Process()
@@ -450,7 +455,7 @@ def test_an_iterator_let_go_after_a_break_stops_its_pool(kind):
         return {t.ident for t in threading.enumerate()} - threads, {p.pid for p in me.children()} - kids
 
     threads, kids = {t.ident for t in threading.enumerate()}, {p.pid for p in me.children()}
-    it = autopar.execute_iter(helpers.square, _forever(), executor_type=kind, n_jobs=2, chunksize=7)
+    it = autopar.execute_iter(helpers.square, _forever(), **where.kw, n_jobs=2, chunksize=7)
     for value in it:
         break
     assert value == 0 and started() != (set(), set())  # the pool is up

@@ -1,9 +1,11 @@
 """Pipelines: fused and staged runs give the list a loop would, in order, each item once;
 failures name their stage and item; queues hold memory to their bound; stopping leaves
-nothing running; process stages under every start method."""
+nothing running; process stages under every start method (the suite's executor x
+start-method matrix, ``where``: tests/conftest.py)."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -76,9 +78,10 @@ def test_unordered_stage_passes_items_as_they_finish_and_the_output_stays_in_ord
     assert pipe.execute(range(100)) == [x + 1 for x in range(100)]
 
 
-@pytest.mark.parametrize("kind", ["thread", "process"])
-def test_a_failure_names_its_stage_and_item(kind):
-    pipe = Pipeline([add1, double, Stage(fail_on_14, executor_type=kind, n_jobs=2), Stage(str, executor_type="thread")])
+@pytest.mark.matrix("thread", "process")
+def test_a_failure_names_its_stage_and_item(where):
+    pipe = Pipeline([add1, double, Stage(fail_on_14, executor_type=where.kind, n_jobs=2), Stage(str, executor_type="thread")],
+                    start_method=where.method)
     with pytest.raises(ValueError, match="bad value 14") as info:
         pipe.execute(range(40))
     assert info.value.autopar_item_index == 6
@@ -150,9 +153,10 @@ def slow(x):
     return x
 
 
-@pytest.mark.parametrize("kind", ["thread", "process"])
-def test_stop_ends_every_stage_with_nothing_left_running(kind):
-    pipe = Pipeline([Stage(slow, executor_type=kind, n_jobs=2), Stage(add1, executor_type="thread", n_jobs=1)])
+@pytest.mark.matrix("thread", "process", cost="expensive")  # its workers killed mid-item
+def test_stop_ends_every_stage_with_nothing_left_running(where):
+    pipe = Pipeline([Stage(slow, executor_type=where.kind, n_jobs=2), Stage(add1, executor_type="thread", n_jobs=1)],
+                    start_method=where.method)
     s = pipe.stream(queue_size=4)
     for x in range(6):
         s.submit(x)
@@ -173,10 +177,20 @@ def test_an_iterator_stopped_early_stops_the_stages():
     assert not [t for t in threading.enumerate() if t.name.startswith("autopar-stage")]
 
 
-@pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
-def test_process_stages_under_each_start_method(method):
-    pipe = Pipeline([Stage(spin_py, executor_type="process", n_jobs=2), Stage(add1, executor_type="thread")], start_method=method)
+def pid_of(x: int) -> tuple[int, int]:
+    return x, os.getpid()
+
+
+@pytest.mark.matrix("process")
+def test_process_stages_under_each_start_method(where):
+    pipe = Pipeline([Stage(spin_py, executor_type="process", n_jobs=2), Stage(add1, executor_type="thread")], start_method=where.method)
     assert pipe.execute(range(50)) == [x + 1 for x in range(50)]
+    # (optimize()'s sample may run all 50 itself.) A stream sends every item to the stage's
+    # workers, started with that method.
+    pipe = Pipeline([Stage(pid_of, executor_type="process", n_jobs=2), Stage(tuple, executor_type="thread")], start_method=where.method)
+    with pipe.stream(queue_size=8) as s:
+        out = s.process_batch(range(20), timeout=60)
+    assert [x for x, _ in out] == list(range(20)) and os.getpid() not in {p for _, p in out}
 
 
 def test_stages_are_checked():

@@ -1,5 +1,9 @@
 """The service API: routing, counts, retries by a fake clock, the breaker, cancellation, time
-limits, the fallback to threads, throttling, the loop never blocked, and nothing left behind."""
+limits, the fallback to threads, throttling, the loop never blocked, and nothing left behind.
+
+Tests of the process lane run it under each start method: the suite's executor x
+start-method matrix (``where``, process cases: tests/conftest.py); those that wait on their
+workers for seconds or replace them on the matrix's expensive subset."""
 
 from __future__ import annotations
 
@@ -52,7 +56,14 @@ def stuck(seconds: float) -> None:
     time.sleep(seconds)
 
 
+# The test run's own process, as its workers see it too (a spawned worker imports this
+# module afresh, and inherits the environment).
+os.environ.setdefault("AUTOPAR_TESTS_PID", str(os.getpid()))
+
+
 def die() -> None:
+    if os.getpid() == int(os.environ["AUTOPAR_TESTS_PID"]):  # a failure, not the run's end
+        raise RuntimeError("die() ran in the test process, not in a worker")
     os._exit(3)
 
 
@@ -85,13 +96,17 @@ class FakeTimer:
 
 
 @pytest.fixture
-def manager():
-    m = Manager(cpu_workers=2, io_workers=4, throttle=False)
+def manager(request):
+    """A manager of 2 processes and 4 threads; its process lane under the test's start
+    method where the test takes the matrix (``where``), else the default."""
+    method = request.getfixturevalue("where").method if "where" in request.fixturenames else None
+    m = Manager(cpu_workers=2, io_workers=4, throttle=False, start_method=method)
     yield m
     m.shutdown()
 
 
-def test_clear_cut_functions_are_routed_by_what_they_measured(manager):
+@pytest.mark.matrix("process")
+def test_clear_cut_functions_are_routed_by_what_they_measured(where, manager):
     # What a call measures on any machine, loaded or not: a sleep uses no CPU, a
     # multiplication takes microseconds. How much CPU a loop gets depends on the load, so the
     # computing case is a profile handed to the router (below), sent to a real process.
@@ -253,7 +268,8 @@ def test_the_managers_breaker_is_a_template_one_breaker_a_function():
         assert m.submit_io(square, 3).result(timeout=10) == 9  # another function: its own, closed
 
 
-def test_a_waiting_call_never_starts_and_a_running_one_is_stopped():
+@pytest.mark.matrix("process", cost="expensive")  # a worker killed and replaced
+def test_a_waiting_call_never_starts_and_a_running_one_is_stopped(where):
     ran: list[str] = []
     gate = threading.Event()
 
@@ -282,7 +298,7 @@ def test_a_waiting_call_never_starts_and_a_running_one_is_stopped():
         assert await m.run_cpu(square, 3) == 9  # the pool still serves
         return time.monotonic() - t0
 
-    with Manager(cpu_workers=1, io_workers=1, throttle=False) as m:
+    with Manager(cpu_workers=1, io_workers=1, throttle=False, start_method=where.method) as m:
         took = asyncio.run(main(m))
         assert ran == ["first"]
         assert took < 20
@@ -402,12 +418,14 @@ def touch(path: str) -> str:
     return path
 
 
-def test_a_process_calls_time_limit_holds_while_it_waits_for_a_worker(tmp_path):
+@pytest.mark.matrix("process", cost="expensive")  # its worker busy for a second
+def test_a_process_calls_time_limit_holds_while_it_waits_for_a_worker(where, tmp_path):
     timer = FakeTimer()  # the kill at the limit + grace never comes: the worker keeps the limit
-    with Manager(cpu_workers=1, throttle=False, timer=timer) as m:
+    with Manager(cpu_workers=1, throttle=False, timer=timer, start_method=where.method) as m:
         # The one worker is busy with work the gate does not see (a map runs on the same pool)
-        # for far longer than the call's limit: the call waits in the pool's queue meanwhile.
-        beside = m.lanes["process"]._current().executor.submit(time.sleep, 2.0)
+        # for far longer than the call's limit (five times: a sleep, however loaded the
+        # machine): the call waits in the pool's queue meanwhile.
+        beside = m.lanes["process"]._current().executor.submit(time.sleep, 1.0)
         fut = m.submit_cpu(touch, str(tmp_path / "ran"), timeout=0.2)
         assert isinstance(fut.exception(timeout=30), ItemTimeout)
         assert beside.result(timeout=30) is None
@@ -448,7 +466,8 @@ def test_map_counts_are_exact(manager):
     assert tuple(b - a for a, b in zip(before, totals(manager))) == (6, 5, 1, 0)
 
 
-def test_time_limits_stop_calls_even_stuck_ones(manager):
+@pytest.mark.matrix("process", cost="expensive")  # a worker killed and replaced
+def test_time_limits_stop_calls_even_stuck_ones(where, manager):
     with pytest.raises(ItemTimeout):
         manager.submit_cpu(nap, 10, timeout=0.3).result(timeout=10)
     # Stuck where the alarm cannot reach: its worker is killed; a call beside it runs again.
@@ -463,7 +482,8 @@ def test_time_limits_stop_calls_even_stuck_ones(manager):
         manager.submit_io(spin, 10, timeout=0.3).result(timeout=10)  # on a thread
 
 
-def test_a_worker_that_dies_fails_its_own_call_only(manager):
+@pytest.mark.matrix("process", cost="expensive")  # a worker dies and is replaced
+def test_a_worker_that_dies_fails_its_own_call_only(where, manager):
     beside = manager.submit_cpu(nap, 0.5)
     time.sleep(0.1)
     with pytest.raises(WorkerDied, match=r"died while running it \(worker \d+ exited with status 3\)"):
@@ -526,7 +546,8 @@ def until(path: str) -> bool:
     return True
 
 
-def test_the_event_loop_is_never_blocked(tmp_path):
+@pytest.mark.matrix("process")
+def test_the_event_loop_is_never_blocked(where, tmp_path):
     # Every kind of call waits for a file that only the event loop makes, after the calls
     # are out: a call that held the loop would wait in vain (False), on any machine.
     flag = str(tmp_path / "go")
@@ -539,7 +560,7 @@ def test_the_event_loop_is_never_blocked(tmp_path):
         open(flag, "w").close()
         return await asyncio.gather(*tasks)
 
-    with Manager(cpu_workers=2, io_workers=4, throttle=False) as m:
+    with Manager(cpu_workers=2, io_workers=4, throttle=False, start_method=where.method) as m:
         out = asyncio.run(main(m))
     assert out == [True, True, True, [True] * 20]
 
