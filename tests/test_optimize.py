@@ -8,7 +8,6 @@ import threading
 
 import pytest
 
-import autopar
 from autopar import execute, optimize
 from autopar.workloads import sleep_io
 
