@@ -70,7 +70,8 @@ class _StageRun:
         self.lock = threading.Lock()
         self.backend: ProcessBackend | None = None
         self.closed = False
-        self.ended = ""  # how the workers of the last pool that broke ended
+        self.broken: Any = None  # the last pool that broke,
+        self.ended = ""  # ... and how its workers ended
         drivers = 1 if kind == "serial" else n_jobs if kind == "thread" else 2 * n_jobs
         if kind == "process":
             method = run.start_method or default_start_method()
@@ -127,10 +128,12 @@ class _StageRun:
         backend = self.backend
         assert backend is not None
         with self.lock:
-            if backend.pool_broken():
-                self.ended = backend.how_it_ended()
+            if backend.pool_broken() and self.broken is not backend.ex:
+                self.broken, self.ended = backend.ex, backend.how_it_ended()
                 if self.run.collect and not self.closed and not self.run.stop.is_set():
                     backend.replace()
+                    if self.closed:  # closed meanwhile: the fresh pool goes too
+                        backend.close(clean=False)
         note = f"autopar: {self.ended or backend.how_it_ended()}"
         if note not in getattr(exc, "__notes__", ()):  # (one exception for every item the break took)
             add_note(exc, note)
@@ -183,15 +186,12 @@ class _StageRun:
         """Wait for the workers; ``kill``: the process pool's workers are killed first, so
         drivers waiting on them return at once."""
         backend = self.backend
+        self.closed = True  # (no lock: a finalizer may close the run on a thread that holds it)
         if backend is not None and kill:
-            with self.lock:
-                self.closed = True
             backend.close(clean=False)
         for t in self.threads:
             _join(t)
         if backend is not None and not kill:
-            with self.lock:
-                self.closed = True
             backend.close(clean=True)
 
 
