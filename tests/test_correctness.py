@@ -552,3 +552,34 @@ def test_no_fall_back_when_the_caller_chose_the_pool():
     out, report = execute(square, data, executor_type="thread", n_jobs=2, chunksize=1, return_report=True)
     assert out == [x * x for x in data]
     assert not report.fell_back
+
+
+def test_results_after_a_chunk_handed_back_wait_for_it():
+    # A fallback or a switch hands back the chunks the pool has not started; a thread pool's
+    # worker may have taken one off its queue just before (its cancel then succeeds) and
+    # started the next. That next chunk, back first, must wait for the one handed back: read
+    # as the head, its results took the other's place and every later one moved by a chunk
+    # (out[3813] held item 3873's result on 3.13).
+    from concurrent.futures import Future
+
+    from autopar.run.chunks import Chunk, Feeder, InOrder
+
+    feeder = Feeder(iter(range(100, 200)), 100, 10, 3)
+    inflight = InOrder()
+    handed_back = Chunk(0, list(range(0, 50)), Future())
+    later = Chunk(50, list(range(50, 100)), Future())
+    inflight.add(handed_back)
+    inflight.add(later)
+    assert handed_back.future.cancel()
+    inflight.remove(handed_back)
+    feeder.put_back(handed_back.start, handed_back.items)
+    later.future.set_result(None)
+    later.checked, later.values = True, [x * 2 for x in later.items]
+    assert list(inflight.release(feeder.hold_from())) == []  # held: item 0 has yet to run
+    assert feeder.next_chunk() == (0, list(range(50)))  # the handed-back chunk goes out first
+    again = Chunk(0, list(range(50)), Future())
+    inflight.add(again)
+    again.future.set_result(None)
+    again.checked, again.values = True, [x * 2 for x in again.items]
+    released = [v for block in inflight.release(feeder.hold_from()) for v in block]
+    assert released == [x * 2 for x in range(100)]

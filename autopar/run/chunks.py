@@ -198,8 +198,12 @@ class Feeder:
         self.front: deque[tuple[int, list[Any]]] = deque()  # not run yet, before next_index
 
     def hold_from(self) -> int | None:
-        """Results are not released at or past an item waiting to run again."""
-        return self.retry[0][0] if self.retry else None
+        """Results are not released at or past an item waiting to run again, or to run at
+        all: a chunk handed back by a fallback or a switch waits in ``front`` while later
+        chunks still in the pool come back (released at its place, they put every result
+        from there on one chunk off)."""
+        waiting = [q[0][0] for q in (self.retry, self.front) if q]
+        return min(waiting) if waiting else None
 
     def add_retry(self, start: int, items: list[Any], attempt: int) -> None:
         self.retry.append((start, items, attempt))

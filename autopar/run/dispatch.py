@@ -151,7 +151,9 @@ class PoolRun:
             if not all(c.checked for c in self.inflight):
                 return  # the old pool's last chunks are still running
             self.adapt.switch()
-        while len(self.inflight) < feeder.limit and feeder.has_more and not feeder.retry:
+        # Chunks handed back go out whatever the limit: results after them are held until
+        # they are back (Feeder.hold_from), and would hold the limit's places meanwhile.
+        while (len(self.inflight) < feeder.limit or feeder.front) and feeder.has_more and not feeder.retry:
             nxt = feeder.next_chunk()
             if nxt is None:
                 break
