@@ -142,6 +142,23 @@ def pytest_configure(config):
     )
 
 
+def pytest_unconfigure(config):
+    """Whatever child process is still alive when the session ends goes (each test checks
+    its own leftovers; this keeps a worker of the session's shared pools, left waiting by a
+    pool whose manager thread died, from holding the interpreter's exit, where
+    multiprocessing joins its children)."""
+    try:
+        children = psutil.Process().children(recursive=True)
+    except psutil.Error:
+        return
+    for child in children:
+        try:
+            child.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(children, timeout=5)
+
+
 def pytest_generate_tests(metafunc):
     named = [n for n in _MATRIX_FIXTURES if n in metafunc.fixturenames]
     if not named:
