@@ -583,3 +583,22 @@ def test_results_after_a_chunk_handed_back_wait_for_it():
     again.checked, again.values = True, [x * 2 for x in again.items]
     released = [v for block in inflight.release(feeder.hold_from()) for v in block]
     assert released == [x * 2 for x in range(100)]
+
+
+@pytest.mark.skipif(not hasattr(os, "register_at_fork"), reason="fork hooks")
+def test_no_thread_of_autopars_is_alive_when_it_forks():
+    # The deadline watcher of a thread run with a time limit lives on for half a second;
+    # a process run right after forked beside it (a fork copies a thread's locks; 3.12+
+    # warn). An idle watcher now ends before any fork.
+    from helpers import nap
+
+    seen: list[list[str]] = []
+
+    def after_fork_in_parent() -> None:
+        seen.append([t.name for t in threading.enumerate() if t.name.startswith("autopar-")])
+
+    os.register_at_fork(after_in_parent=after_fork_in_parent)
+    execute(nap, [0.001] * 10, executor_type="thread", n_jobs=2, timeout=30)
+    assert any(t.name == "autopar-deadlines" for t in threading.enumerate())  # still watching
+    execute(abs, range(-20, 20), executor_type="process", n_jobs=2, start_method="fork")
+    assert seen and all(names == [] for names in seen), seen

@@ -242,6 +242,7 @@ class _Deadlines:
         self.wake = float("inf")  # when the watcher wakes next
         self.idle_since = float("inf")  # since when no deadline is set
         self.watcher: threading.Thread | None = None
+        self.ending = False  # quiesce(): the watcher is to end now
 
     def arm(self, seconds: float | None, owner: object = None) -> None:
         """The calling thread runs an item of ``owner``, stopped ``seconds`` from now (None:
@@ -254,6 +255,7 @@ class _Deadlines:
                 return
             deadline = time.monotonic() + seconds
             self.due[threading.get_ident()] = deadline
+            self.ending = False
             if self.watcher is None or not self.watcher.is_alive():
                 self.watcher = threading.Thread(target=self._watch, name="autopar-deadlines", daemon=True)
                 self.watcher.start()
@@ -298,6 +300,18 @@ class _Deadlines:
         with self.cond:
             return max((now - d for d, o in self.fired.values() if o is owner), default=0.0)
 
+    def quiesce(self) -> None:
+        """Before a fork: an idle watcher (no deadline set) ends now instead of after
+        ``WATCHER_IDLE``, so the fork copies no thread of autopar's (a fork beside threads
+        copies their locks; 3.12+ warn). A watcher with deadlines to keep stays."""
+        with self.cond:
+            watcher = self.watcher
+            if watcher is None or self.due or watcher is threading.current_thread():
+                return
+            self.ending = True
+            self.cond.notify()
+        watcher.join(1.0)
+
     def _watch(self) -> None:
         """Until no deadline is left for ``WATCHER_IDLE`` seconds (in the caller's process too,
         for threads and the sample, it must not outlive the runs that armed it)."""
@@ -309,8 +323,8 @@ class _Deadlines:
                         del self.due[tid]
                         self.fired[tid] = (deadline, self.owner.get(tid))
                         _async_raise(tid, _Expired)
-                if not self.due and now - self.idle_since >= WATCHER_IDLE:
-                    self.watcher = None
+                if not self.due and (self.ending or now - self.idle_since >= WATCHER_IDLE):
+                    self.watcher, self.ending = None, False
                     return
                 if self.due:
                     self.idle_since = float("inf")
@@ -323,7 +337,7 @@ class _Deadlines:
 WATCHER_IDLE = 0.5  # seconds the deadline watcher waits for another item before it ends
 _DEADLINES = _Deadlines()
 if hasattr(os, "register_at_fork"):  # a forked child has none of the parent's threads
-    os.register_at_fork(after_in_child=_DEADLINES.__init__)
+    os.register_at_fork(before=_DEADLINES.quiesce, after_in_child=_DEADLINES.__init__)
 
 
 def watch_item(owner: object = None) -> None:

@@ -105,11 +105,15 @@ class SampleStash:
     ) -> None:
         self.func = func
         self.one_shot = one_shot
-        items = [x for block in item_blocks for x in block]  # a Span reads the live list: copy
+        items = list(chain.from_iterable(item_blocks))  # a Span reads the live list: copy
         self.n_done = len(items)
-        # An array's sampled rows are checked as one block; other items one by one.
+        # An array's sampled rows are checked as one block; other items one by one (NumPy
+        # items by checksum; the rest as themselves, found by type at C speed: a Python pass
+        # over 72,000 sampled tiny items cost 15 ms of a 17 ms job).
         self.block = _Checked(data[: self.n_done]) if not one_shot and _is_array(data) else None
-        self.items = items if one_shot else [] if self.block is not None else [_snapshot(x) for x in items]
+        if not one_shot and self.block is None and any(t.__module__ == "numpy" for t in set(map(type, items))):
+            items = [_snapshot(x) for x in items]
+        self.items = [] if self.block is not None else items
         self.result_blocks = result_blocks
         self.ahead = ahead  # a one-shot iterator's items taken but not run: they go first
         self.exhausted = exhausted

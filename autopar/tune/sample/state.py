@@ -49,8 +49,10 @@ class Kept:
         self.failures += settle(failed, where, self.collect)
 
     def settled(self, results: list[Any]) -> None:
-        """Items that failed among ``results`` settled already (the probe's): kept."""
-        self.failures += [r.index for r in results if isinstance(r, ItemFailed)]
+        """Items that failed among ``results`` settled already (the probe's): kept. (Only
+        when collecting: otherwise a failure raised.)"""
+        if self.collect:
+            self.failures += [r.index for r in results if isinstance(r, ItemFailed)]
 
 
 class Timings:
