@@ -117,6 +117,21 @@ def test_other_processes_on_the_cpus_are_counted_by_what_they_want():
     assert others >= 0.5, others
 
 
+def _computing_items(**figures: object) -> "Profile":
+    """A synthetic profile: 100 items of 10 ms of CPU left, cheap to pickle."""
+    from dataclasses import replace
+
+    from autopar import Profile
+
+    base = Profile(
+        n_sampled=10, n_probed=0, n_items=110, item_time_mean=0.01, item_time_std=0.0, item_time_max=0.01,
+        cpu_ratio=1.0, func_bytes=50, func_pickle_time=1e-6, item_bytes=20, item_pickle_time=1e-6,
+        result_bytes=20, result_pickle_time=1e-6, transport="pickle", pickle_error=None,
+        peak_memory_per_item=1 << 10, thread_scaling=1.0, probe_threads=2, sample_time=0.1, exhausted=False,
+    )
+    return replace(base, **figures)
+
+
 def test_the_model_predicts_pools_at_their_share_beside_other_work():
     # Synthetic: 100 CPU-bound items of 10 ms. On 2 idle cores two processes halve the work;
     # beside three other processes' work they get 0.8 of the cores against serial's 0.5 (x1.6,
@@ -124,16 +139,11 @@ def test_the_model_predicts_pools_at_their_share_beside_other_work():
     # share).
     from dataclasses import replace
 
-    from autopar import Profile, pool_costs, system_info
+    from autopar import pool_costs, system_info
     from autopar.tune.model import decide
     from autopar.tune.predict import _predict
 
-    profile = Profile(
-        n_sampled=10, n_probed=0, n_items=110, item_time_mean=0.01, item_time_std=0.0, item_time_max=0.01,
-        cpu_ratio=1.0, func_bytes=50, func_pickle_time=1e-6, item_bytes=20, item_pickle_time=1e-6,
-        result_bytes=20, result_pickle_time=1e-6, transport="pickle", pickle_error=None,
-        peak_memory_per_item=1 << 10, thread_scaling=1.0, probe_threads=2, sample_time=0.1, exhausted=False,
-    )
+    profile = _computing_items()
     costs = pool_costs()
     idle = _predict("process", 2, 10, 100, profile, costs, 2, 1.0)
     loaded = _predict("process", 2, 10, 100, replace(profile, others_cores=3.0), costs, 2, 1.0)
@@ -149,17 +159,10 @@ def test_workers_of_a_fresh_interpreter_pay_the_first_call_again():
     # side by side: once more in the pool's wall time.
     from dataclasses import replace
 
-    from autopar import Profile
     from autopar.tune.costs import pool_costs
     from autopar.tune.predict import _predict
 
-    profile = Profile(
-        n_sampled=10, n_probed=0, n_items=110, item_time_mean=0.01, item_time_std=0.0, item_time_max=0.5,
-        cpu_ratio=1.0, func_bytes=50, func_pickle_time=1e-6, item_bytes=20, item_pickle_time=1e-6,
-        result_bytes=20, result_pickle_time=1e-6, transport="pickle", pickle_error=None,
-        peak_memory_per_item=1 << 10, thread_scaling=1.0, probe_threads=2, sample_time=0.6, exhausted=False,
-        warmup_time=0.5,
-    )
+    profile = _computing_items(item_time_max=0.5, sample_time=0.6, warmup_time=0.5)
     for method in ("fork", "spawn", "forkserver"):
         costs = replace(pool_costs(), start_method=method)
         without = _predict("process", 2, 10, 100, replace(profile, warmup_time=None), costs, 2, 1.0)
