@@ -310,7 +310,9 @@ class _Deadlines:
                 return
             self.ending = True
             self.cond.notify()
-        watcher.join(1.0)
+        end = time.monotonic() + 1.0
+        while watcher.is_alive() and self.ending and time.monotonic() < end:
+            watcher.join(0.01)  # (a deadline armed meanwhile keeps the watcher: stop waiting)
 
     def _watch(self) -> None:
         """Until no deadline is left for ``WATCHER_IDLE`` seconds (in the caller's process too,

@@ -165,6 +165,7 @@ class Fallback:
             return False
         self.gil_watch = False
         self.job.report.fallback_speedup = round(rate * item_cpu, 3)  # threads over serial, as run
+        self.job.report.lost_pool = (self.job.kind, self.job.n_jobs)
         self.cpu_bound, self.serial_item, self.item_cpu, self.checked = True, item_cpu, item_cpu, True
         self.predicted_rate = self.thread_rate
         self._take_alternative()
@@ -182,6 +183,11 @@ class Fallback:
     def restart(self) -> None:
         """A new window (after a check, or on the pool switched to)."""
         self.t0, self.items, self.chunks = time.perf_counter(), 0, 0
+
+    def paused(self, seconds: float) -> None:
+        """The caller was away ``seconds`` between blocks (a slow loop over execute_iter()):
+        no chunk went out meanwhile, which is not the pool's doing."""
+        self.t_begin += seconds
 
     def busy(self, items: int, elapsed: float, cpu: float) -> None:
         """A pool chunk of ``items`` took ``elapsed`` seconds (``cpu`` of CPU) in its worker."""
@@ -214,6 +220,7 @@ class Fallback:
             return CHECK, ""
         if self.doubt:
             self.job.report.fallback_speedup = round(rate / serial_rate, 3)
+            self.job.report.lost_pool = (self.job.kind, self.job.n_jobs)
             return SERIAL, (
                 f"the pool delivered {rate:.4g} items/s against {serial_rate:.4g} items/s serially "
                 f"({self.items} items over {span * 1e3:.0f} ms)"

@@ -47,6 +47,15 @@ from .recovery import Decision, Watchdog, recover
 __all__ = ["Job", "PoolRun"]
 
 
+def _timed_out(blocks: Iterator[list[Any]], fallback: Any) -> Iterator[list[Any]]:
+    """The blocks, each given to the caller, whose time away (a slow loop over
+    execute_iter()) the fallback does not count against the pool."""
+    for block in blocks:
+        t_out = time.perf_counter()
+        yield block
+        fallback.paused(time.perf_counter() - t_out)
+
+
 class PoolRun:
     """One run on a thread or process pool: fill, wait, harvest, recover or adapt, release."""
 
@@ -171,7 +180,7 @@ class PoolRun:
         return (
             self.inline is not None
             and self.feeder.has_more
-            and sum(1 for c in self.inflight if c.inline) < self.feeder.limit
+            and (bool(self.feeder.front) or sum(1 for c in self.inflight if c.inline) < self.feeder.limit)
         )
 
     # -- harvest ---------------------------------------------------------------------------
@@ -284,7 +293,7 @@ class PoolRun:
                 if not self.harvest():
                     self.act(recover(self))
                     continue
-                yield from self.inflight.release(self.feeder.hold_from())
+                yield from _timed_out(self.inflight.release(self.feeder.hold_from()), self.adapt.fallback)
             clean = True
             self.feeder.raise_input_error()
         except BaseException as exc:

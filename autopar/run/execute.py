@@ -300,18 +300,19 @@ def _collect(it: ExecutionIterator) -> list[Any]:
     return [] if results is None else results
 
 
-def _feed_back(job: Job, cpu: float) -> None:
+def _feed_back(job: Job, cpu: float, away: float = 0.0) -> None:
     """What the run measured goes back to the tuning cache: its item time in the workers for
     serial and process runs and a single thread. Several threads are judged on the run's wall
     time against the prediction instead: an item's time in a thread holds the other threads'
     share of the GIL, or not (a chunk of a few ms often runs within one switch interval), so
     it says nothing certain; a wrong kept thread scaling shows in the run's time. A pool run
     slower than serial (``cpu``: the process's CPU seconds over the run, for threads) leaves
-    its verdict with the key (see :mod:`autopar.tune.wisdom`)."""
+    its verdict with the key (see :mod:`autopar.tune.wisdom`); ``away``: seconds the caller
+    spent between blocks (a slow loop over execute_iter()), not the pool's."""
     result, report = job.result, job.report
     if result is None or result.cache_key is None or not report.measured_item_time:
         return
-    lost = _lost(job, cpu)
+    lost = _lost(job, cpu, away)
     if lost is not None:
         report.cache = wisdom.observe(result.cache_key, None, lost=lost)
         return
@@ -324,23 +325,25 @@ def _feed_back(job: Job, cpu: float) -> None:
     report.cache = wisdom.observe(result.cache_key, None, stale=took > wisdom.THREAD_STALE_FACTOR * predicted)
 
 
-def _lost(job: Job, cpu: float) -> tuple[str, dict[str, float]] | None:
+def _lost(job: Job, cpu: float, away: float = 0.0) -> tuple[str, dict[str, float]] | None:
     """(pool kind, its figures) where a pool run was slower than the serial estimate of its
     items by more than the noise of one run (wisdom.LOST), on a run long enough to tell."""
     report, profile = job.report, job.result.profile  # type: ignore[union-attr]
-    speedup, serial = report.measured_speedup, report.serial_estimate
+    serial = report.serial_estimate
+    took = report.run_time - away
+    speedup = serial / took if serial and took > 0 and report.n_items > report.n_from_sample else None
     kind, n_jobs = job.kind, job.n_jobs
-    if report.fallback_speedup is not None:
-        # The run found its pool losing on its own figures: it fell back to serial, or the
+    if report.fallback_speedup is not None and report.lost_pool is not None:
+        # The run found a pool losing on its own figures: it fell back to serial, or the
         # threads held the GIL in turn (and may have switched to processes since): no margin.
         speedup = report.fallback_speedup
-        kind, n_jobs = (report.executor_type, report.n_jobs) if report.fallback else (kind, n_jobs)
+        kind, n_jobs = report.lost_pool
     elif report.fell_back or speedup is None or speedup >= wisdom.LOST:
         return None
     if kind == "serial" or not serial or serial < MIN_LOST_RUN:
         return None
     figures = {"n_jobs": float(n_jobs), "speedup": round(speedup, 3)}
-    if kind == "thread" and job.kind != "thread":  # switched: the threads held the GIL computing
+    if kind == "thread" and job.kind != "thread":  # left: the threads held the GIL computing
         figures["cpu_ratio"] = 1.0
     elif kind == "thread":
         n_run = report.n_items - report.n_from_sample
@@ -396,6 +399,7 @@ def _native_threads(job: Job) -> ContextManager[Any]:
 def _run(job: Job, prefix: list[list[Any]], rest: Iterator[Any], total: int | None, t_begin: float) -> Iterator[list[Any]]:
     report = job.report
     t_run, cpu0 = time.perf_counter(), time.process_time()
+    away = [0.0, 0.0]  # wall and CPU seconds the caller spent between blocks (execute_iter's loop)
     index = n_prefix = sum(map(len, prefix))
     try:
         job.bar.update(n_prefix)
@@ -404,7 +408,10 @@ def _run(job: Job, prefix: list[list[Any]], rest: Iterator[Any], total: int | No
         with _native_threads(job):
             for values in blocks:
                 index += len(values)
+                t_out, c_out = time.perf_counter(), time.process_time()
                 yield values
+                away[0] += time.perf_counter() - t_out
+                away[1] += time.process_time() - c_out
         report.completed = True
     finally:
         job.bar.close()
@@ -416,4 +423,4 @@ def _run(job: Job, prefix: list[list[Any]], rest: Iterator[Any], total: int | No
         report.wall_time = now - t_begin
         if job.result is not None and report.completed:
             report.serial_estimate = (index - n_prefix) * job.result.profile.item_time_mean
-            _feed_back(job, time.process_time() - cpu0)
+            _feed_back(job, time.process_time() - cpu0 - away[1], away[0])

@@ -42,6 +42,7 @@ class ExecutionReport:
     # The pool's speedup over serial as the run measured it, where that made it leave the pool
     # (falling back to serial) or found threads holding the GIL in turn.
     fallback_speedup: float | None = None
+    lost_pool: tuple[str, int] | None = None  # (kind, workers) of the pool fallback_speedup is of
     completed: bool = False
     # Chunk by chunk: (first item, items, start, end, status), seconds since execute() was
     # called; status "ok", "failed", "retried" (ran again after a worker died) or "inline"

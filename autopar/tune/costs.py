@@ -91,7 +91,7 @@ def cache_dir() -> Path:
     if sys.platform.startswith("linux"):
         # platformdirs' rule on Linux, without importing it: 8 ms of a fresh process's first
         # optimize() (its modules and their regular expressions), a third of a 17 ms job's.
-        base = os.environ.get("XDG_CACHE_HOME", "").strip()
+        base = os.environ.get("XDG_CACHE_HOME", "")
         return Path(base if os.path.isabs(base) else os.path.expanduser("~/.cache")) / "autopar"
     from platformdirs import user_cache_dir
 

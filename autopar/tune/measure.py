@@ -20,6 +20,7 @@ from typing import Callable
 
 from . import constants
 from .constants import CPU_BOUND  # noqa: F401  (imported from here by tune/optimize.py)
+from .system import usable_cores
 
 __all__ = ["CpuMeter", "OthersMeter", "PeakRSS", "busy_clock", "queued_seconds", "rss"]
 
@@ -240,6 +241,9 @@ class OthersMeter:
         if run > 0 and queued > constants.OTHERS_QUEUED_SHARE * (run + queued):
             wanted = n * (run + queued) / run - 1.0
         others = min(max(used, wanted, 0.0), constants.OTHERS_MAX_PER_CORE * n)
+        # In the cores the model counts: a quota of 2 on a 64-CPU host sees the host's
+        # other tenants on 64 CPUs, of which its share is 2/64.
+        others *= min(usable_cores() / n, 1.0)
         return round(others, 2) if others >= constants.OTHERS_MIN_CORES else 0.0
 
 

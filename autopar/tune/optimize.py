@@ -163,7 +163,8 @@ def optimize_with(func: Callable[[Any], Any], data: Iterable[Any], opts: Options
         # Whether a BLAS pool is running is this process's state now, not the cached one's.
         blas_live = entry.profile.cpu_ratio >= CPU_BOUND and native_threads() > 0 and threaded_blas_loaded()
         profile = replace(
-            entry.profile, n_sampled=0, n_probed=0, n_items=n, exhausted=False, sample_time=0.0, blas_live=blas_live
+            entry.profile, n_sampled=0, n_probed=0, n_items=n, exhausted=False, sample_time=0.0, blas_live=blas_live,
+            others_cores=0.0,  # (the load while that sample ran, not now)
         )
     else:
         profile, stash = sample(
