@@ -224,7 +224,10 @@ def test_the_model_sends_work_to_a_cluster_only_where_it_pays():
     from autopar.tune.system import system_info
 
     r = autopar.optimize(spin, range(400), executor_type="serial")
-    cpu = dataclasses.replace(r.profile, n_items=4000, exhausted=False, item_time_mean=0.002, cpu_ratio=1.0, thread_scaling=1.0, probe_threads=2)
+    cpu = dataclasses.replace(
+        r.profile, n_items=4000, exhausted=False, item_time_mean=0.002, cpu_ratio=1.0, thread_scaling=1.0, probe_threads=2,
+        others_cores=0.0, single_blas_time=None,  # (not the load or BLAS of the sample's moment)
+    )
     system = dataclasses.replace(system_info(), usable_cores=2)
     costs = pool_costs()
     types = ("serial", "thread", "process", "dask")

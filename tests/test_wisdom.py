@@ -330,7 +330,7 @@ def _forged(entry, **figures):
     real one, so a pool run on it reads slower than serial on any machine, busy or not)."""
     from dataclasses import replace
 
-    return replace(entry.profile, item_time_std=0.0, others_cores=0.0, **figures)
+    return replace(entry.profile, item_time_std=0.0, others_cores=0.0, single_blas_time=None, blas_live=False, **figures)
 
 
 def _cpu_time() -> float:

@@ -47,6 +47,20 @@ from .recovery import Decision, Watchdog, recover
 __all__ = ["Job", "PoolRun"]
 
 
+def _scheduler_gone(run: "PoolRun", wait: float = 0.5) -> None:
+    """A Dask chunk failed: where the scheduler went away the client may learn it a moment
+    after its tasks fail (a task read as failed with distributed's own ValueError beside
+    two spinning processes): look for up to ``wait`` seconds, then raise the ConnectionError
+    that names the scheduler (recovery's), else return (the chunk's error is its own)."""
+    gone = getattr(run.backend, "gone", None)
+    if gone is None:
+        return
+    end = time.monotonic() + wait
+    while gone() is None and time.monotonic() < end:
+        time.sleep(0.05)
+    Watchdog.cluster_gone(run)
+
+
 def _timed_out(blocks: Iterator[list[Any]], fallback: Any) -> Iterator[list[Any]]:
     """The blocks, each given to the caller, whose time away (a slow loop over
     execute_iter()) the fallback does not count against the pool."""
@@ -195,7 +209,7 @@ class PoolRun:
             if self.backend.is_broken(exc):
                 return False
             if exc is not None and job.kind == "dask":
-                exc = _dask_worker_died(exc, c)
+                exc = _dask_worker_died(exc, c, self)
             if exc is not None:
                 if not job.opts.collect:
                     _raise_pool_error(exc, job.kind, c)
@@ -340,9 +354,11 @@ def _clear_finished(frame: FrameType) -> bool:
     return True
 
 
-def _dask_worker_died(exc: BaseException, chunk: Chunk) -> BaseException:
+def _dask_worker_died(exc: BaseException, chunk: Chunk, run: "PoolRun") -> BaseException:
     """Dask's KilledWorker (the task's workers died more often than the scheduler allows)
-    as a :class:`WorkerDied` naming the chunk's items, as a local pool's dead worker is."""
+    as a :class:`WorkerDied` naming the chunk's items, as a local pool's dead worker is; a
+    scheduler that went away as recovery's ConnectionError (see :func:`_scheduler_gone`)."""
+    _scheduler_gone(run)
     if type(exc).__name__ != "KilledWorker":
         return exc
     items = tuple(range(chunk.start, chunk.start + len(chunk.items)))

@@ -340,8 +340,8 @@ def _lost(job: Job, cpu: float, away: float = 0.0) -> tuple[str, dict[str, float
         kind, n_jobs = report.lost_pool
     elif report.fell_back or speedup is None or speedup >= wisdom.LOST:
         return None
-    if kind == "serial" or not serial or serial < MIN_LOST_RUN:
-        return None
+    if kind == "serial" or not serial or (serial < MIN_LOST_RUN and report.lost_pool is None):
+        return None  # (a pool that lost on the run's own figures is judged at any length)
     figures = {"n_jobs": float(n_jobs), "speedup": round(speedup, 3)}
     if kind == "thread" and job.kind != "thread":  # left: the threads held the GIL computing
         figures["cpu_ratio"] = 1.0
