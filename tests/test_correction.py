@@ -4,7 +4,6 @@ sample or the tuning cache said."""
 
 from __future__ import annotations
 
-import shutil
 import time
 from dataclasses import replace
 
@@ -12,16 +11,7 @@ import pytest
 
 import autopar
 from autopar.tune import wisdom
-from autopar.tune.costs import cache_dir
-
-
-@pytest.fixture
-def cache(tmp_path, monkeypatch):
-    for f in cache_dir().glob("pool-costs-*.json"):
-        shutil.copy(f, tmp_path / f.name)
-    monkeypatch.setenv("AUTOPAR_CACHE_DIR", str(tmp_path))
-    monkeypatch.delenv("AUTOPAR_CACHE", raising=False)
-    yield tmp_path
+from test_wisdom import cache  # noqa: F401  (the tuning cache on, in a folder of the test's own)
 
 
 def loop(x: int) -> int:

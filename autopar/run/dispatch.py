@@ -289,8 +289,8 @@ class PoolRun:
         try:
             while True:
                 self.fill()
-                if not len(self.inflight):
-                    break
+                if not len(self.inflight) and not self.feeder.retry and not self.feeder.front:
+                    break  # (a retry whose submit met a pool broken again waits its turn)
                 if self.inflight.waiting():
                     busy_inline = self._can_run_inline()
                     timeout = 0 if busy_inline else Watchdog.wait_timeout(self)
