@@ -1,23 +1,23 @@
 """Adapting a run while it goes: the chunksize (:class:`ChunkTuner`), and leaving a pool
-that loses (:class:`Fallback` watches, :class:`Adapter` acts on the run): to serial in the
-caller, or once from threads to the runner-up process pool. Nothing is lost or run twice: chunks
-the pool has not started go back to the feeder, and a switch waits for the pool's last chunk.
+that loses (:class:`Fallback`): to serial in the caller, or once from threads to the runner-up
+process pool. These only read the run: :class:`Adapter` turns their verdicts into a
+:class:`~autopar.run.recovery.Decision` that :meth:`PoolRun.act
+<autopar.run.dispatch.PoolRun.act>` carries out (nothing is lost or run twice: chunks the pool
+has not started go back to the feeder, and a switch waits for the pool's last chunk).
 """
 
 from __future__ import annotations
 
 import time
-import weakref
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from ..backends.dask import cluster_costs
-from ..backends.local import InlineBackend
-from ..backends.worker import limited
 from ..tune.costs import pool_costs
 from ..tune.constants import CPU_RATIO_CPU
 from ..tune.predict import Candidate, best_chunksize, best_dask
-from .chunks import RAMP_SECONDS, Chunk, Feeder, Job
+from .chunks import RAMP_SECONDS, Feeder, Job
+from .recovery import Decision
 
 if TYPE_CHECKING:
     from .dispatch import PoolRun
@@ -48,30 +48,30 @@ class ChunkTuner:
         self.job, self.first_index, self.total = job, first_index, total
         self.basis = job.result.profile.item_time_mean if job.result is not None else None
 
-    def adapt(self, feeder: Feeder, done_time: float, done_items: int, done_chunks: int) -> None:
+    def adapt(self, feeder: Feeder, done_time: float, done_items: int, done_chunks: int) -> tuple[int, str] | None:
+        """A new chunksize and why, or None."""
         job, result = self.job, self.job.result
         if not (job.opts.adapt and self.basis and result is not None and done_chunks >= max(3, job.n_jobs)):
-            return
+            return None
         measured = done_time / done_items
         ratio = measured / self.basis
         if 1 / ADAPT_FACTOR <= ratio <= ADAPT_FACTOR:
-            return
+            return None
+        basis, self.basis = self.basis, measured
         if self.total is not None:
             left = self.total - feeder.next_index
         else:
             left = max(result.n_remaining + self.first_index - feeder.next_index, job.n_jobs)
-        if left > 0:
-            profile = replace(result.profile, item_time_mean=measured, item_time_std=result.profile.item_time_std * ratio)
-            if job.kind == "dask":  # the cluster's task costs, not a local pool's
-                new = best_dask(left, profile, cluster_costs(job.pool.client)).chunksize  # type: ignore[union-attr]
-            else:
-                costs = pool_costs(job.method)
-                new = best_chunksize(job.kind, job.n_jobs, left, profile, costs, result.usable_cores).chunksize
-            if new != feeder.chunksize:
-                why = f"items take {measured * 1e3:.3g} ms, not {self.basis * 1e3:.3g} ms"
-                job.report.chunksize_changes.append((feeder.next_index, feeder.chunksize, new, why))
-                feeder.chunksize = new
-        self.basis = measured
+        if left <= 0:
+            return None
+        profile = replace(result.profile, item_time_mean=measured, item_time_std=result.profile.item_time_std * ratio)
+        if job.kind == "dask":  # the cluster's task costs, not a local pool's
+            new = best_dask(left, profile, cluster_costs(job.pool.client)).chunksize  # type: ignore[union-attr]
+        else:
+            new = best_chunksize(job.kind, job.n_jobs, left, profile, pool_costs(job.method), result.usable_cores).chunksize
+        if new == feeder.chunksize:
+            return None
+        return new, f"items take {measured * 1e3:.3g} ms, not {basis * 1e3:.3g} ms"
 
 
 CHECK, SERIAL, SWITCH = "check", "serial", "switch"  # Fallback.losing()'s verdicts
@@ -79,26 +79,15 @@ CHECK, SERIAL, SWITCH = "check", "serial", "switch"  # Fallback.losing()'s verdi
 
 class Fallback:
     """Watches the pool's delivered rate against serial's and against its own prediction.
-    A pool clearly losing to serial gives way to it: the rest of the input runs inline (in
-    the caller). A thread pool clearly short of its prediction, where the runner-up process
-    pool is predicted clearly faster than what the threads deliver, gives way to it once. Nothing is lost or run twice either way.
+    A pool clearly losing to serial gives way to it (the rest runs in the caller); a thread
+    pool of computing items clearly short of its prediction gives way once to the runner-up
+    process pool predicted clearly faster, where that saves its start twice over.
 
-    Serial's rate starts as the sample's item time. A pool that looks slower than that is
-    not left on the sample's word: items can grow along the input, or run slower in a
-    worker than in the caller (a forked heap, caches shared with the parent), and only
-    timing a chunk in the caller tells which. So the first verdict is :data:`CHECK`: the
-    run times the next small chunk serially, in the caller, and that becomes serial's
-    rate; the pool is left only if it still loses over a window of chunks after it.
-
-    The switch goes one way, threads to processes, for computing items only: threads of
-    GIL-free FFTs sharing one malloc arena delivered x1.42 where the probe read x1.9 and
-    processes ran x1.8, a cost of sharing one process that processes do not pay. The other
-    way, processes short of their prediction because items grew along the input (pure
-    Python, 1 s) went to threads predicted on the sample's item size, and took 1.62x the
-    best. Items grown beyond the sample (CPU per item in the workers over
-    :data:`SWITCH_DRIFT` times the sample's) do not switch either. It is judged over a
-    longer window (:data:`SWITCH_MIN_TIME`, two chunks a worker) and only where the time it
-    saves on the items left pays the other pool's start twice over."""
+    Serial's rate starts as the sample's item time, but a pool is not left on the sample's
+    word: the first verdict is :data:`CHECK` (the next small chunk is timed in the caller and
+    becomes serial's rate); the pool is left only if it still loses over a window after it.
+    The switch goes one way, threads to processes, and not for items grown beyond the sample
+    (CPU an item over :data:`SWITCH_DRIFT` times the sample's). Why: docs/notes/run.md."""
 
     def __init__(self, job: Job) -> None:
         self.job = job
@@ -114,11 +103,10 @@ class Fallback:
         self.busy_items, self.busy_time, self.busy_cpu = 0, 0.0, 0.0  # in the workers
         self.busy_chunks, self.t_begin = 0, time.perf_counter()
         self.item_cpu = profile.item_time_mean * profile.cpu_ratio if profile is not None else 0.0
+        self.lost: tuple[float, tuple[str, int]] | None = None  # (speedup over serial, the pool): a verdict
         self.alternative: Candidate | None = None  # the process pool a thread run may switch to
         self.predicted_rate = self.alternative_rate = 0.0  # steady items/s, predicted
-        # Not on figures from the tuning cache: the switch weighs what the threads deliver now
-        # against predictions from another moment (in a full benchmark run, thread runs on a
-        # hit switched on GIL-free rows where the grid's thread x2 won: 1.5x its time).
+        # Not on figures from the tuning cache: predictions from another moment.
         fresh = result is not None and result.cache != "hit"
         threads = job.chosen and job.kind == "thread" and result is not None and result.n_remaining > 0
         if fresh and threads and self.cpu_bound:
@@ -141,17 +129,11 @@ class Fallback:
             self.alternative_rate = _steady_rate(result.n_remaining, alt.predicted_time - alt.start)
 
     def gil_found(self) -> bool:
-        """Whether threads turned out to hold the GIL in turn, from the run's own figures, not
-        the sample's: their CPU an item times the rate they deliver is about one core
-        (:data:`GIL_CORES`) and the rate is short of the prediction. A function whose first
-        call imported a module read CPU/wall 0.13 and x3.7 on 16 threads in its sample (the
-        threads queued on the import lock): pure Python went to 16 threads, 4x serial's
-        time. Then the items are taken as computing (serial's item time is their CPU time)
-        and the runner-up process pool becomes the switch's alternative. ``rate``: items a
-        second since the pool started (a chunk's time in its thread says nothing certain: a
-        chunk of a few ms often runs within one switch interval of the GIL; and a window from
-        the first chunk back counts the chunks already in flight then, half of a 16-thread
-        run's items)."""
+        """Whether threads turned out to hold the GIL in turn, on the run's own figures: their
+        CPU an item times the rate they deliver (items a second since the pool started) is
+        about one core (:data:`GIL_CORES`), short of the prediction. Then the items count as
+        computing (serial's item time is their CPU time) and the runner-up process pool
+        becomes the switch's alternative."""
         if not self.gil_watch or self.busy_chunks < 2 * self.job.n_jobs or self.busy_cpu <= 0:
             return False
         item_cpu = self.busy_cpu / self.busy_items
@@ -164,8 +146,7 @@ class Fallback:
         if not computing or rate * item_cpu > GIL_CORES or rate >= SWITCH_SHORTFALL * self.thread_rate:
             return False
         self.gil_watch = False
-        self.job.report.fallback_speedup = round(rate * item_cpu, 3)  # threads over serial, as run
-        self.job.report.lost_pool = (self.job.kind, self.job.n_jobs)
+        self.lost = (round(rate * item_cpu, 3), (self.job.kind, self.job.n_jobs))  # threads over serial, as run
         self.cpu_bound, self.serial_item, self.item_cpu, self.checked = True, item_cpu, item_cpu, True
         self.predicted_rate = self.thread_rate
         self._take_alternative()
@@ -219,8 +200,7 @@ class Fallback:
         if self.doubt and not self.checked:
             return CHECK, ""
         if self.doubt:
-            self.job.report.fallback_speedup = round(rate / serial_rate, 3)
-            self.job.report.lost_pool = (self.job.kind, self.job.n_jobs)
+            self.lost = (round(rate / serial_rate, 3), (self.job.kind, self.job.n_jobs))
             return SERIAL, (
                 f"the pool delivered {rate:.4g} items/s against {serial_rate:.4g} items/s serially "
                 f"({self.items} items over {span * 1e3:.0f} ms)"
@@ -278,88 +258,51 @@ def _steady_rate(items: int, seconds: float) -> float:
 
 
 class Adapter:
-    """What a run does on the watchers' verdicts, with each pool chunk back."""
+    """The run's watchers: with each pool chunk back, :meth:`judge` reads the run and says
+    what to do as a :class:`~autopar.run.recovery.Decision` (a new chunksize, a chunk to time
+    in the caller, a fallback to serial, a switch); :meth:`PoolRun.act` does it."""
 
-    def __init__(self, run: PoolRun, first_index: int, total: int | None) -> None:
-        # A proxy, not the run: a cycle would keep a finished pool's pipes open until the
-        # garbage collector's next full pass.
-        self.run = weakref.proxy(run)
-        self.tuner = ChunkTuner(run.job, first_index, total)
-        self.fallback = Fallback(run.job)
+    def __init__(self, job: Job, first_index: int, total: int | None) -> None:
+        self.tuner = ChunkTuner(job, first_index, total)
+        self.fallback = Fallback(job)
+        self.done_time, self.done_items, self.done_chunks = 0.0, 0, 0  # pool chunks back
 
-    def judge(self, items: int) -> None:
-        run = self.run
+    def judge(self, run: PoolRun, items: int, elapsed: float, cpu: float) -> Decision | None:
+        """A pool chunk of ``items`` came back, ``elapsed`` seconds (``cpu`` of CPU) in its worker."""
+        self.done_time += elapsed
+        self.done_items += items
+        self.done_chunks += 1
+        self.fallback.busy(items, elapsed, cpu)
         if run.inline is not None or run.switch_to is not None:
-            return
-        self.tuner.adapt(run.feeder, run.done_time, run.done_items, run.done_chunks)
-        verdict = self.fallback.losing(items, self.left())
+            return None
+        chunksize = self.tuner.adapt(run.feeder, self.done_time, self.done_items, self.done_chunks)
+        verdict = self.fallback.losing(items, left(run))
         if verdict is None:
-            return
-        if verdict[0] == CHECK:
-            self.time_serially()
-        elif verdict[0] == SERIAL:
-            self.fall_back(verdict[1])
-        else:
-            self.hand_back_unstarted()
-            run.switch_to = verdict[1]
+            return Decision(chunksize=chunksize) if chunksize else None
+        kind, why = verdict
+        return Decision(chunksize=chunksize, check=kind == CHECK, inline=why if kind == SERIAL else None,
+                        switch=why if kind == SWITCH else None)
 
-    def left(self) -> int:
-        """Items not handed out yet (estimated for input of unknown length)."""
-        run = self.run
-        if run.total is not None:
-            return run.total - run.feeder.next_index
-        n = run.job.result.n_remaining if run.job.result is not None else 0
-        return max(n + run.first_index - run.feeder.next_index, 0) + len(run.feeder.front)
+    def check_size(self, chunksize: int) -> int:
+        """Items in the chunk timed in the caller: about a ramp chunk's work."""
+        return min(chunksize, max(1, int(RAMP_SECONDS / self.fallback.serial_item)))
 
-    def time_serially(self) -> None:
-        """Run the next small chunk in the caller and take its time as serial's rate."""
-        run = self.run
-        size = min(run.feeder.chunksize, max(1, int(RAMP_SECONDS / self.fallback.serial_item)))
-        nxt = run.feeder.next_chunk(size)
-        if nxt is None:
-            return
-        fut = InlineBackend(limited(run.job.func, run.job.opts.timeout), run.job.opts.collect).submit(*nxt)
-        run.inflight.add(Chunk(nxt[0], nxt[1], fut, inline=True))
-        run.job.report.n_chunks += 1
-        _, wall, failures, cpu = fut.result()
-        self.fallback.serial_timed(0 if failures else len(nxt[1]), wall, cpu)
-
-    def fall_back(self, why: str) -> None:
-        """The rest runs inline; chunks the pool has not started come back to run inline too."""
-        run = self.run
-        run.inline = InlineBackend(limited(run.job.func, run.job.opts.timeout), run.job.opts.collect)
-        at = self.hand_back_unstarted()
-        run.feeder.chunksize = max(1, int(0.02 / max(self.fallback.serial_item, 1e-9)))
-        run.job.report.fallback = (at, "serial", why)
-
-    def hand_back_unstarted(self) -> int:
-        """Chunks the pool has not started go back to the feeder; the first item not run."""
-        run = self.run
-        for c in run.inflight.unchecked():
-            if c.future.cancel():
-                run.inflight.remove(c)
-                run.feeder.put_back(c.start, c.items)
-        return run.feeder.front[0][0] if run.feeder.front else run.feeder.next_index
-
-    def switch(self) -> None:
-        """Once the pool's last chunk is back, it is shut down and the runner-up pool takes
-        the rest, ramping up as a chosen pool does. (Not before: a fork while the threads
-        are inside the function could copy a lock one of them holds.)"""
-        run = self.run
-        job, feeder, why = run.job, run.feeder, run.switch_to
-        alt = self.fallback.alternative
-        assert alt is not None and why is not None
-        at = feeder.front[0][0] if feeder.front else feeder.next_index
-        run.backend.close(True)
-        run.switched_from = job.kind
-        job.kind, job.n_jobs = alt.executor_type, alt.n_jobs
+    def switch_plan(self, run: PoolRun) -> tuple[Candidate, int]:
+        """The runner-up pool the run moves to, and its chunksize for the items left."""
+        alt, job = self.fallback.alternative, run.job
+        assert alt is not None
+        chunksize = job.chunksize
         if job.result is not None:
             costs = pool_costs(job.method)
-            left = max(self.left(), 1)
-            job.chunksize = best_chunksize(job.kind, job.n_jobs, left, job.result.profile, costs, job.result.usable_cores).chunksize
-        feeder.chunksize, feeder.workers, feeder.limit = job.chunksize, job.n_jobs, 2 * job.n_jobs + 1
-        feeder.ramp = feeder.floor = run.ramp_size()
-        run.backend = run.new_backend()
-        self.fallback.switched()
-        run.switch_to = None
-        job.report.fallback = (at, f"{alt.executor_type} x{alt.n_jobs} (chunksize {job.chunksize})", why)
+            chunksize = best_chunksize(
+                alt.executor_type, alt.n_jobs, max(left(run), 1), job.result.profile, costs, job.result.usable_cores
+            ).chunksize
+        return alt, chunksize
+
+
+def left(run: PoolRun) -> int:
+    """Items not handed out yet (estimated for input of unknown length)."""
+    if run.total is not None:
+        return run.total - run.feeder.next_index
+    n = run.job.result.n_remaining if run.job.result is not None else 0
+    return max(n + run.first_index - run.feeder.next_index, 0) + len(run.feeder.front)

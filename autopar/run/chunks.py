@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any, Callable, Iterator
 
-from ..errors import settle
+from ..errors import ItemFailed, settle
 from ..options import Options
 from ..tune.result import OptimizationResult
 from ..tune.sample import Profile
@@ -52,6 +52,18 @@ class Job:
     def failed(self, failures: list[tuple[int, BaseException, str]]) -> None:
         """The one failure rule; collected failures are noted in the report."""
         self.report.failures.extend(settle(failures, self.kind, self.opts.collect))
+
+    def fail_in_place(self, chunk: "Chunk", error: BaseException) -> "Chunk":
+        """Collecting: every item of ``chunk`` gets ``error`` in its place; the chunk is done."""
+        failures = [(chunk.start + i, error, "") for i in range(len(chunk.items))]
+        now = time.perf_counter()
+        self.report.span(chunk.start, len(chunk.items), now - (time.monotonic() - chunk.sent), now, "failed")
+        self.failed(failures)
+        chunk.values = [ItemFailed(i, error) for i, _, _ in failures]
+        chunk.checked = True
+        chunk.future = Future()
+        chunk.future.set_result(None)  # done, so that nothing waits on it
+        return chunk
 
 
 @dataclass(eq=False)

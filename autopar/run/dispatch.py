@@ -39,6 +39,7 @@ from ..backends.base import Backend
 from ..backends.local import InlineBackend
 from ..backends.pools import make_backend, sigint_deferred
 from ..backends.process import Unsendable
+from ..backends.worker import limited
 from ..errors import ItemFailed, WorkerDied, add_note, settle
 from .adapt import Adapter
 from .chunks import Chunk, Feeder, InOrder, Job, ramp_start
@@ -70,56 +71,59 @@ def _timed_out(blocks: Iterator[list[Any]], fallback: Any) -> Iterator[list[Any]
         fallback.paused(time.perf_counter() - t_out)
 
 
+def ramp_size(job: Job) -> int:
+    """Chunks of a chosen pool start at about RAMP_SECONDS of work and double with each chunk
+    back up to the chunksize, so the pool's real rate is known, and a losing pool left, before
+    much work is committed to it."""
+    if not (job.chosen and job.opts.adapt) or job.result is None:
+        return 0
+    return ramp_start(job.result.profile, job.kind)
+
+
+def new_backend(job: Job) -> Backend:
+    transport = (job.result.profile.transport if job.result is not None else None) or "pickle"
+    return make_backend(
+        job.kind, job.func, job.n_jobs, pool=job.pool, start_method=job.method, transport=transport,
+        collect=job.opts.collect, timeout=job.opts.timeout,
+    )
+
+
+def _can_run_inline(run: "PoolRun") -> bool:
+    return (
+        run.inline is not None
+        and run.feeder.has_more
+        and (bool(run.feeder.front) or sum(1 for c in run.inflight if c.inline) < run.feeder.limit)
+    )
+
+
 class PoolRun:
     """One run on a thread or process pool: fill, wait, harvest, recover or adapt, release."""
 
     def __init__(self, job: Job, rest: Iterator[Any], first_index: int, total: int | None) -> None:
         self.job = job
-        self.feeder = Feeder(rest, first_index, job.chunksize, 2 * job.n_jobs + 1, self.ramp_size(), total, job.n_jobs)
+        self.feeder = Feeder(rest, first_index, job.chunksize, 2 * job.n_jobs + 1, ramp_size(job), total, job.n_jobs)
         self.inflight = InOrder()
         self.inline: InlineBackend | None = None
         self.switch_to: str | None = None  # why the run is to move to the runner-up pool
         self.switched_from: str | None = None  # the kind of pool it left
         self.total, self.first_index = total, first_index
-        self.done_time, self.done_items, self.done_chunks = 0.0, 0, 0
         self.last_progress = time.monotonic()
         self.cluster_checked = 0.0  # when the Dask workers were last asked what they run
         self.pool_closed = False
-        self.backend = self.new_backend()
-        self.adapt = Adapter(self, first_index, total)
-
-    def ramp_size(self) -> int:
-        """Chunks of a chosen pool start at about RAMP_SECONDS of work and double with each
-        chunk back up to the chunksize, so the pool's real rate is known, and a losing pool
-        left, before much work is committed to it."""
-        job = self.job
-        if not (job.chosen and job.opts.adapt) or job.result is None:
-            return 0
-        return ramp_start(job.result.profile, job.kind)
-
-    def new_backend(self) -> Backend:
-        job = self.job
-        transport = (job.result.profile.transport if job.result is not None else None) or "pickle"
-        return make_backend(
-            job.kind, job.func, job.n_jobs, pool=job.pool, start_method=job.method, transport=transport,
-            collect=job.opts.collect, timeout=job.opts.timeout,
-        )
+        self.backend = new_backend(job)
+        self.adapt = Adapter(job, first_index, total)
 
     # -- fill ------------------------------------------------------------------------------
 
     def submit(self, start: int, items: list[Any], attempt: int = 0) -> None:
-        inline = self.inline is not None and not attempt
         try:
-            if inline:
-                fut = self.inline.submit(start, items)  # type: ignore[union-attr]
+            if self.inline is not None and not attempt:
+                self.inflight.add(Chunk(start, items, self.inline.submit(start, items), inline=True))
             else:
                 # The pool's locks, and the future's (its done callback is added under its
                 # lock, which the pool's thread takes to finish it), are never left taken.
                 with sigint_deferred():
-                    fut = self.backend.submit(start, items)
-                    self.inflight.add(Chunk(start, items, fut, attempt))
-                self.job.report.n_chunks += 1
-                return
+                    self.inflight.add(Chunk(start, items, self.backend.submit(start, items), attempt))
         except Unsendable as exc:
             self._unsendable(start, items, attempt, exc)
             return
@@ -134,7 +138,6 @@ class PoolRun:
                 self.feeder.put_back(start, items)
             self.act(recover(self))
             return
-        self.inflight.add(Chunk(start, items, fut, attempt, inline=inline))
         self.job.report.n_chunks += 1
 
     def _unsendable(self, start: int, items: list[Any], attempt: int, exc: Unsendable) -> None:
@@ -144,13 +147,13 @@ class PoolRun:
         if self.switched_from == "thread" and self.inline is None:
             at, _, why = self.job.report.fallback or (start, "", "")
             self.feeder.front.append((start, items))
-            self.adapt.fall_back(f"item {exc.index} cannot go to a process ({exc.error}); from item {at}, {why}")
+            self.act(Decision(inline=f"item {exc.index} cannot go to a process ({exc.error}); from item {at}, {why}"))
             return
         if not self.job.opts.collect:
             settle([(exc.index, exc.error, "")], "process", False)
         for j, item in enumerate(items):
             if start + j == exc.index:
-                self.fail_chunk(Chunk(start + j, [item], Future(), attempt), exc.error)
+                self.inflight.add(self.job.fail_in_place(Chunk(start + j, [item], Future(), attempt), exc.error))
             else:
                 self.submit(start + j, [item], attempt)
 
@@ -165,7 +168,7 @@ class PoolRun:
             self._release_pool()
             # One inline chunk per turn of the loop, so the pool's last chunks are harvested
             # meanwhile; at most ``limit`` of them held behind an unfinished pool chunk.
-            if self._can_run_inline():
+            if _can_run_inline(self):
                 nxt = feeder.next_chunk()
                 if nxt is not None:
                     self.submit(*nxt)
@@ -173,7 +176,7 @@ class PoolRun:
         if self.switch_to is not None:
             if not all(c.checked for c in self.inflight):
                 return  # the old pool's last chunks are still running
-            self.adapt.switch()
+            self._switch()
         # Chunks handed back go out whatever the limit: results after them are held until
         # they are back (Feeder.hold_from), and would hold the limit's places meanwhile.
         while (len(self.inflight) < feeder.limit or feeder.front) and feeder.has_more and not feeder.retry:
@@ -183,19 +186,11 @@ class PoolRun:
             self.submit(*nxt)
 
     def _release_pool(self) -> None:
-        """After a fallback, the pool goes as soon as its last chunk is back: forked workers
-        that live on make every page the caller writes to a copy (a serial pass over 600
-        100 KB dicts took 1.21 s with two idle forked children alive, 0.89 s without)."""
+        """After a fallback, the pool goes as soon as its last chunk is back (forked workers
+        that live on make every page the caller writes to a copy)."""
         if not self.pool_closed and all(c.inline or c.checked for c in self.inflight):
             self.pool_closed = True
             self.backend.close(True)
-
-    def _can_run_inline(self) -> bool:
-        return (
-            self.inline is not None
-            and self.feeder.has_more
-            and (bool(self.feeder.front) or sum(1 for c in self.inflight if c.inline) < self.feeder.limit)
-        )
 
     # -- harvest ---------------------------------------------------------------------------
 
@@ -215,7 +210,7 @@ class PoolRun:
                     _raise_pool_error(exc, job.kind, c)
                 # e.g. a result that cannot be pickled: the chunk's items fail
                 self.inflight.remove(c)
-                self.fail_chunk(c, exc)
+                self.inflight.add(self.job.fail_in_place(c, exc))
                 continue
             values, elapsed, failures, cpu = c.future.result()
             status = "failed" if failures else "inline" if c.inline else "retried" if c.attempt else "ok"
@@ -233,26 +228,10 @@ class PoolRun:
             job.bar.update(len(c.items))
             self.last_progress = time.monotonic()
             if not c.inline:
-                self.done_time += elapsed
-                self.done_items += len(c.items)
-                self.done_chunks += 1
-                self.adapt.fallback.busy(len(c.items), elapsed, cpu)
-                self.adapt.judge(len(c.items))
+                self.act(self.adapt.judge(self, len(c.items), elapsed, cpu))
                 if not self.adapt.fallback.doubt:
                     self.feeder.grow()
         return True
-
-    def fail_chunk(self, chunk: Chunk, error: BaseException) -> None:
-        """Collecting: every item of ``chunk`` gets ``error`` in its place; the chunk is done."""
-        failures = [(chunk.start + i, error, "") for i in range(len(chunk.items))]
-        now = time.perf_counter()
-        self.job.report.span(chunk.start, len(chunk.items), now - (time.monotonic() - chunk.sent), now, "failed")
-        self.job.failed(failures)
-        chunk.values = [ItemFailed(i, error) for i, _, _ in failures]
-        chunk.checked = True
-        chunk.future = Future()
-        chunk.future.set_result(None)  # done, so that nothing waits on it
-        self.inflight.add(chunk)
 
     # -- recovery's decisions --------------------------------------------------------------
 
@@ -274,17 +253,62 @@ class PoolRun:
             self.backend.replace()
         for c, error in d.fail:
             self.inflight.remove(c)
-            self.fail_chunk(c, error)
+            self.inflight.add(self.job.fail_in_place(c, error))
         if d.requeue is not None:  # the unfinished chunks leave the broken pool
             self.feeder.retry_each(self.inflight.take_unchecked(), d.requeue == "again")
         if d.wait:
             time.sleep(d.wait)
         self.job.report.retried.extend(d.retried)
+        if d.chunksize is not None:
+            self.job.report.chunksize_changes.append((self.feeder.next_index, self.feeder.chunksize, *d.chunksize))
+            self.feeder.chunksize = d.chunksize[0]
+        if d.check:
+            self._time_serially()
+        if d.inline is not None:  # the rest runs in the caller
+            self.inline = InlineBackend(limited(self.job.func, self.job.opts.timeout), self.job.opts.collect)
+            self.job.report.fallback = (self._hand_back_unstarted(), "serial", d.inline)
+            self.feeder.chunksize = max(1, int(0.02 / max(self.adapt.fallback.serial_item, 1e-9)))
+        if d.switch is not None:
+            self._hand_back_unstarted()
+            self.switch_to = d.switch
+
+    def _time_serially(self) -> None:
+        """Run the next small chunk in the caller: its time is serial's rate to the watchers."""
+        nxt = self.feeder.next_chunk(self.adapt.check_size(self.feeder.chunksize))
+        if nxt is None:
+            return
+        fut = InlineBackend(limited(self.job.func, self.job.opts.timeout), self.job.opts.collect).submit(*nxt)
+        self.inflight.add(Chunk(nxt[0], nxt[1], fut, inline=True))
+        self.job.report.n_chunks += 1
+        _, wall, failures, cpu = fut.result()
+        self.adapt.fallback.serial_timed(0 if failures else len(nxt[1]), wall, cpu)
+
+    def _hand_back_unstarted(self) -> int:
+        """Chunks the pool has not started go back to the feeder; the first item not run."""
+        for c in self.inflight.unchecked():
+            if c.future.cancel():
+                self.inflight.remove(c)
+                self.feeder.put_back(c.start, c.items)
+        return self.feeder.front[0][0] if self.feeder.front else self.feeder.next_index
+
+    def _switch(self) -> None:
+        """The pool's last chunk is back (a fork while threads run the function could copy a
+        lock one holds): it is shut down; the runner-up pool takes the rest, ramping up."""
+        job, feeder = self.job, self.feeder
+        alt, job.chunksize = self.adapt.switch_plan(self)
+        at = feeder.front[0][0] if feeder.front else feeder.next_index
+        self.backend.close(True)
+        self.switched_from, job.kind, job.n_jobs = job.kind, alt.executor_type, alt.n_jobs
+        feeder.chunksize, feeder.workers, feeder.limit = job.chunksize, job.n_jobs, 2 * job.n_jobs + 1
+        feeder.ramp = feeder.floor = ramp_size(job)
+        self.backend = new_backend(job)
+        self.adapt.fallback.switched()
+        job.report.fallback = (at, f"{alt.executor_type} x{alt.n_jobs} (chunksize {job.chunksize})", self.switch_to)
+        self.switch_to = None
 
     # -- the loop --------------------------------------------------------------------------
 
     def results(self) -> Iterator[list[Any]]:
-
         clean = False
         try:
             while True:
@@ -292,7 +316,7 @@ class PoolRun:
                 if not len(self.inflight) and not self.feeder.retry and not self.feeder.front:
                     break  # (a retry whose submit met a pool broken again waits its turn)
                 if self.inflight.waiting():
-                    busy_inline = self._can_run_inline()
+                    busy_inline = _can_run_inline(self)
                     timeout = 0 if busy_inline else Watchdog.wait_timeout(self)
                     done = self.inflight.wait(timeout)
                     if self.job.kind == "dask":
@@ -315,8 +339,10 @@ class PoolRun:
             raise
         finally:
             self.job.report.final_chunksize = self.feeder.chunksize
-            if self.done_items:
-                self.job.report.measured_item_time = self.done_time / self.done_items
+            if self.adapt.fallback.lost is not None:
+                self.job.report.fallback_speedup, self.job.report.lost_pool = self.adapt.fallback.lost
+            if self.adapt.done_items:
+                self.job.report.measured_item_time = self.adapt.done_time / self.adapt.done_items
             self.inflight.forget()
             if not self.pool_closed:
                 self.backend.close(clean)

@@ -42,12 +42,16 @@ CLUSTER_CHECK = 1.0  # seconds between checks that a Dask scheduler is still the
 
 @dataclass
 class Decision:
-    """What recovery decided; :meth:`PoolRun.act` does it, in this order: ``stop`` (chunks
-    stopped where they run: ``backend.stop(where)``), ``error`` raised, ``put_back`` (chunks
-    not started: cancelled, sent again before anything new), ``replace`` (the pool killed, a
-    fresh one started), ``fail`` (chunks whose items fail in place), ``requeue`` (the other
-    unfinished chunks' items queued again one at a time; "again": as one more attempt),
-    ``wait`` (seconds before they go), ``retried`` (item indices, for the report)."""
+    """What recovery (or the run's watchers, :mod:`.adapt`) decided; :meth:`PoolRun.act` does
+    it, in this order: ``stop`` (chunks stopped where they run: ``backend.stop(where)``),
+    ``error`` raised, ``put_back`` (chunks not started: cancelled, sent again before anything
+    new), ``replace`` (the pool killed, a fresh one started), ``fail`` (chunks whose items
+    fail in place), ``requeue`` (the other unfinished chunks' items queued again one at a
+    time; "again": as one more attempt), ``wait`` (seconds before they go), ``retried`` (item
+    indices, for the report); then the watchers': ``chunksize`` (the new one and why),
+    ``check`` (time the next small chunk in the caller), ``inline`` (why the rest runs in
+    the caller), ``switch`` (why the rest goes to the runner-up pool once this one's last
+    chunk is back); both hand back the chunks the pool has not started."""
 
     stop: list[tuple[Chunk, Any]] = field(default_factory=list)
     error: BaseException | None = None
@@ -58,6 +62,10 @@ class Decision:
     wait: float = 0.0
     retried: list[int] = field(default_factory=list)
     checked: float | None = None  # when the Dask workers were asked what they run
+    chunksize: tuple[int, str] | None = None
+    check: bool = False
+    inline: str | None = None
+    switch: str | None = None
 
 
 class Watchdog:
