@@ -1,6 +1,5 @@
-"""The public :class:`Pipeline`: ``optimize()`` (measure the stages, choose fused or staged),
-``execute()`` / ``execute_iter()`` (run the plan), ``stream()`` (a staged pipeline kept
-running for items that arrive over time)."""
+"""The public :class:`Pipeline`: ``optimize()`` (measure, choose fused or staged), ``execute()``,
+``execute_iter()`` (run the plan), ``stream()`` (staged, for items that arrive over time)."""
 
 from __future__ import annotations
 
@@ -32,7 +31,6 @@ def _then(done: Iterable[Any], rest: Iterator[Any], collect: bool = True) -> Ite
     yield from rest
 
 
-
 class Pipeline:
     """Stages run one after another on each item: ``Pipeline([read, Stage(stretch), ...])``."""
 
@@ -41,8 +39,7 @@ class Pipeline:
             raise ValueError("a pipeline needs at least one stage")
         self.stages = tuple(s if isinstance(s, Stage) else Stage(s) for s in stages)
         self.start_method = start_method  # of the process stages' pools (default: autopar's)
-        # The last optimize()'s plan: a run of the same items without a plan takes it.
-        self._last: PipelinePlan | None = None
+        self._last: PipelinePlan | None = None  # the last optimize()'s plan: a run of the same items takes it
         self._last_lock = threading.Lock()
 
     def optimize(
@@ -61,44 +58,33 @@ class Pipeline:
         fused = None
         sampled: list[Any] = []
         if pinned:
-            # A serial sample runs its items at the pipeline's slowest pace: a short one (a
-            # quarter of sample_time, at least two items) is enough for the stages' shares.
-            measured, sampled, sizes = _measure(
-                self.stages, list(itertools.islice(data, 64)), sample_time / 4, errors == "collect"
-            )
-        else:
-            # Fused: optimize() samples the composed function (its results are kept for
-            # execute()), which times each stage as it goes.
-            fused_obj = Fused(self.stages)
-            fn = fused_obj.chain  # what optimize() samples and execute() runs
-            try:
-                fused_obj.timed = True
-                fused = optimize(fn, data, sample_time=sample_time, errors=errors, cache=cache)
-                if fused.cache == "hit" and len(fused.profile.stage_times) != len(self.stages):
-                    # An entry without its stages' figures (read between optimize()'s write
-                    # and the one that adds them): measure.
-                    fused = optimize(fn, data, sample_time=sample_time, errors=errors, cache=False)
-            finally:
-                fused_obj.timed = False
-            measured = _stage_figures(fused, fused_obj, len(self.stages))
-            if fused.cache == "hit":
-                reasons.append("the stages' figures from the tuning cache (this pipeline ran on like items before): no sample")
-        if pinned:
-            rest = max(len(data) - len(sampled), 1)
-            costs = pool_costs(self.start_method or default_start_method())
+            # A serial sample runs at the slowest stage's pace: a quarter of sample_time will do.
+            head = list(itertools.islice(data, 64))
+            measured, sampled, sizes = _measure(self.stages, head, sample_time / 4, errors == "collect")
+            costs, rest = pool_costs(self.start_method or default_start_method()), max(len(data) - len(sampled), 1)
             config, _, _ = _best_config(self.stages, measured, sizes, cores, costs, False, rest)
             mode = "staged"
             reasons.append(f"stages {', '.join(map(str, pinned))} are pinned: each stage runs on its own pool")
             paces = [w / (n if kind != "serial" else 1) for (kind, n), (w, _) in zip(config, measured)]
             throughput = 1.0 / max(paces) if max(paces) > 0 else float("inf")
         else:
-            assert fused is not None
+            # optimize() samples the composed function (its results kept for execute()), timing each stage.
+            fused_obj = Fused(self.stages)
+            try:
+                fused_obj.timed = True
+                fused = optimize(fused_obj.chain, data, sample_time=sample_time, errors=errors, cache=cache)
+                if fused.cache == "hit" and len(fused.profile.stage_times) != len(self.stages):
+                    # An entry without its stages' figures (read before they were added): measure.
+                    fused = optimize(fused_obj.chain, data, sample_time=sample_time, errors=errors, cache=False)
+            finally:
+                fused_obj.timed = False
+            measured = _stage_figures(fused, fused_obj, len(self.stages))
+            if fused.cache == "hit":
+                reasons.append("the stages' figures from the tuning cache (this pipeline ran on like items before): no sample")
             mode, throughput, config = _choose(self.stages, fused, fused_obj, measured, cores, reasons)
-            if mode == "staged":
+            if mode == "staged" and fused.stash is not None:
                 # The sample's items went through every stage: the staged run starts after them.
-                stash = fused.stash
-                if stash is not None:
-                    sampled = [y for block in stash.result_blocks for y in block]
+                sampled = [y for block in fused.stash.result_blocks for y in block]
         plans = tuple(
             StagePlan(str(s.name), kind, n, 1, w, (c / w if w > 0 else 0.0), s.pinned)
             for s, (kind, n), (w, c) in zip(self.stages, config, measured)
@@ -142,21 +128,18 @@ class Pipeline:
             if plan is None:
                 items = items if isinstance(items, (list, tuple)) else list(items)
                 plan = self.optimize(items, errors=errors)
-        # The sample's results are handed back only for the items they came from, once.
-        same = plan.source.claim(items) if plan.source is not None else None
+        same = plan.source.claim(items) if plan.source is not None else None  # the sample's items: once
         self._forget(plan)
         if same is not None:
             items = same
-        if plan.mode == "fused":
-            # The plan's result holds the sample's results for plan.data and its function.
+        if plan.mode == "fused":  # the plan's result holds the sample's results and its function
             stash = plan.fused.stash if plan.fused is not None else None
             fn = stash.func if stash is not None and same is not None else Fused(self.stages).chain
             fused_run = PipelineRun(plan)
             fused_run.attach(execute_iter(fn, items, result=plan.fused, errors=errors, progress=progress, desc=desc))
             return fused_run
         done: tuple[Any, ...] = ()
-        if plan.sampled and same is not None:
-            # The sample's items ran through every stage: their results are kept, the rest runs.
+        if plan.sampled and same is not None:  # the sample's items ran through every stage
             done, items = plan.sampled, same[len(plan.sampled):]
         config = [(p.executor_type, p.n_jobs) for p in plan.stages]
         run = PipelineRun(plan)

@@ -1,6 +1,4 @@
-"""The arguments of a pipeline's calls, checked at once with their names, not later in a
-stage: the items, the plan, the queues' bound, execute()'s options, a timeout, a staged
-config."""
+"""A pipeline's arguments, checked at once with their names (not later, in a stage)."""
 
 from __future__ import annotations
 
@@ -17,9 +15,8 @@ def _positive_int(name: str, value: Any) -> None:
 
 
 def _check_run_args(items: Any = (), *, plan: Any = None, queue_size: Any = None, **options: Any) -> None:
-    """The checks execute() makes (``options``: errors, sample_time, cache, progress, desc, as
-    :class:`~autopar.options.Options` checks them), plus the items, the plan and the queues'
-    bound: a wrong argument fails at once, with its name, not later in a stage."""
+    """The items, the plan, the queues' bound, and ``options`` (errors, sample_time, cache,
+    progress, desc) as :class:`~autopar.options.Options` checks them."""
     try:
         iter(items)
     except TypeError:
@@ -32,11 +29,9 @@ def _check_run_args(items: Any = (), *, plan: Any = None, queue_size: Any = None
 
 
 def _check_timeout(timeout: Any) -> None:
-    if timeout is None:
-        return
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout >= 0 or timeout == float("inf"):
+    number = isinstance(timeout, (int, float)) and not isinstance(timeout, bool)
+    if timeout is not None and not (number and 0 <= timeout < float("inf")):
         raise ValueError(f"timeout must be a finite number of seconds >= 0 or None, got {timeout!r}")
-
 
 
 def _checked_config(stages: Sequence[Stage], config: Any) -> list[tuple[str, int]]:

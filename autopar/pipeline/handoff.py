@@ -1,6 +1,5 @@
-"""The bounded queue between two stages of a staged run: :class:`Handoff` passes items on in
-input order (or as they come) and holds at most its capacity, so a slow stage holds the ones
-before it back; :class:`Stopped` is how a blocked put or get learns the run was stopped."""
+"""The bounded queue between two stages (:class:`Handoff`): a slow stage holds the ones before it
+back; :class:`Stopped` tells a blocked put or get that the run was stopped."""
 
 from __future__ import annotations
 
@@ -35,9 +34,7 @@ class Handoff:
 
     def put(self, seq: int, value: Any, block: bool = True, timeout: float | None = None) -> float:
         """Hold ``value`` as item ``seq``; returns the seconds it waited for room (``block``
-        False: queue.Full at once when there is none; ``timeout``: queue.Full after that many
-        seconds). A stage's worker waits without a timeout: the next stage, or stop(), makes
-        room."""
+        False: queue.Full at once when there is none; ``timeout``: queue.Full after that)."""
         waited = 0.0
         deadline = None if timeout is None else time.monotonic() + timeout
         with self.cond:
@@ -61,8 +58,7 @@ class Handoff:
         return waited
 
     def _full(self, seq: int) -> bool:
-        # Ordered: the item the consumer waits for always gets in, so no deadlock.
-        if self.ordered:
+        if self.ordered:  # the item the consumer waits for always gets in: no deadlock
             return seq - self.next >= self.capacity
         return len(self.held) >= self.capacity
 

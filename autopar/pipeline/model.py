@@ -1,7 +1,5 @@
-"""The staged model: each stage's measured seconds (:func:`_measure` in the caller, or
-:func:`_stage_figures` from the fused sample or the tuning cache), a staged config from them
-(:func:`_staged_config`, :func:`_best_config`), its predicted time (:func:`_staged_time`),
-and the choice of fused or staged (:func:`_choose`)."""
+"""The staged model: each stage's measured seconds, a staged config from them, its predicted
+time, and the choice of fused or staged (:func:`_choose`)."""
 
 from __future__ import annotations
 
@@ -74,7 +72,7 @@ def _staged_config(
     return config
 
 
-HANDOFF_COST = 5e-6  # seconds of the caller's GIL an item and stage costs the staged machinery (measured 3.25 us)
+HANDOFF_COST = 5e-6  # seconds of the caller's GIL an item and stage costs the staged machinery
 STAGED_MARGIN = 0.8  # staged must be predicted this much faster than fused to be chosen
 
 
@@ -82,13 +80,10 @@ def _staged_time(
     n_items: int, measured: list[tuple[float, float]], sizes: list[float], config: list[tuple[str, int]],
     cores: int, costs: Any, gil_free: bool,
 ) -> tuple[float, str]:
-    """Predicted seconds for ``n_items`` staged, and the bound that sets the pace.
-
-    Per item, the pipeline goes at the pace of its slowest part: a stage's time over its
-    workers (a process stage's item also pays its task's round trip), the cores' share of all
-    the CPU the stages spend (and the process stages' pickling), or the caller's GIL: thread
-    and serial stages computing in Python, process stages' items pickled in and out by their
-    driver threads, and the handoffs. ``sizes``: bytes each stage's input pickles to."""
+    """Predicted seconds for ``n_items`` staged, and the bound that sets the pace: per item the
+    slowest of a stage's time over its workers (plus a process task's round trip), the cores'
+    share of all the CPU (pickling included), or the caller's GIL (Python in thread and serial
+    stages, process stages' pickling, the handoffs). ``sizes``: bytes each stage's input pickles to."""
     per_stage, gil, cpu = [], 0.0, 0.0
     for i, ((w, c), (kind, k)) in enumerate(zip(measured, config)):
         ship = (sizes[i] + sizes[i + 1]) * costs.process_seconds_per_byte if kind == "process" else 0.0

@@ -1,7 +1,5 @@
-"""How a pipeline will run: :class:`PipelinePlan` (fused or staged, per stage its pool and
-measured item time, the predicted throughput, why) and what its sample came from
-(:class:`_Sampled`), so that a run of the same items hands the sample's results back
-instead of running them again."""
+"""How a pipeline will run (:class:`PipelinePlan`), and what its sample came from
+(:class:`_Sampled`): a run of the same items takes the sample's results back."""
 
 from __future__ import annotations
 
@@ -55,12 +53,10 @@ class PipelinePlan:
 
 
 class _Sampled:
-    """What a plan's sample came from, to tell whether a run is given the same items again
-    (then the sample's results are handed back instead of run again, once): the very object
-    optimize() was given (held: an ``id`` alone passes to the next object), and for a list or
-    tuple the items the sample took (the same objects: a list refilled in place since is not
-    the same items). A range cannot change; a one-shot iterator was read to its end by
-    optimize(), so its items are the plan's. Anything else is never taken for the same."""
+    """Whether a run is given the very items the plan's sample came from (then their results are
+    handed back, once): the same object, and for a list or tuple the same first items (a list
+    refilled in place is not the same). A range or a one-shot iterator (read to its end by
+    optimize()) is; anything else is never taken for the same."""
 
     def __init__(self, items: Any, data: Sequence[Any], taken: int) -> None:
         self.items = items

@@ -1,6 +1,5 @@
-"""What a pipeline run did against its plan: :class:`PipelineRun` (the results in input
-order, and the switch to fused if any) and :class:`PipelineReport` (its ``report()``: in
-words, as plain data, or read as a mapping)."""
+"""What a pipeline run did against its plan: :class:`PipelineRun` (the results in input order)
+and :class:`PipelineReport` (its ``report()``)."""
 
 from __future__ import annotations
 
@@ -60,12 +59,10 @@ class PipelineRun(Iterator[Any]):
         return out
 
     def report(self) -> "PipelineReport":
-        """Predicted against measured (so far, while it runs): the mode, items/s the plan
-        predicted and the run delivered, per stage its measured ms an item (the plan's) and,
-        staged, the run's metrics (items, mean ms, busy share, waits before and after, the
-        bottleneck); a fused run's ExecutionReport as ``execution``; the switch, if any.
-        ``explain()`` says it in words, ``to_dict()`` as plain data; ``report()["mode"]``
-        reads it as the dict it was."""
+        """Predicted against measured (so far, while it runs): the mode, items/s planned and
+        delivered, per stage the plan's ms an item and, staged, the run's metrics (items, mean
+        ms, busy share, waits, the bottleneck); a fused run's ExecutionReport as ``execution``;
+        the switch, if any."""
         elapsed = (self._t_end or time.perf_counter()) - self._t0
         out: dict[str, Any] = {
             "mode": self.plan.mode,
@@ -96,11 +93,9 @@ class PipelineRun(Iterator[Any]):
 
 
 class PipelineReport(Mapping[str, Any]):
-    """What a pipeline run did against its plan (:meth:`PipelineRun.report`), in the words
-    of ``result.explain()`` and ``report.explain()``: :meth:`explain` in words,
-    :meth:`to_dict` as plain data (a fused run's ExecutionReport as its own dict). Read as a
-    mapping it is what ``report()`` returned before: ``report["mode"]``, ``["stages"]``,
-    ``["execution"]`` (the ExecutionReport itself)."""
+    """What a pipeline run did against its plan (:meth:`PipelineRun.report`): :meth:`explain` in
+    words, :meth:`to_dict` as plain data; read as a mapping, the dict ``report()`` once returned
+    (``report["mode"]``, ``["stages"]``, ``["execution"]``: the ExecutionReport itself)."""
 
     def __init__(self, data: dict[str, Any]) -> None:
         self._data = data
@@ -124,8 +119,7 @@ class PipelineReport(Mapping[str, Any]):
         return d
 
     def explain(self) -> str:
-        """The run in words: items and time against the plan, each stage, the switch, and a
-        fused run's own report."""
+        """Items and time against the plan, each stage, the switch, a fused run's own report."""
         d = self._data
         so_far = "" if d.get("done", True) else " so far"
         lines = [
@@ -138,8 +132,7 @@ class PipelineReport(Mapping[str, Any]):
         lines.extend(_stage_line(s, d.get("bottleneck")) for s in d["stages"])
         if d["switched_at"] is not None:
             lines.append(f"from item {d['switched_at']} on, ran fused: {d['reason']}")
-        grown = d.get("grown") or {}
-        for name, n in grown.items():
+        for name, n in (d.get("grown") or {}).items():
             lines.append(f"{name}: {plural(n, 'worker')} added while running")
         if d["execution"] is not None:
             lines.append("fused run:" if d["switched_at"] is None else "the items run fused:")

@@ -1,9 +1,5 @@
-"""A pipeline running staged: each stage's workers (:class:`_StageRun`: threads running the
-function, driver threads over the stage's process backend, or one thread), the
-:class:`~autopar.pipeline.handoff.Handoff` queues between them, what each stage did
-(:class:`StageMetrics`), and :class:`StagedRun`, which holds them together: items in, results
-out in order, a watcher that adds threads to a waiting stage, and a close that leaves nothing
-running."""
+"""A pipeline running staged (:class:`StagedRun`): each stage's workers, the handoffs between
+them, what each stage did (:class:`StageMetrics`), and a close that leaves nothing running."""
 
 from __future__ import annotations
 
@@ -58,9 +54,8 @@ class _Failed:
 
 
 class _StageRun:
-    """One stage's workers: threads running the function, or driver threads sending items
-    to the stage's process backend (:func:`~autopar.backends.pools.make_backend`: made,
-    terminated, replaced when a worker dies, and asked how it ended, there)."""
+    """One stage's workers: threads running the function, or driver threads sending items to
+    the stage's process backend (made, replaced and asked how it ended in ``backends/``)."""
 
     def __init__(self, run: "StagedRun", index: int, stage: Stage, kind: str, n_jobs: int, inq: Handoff, outq: Handoff) -> None:
         self.run, self.index, self.stage = run, index, stage
@@ -122,9 +117,8 @@ class _StageRun:
         return backend.decode(values)[0], cpu
 
     def _broke(self, exc: BaseException) -> None:
-        """A worker died under the item: the item fails, saying how the worker ended;
-        collecting, the stage goes on with a fresh pool (once per broken pool; none once it
-        closes)."""
+        """A worker died under the item: the item fails, saying how the worker ended; collecting,
+        the stage goes on with a fresh pool (once per broken pool; none once it closes)."""
         backend = self.backend
         assert backend is not None
         with self.lock:
@@ -196,16 +190,15 @@ class _StageRun:
 
 
 def _join(t: threading.Thread) -> None:
-    """Wait for one of the run's threads (a few seconds at most): not the one closing the run
-    (a dropped stream's finalizer may run on any thread the collector runs on)."""
+    """Wait for one of the run's threads (a few seconds at most), unless it is this one (a dropped
+    stream's finalizer may run on any thread)."""
     if t is not threading.current_thread():
         t.join(timeout=5)
 
 
 class StagedRun:
-    """A pipeline running staged: the stages' workers and the handoffs between them. Items go
-    in by :meth:`put` (or a feeder thread over an iterable), results come out of :meth:`get`
-    in order."""
+    """The stages' workers and the handoffs between them: items in by :meth:`put` (or
+    :meth:`feed`), results out of :meth:`get` in order."""
 
     def __init__(
         self, stages: Sequence[Stage], config: Sequence[tuple[str, int]], queue_size: int, collect: bool, ordered: bool,
@@ -237,10 +230,8 @@ class StagedRun:
             self.watcher.start()
 
     def _watch(self) -> None:
-        """Correction while running: every WATCH seconds, a thread stage that was busy
-        nearly all the time, mostly waiting (CPU under half its time: more threads overlap
-        its waits; computing ones would only share the GIL) and with items queued for it gets
-        one more worker, up to MAX_GROWN times its start."""
+        """Every WATCH seconds, a thread stage busy nearly all the time, mostly waiting (CPU under
+        half its time) and with items queued gets one more worker, up to MAX_GROWN times its start."""
         last = {id(s): (s.metrics.busy, s.metrics.cpu) for s in self.stages}
         start = {id(s): s.n_jobs for s in self.stages}
         t_last = time.perf_counter()
@@ -277,12 +268,11 @@ class StagedRun:
             try:
                 for x in items:
                     self.put(x)
+                self.end_input()
             except Stopped:
-                return
+                pass
             except BaseException as exc:
                 self.fail(exc)
-                return
-            self.handoffs[0].close(self.submitted)
 
         self.feeder = threading.Thread(target=run, name="autopar-pipeline-feeder", daemon=True)
         self.feeder.start()

@@ -1,6 +1,5 @@
-"""A staged pipeline kept running for items that arrive over time: :class:`Stream`
-(submit with backpressure, results in order, stop), and :class:`StreamStalled`, what
-submit() raises instead of waiting forever on results no thread takes."""
+"""A staged pipeline kept running for items that arrive over time: :class:`Stream`, and
+:class:`StreamStalled` (submit() would wait forever on results no thread takes)."""
 
 from __future__ import annotations
 
@@ -37,8 +36,7 @@ class Stream:
 
     def __init__(self, pipe: Pipeline, config: list[tuple[str, int]], queue_size: int, collect: bool, ordered: bool) -> None:
         self.run = StagedRun(pipe.stages, config, queue_size, collect, ordered, start_method=pipe.start_method)
-        # Dropped without stop(): the run is stopped all the same. The finalizer holds the
-        # run only (nothing in the run refers to the stream).
+        # Dropped without stop(): the run stops all the same (the finalizer holds the run only).
         self._finalizer = weakref.finalize(self, self.run.close, True)
         self.closed = False
         self.queue_size = queue_size
@@ -48,12 +46,10 @@ class Stream:
         self.readers: "weakref.WeakSet[threading.Thread]" = weakref.WeakSet()  # threads that took results
 
     def submit(self, item: Any, block: bool = True, timeout: float | None = None) -> int:
-        """Put an item in; its sequence number. While the first queue is full it waits for
-        room (``block`` False: queue.Full at once; ``timeout``: TimeoutError after that many
-        seconds). Where the results are full and no thread takes them (none waits in
-        get_result(), and no other live thread ever took one) for STALL_GRACE seconds, room
-        can only come from this thread: :class:`StreamStalled` (the stages are all held up,
-        so the stream cannot move without a reader)."""
+        """Put an item in; its sequence number. While the first queue is full it waits for room
+        (``block`` False: queue.Full at once; ``timeout``: TimeoutError after that). Where the
+        results stay full for STALL_GRACE seconds and no thread takes them (none waits in
+        get_result(), no other live thread ever took one): :class:`StreamStalled`."""
         _check_timeout(timeout)
         if self.closed:
             raise RuntimeError("the stream is stopped")
@@ -93,9 +89,8 @@ class Stream:
                 stalled = None
 
     def _stalled(self) -> bool:
-        """Only a reader can make room: the results are full and every stage's workers wait
-        to pass their items on; and no thread takes results: none waits in get_result(), and
-        no live thread but this one has ever taken one."""
+        """Only a reader can make room (results full, every stage's workers waiting to pass
+        items on) and no thread takes results."""
         out = self.run.handoffs[-1]
         if len(out.held) < out.capacity or any(s.outq.putters < s.left for s in self.run.stages):
             return False

@@ -1,7 +1,5 @@
-"""A staged run watched against fused: :func:`_staged` runs the stages on their own pools
-and, where the run delivers clearly under fused's predicted rate with enough items left for
-the switch to pay, closes its input (:class:`_Gate`, judged by :class:`_Judge`) and runs the
-items it did not take fused (:func:`_fused_rest`)."""
+"""A staged run watched against fused (:func:`_staged`): delivering clearly under fused's
+predicted rate, it closes its input and runs the items it did not take fused."""
 
 from __future__ import annotations
 
@@ -80,27 +78,25 @@ class _Judge:
 def _fused_rest(stages: Sequence[Stage], items: Sequence[Any], fused: Any, errors: str) -> Iterator[Any]:
     """The items a staged run did not take, through the composed stages on the pool the
     fused plan chose (no second sample)."""
-    kind, n = fused.executor_type, fused.n_jobs
-    if kind == "serial":
-        return execute_iter(Fused(stages).chain, items, executor_type="serial", n_jobs=1, chunksize=1, errors=errors)
-    cs = best_chunksize(kind, n, len(items), fused.profile, pool_costs(fused.start_method), fused.usable_cores).chunksize
-    return execute_iter(Fused(stages).chain, items, executor_type=kind, n_jobs=n, chunksize=cs, errors=errors)
+    kind, n, cs = fused.executor_type, fused.n_jobs, 1
+    if kind != "serial":
+        cs = best_chunksize(kind, n, len(items), fused.profile, pool_costs(fused.start_method), fused.usable_cores).chunksize
+    return execute_iter(Fused(stages).chain, items, executor_type=kind, n_jobs=1 if kind == "serial" else n, chunksize=cs,
+                        errors=errors)
 
 
 def _staged(
     stages: Sequence[Stage], start_method: str | None, items: Iterable[Any], config: list[tuple[str, int]],
     queue_size: int, errors: str, offset: int = 0, fused: Any = None, info: PipelineRun | None = None,
 ) -> Iterator[Any]:
-    """The staged run's results in order. With ``fused`` (optimize()'s result for the
-    composed stages) the run is judged every WATCH seconds once it has delivered for
-    SWITCH_AFTER: delivering under SWITCH_RATIO of fused's predicted rate, with enough
-    items left for the switch to pay, it stops taking input, finishes the items it
-    holds (each runs once) and the rest runs fused."""
+    """The staged run's results in order. With ``fused`` (optimize()'s result for the composed
+    stages, given only with a list of items) the run is judged every WATCH seconds once it has
+    delivered for SWITCH_AFTER (see :class:`_Judge`): turning, it finishes the items it holds
+    (each runs once) and the rest runs fused."""
     run = StagedRun(stages, config, queue_size, errors == "collect", ordered=True,
                     start_method=start_method, offset=offset)
     if info is not None:
         info.staged = run
-    # Watched against fused (the caller passes ``fused`` only with a list of items).
     gate = _Gate(cast(Sequence[Any], items)) if fused is not None else None
     judge = _Judge(fused, gate) if gate is not None else None
     clean = False
