@@ -8,15 +8,13 @@ from ..run import execute
 
 __all__ = ["DEMO_SHAPE", "DEMO_TIMEPOINTS", "make_demo_data"]
 
-# `autopar demo`'s data: 2 channels x 4 timepoints of 40 x 192 x 192 (about 20 MB of TIFF, a few
-# seconds to write and pack on 2 cores).
+# `autopar demo`'s data: 2 channels x 4 timepoints of 40 x 192 x 192 (about 20 MB of TIFF).
 DEMO_SHAPE = (40, 192, 192)
 DEMO_TIMEPOINTS = 4
 
 
 def _write_demo_stack(spec: tuple[str, int, int, tuple[int, int, int], int]) -> Path:
-    """One sample stack (see :func:`make_demo_data`): a cell in a band of z, its body in
-    channel 0, bright puncta in channel 1 (and a faint body), over camera noise."""
+    """One sample stack of :func:`make_demo_data`."""
     import numpy as np
     import tifffile
 
@@ -24,15 +22,13 @@ def _write_demo_stack(spec: tuple[str, int, int, tuple[int, int, int], int]) -> 
     depth, height, width = shape
     cell = np.random.default_rng([seed, 1])  # the cell's shape: the same in every stack
     rng = np.random.default_rng([seed, t, c])
-    # The cell drifts a little from one timepoint to the next.
-    drift = np.random.default_rng([seed, t]).normal(0, 0.02, 2) * (height, width)
+    drift = np.random.default_rng([seed, t]).normal(0, 0.02, 2) * (height, width)  # from one timepoint to the next
     cy, cx = height * (0.5 + cell.uniform(-0.05, 0.05)) + drift[0], width * (0.5 + cell.uniform(-0.05, 0.05)) + drift[1]
     ry, rx = height * cell.uniform(0.26, 0.32), width * cell.uniform(0.30, 0.36)
     cz, rz = depth * 0.5, max(depth * 0.2, 1.0)  # the band of z the cell fills
     yy, xx = np.ogrid[:height, :width]
     r2 = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2  # the body's outline, an ellipse in y, x
-    # A lobed outline: the cell's edge wobbles with the angle.
-    angle = np.arctan2(yy - cy, xx - cx)
+    angle = np.arctan2(yy - cy, xx - cx)  # a lobed outline: the edge wobbles with the angle
     r2 = r2 / (1 + 0.12 * np.sin(3 * angle + cell.uniform(0, 6.28)) + 0.06 * np.sin(5 * angle)) ** 2
     nucleus = ((yy - cy) / (0.35 * ry)) ** 2 + ((xx - cx - 0.15 * rx) / (0.4 * rx)) ** 2
     body_level = (600.0 if c == 0 else 0.0) * (1 + 0.15 * t / max(1, depth))  # channel 1: puncta only
@@ -43,10 +39,8 @@ def _write_demo_stack(spec: tuple[str, int, int, tuple[int, int, int], int]) -> 
             continue
         inside = np.clip(1.0 - r2 / s2, 0.0, None)  # brightest at the centre, fading to the edge
         light[z] = body_level * s2 * inside**1.5 * np.where(nucleus < s2, 0.4, 1.0)
-    if c == 1:
-        # Puncta: small bright spots inside the cell, a few hundred of them.
-        spots = 40 + 4 * t
-        for _ in range(spots):
+    if c == 1:  # puncta: small bright spots inside the cell
+        for _ in range(40 + 4 * t):
             u, v = rng.uniform(0, 6.283), np.sqrt(rng.uniform(0, 0.8))
             y, x = cy + v * ry * np.sin(u), cx + v * rx * np.cos(u)
             z = cz + rng.normal(0, rz * 0.35)
@@ -70,10 +64,7 @@ def _write_demo_stack(spec: tuple[str, int, int, tuple[int, int, int], int]) -> 
 
 
 def make_demo_data(
-    folder: str | Path,
-    channels: int = 2,
-    timepoints: int = 4,
-    shape: tuple[int, int, int] = (64, 512, 512),
+    folder: str | Path, channels: int = 2, timepoints: int = 4, shape: tuple[int, int, int] = (64, 512, 512),
     seed: int = 0,
 ) -> list[Path]:
     """A sample dataset that looks like a light-microscopy time series: per timepoint a cell

@@ -1,31 +1,9 @@
-"""``pack``: a folder of TIFF stacks to WebP atlases and a manifest.json, each pass tuned alone.
-
-::
-
-    INPUT/*_ch*_stack*.tif* ─► pass 0 scan (read, z range, histograms) ──► global z range
-                                        │                                  (union over files)
-                                        ▼
-                               pass 1 limits (from the histograms; float stacks are read again)
-                                        │  per channel over all timepoints, or per image
-                                        ▼
-                               pass 2 render (read, crop, stretch, atlas, WebP, atomic write)
-                                        │
-                                        ▼
-                               OUTPUT/volume_stackNNNN_cC.webp + manifest.json (atomic)
-
-Pass 0 and pass 2 each go through :func:`autopar.execute` with ``errors="collect"``, so each
-pass gets its own executor choice (the reads may scale differently from the WebP encodes) and
-a bad file is reported by name while every other file is still processed. Files run largest
-first, so the last worker is not left with the biggest file. With ``scheduler`` (a Dask
-scheduler's address) each pass may run on that cluster where the model predicts it pays
-(``executor="auto"``: the cluster is one more candidate) or always there (``"dask"``); its
-workers read and write the same paths, so they must see both folders (one machine, or a
-shared filesystem): checked on every worker before the first pass. Outputs are written to a temp file
-in the output folder and renamed: no half-written ``.webp`` or manifest is ever left.
-
-Everything is checked before any work or write (settings, the input folder's stacks, the output
-folder). A rerun into the same folder makes only the atlases that are missing or out of date
-(:mod:`.resume`; ``force=True``: all of them).
+"""``pack``: a folder of TIFF stacks to WebP atlases and a manifest.json. Pass 0 scans every
+stack (z range, histograms), pass 1 sets the contrast limits, pass 2 renders the atlases (a
+:class:`~autopar.Pipeline` of its steps). Passes 0 and 2 choose their own pool, local or a Dask
+cluster's (``scheduler``), and report a bad file by name while making the others. Everything is
+checked before any work or write; outputs are written atomically; a rerun makes only what is
+missing or out of date (:mod:`.resume`).
 """
 
 from __future__ import annotations
@@ -34,6 +12,7 @@ import json
 import os
 import time
 from collections import Counter, defaultdict
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -54,9 +33,7 @@ __all__ = ["RENDER_STEPS", "PackInterrupted", "PackReport", "PassReport", "make_
 
 @dataclass(frozen=True)
 class _Runner:
-    """How every pass runs: the executor asked for, workers, progress bars, the Dask client
-    of ``--scheduler`` (None: local pools only), and whether the tuning cache is used (not
-    on a dry run, which changes nothing on disk)."""
+    """How every pass runs; ``cluster``: the Dask client of ``--scheduler`` (None: local pools)."""
 
     executor: str
     jobs: int | None
@@ -65,10 +42,8 @@ class _Runner:
     cache: bool = True
 
     def where(self) -> dict[str, Any]:
-        kind = None if self.executor == "auto" else self.executor
-        if self.cluster is None:
-            return {"executor_type": kind}
-        return {"executor_type": kind, "cluster": self.cluster}
+        where: dict[str, Any] = {"executor_type": None if self.executor == "auto" else self.executor}
+        return where if self.cluster is None else {**where, "cluster": self.cluster}
 
 
 def _run_pass(
@@ -79,23 +54,16 @@ def _run_pass(
         func, items, n_jobs=run.jobs, errors="collect", progress=run.progress, desc=name, return_report=True,
         cache=run.cache, **run.where(),
     )
-    report.passes.append(
-        PassReport(
-            name, run_report.executor_type, run_report.n_jobs, run_report.chunksize, time.perf_counter() - t0, len(items), megabytes
-        )
-    )
+    how = (run_report.executor_type, run_report.n_jobs, run_report.chunksize)
+    report.passes.append(PassReport(name, *how, time.perf_counter() - t0, len(items), megabytes))
     return results
 
 
-# Pass 2's steps: a file's slices into an atlas (decoding, table lookup: GIL-free), the
-# WebP encode (GIL-free, nearly all the time on busy images), the write.
 RENDER_STEPS = (("read+stretch", image.render_atlas), ("encode", image.encode_atlas), ("write", image.write_atlas))
 
 
 class _Timed:
-    """One of pass 2's steps, timed where it runs (any pool, fused or staged): it hands on its
-    value with the seconds each step so far took on this file, so that the report gives
-    what this run measured, not the plan's figures."""
+    """One of pass 2's steps, timed where it runs: its value, with each step's seconds so far."""
 
     def __init__(self, func: Callable[[Any], Any], first: bool) -> None:
         self.func = func
@@ -109,10 +77,8 @@ class _Timed:
 
 
 def _render_pipeline(jobs: list[image.RenderJob], megabytes: float, report: PackReport, run: _Runner) -> list[Any]:
-    """Pass 2 as a :class:`~autopar.Pipeline` of its steps: each step measured, every file
-    through all steps on one pool (fused) or each step on its own (staged), as predicted
-    faster; the report says which and what each step took a file in this run (and the
-    plan's figures apart, where they came from the tuning cache)."""
+    """Pass 2 as a :class:`~autopar.Pipeline` of its steps, fused or staged as predicted faster;
+    the report says which and what each step took a file (and the cached plan's figures)."""
     t0 = time.perf_counter()
     pipe = Pipeline([Stage(_Timed(f, i == 0), name=n) for i, (n, f) in enumerate(RENDER_STEPS)])
     plan = pipe.optimize(jobs, errors="collect", cache=run.cache)
@@ -143,22 +109,10 @@ def _failure_text(item: Any, failed: ItemFailed) -> str:
 
 
 def pack(
-    input_dir: str | Path,
-    output_dir: str | Path,
-    *,
-    executor: str = "auto",
-    jobs: int | None = None,
-    stretch: str = "smart",
-    z_crop: str = "slope",
-    z_threshold: float | None = None,
-    per_image_contrast: bool = False,
-    quality: int = 87,
-    method: int = 6,
-    lossless: bool = False,
-    dry_run: bool = False,
-    progress: bool = False,
-    scheduler: str | None = None,
-    force: bool = False,
+    input_dir: str | Path, output_dir: str | Path, *, executor: str = "auto", jobs: int | None = None,
+    stretch: str = "smart", z_crop: str = "slope", z_threshold: float | None = None, per_image_contrast: bool = False,
+    quality: int = 87, method: int = 6, lossless: bool = False, dry_run: bool = False, progress: bool = False,
+    scheduler: str | None = None, force: bool = False,
 ) -> PackReport:
     """Pack the TIFF stacks of ``input_dir`` into WebP atlases and a manifest in ``output_dir``.
 
@@ -228,9 +182,8 @@ def _pack(paths: list[str], out: Path, run: _Runner, report: PackReport, t_begin
                 with atomic_write(out / "manifest.json", "w") as fh:
                     json.dump(report.manifest, fh, indent=2)
     except KeyboardInterrupt:
-        # The pools have stopped by now; what is on disk is whole (atomic writes) and
-        # recorded, so the same command finishes the job. A worker killed in the middle of
-        # an atomic write leaves its temp file: those of this pack's atlases go.
+        # The pools have stopped; what is on disk is whole and recorded. A worker killed in an
+        # atomic write leaves its temp file: those of this pack's atlases go.
         written = 0
         if jobs and not settings["dry_run"]:
             _remove_temp_files(out, {image.output_name(j.time_id, j.channel) for j in jobs})
@@ -245,10 +198,8 @@ def _remove_temp_files(out: Path, names: set[str]) -> None:
     for path in out.glob(".*.tmp"):
         base = path.name[1:].rsplit(".", 2)[0]
         if base in names:
-            try:
+            with suppress(OSError):
                 path.unlink()
-            except OSError:
-                pass
 
 
 def _resume_and_render(
@@ -279,17 +230,10 @@ def _plan(paths: list[str], out: Path, run: _Runner, report: PackReport, setting
     z1 = max(i.z_end for i in infos)
     limits, global_limits = _limits_pass(infos, z0, z1, settings["stretch"], report)
     render = {k: settings[k] for k in ("quality", "method", "lossless", "dry_run")}
+    per_image = settings["per_image_contrast"]
     jobs = [
-        image.RenderJob(
-            path=i.path,
-            channel=i.channel,
-            time_id=i.time_id,
-            z_start=z0,
-            z_end=min(z1, i.shape[0] - 1),
-            limits=limits[i.path] if settings["per_image_contrast"] else global_limits[i.channel],
-            output_dir=str(out),
-            **render,
-        )
+        image.RenderJob(i.path, i.channel, i.time_id, z0, min(z1, i.shape[0] - 1),
+                        limits[i.path] if per_image else global_limits[i.channel], str(out), **render)
         for i in infos
     ]
     return infos, z0, z1, limits, global_limits, jobs
@@ -324,9 +268,8 @@ def _shape(shape: tuple[int, ...]) -> str:
 def _scan_pass(
     paths: list[str], z_crop: str, z_threshold: float | None, report: PackReport, run: _Runner
 ) -> list[image.StackInfo]:
-    """Pass 0: scan every stack once; keep those of the common shape. Every atlas of a pack
-    has one layout (the manifest gives one size and one tiling), so a stack of another
-    height, width or depth (a single image among stacks too) is named and skipped."""
+    """Pass 0: scan every stack once; keep those of the common shape (the manifest gives one size
+    and one tiling): a stack of another height, width or depth is named and skipped."""
     total_mb = sum(os.path.getsize(p) for p in paths) / 1e6
     scanned = _run_pass("pass 0: scan", _Scan(z_crop, z_threshold), paths, total_mb, report, run)
     infos: list[image.StackInfo] = []
@@ -357,8 +300,7 @@ def _scan_pass(
 def _limits_pass(
     infos: list[image.StackInfo], z0: int, z1: int, stretch: str, report: PackReport
 ) -> tuple[dict[str, image.Limits], dict[int, image.Limits]]:
-    """Pass 1: limits of the cropped stacks from pass 0's histograms (no second read);
-    per stack, and per channel over all timepoints."""
+    """Pass 1: limits of the cropped stacks, per stack and per channel over all timepoints."""
     t1 = time.perf_counter()
     limits: dict[str, image.Limits] = {}
     for i in infos:  # float stacks have no histograms: contrast_limits reads them again
@@ -395,13 +337,8 @@ def _render_pass(
 
 
 def _manifest(
-    infos: list[image.StackInfo],
-    z0: int,
-    z1: int,
-    done: list[tuple[image.RenderJob, dict[str, Any]]],
-    limits: dict[str, image.Limits],
-    global_limits: dict[int, image.Limits],
-    per_image_contrast: bool,
+    infos: list[image.StackInfo], z0: int, z1: int, done: list[tuple[image.RenderJob, dict[str, Any]]],
+    limits: dict[str, image.Limits], global_limits: dict[int, image.Limits], per_image_contrast: bool,
 ) -> dict[str, Any]:
     """What was written, in the viewers' schema (PixelPacker 0.3.0's manifest.json)."""
     height, width = infos[0].shape[1:]

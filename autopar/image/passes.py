@@ -1,21 +1,7 @@
-"""Image passes over 3D TIFF stacks: read, z-crop, contrast limits, stretch, atlas, WebP.
-
-Each pass is a plain function over one file, importable at module level, so that autopar can
-run it on any pool and a user can call it alone:
-
-* :func:`read_stack`: a TIFF (2D to 5D) as a ZYX array, singleton axes squeezed;
-* pass 0, :func:`scan_stack`: the z range with content (``slope`` or ``threshold``) and, for
-  integer stacks, exact per-slice histograms of the pixels above zero, so that pass 1 needs no
-  second read;
-* pass 1, :func:`limits_from_histogram` / :func:`contrast_limits`: contrast limits (``smart``,
-  ``smart-late``, ``imagej-auto``, ``max``) of the pixels above zero in the global crop;
-* pass 2, :func:`render_stack`: crop, stretch to uint8, tile the slices into a near-square atlas,
-  encode WebP and write it atomically (temp file in the same folder, then rename).
-
-Limits from a histogram equal the limits from the pixels: percentiles use the same linear
-interpolation between order statistics as ``np.percentile``, and the 512-bin histogram of the
-``smart`` modes bins the distinct values with their counts as weights, as ``np.histogram``
-would bin the pixels.
+"""Image passes over 3D TIFF stacks, each a plain function over one file (any pool can run it):
+pass 0 :func:`scan_stack` (z range, exact per-slice histograms of integer stacks), pass 1
+:func:`contrast_limits` (from those histograms: the same limits as from the pixels), pass 2
+:func:`render_stack` (crop, stretch to uint8, tile into an atlas, encode WebP, write atomically).
 """
 
 from __future__ import annotations
@@ -34,27 +20,9 @@ import numpy as np
 from .._atomic import atomic_write
 
 __all__ = [
-    "FILE_GLOB",
-    "FILE_PATTERN",
-    "ImageError",
-    "Limits",
-    "StackInfo",
-    "atlas_layout",
-    "contrast_limits",
-    "encode_atlas",
-    "limits_from_histogram",
-    "parse_name",
-    "read_slices",
-    "read_stack",
-    "render_atlas",
-    "render_stack",
-    "scan_stack",
-    "stretch_to_uint8",
-    "tile_atlas",
-    "webp_bytes",
-    "write_atlas",
-    "write_webp",
-    "z_range",
+    "FILE_GLOB", "FILE_PATTERN", "ImageError", "Limits", "StackInfo", "atlas_layout", "contrast_limits", "encode_atlas",
+    "limits_from_histogram", "parse_name", "read_slices", "read_stack", "render_atlas", "render_stack", "scan_stack",
+    "stretch_to_uint8", "tile_atlas", "webp_bytes", "write_atlas", "write_webp", "z_range",
 ]
 
 FILE_GLOB = "*_ch*_stack*.tif*"
@@ -101,9 +69,8 @@ def parse_name(path: str | Path) -> tuple[int, str]:
 
 
 class _TiffLog(logging.Filter):
-    """tifffile's log records during our reads, kept for the error we raise instead of
-    printed (a damaged file is named once, by our message). Other threads' records, and
-    any outside our reads, pass as they are."""
+    """tifffile's log records during our reads (this thread's only), kept for our error, not
+    printed: a damaged file is named once, by our message."""
 
     local = threading.local()
 
@@ -135,11 +102,9 @@ def _quiet_tifffile(path: str | Path) -> Iterator[None]:
 
 
 def _stack_axes(path: str | Path, data: np.ndarray, axes: str) -> np.ndarray:
-    """``data`` as Z×Y×X by the file's axes (tifffile's letters: from ImageJ or OME metadata,
-    else Q for an axis it cannot name). Axes of length 1 are dropped; one axis left beside
-    Y and X is Z, whatever its letter (tifffile and ImageJ call a bare stack written without
-    axes Q or C); none: one image, a stack of 1. Several, RGB samples, or Y and X not last:
-    ImageError with the shape and what pack expects."""
+    """``data`` as Z×Y×X by the file's axes (tifffile's letters). Axes of length 1 are dropped;
+    one axis left beside Y and X is Z, whatever its letter; none: a stack of 1. Several, RGB
+    samples, or Y and X not last: ImageError with the shape and what pack expects."""
     shape = tuple(int(n) for n in data.shape)
     if len(axes) != data.ndim:
         axes = "Q" * (data.ndim - 2) + "YX" if data.ndim >= 2 else "Q" * data.ndim
@@ -182,15 +147,9 @@ def read_stack(path: str | Path) -> np.ndarray:
     return _stack_axes(path, data, axes)
 
 
-# -- pass 0: z range ------------------------------------------------------------------------
-
-
 def gaussian_smooth(x: np.ndarray, sigma: float) -> np.ndarray:
-    """``scipy.ndimage.gaussian_filter1d(x, sigma, mode="reflect")`` to the last bit: the same
-    weights (truncated at 4 sigma), the same sums in the same order (the centre, then each
-    pair of neighbours from the farthest in, in double), the result cast to ``x``'s dtype as
-    scipy casts it (integers truncated). Importing ``scipy.ndimage`` took 0.19 s, which a
-    pack's first scans waited on, every one of them at once."""
+    """``scipy.ndimage.gaussian_filter1d(x, sigma, mode="reflect")`` to the last bit (the same
+    weights and sums in the same order, cast as scipy casts), without importing scipy."""
     radius = int(4.0 * float(sigma) + 0.5)
     k = np.arange(-radius, radius + 1)
     sigma2 = sigma * sigma
@@ -217,8 +176,7 @@ def z_range(volume: np.ndarray, method: str = "slope", threshold: float | None =
     no edge; stacks of 8 slices or fewer are not cropped by ``slope``.
     """
     depth = volume.shape[0]
-    profile = volume.reshape(depth, -1).max(axis=1)  # in the stack's dtype: smoothing an
-    # integer profile gives integers, and the crop edges depend on that rounding
+    profile = volume.reshape(depth, -1).max(axis=1)  # in the stack's dtype: the crop depends on its rounding
     if method == "threshold":
         level = 0.0 if threshold is None else threshold
         above = np.flatnonzero(profile > level)
@@ -262,20 +220,8 @@ def scan_stack(path: str, method: str = "slope", threshold: float | None = None)
     volume = read_stack(path)
     start, end = z_range(volume, method, threshold)
     hists = _slice_histograms(volume) if volume.dtype.kind in "ui" else None
-    return StackInfo(
-        path=str(path),
-        channel=channel,
-        time_id=time_id,
-        shape=tuple(int(s) for s in volume.shape),  # type: ignore[arg-type]
-        dtype=str(volume.dtype),
-        z_start=start,
-        z_end=end,
-        nbytes=int(volume.nbytes),
-        histograms=hists,
-    )
-
-
-# -- pass 1: contrast limits ----------------------------------------------------------------
+    shape: Any = tuple(int(s) for s in volume.shape)
+    return StackInfo(str(path), channel, time_id, shape, str(volume.dtype), start, end, int(volume.nbytes), hists)
 
 
 def _percentiles(values: np.ndarray, counts: np.ndarray, qs: tuple[float, ...]) -> list[float]:
@@ -357,9 +303,6 @@ def contrast_limits(
         data = data[data > 0] if np.any(data > 0) else data
         values, counts = np.unique(data, return_counts=True)
     return limits_from_histogram(values, counts, mode)
-
-
-# -- pass 2: stretch, atlas, WebP -----------------------------------------------------------
 
 
 def stretch_to_uint8(volume: np.ndarray, limits: Limits) -> np.ndarray:
@@ -445,8 +388,7 @@ def read_slices(path: str | Path, start: int, end: int) -> np.ndarray:
             series = tif.series[0]
             shape = tuple(d for d in series.shape if d != 1)
             if len(series.pages) == series.shape[0] == shape[0] and len(shape) == 3 and end < shape[0]:
-                data = tif.asarray(key=range(start, end + 1), series=0).reshape((end - start + 1,) + shape[1:])
-                return data
+                return tif.asarray(key=range(start, end + 1), series=0).reshape((end - start + 1,) + shape[1:])
     except Exception:  # noqa: BLE001 - anything odd: the whole read below, whose errors name the file
         pass
     volume = read_stack(path)
@@ -482,20 +424,13 @@ def encode_atlas(rendered: tuple[RenderJob, np.ndarray]) -> tuple[RenderJob, tup
 
 
 def write_atlas(encoded: tuple[RenderJob, tuple[int, ...], bytes]) -> dict[str, Any]:
-    """Pass 2's last step: the WebP written atomically (temp file, then rename). Returns what
-    was written."""
+    """Pass 2's last step: the WebP written atomically. Returns what was written."""
     job, shape, data = encoded
     name = output_name(job.time_id, job.channel)
     if not job.dry_run:
         with atomic_write(Path(job.output_dir) / name) as fh:
             fh.write(data)
-    return {
-        "file": name,
-        "time_id": job.time_id,
-        "channel": job.channel,
-        "atlas_shape": shape,
-        "bytes_out": len(data),
-    }
+    return {"file": name, "time_id": job.time_id, "channel": job.channel, "atlas_shape": shape, "bytes_out": len(data)}
 
 
 def render_stack(job: RenderJob) -> dict[str, Any]:

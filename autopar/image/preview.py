@@ -1,6 +1,5 @@
-"""A contact sheet of packed atlases: each stack's maximum projection (auto-contrasted for
-viewing), a row per timepoint, a column per channel and one for the channels merged (Pillow
-and NumPy only)."""
+"""A contact sheet of packed atlases: each stack's maximum projection, a row per timepoint, a
+column per channel and one for the channels merged (Pillow and NumPy only)."""
 
 from __future__ import annotations
 
@@ -34,9 +33,8 @@ def max_projection(atlas_path: str | Path, cols: int, rows: int, width: int, hei
 
 
 def _display(img: np.ndarray) -> np.ndarray:
-    """Auto-contrast for viewing: the median (the background, in sparse fluorescence) to
-    black, the 99.9th percentile to white; a maximum projection lifts the noise of every
-    slice, which this puts back down."""
+    """Auto-contrast for viewing: the 0.5th percentile to black, the 99.9th to white (a maximum
+    projection lifts the noise of every slice, which this puts back down)."""
     lo, hi = np.percentile(img, (0.5, 99.9))
     if hi <= lo:
         return img

@@ -21,13 +21,9 @@ class PassReport:
     wall_time: float
     files: int
     megabytes: float
-    # A pass run as a pipeline: "fused" or "staged", and each step's seconds a file as this
-    # run measured them (the mean over the files it made).
-    mode: str | None = None
-    steps: list[tuple[str, float]] = field(default_factory=list)
-    # The plan's figures for the steps, where they came from the tuning cache (a run before
-    # this one), and when that was: shown apart, as a plan.
-    planned: list[tuple[str, float]] = field(default_factory=list)
+    mode: str | None = None  # a pass run as a pipeline: "fused" or "staged"
+    steps: list[tuple[str, float]] = field(default_factory=list)  # each step's mean seconds a file, measured
+    planned: list[tuple[str, float]] = field(default_factory=list)  # the plan's, where from the tuning cache
     planned_from: str = ""
 
     @property
@@ -39,8 +35,7 @@ class PassReport:
         return self.megabytes / self.wall_time if self.wall_time > 0 else 0.0
 
     def how(self, chunks: bool = True) -> str:
-        """How the pass ran, in the words of ``result.explain()``: ``serial``, ``thread pool,
-        2 workers, chunksize 1``; staged, each step's pool."""
+        """How the pass ran: ``serial``, ``thread pool, 2 workers, chunksize 1``; staged, each step's pool."""
         if self.mode == "staged":
             return "staged: " + " / ".join(reword_pool(part) for part in self.executor.split(" / "))
         return pool_words(self.executor, self.n_jobs, self.chunksize if chunks and self.executor != "serial" else None)
@@ -70,10 +65,8 @@ class PackReport:
     manifest: dict[str, Any] | None = None
     wall_time: float = 0.0
     dry_run: bool = False
-    # Resume: atlases already up to date in the output folder (not made again), and atlases
-    # there that the manifest does not list (left as they are).
-    kept: list[str] = field(default_factory=list)
-    unlisted: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)  # atlases up to date in the output folder, not made again
+    unlisted: list[str] = field(default_factory=list)  # atlases there the manifest does not list (left as they are)
 
     @property
     def ok(self) -> bool:
@@ -85,8 +78,7 @@ class PackReport:
         return pack_plot(self, path)
 
     def explain(self) -> str:
-        """Each pass (how it ran, its time and throughput), what was written and kept, and
-        the problems, in the words of ``result.explain()``."""
+        """Each pass (how it ran, its time and throughput), what was written and kept, the problems."""
         lines = [f"{'pass':<18} {'how it ran':<38} {'time':>9}  {'throughput':>14}  {'input':>12}"]
         lines.extend(p.line() for p in self.passes)
         verb = "would write" if self.dry_run else "wrote"

@@ -1,12 +1,9 @@
 """Resume: which atlases of an output folder are up to date, so a rerun makes only the rest.
 
-The record is ``OUTPUT/autopar-pack.json`` (written atomically beside manifest.json): per atlas
-the input file it was made from (path, size, mtime), the global z crop and the slices taken,
-the contrast limits, and the settings that change its bytes. An atlas is kept when its
-record equals the new run's and the file is a complete WebP. The record is written *before*
-pass 2, after the atlases about to be made again are removed, so that at every moment an
-atlas on disk with a record was made as that record says: a crash or Ctrl-C in pass 2
-leaves the atlases written so far valid, and the same command finishes the job.
+``OUTPUT/autopar-pack.json`` records what each atlas was made from; an atlas is kept when its
+record equals the new run's and the file is a complete WebP. The record is written before
+pass 2, after the atlases to be made again are removed: an atlas on disk with a record was
+made as that record says, whenever a run is stopped.
 """
 
 from __future__ import annotations
