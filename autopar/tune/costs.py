@@ -1,8 +1,5 @@
-"""Pool costs on this machine, measured with real pools and cached on disk.
-
-The time to start and stop a pool of n threads or processes, the per-task round trip, the CPU
-one task costs when the workers fill every core, and the cost of moving bytes to a worker
-process and back. Measured once per machine, Python and start method and cached as JSON in the
+"""Pool costs on this machine (start, round trip, CPU a task on a full machine, bytes moved),
+measured with real pools once per machine, Python and start method, cached as JSON in the
 user's cache directory (``AUTOPAR_CACHE_DIR`` overrides it).
 """
 
@@ -32,21 +29,15 @@ __all__ = ["PoolCosts", "cache_dir", "pool_costs"]
 _COSTS_VERSION = 6
 
 
-
 @dataclass(frozen=True)
 class PoolCosts:
     """Measured costs of the pools on this machine, for one start method.
 
-    Times are in seconds. ``*_start`` figures cover creating the pool, every worker running
-    its first task, and shutting the pool down again, which is what one ``execute()`` pays.
-    ``process_task_overhead`` is the wall time per task when tasks are pipelined;
-    ``process_task_cpu`` the core time one task costs when the workers fill every core
-    (parent and worker compete for the cores then), at least the CPU time both spend on it.
-    ``thread_chunk_cost`` is what one more chunk costs autopar's own run on a thread pool
-    (submit, harvest, bookkeeping, and the worker's side, all under one GIL).
-    ``process_fork_per_byte`` is what a forked worker's start and exit cost more per byte
-    the parent holds resident beyond ``measured_rss`` (its page tables are copied and torn
-    down); :meth:`for_parent` applies it.
+    Seconds. ``*_start``: creating the pool, every worker's first task and the shutdown.
+    ``process_task_overhead``: wall time per pipelined task; ``process_task_cpu``: core time
+    a task costs when the workers fill every core; ``thread_chunk_cost``: one more chunk of
+    autopar's own thread run; ``process_fork_per_byte``: a forked worker's start and exit per
+    byte the parent holds beyond ``measured_rss`` (:meth:`for_parent` applies it).
     """
 
     start_method: str
@@ -75,8 +66,7 @@ class PoolCosts:
         return asdict(self)
 
     def for_parent(self, resident: int) -> "PoolCosts":
-        """These costs for a parent of ``resident`` bytes: forked workers cost more to start
-        and end the more the parent holds (2 workers: 6 ms at 35 MB, 25 ms at 2 GB here)."""
+        """These costs for a parent of ``resident`` bytes (forked workers cost more the more it holds)."""
         extra = max(resident - self.measured_rss, 0) * self.process_fork_per_byte
         if self.start_method != "fork" or extra <= 0:
             return self
@@ -89,8 +79,7 @@ def cache_dir() -> Path:
     if override:
         return Path(override)
     if sys.platform.startswith("linux"):
-        # platformdirs' rule on Linux, without importing it: 8 ms of a fresh process's first
-        # optimize() (its modules and their regular expressions), a third of a 17 ms job's.
+        # platformdirs' rule on Linux, without importing it (8 ms of a first optimize()).
         base = os.environ.get("XDG_CACHE_HOME", "")
         return Path(base if os.path.isabs(base) else os.path.expanduser("~/.cache")) / "autopar"
     from platformdirs import user_cache_dir
@@ -100,14 +89,7 @@ def cache_dir() -> Path:
 
 def _cache_file(start_method: str) -> Path:
     ident = "|".join(
-        [
-            platform.node(),
-            sys.executable,
-            platform.python_version(),
-            start_method,
-            str(usable_cores()),
-            str(_COSTS_VERSION),
-        ]
+        [platform.node(), sys.executable, platform.python_version(), start_method, str(usable_cores()), str(_COSTS_VERSION)]
     )
     digest = hashlib.sha256(ident.encode()).hexdigest()[:16]
     return cache_dir() / f"pool-costs-{start_method}-{digest}.json"
@@ -121,10 +103,6 @@ def _noop(x: Any) -> Any:
     return x
 
 
-def _echo(payload: bytes) -> bytes:
-    return payload
-
-
 def _spin(seconds: float) -> None:
     end = time.perf_counter() + seconds
     while time.perf_counter() < end:
@@ -132,11 +110,8 @@ def _spin(seconds: float) -> None:
 
 
 def _loaded_task_cost(ctx: Any, n: int, spin: float = 5e-4, tasks: int = 400) -> float:
-    """Core-seconds lost per task when n workers keep every core busy.
-
-    Parent and workers compete for the same cores then, so a task costs more than its round
-    trip on an idle pool: every second beyond the ideal wall time is charged to the tasks.
-    """
+    """Core-seconds lost per task when n workers keep every core busy: every second beyond
+    the ideal wall time is charged to the tasks."""
     pool = ProcessPoolExecutor(max_workers=n, mp_context=ctx)
     try:
         list(pool.map(_spin, [spin] * n))  # start every worker
@@ -174,8 +149,8 @@ FORK_BALLAST = 512 << 20  # bytes held while timing forks from a larger parent
 
 def _fork_per_byte(make_pool: Any, n: int, hold: float, small: float) -> float:
     """Seconds per worker and byte of the parent's resident memory that a forked pool of n
-    costs more to start and shut down: timed again with ``FORK_BALLAST`` more resident (an
-    eighth of the available memory at most). ``small`` is the time without it."""
+    costs more to start and stop: timed again with ``FORK_BALLAST`` (at most an eighth of the
+    available memory) more resident than ``small``'s timing."""
     size = min(FORK_BALLAST, psutil.virtual_memory().available // 8)
     if size < 64 << 20:
         return 0.0
@@ -187,9 +162,8 @@ def _fork_per_byte(make_pool: Any, n: int, hold: float, small: float) -> float:
     return max(big - small, 0.0) / (n * size)
 
 
-# The runner (autopar.execute), handed in by the floor above as the package loads (see
-# autopar/__init__.py): the thread chunk cost is timed through it, and it needs no costs
-# when told every choice.
+# The runner (autopar.execute), handed in by autopar/__init__.py: the thread chunk cost is
+# timed through it (it needs no costs when told every choice).
 _runner: list[Callable[..., Any]] = []
 
 
@@ -200,10 +174,7 @@ def use_runner(execute: Callable[..., Any]) -> None:
 
 def _thread_chunk_cost(n: int, items: int = 400, big: int = 100) -> float:
     """Seconds one more chunk costs a run on n threads: the same no-op items through
-    autopar's runner in chunks of 1 and of ``big``, the difference per chunk. A bare
-    executor's pipelined round trip (``thread_task_overhead``) is a fifth of it: 927 sleeps
-    of 1 ms on 64 threads ran 41 ms in chunks of 1 and 28 ms in chunks of 16 here, about
-    15 us a chunk, where the model charged 5.7 us and chose chunks of 2."""
+    autopar's runner in chunks of 1 and of ``big``, the difference per chunk."""
     if not _runner:
         raise RuntimeError("measuring pool costs needs autopar's runner: import autopar first")
     execute = _runner[0]
@@ -230,11 +201,8 @@ def _measure(start_method: str) -> PoolCosts:
     ctx = mp.get_context(start_method)
     n_hi = max(2, min(usable_cores(), 4))
     hold = 0.02
-
-    def make_proc(n: int) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(max_workers=n, mp_context=ctx)
-
-    # Start cost at n=1 and n=n_hi (two tries and three); a line through the medians.
+    make_proc = functools.partial(ProcessPoolExecutor, mp_context=ctx)  # make_proc(n): n workers
+    # Start cost at n=1 and n=n_hi; a line through the medians.
     resident = rss()
     p1 = _median([_time_pool_start(make_proc, 1, hold) for _ in range(2)])
     phi = _median([_time_pool_start(make_proc, n_hi, hold) for _ in range(3)])
@@ -254,7 +222,7 @@ def _measure(start_method: str) -> PoolCosts:
         payload = b"\0" * (4 << 20)
         t0 = time.perf_counter()
         for _ in range(4):
-            pool.submit(_echo, payload).result()
+            pool.submit(_noop, payload).result()
         per_byte = max((time.perf_counter() - t0) / 4 - task, 0.0) / (2 * len(payload))
         try:
             worker_mem = psutil.Process(pid).memory_full_info().uss
@@ -266,11 +234,8 @@ def _measure(start_method: str) -> PoolCosts:
     # On a full machine (what the model charges per chunk): at least the idle figure.
     task_cpu = max(task_cpu, _median([_loaded_task_cost(ctx, usable_cores()) for _ in range(3)]))
 
-    def make_thread(n: int) -> ThreadPoolExecutor:
-        return ThreadPoolExecutor(max_workers=n)
-
-    t1 = _median([_time_pool_start(make_thread, 1, 0.0) for _ in range(3)])
-    thi = _median([_time_pool_start(make_thread, n_hi, 0.0) for _ in range(3)])
+    t1 = _median([_time_pool_start(ThreadPoolExecutor, 1, 0.0) for _ in range(3)])
+    thi = _median([_time_pool_start(ThreadPoolExecutor, n_hi, 0.0) for _ in range(3)])
     t_per_worker = max((thi - t1) / (n_hi - 1), 0.0)
     with ThreadPoolExecutor(max_workers=1) as tpool:
         _task_overhead(tpool, 50)
@@ -278,20 +243,11 @@ def _measure(start_method: str) -> PoolCosts:
     t_chunk = max(_thread_chunk_cost(2 * n_hi), t_task)
 
     return PoolCosts(
-        start_method=start_method,
-        process_start_base=base,
-        process_start_per_worker=per_worker,
-        process_task_overhead=task,
-        process_task_cpu=task_cpu,
-        process_seconds_per_byte=per_byte,
-        process_worker_memory=int(worker_mem),
-        thread_start_base=max(t1 - t_per_worker, 0.0),
-        thread_start_per_worker=t_per_worker,
-        thread_task_overhead=t_task,
-        thread_chunk_cost=t_chunk,
-        process_fork_per_byte=fork_per_byte,
-        measured_rss=resident,
-        measured_at=time.time(),
+        start_method=start_method, process_start_base=base, process_start_per_worker=per_worker,
+        process_task_overhead=task, process_task_cpu=task_cpu, process_seconds_per_byte=per_byte,
+        process_worker_memory=int(worker_mem), thread_start_base=max(t1 - t_per_worker, 0.0),
+        thread_start_per_worker=t_per_worker, thread_task_overhead=t_task, thread_chunk_cost=t_chunk,
+        process_fork_per_byte=fork_per_byte, measured_rss=resident, measured_at=time.time(),
         measure_time=time.perf_counter() - t_begin,
     )
 

@@ -1,14 +1,6 @@
-"""Low-level meters the sample uses: whose CPU time an item used, and peak resident memory.
-
-:class:`CpuMeter` counts the CPU time of the calling thread, of threads the function starts
-itself, and of native helper threads (a BLAS pool) only while the calling thread computes
-too. Other threads' CPU is left out: another Python thread of the application, the RSS poller,
-or BLAS threads that spin on their own right after ``import numpy`` while the item merely
-sleeps. Per-thread CPU comes from ``/proc/self/task/*/schedstat`` (nanoseconds); where that
-is missing, the whole process's CPU is used.
-
-:class:`PeakRSS` polls the resident memory on a thread; cheaper than ``tracemalloc``, which
-slows allocation-heavy pure Python many times over.
+"""Low-level meters the sample uses: whose CPU time an item used (per thread from
+``/proc/self/task/*/schedstat``, else the process's), others' use of the cores, and peak
+resident memory.
 """
 
 from __future__ import annotations
@@ -19,7 +11,6 @@ import time
 from typing import Callable
 
 from . import constants
-from .constants import CPU_BOUND  # noqa: F401  (imported from here by tune/optimize.py)
 from .system import usable_cores
 
 __all__ = ["CpuMeter", "OthersMeter", "PeakRSS", "busy_clock", "queued_seconds", "rss"]
@@ -40,15 +31,19 @@ def _schedstat(tid: int | str) -> tuple[int, int]:
     return int(run), int(queued)
 
 
-def queued_seconds() -> float:
-    """Seconds the calling thread has waited in the run queue for a core (0 without
-    schedstat). On a busy machine a computing item waits there: not waiting on I/O."""
+def _own_schedstat() -> tuple[int, int]:
+    """(on a CPU, waiting for one) nanoseconds of the calling thread; zeros without schedstat."""
     if not _HAVE_SCHEDSTAT:
-        return 0.0
+        return 0, 0
     try:
-        return _schedstat(threading.get_native_id())[1] / 1e9
+        return _schedstat(threading.get_native_id())
     except (OSError, ValueError, IndexError):
-        return 0.0
+        return 0, 0
+
+
+def queued_seconds() -> float:
+    """Seconds the calling thread has waited in the run queue for a core (0 without schedstat)."""
+    return _own_schedstat()[1] / 1e9
 
 
 def _thread_cpu(skip: int = -1) -> dict[int, int]:
@@ -77,9 +72,8 @@ def native_threads() -> int:
 
 
 def busy_clock(ident: int, native_id: int) -> Callable[[], float] | None:
-    """A clock of the seconds one thread has run or waited for a core (on a loaded machine a
-    computing thread waits in the run queue: that is not waiting on I/O). From its schedstat
-    where there is one, else its CPU clock; None where neither exists."""
+    """A clock of the seconds one thread has run or waited for a core: from its schedstat,
+    else its CPU clock; None where neither exists."""
     if _HAVE_SCHEDSTAT:
         return lambda: sum(_schedstat(native_id)) / 1e9
     try:
@@ -90,15 +84,13 @@ def busy_clock(ident: int, native_id: int) -> Callable[[], float] | None:
 
 
 class CpuMeter:
-    """Wall time, the calling thread's CPU and the function's CPU over one span.
+    """Wall time, the calling thread's CPU and the function's CPU over one span: the calling
+    thread's, threads the function starts, and native helper threads (a BLAS pool) only while
+    the calling thread computes too.
 
-    ``attribute=False`` skips the per-thread reading (about 20 us a thread) for spans too
-    short to need it: the process's CPU is the function's then.
-
-    ``queued`` (after ``stop()``) is the seconds the calling thread waited in the run queue
-    over the span: on a machine whose cores other processes use, a computing item spends
-    part of its wall time there, and its CPU/wall then read as work that waits (pure Python
-    beside hogs went to 13 threads). ``active`` is the wall time less that wait.
+    ``attribute=False`` skips the per-thread reading for short spans (the process's CPU is the
+    function's then). ``queued`` (after ``stop()``): the seconds the calling thread waited in
+    the run queue over the span; ``active`` is the wall time less that wait.
     """
 
     __slots__ = ("attribute", "_p0", "_h0", "_w0", "_q0", "_threads0", "queued")
@@ -108,7 +100,6 @@ class CpuMeter:
         self.queued = 0.0
 
     def start(self) -> "CpuMeter":
-        # The calling thread's own figure comes from its clock: its schedstat is not read.
         self._threads0 = _thread_cpu(threading.get_native_id()) if self.attribute else None
         self._q0 = queued_seconds() if self.attribute else 0.0
         self._p0, self._h0, self._w0 = time.process_time(), time.thread_time(), time.perf_counter()
@@ -144,8 +135,7 @@ class CpuMeter:
 class NewThreadsCpu:
     """CPU over a span of the threads started since ``start()`` (a probe's threads and any
     they start), counted from ``mark()`` (or ``start()``): the process's CPU less what
-    threads already running used. A BLAS pool woken by an earlier call spins on for a
-    while, and read as the probe's scaling (pure Python on 2 threads read x1.86)."""
+    threads already running used."""
 
     __slots__ = ("_p0", "_threads0", "_base")
 
@@ -174,9 +164,8 @@ _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 def _busy_ticks(cpus: set[int]) -> int | None:
-    """Clock ticks the given CPUs have spent busy (anything but idle and I/O wait; steal
-    counts: a virtual CPU the host gave to another guest was busy for this one), or None
-    without ``/proc/stat``."""
+    """Clock ticks the given CPUs have spent busy (all but idle and I/O wait; steal counts),
+    or None without ``/proc/stat``."""
     try:
         with open("/proc/stat", "rb") as fh:
             lines = fh.read().splitlines()
@@ -197,27 +186,13 @@ def _busy_ticks(cpus: set[int]) -> int | None:
     return total
 
 
-def _own_schedstat() -> tuple[int, int]:
-    """(on a CPU, waiting for one) nanoseconds of the calling thread; zeros without schedstat."""
-    if not _HAVE_SCHEDSTAT:
-        return 0, 0
-    try:
-        return _schedstat(threading.get_native_id())
-    except (OSError, ValueError, IndexError):
-        return 0, 0
-
-
 class OthersMeter:
     """How many cores' worth of other processes' work competed with this one over a window.
 
-    Two readings, the larger taken: what the others used (the busy time of the CPUs this
-    process may run on, less this process's own CPU time, over the window), and what the
-    calling thread's share of a core says they wanted: each runnable thread gets an equal
-    share, so a thread that ran a fraction ``f`` of the time it was runnable shared ``c``
-    cores with ``c / f - 1`` others (three spinning processes on 2 cores use 1.5 cores and
-    leave this thread half of one: 3 wanted). ``/proc/stat`` counts in clock ticks (10 ms
-    here): windows under ``OTHERS_MIN_WINDOW`` read 0, and so do readings under
-    ``OTHERS_MIN_CORES``."""
+    The larger of what the others used (the busy time of this process's CPUs less its own
+    CPU time) and what they wanted (a thread that ran a fraction ``f`` of the time it was
+    runnable shared ``c`` cores with ``c / f - 1`` others). Windows under
+    ``OTHERS_MIN_WINDOW`` read 0, and so do readings under ``OTHERS_MIN_CORES``."""
 
     def __init__(self) -> None:
         try:
@@ -241,8 +216,7 @@ class OthersMeter:
         if run > 0 and queued > constants.OTHERS_QUEUED_SHARE * (run + queued):
             wanted = n * (run + queued) / run - 1.0
         others = min(max(used, wanted, 0.0), constants.OTHERS_MAX_PER_CORE * n)
-        # In the cores the model counts: a quota of 2 on a 64-CPU host sees the host's
-        # other tenants on 64 CPUs, of which its share is 2/64.
+        # In the cores the model counts (a quota of 2 on a 64-CPU host: a 2/64 share).
         others *= min(usable_cores() / n, 1.0)
         return round(others, 2) if others >= constants.OTHERS_MIN_CORES else 0.0
 
@@ -259,7 +233,8 @@ def rss() -> int:
 
 
 class PeakRSS:
-    """Polls the resident memory on a thread; ``peak`` is the growth over the start."""
+    """Polls the resident memory on a thread (cheaper than ``tracemalloc``); ``peak`` is the
+    growth over the start."""
 
     def __init__(self, interval: float = 0.001) -> None:
         self.interval = interval
@@ -273,9 +248,7 @@ class PeakRSS:
         self.peak = max(high, rss()) - self.base
 
     def __enter__(self) -> "PeakRSS":
-        # No malloc_trim() first: handing freed heap back to the OS made every later large
-        # allocation of the caller page-fault again (a job of 16 MB results ran 3x slower
-        # after the sample). Freed heap that an item reuses hides from the growth instead.
+        # No malloc_trim() first: later large allocations would page-fault again.
         self.base = rss()
         self._thread = threading.Thread(target=self._poll, name="autopar-rss", daemon=True)
         self._thread.start()

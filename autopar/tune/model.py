@@ -1,12 +1,8 @@
-"""The cost model: predicted wall time of the remaining work for every candidate configuration,
-and the choice among them.
-
-Each candidate is predicted by :mod:`autopar.tune.predict` (the formulas are there).
+"""The cost model's choice among the candidates :mod:`autopar.tune.predict` predicts.
 
 Serial wins unless the best parallel candidate is clearly faster (``MIN_SPEEDUP`` and
 ``MIN_SAVING``), a process candidate even with its pickling at ``TRANSFER_DOUBT`` times the
-measured cost; between a thread and a process candidate within ``THREAD_PREFERENCE`` of each
-other, threads win (no copies, no pickling).
+measured cost; threads win over processes within ``THREAD_PREFERENCE`` (no copies).
 """
 
 from __future__ import annotations
@@ -16,19 +12,10 @@ from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterable
 
 from . import constants
-from .constants import CPU_RATIO_CPU  # noqa: F401  (imported from here by run/adapt.py)
 from .costs import PoolCosts
 from .predict import (  # noqa: F401  (_makespan_items, dask_chunksize: imported from here too)
-    Candidate,
-    _makespan_items,
-    _predict,
-    best_chunksize,
-    best_dask,
-    dask_chunksize,
-    dask_threads_advice,
-    gil_share,
-    predict_dask,
-    shared_resource,
+    Candidate, _makespan_items, _predict, best_chunksize, best_dask, dask_chunksize, dask_threads_advice, gil_share,
+    predict_dask, shared_resource,
 )
 from .sample import Profile
 from .system import SystemInfo
@@ -58,9 +45,8 @@ def workload_type(cpu_ratio: float) -> str:
 
 
 def _with_blas_capped(p: Profile, reasons: list[str]) -> tuple[Profile, float]:
-    """(the profile pools are modelled on, serial's item time). Pools cap native (BLAS)
-    threads at cores // n a worker: where the sample timed items so, pools get that time
-    at one core an item. Serial runs so too where it is faster."""
+    """(the profile pools are modelled on, serial's item time): where the sample timed items
+    with BLAS capped, pools get that time at one core an item, serial where it is faster."""
     if not p.single_blas_time:
         return p, p.item_time_mean
     reasons.append(
@@ -86,8 +72,7 @@ def serial_blas_time(p: Profile) -> float | None:
 
 
 def _dask_candidate(p: Profile, cluster: Any, remaining: int, chunksize: int | None, gil_enabled: bool, reasons: list[str]) -> Candidate:
-    """The cluster as a candidate (at ``chunksize``, else its best task size), with the
-    advice on its threads per worker among the reasons."""
+    """The cluster as a candidate (at ``chunksize``, else its best), with its advice."""
     g = gil_share(p, gil_enabled)
     advice = dask_threads_advice(p, cluster, g)
     if advice is not None:
@@ -105,12 +90,8 @@ def _n_options(limit: int, cores: int) -> list[int]:
 
 
 def _fewest_workers(best: Candidate, ranked: list[Candidate], cpu_ratio: float = 1.0) -> Candidate:
-    """Within ``FEWER_WORKERS`` of ``best``'s time, the same kind with the fewest workers:
-    a near tie is noise in the model, and extra workers cost memory and contention. Threads
-    for work that computes but also waits are the exception: the most threads in the tie
-    (up to the ``2 * cores / r`` limit). The model overlaps waits perfectly up to
-    ``cores / r``; waits that vary need more threads to hide them (file writes and reads:
-    thread x8 0.40 s, x4 0.69 s, both predicted alike)."""
+    """Within ``FEWER_WORKERS`` of ``best``'s time, the same kind with the fewest workers
+    (the most, for threads of work that computes but also waits)."""
     close = [
         c
         for c in ranked
@@ -122,14 +103,8 @@ def _fewest_workers(best: Candidate, ranked: list[Candidate], cpu_ratio: float =
 
 
 def _worker_limits(
-    p: Profile,
-    system: SystemInfo,
-    costs: PoolCosts,
-    remaining: int,
-    wtype: str,
-    max_jobs: int | None,
-    reasons: list[str],
-    warnings: list[str],
+    p: Profile, system: SystemInfo, costs: PoolCosts, remaining: int, wtype: str, max_jobs: int | None,
+    reasons: list[str], warnings: list[str],
 ) -> tuple[int, int, int]:
     """(thread limit, process limit, memory cap): n workers must hold n items at their peak."""
     cores = system.usable_cores
@@ -145,13 +120,10 @@ def _worker_limits(
             f"{system.available_memory / 2**30:.1f} GiB available; consider execute_iter() to stream them"
         )
     thread_limit = min(remaining, constants.MAX_THREADS, memory_cap)
-    # A few items left, not a multiple of the cores: one worker each, sharing the cores, ends
-    # them together (7 zlib items of 27 ms: 0.10 s on 8 threads, 0.11 s on 2 in 4 rounds).
+    # A few items left: one worker each, sharing the cores, ends them together.
     few = remaining if remaining <= constants.FEW_ITEMS * cores else 0
     if wtype != "io" and not (p.thread_scaling and p.probe_threads > cores and p.thread_scaling > cores):
-        # Computing work gets no more threads than cores unless the probe measured a gain;
-        # work that also waits (CPU/wall r) needs about cores / r to keep the cores busy,
-        # twice that for the GIL and the spread of the waits.
+        # No more threads than cores unless the probe measured a gain; 2 * cores / r for waits.
         r = max(p.cpu_ratio, 1e-3)
         thread_limit = min(thread_limit, max(cores if r >= constants.PURE_CPU else math.ceil(2 * cores / r), few))
     proc_limit = min(remaining, proc_cap, max(cores if wtype == "cpu" else 2 * cores, few))
@@ -166,8 +138,7 @@ def _worker_limits(
 
 
 def _doubted(c: Candidate, remaining: int, p: Profile, costs: PoolCosts, cores: int, gil_enabled: bool) -> Candidate:
-    """A process candidate predicted again with its pickling at ``TRANSFER_DOUBT`` times
-    the measured cost (other candidates as they are)."""
+    """A process candidate again with its pickling at ``TRANSFER_DOUBT`` times the cost."""
     if c.executor_type != "process":
         return c
     d = constants.TRANSFER_DOUBT
@@ -225,8 +196,7 @@ def _choose(
 
 
 def _remaining(p: Profile, warnings: list[str]) -> int:
-    """Items left; for input of unknown length, at least UNKNOWN_SECONDS of work (the
-    sample's assumption too; see there), with a warning."""
+    """Items left; for input of unknown length, at least UNKNOWN_SECONDS of work, warned."""
     if p.n_remaining is not None:
         return p.n_remaining
     remaining = max(10 * p.n_done, 100, math.ceil(constants.UNKNOWN_SECONDS / max(p.item_time_mean, 1e-9)))
@@ -238,16 +208,9 @@ def _remaining(p: Profile, warnings: list[str]) -> int:
 
 
 def decide(
-    profile: Profile,
-    system: SystemInfo,
-    costs: PoolCosts,
-    *,
-    executor_types: Iterable[str] = ("serial", "thread", "process"),
-    prefer_threads_for_io: bool = True,
-    max_jobs: int | None = None,
-    n_jobs: int | None = None,
-    chunksize: int | None = None,
-    cluster: Any = None,
+    profile: Profile, system: SystemInfo, costs: PoolCosts, *,
+    executor_types: Iterable[str] = ("serial", "thread", "process"), prefer_threads_for_io: bool = True,
+    max_jobs: int | None = None, n_jobs: int | None = None, chunksize: int | None = None, cluster: Any = None,
 ) -> Decision:
     """Rank the candidates for the remaining work and pick one; with ``cluster`` (a Dask
     cluster's measured costs) and ``"dask"`` among the types, the cluster is a candidate."""
@@ -304,14 +267,4 @@ def decide(
 
     if remaining == 0:
         reasons.append(f"the sample already ran all {p.n_done} items")
-    return Decision(
-        best=best,
-        serial=serial,
-        ranked=tuple(ranked),
-        remaining=remaining,
-        assumed_remaining=assumed,
-        workload_type=wtype,
-        reasons=tuple(reasons),
-        warnings=tuple(warnings),
-        memory_cap=memory_cap,
-    )
+    return Decision(best, serial, tuple(ranked), remaining, assumed, wtype, tuple(reasons), tuple(warnings), memory_cap)

@@ -11,23 +11,18 @@ from .._words import scaling_words
 from ..backends.dask import cluster_costs
 from .model import Candidate, Decision, decide
 from .result import OptimizationResult
-from . import wisdom
+from . import constants, wisdom
 from .sample import sample
 from .costs import pool_costs
-from .measure import CPU_BOUND, native_threads, rss
+from .measure import native_threads, rss
 from .system import default_start_method, system_info, threaded_blas_loaded
 from ..options import EXECUTOR_TYPES, Options, check_func_and_data
 
 __all__ = ["optimize", "optimize_with", "pending_result"]
 
-# One-shot iterators optimize() has read from, so that execute(func, it) without the result
-# still finds the items the sample took. Weak: a dropped iterator drops its entry.
+# One-shot iterators optimize() has read from, for execute(func, it) without the result (weakly).
 _pending: "weakref.WeakKeyDictionary[Any, OptimizationResult]" = weakref.WeakKeyDictionary()
-
-
-# Item time assumed where the sample's worker lost its first item: one-item chunks on
-# every core, so a crash or a hang in the run takes one item with it, not a chunk.
-LOST_ITEM_TIME = 1.0
+LOST_ITEM_TIME = 1.0  # item time assumed where the sample's worker lost its first item: chunks of one
 
 
 def pending_result(data: Any) -> OptimizationResult | None:
@@ -39,6 +34,7 @@ def pending_result(data: Any) -> OptimizationResult | None:
     if result is None or result.stash is None or not result.stash.matches(data):
         return None
     return result
+
 
 def _main_reason(d: Decision, profile: Any) -> str:
     best = d.best
@@ -129,8 +125,8 @@ def optimize(
 
 
 def _without_losers(types: tuple[str, ...], verdicts: dict[str, Any], kind: str | None) -> tuple[str, ...]:
-    """Runs of this job that lost to serial: a kind whose pool did is not a candidate again
-    unless asked for (threads aside: their verdict corrects the profile instead)."""
+    """Without the kinds whose runs of this job lost to serial, unless asked for (threads
+    aside: their verdict corrects the profile instead)."""
     if kind is not None or not verdicts:
         return types
     return tuple(t for t in types if t == "thread" or t not in verdicts)
@@ -161,24 +157,17 @@ def optimize_with(func: Callable[[Any], Any], data: Iterable[Any], opts: Options
     if entry is not None:  # measured before: decide again from the kept figures, no sample
         n = opts.n_items if opts.n_items is not None else len(data)  # type: ignore[arg-type]
         # Whether a BLAS pool is running is this process's state now, not the cached one's.
-        blas_live = entry.profile.cpu_ratio >= CPU_BOUND and native_threads() > 0 and threaded_blas_loaded()
+        blas_live = entry.profile.cpu_ratio >= constants.CPU_BOUND and native_threads() > 0 and threaded_blas_loaded()
         profile = replace(
             entry.profile, n_sampled=0, n_probed=0, n_items=n, exhausted=False, sample_time=0.0, blas_live=blas_live,
             others_cores=0.0,  # (the load while that sample ran, not now)
         )
     else:
         profile, stash = sample(
-            func,
-            data,
-            n_items=opts.n_items,
-            budget=opts.sample_time,
-            probe_threads=max(2, min(system.usable_cores, 4)),
+            func, data, n_items=opts.n_items, budget=opts.sample_time, probe_threads=max(2, min(system.usable_cores, 4)),
             probe=kind in (None, "thread"),  # helper threads only where threads are candidates
-            collect=opts.collect,
-            finish=kind in (None, "serial"),
-            timeout=opts.timeout,
-            # Processes asked for: the function never runs in the caller, the sample included.
-            in_process=method if kind == "process" else None,
+            collect=opts.collect, finish=kind in (None, "serial"), timeout=opts.timeout,
+            in_process=method if kind == "process" else None,  # processes asked for: never in the caller
         )
         lost = kind == "process" and not profile.n_sampled and not profile.exhausted
         if lost:  # nothing came back from the sample's worker: take the items as slow
@@ -187,15 +176,8 @@ def optimize_with(func: Callable[[Any], Any], data: Iterable[Any], opts: Options
             wisdom.store(key, wisdom.func_name(func), profile)
         profile = wisdom.corrected(profile, verdicts)
     d = decide(
-        profile,
-        system,
-        costs,
-        executor_types=types,
-        prefer_threads_for_io=opts.prefer_threads_for_io,
-        max_jobs=opts.max_jobs,
-        n_jobs=opts.n_jobs,
-        chunksize=opts.chunksize,
-        cluster=cluster,
+        profile, system, costs, executor_types=types, prefer_threads_for_io=opts.prefer_threads_for_io,
+        max_jobs=opts.max_jobs, n_jobs=opts.n_jobs, chunksize=opts.chunksize, cluster=cluster,
     )
     result = _result(d, profile, stash, system, costs, method, kind, time.perf_counter() - t0)
     if entry is None and lost:
@@ -238,7 +220,7 @@ def _cache_key(func: Callable[[Any], Any], data: Iterable[Any], opts: Options, s
 
 
 def _runner_ups(d: Decision) -> tuple[Candidate, ...]:
-    """The best candidate of each other (kind, n_jobs), five at most, and always the best of
+    """The best candidate of each other (kind, n_jobs), five at most, always with the best of
     the other pool kind (a run losing on its pool may switch to it)."""
     seen: set[tuple[str, int]] = {(d.best.executor_type, d.best.n_jobs)}
     out: list[Candidate] = []
@@ -259,31 +241,17 @@ def _result(d: Decision, profile: Any, stash: Any, system: Any, costs: Any, meth
     reasons = (_main_reason(d, profile),) + d.reasons
     if kind is not None:
         reasons += (f"executor_type={kind!r} was given",)
-    if best.executor_type == "process":
-        start_cost = costs.process_start(best.n_jobs)
-    elif best.executor_type == "thread":
+    if best.executor_type == "thread":
         start_cost = costs.thread_start(best.n_jobs)
     elif best.executor_type == "dask":
         start_cost = 0.0  # the cluster is up
-    else:
-        start_cost = costs.process_start(system.usable_cores)
+    else:  # a process pool's (serial: one on every core)
+        start_cost = costs.process_start(best.n_jobs if best.executor_type == "process" else system.usable_cores)
     return OptimizationResult(
-        executor_type=best.executor_type,
-        n_jobs=best.n_jobs,
-        chunksize=best.chunksize,
+        executor_type=best.executor_type, n_jobs=best.n_jobs, chunksize=best.chunksize,
         estimated_speedup=d.serial.predicted_time / best.predicted_time if best.predicted_time > 0 else 1.0,
-        workload_type=d.workload_type,
-        cpu_ratio=profile.cpu_ratio,
-        predicted_time=best.predicted_time,
-        serial_time=d.serial.predicted_time,
-        n_remaining=d.remaining,
-        start_method=method,
-        usable_cores=system.usable_cores,
-        profile=profile,
-        start_cost=start_cost,
-        runner_ups=_runner_ups(d),
-        reasons=reasons,
-        warnings=d.warnings,
-        optimize_time=elapsed,
-        _stash=stash,
+        workload_type=d.workload_type, cpu_ratio=profile.cpu_ratio, predicted_time=best.predicted_time,
+        serial_time=d.serial.predicted_time, n_remaining=d.remaining, start_method=method,
+        usable_cores=system.usable_cores, profile=profile, start_cost=start_cost, runner_ups=_runner_ups(d),
+        reasons=reasons, warnings=d.warnings, optimize_time=elapsed, _stash=stash,
     )

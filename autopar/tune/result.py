@@ -1,7 +1,5 @@
 """OptimizationResult: what optimize() chose, the figures it measured, and why; and
-:func:`get_executor`, a pool to use in a ``with`` block, of a result's choice or a kind named
-(a real ``concurrent.futures`` executor, no thread or process left behind when the block ends,
-whatever way it ends)."""
+:func:`get_executor`, a pool of a result's choice (or a kind named) for a ``with`` block."""
 
 from __future__ import annotations
 
@@ -19,13 +17,7 @@ from .._words import fmt_bytes, fmt_time, plural, pool_words, reword_scaling, sc
 
 __all__ = ["OptimizationResult", "get_executor"]
 
-
-# The one formatter for times and sizes (kept under their old names here).
-_fmt_time = fmt_time
-_fmt_bytes = fmt_bytes
-
-# The reason optimize() adds on a tuning-cache hit (when the figures were measured).
-CACHE_NOTE = "figures from the tuning cache"
+CACHE_NOTE = "figures from the tuning cache"  # how optimize()'s reason on a cache hit starts
 
 
 @dataclass(frozen=True)
@@ -203,9 +195,8 @@ class OptimizationResult:
 
 
 def _item_time_line(p: Profile) -> str:
-    """The item time, saying what each figure is over: the mean and spread are the timed
-    batches' (the items after the first call), the max takes the first call in unless it was
-    a one-time cost."""
+    """The item time, saying what each figure is over (the max takes the first call in unless
+    it was a one-time cost)."""
     mean, sd, top = fmt_time(p.item_time_mean), p.item_time_std, p.item_time_max
     first_in = p.warmup_time is None
     if sd > 0:

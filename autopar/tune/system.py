@@ -1,9 +1,6 @@
-"""Facts about the machine, as autopar sees it.
-
-Cheap facts read every time a process asks (:func:`system_info`): usable cores after CPU
-affinity and the cgroup quota, physical cores, free memory (and the cgroup memory limit), the
-default start method, whether the GIL is enabled, the BLAS thread pools. The costly ones,
-measured with real pools, live in :mod:`autopar.tune.costs`.
+"""Cheap facts about the machine, read every time a process asks (:func:`system_info`): usable
+cores (affinity, cgroup quota), memory, start method, GIL, BLAS pools. The costly ones, measured
+with real pools, live in :mod:`autopar.tune.costs`.
 """
 
 from __future__ import annotations
@@ -19,11 +16,9 @@ from typing import Any
 
 import psutil
 
-
 __all__ = ["START_METHODS", "SystemInfo", "default_start_method", "system_info", "usable_cores"]
 
 START_METHODS = ("fork", "spawn", "forkserver")  # multiprocessing's, on the platforms autopar runs on
-
 
 _CGROUP_FILES = (
     "/sys/fs/cgroup/cpu.max",  # cgroup v2
@@ -36,15 +31,12 @@ _CGROUP_FILES = (
 
 @functools.lru_cache(maxsize=1)
 def _cgroup_files() -> frozenset[str]:
-    """The cgroup files this process has: which exist is fixed while it runs (the
-    hierarchy's version); their values are read every time. A failed open costs 20-40 us
-    with cold caches, and optimize() would pay five of them on every call."""
+    """The cgroup files this process has (fixed while it runs; their values are read every time)."""
     return frozenset(p for p in _CGROUP_FILES if os.path.exists(p))
 
 
 def _read(path: str) -> str | None:
-    """A cgroup file's text, or None where it cannot be read (plain ``open``: ``pathlib``
-    costs more than the read)."""
+    """A cgroup file's text, or None where it cannot be read."""
     if path not in _cgroup_files():
         return None
     try:
@@ -75,10 +67,7 @@ def _cgroup_cpu_quota() -> float | None:
 
 def _cgroup_memory_limit() -> int | None:
     for path in (_CGROUP_FILES[1], _CGROUP_FILES[4]):
-        text = _read(path)
-        if text is None:
-            continue
-        text = text.strip()
+        text = (_read(path) or "").strip()
         if text.isdigit() and int(text) < 1 << 60:
             return int(text)
     return None
@@ -121,9 +110,8 @@ _blas_seen: tuple[int, bool] = (-1, False)
 
 
 def threaded_blas_loaded() -> bool:
-    """Whether a BLAS library with more than one thread is loaded. The scan (about 0.2 ms,
-    1 ms the first time) runs again only when modules were imported since the last one:
-    native libraries come in with imports."""
+    """Whether a BLAS library with more than one thread is loaded (scanned again only when
+    modules were imported since: native libraries come in with imports)."""
     global _blas_seen
     n = len(sys.modules)
     if _blas_seen[0] != n:
@@ -166,17 +154,14 @@ def default_start_method() -> str:
 def _static_facts() -> dict[str, Any]:
     """Facts that do not change while a process runs."""
     return dict(
-        logical_cores=psutil.cpu_count(logical=True) or 1,
-        physical_cores=psutil.cpu_count(logical=False) or 1,
-        gil_enabled=_gil_enabled(),
-        python=f"{platform.python_implementation()} {platform.python_version()}",
+        logical_cores=psutil.cpu_count(logical=True) or 1, physical_cores=psutil.cpu_count(logical=False) or 1,
+        gil_enabled=_gil_enabled(), python=f"{platform.python_implementation()} {platform.python_version()}",
         platform=_platform(),
     )
 
 
 def _platform() -> str:
-    """System, release and machine (``platform.platform()`` also reads the C library's
-    version out of the Python binary: 1.1 ms of the first optimize() in a process)."""
+    """System, release and machine (cheaper than ``platform.platform()``)."""
     if hasattr(os, "uname"):
         u = os.uname()
         return f"{u.sysname}-{u.release}-{u.machine}"
@@ -191,12 +176,7 @@ def system_info(*, blas: bool = True) -> SystemInfo:
     available = vm.available if mem_limit is None else min(vm.available, mem_limit)
     quota = _cgroup_cpu_quota()
     return SystemInfo(
-        usable_cores=_usable_cores(quota),
-        total_memory=vm.total,
-        available_memory=available,
-        cgroup_cpu_quota=quota,
-        cgroup_memory_limit=mem_limit,
-        start_method=default_start_method(),
-        blas=_blas_pools() if blas else (),
-        **_static_facts(),
+        usable_cores=_usable_cores(quota), total_memory=vm.total, available_memory=available,
+        cgroup_cpu_quota=quota, cgroup_memory_limit=mem_limit, start_method=default_start_method(),
+        blas=_blas_pools() if blas else (), **_static_facts(),
     )

@@ -1,36 +1,13 @@
 """The tuning cache: what optimize() measured for a job, kept across runs (FFTW's "wisdom").
 
-A job's key (:func:`job_key`) is made of the function's identity and code (module, qualname,
-bytecode and constants, the types and sizes of its defaults and closure values; a callable
-object's type and state), the data's signature (item type, pickled size and item count, as
-powers of two; items under 1 KB alike), the machine (usable cores, cgroup quota, CPU model, memory), Python's version
-and GIL, the start method, autopar's version and the options that bound the choice. What is
-kept is the sample's :class:`~autopar.tune.sample.Profile`, not the decision: on a hit
-optimize() skips sampling and decides again from the kept figures for this call's item count
-(the model costs about 0.1 ms).
-
-Every run feeds back what it measured (:func:`observe`): the per-item time in the workers
-moves the kept item time (a running average over the runs), so the entry converges on the
-job as it runs; a run whose items took ``STALE_FACTOR`` times more or less than the kept
-figure marks it stale, and the next optimize() measures again and replaces it. Within a run
-the first chunks are the check: the chunk tuner and the fallback watch the run against the
-kept figures as they do against a fresh sample's.
-
-A run slower than serial (its measured speedup under ``LOST``) leaves a verdict with the key
-that outlives the profile: the pool kind, its workers, the speedup it measured and, for
-threads, the share of a core an item kept busy. A kept profile is never reused as it was
-after a verdict: a thread verdict replaces the profile's thread scaling and CPU/wall with
-what the run measured (a sample misled by a first call's import read a GIL-bound function as
-x3.7 on 16 threads; the run that lost says x0.26 and CPU/wall 1.0, and the model then keeps
-threads off it); any other kind's marks the profile stale, and the sample taken next is
-decided with the verdict's kind capped at the speedup it measured.
-
-Storage: one SQLite database in the cache folder (``AUTOPAR_CACHE_DIR``), in WAL mode with
-a busy timeout, so several processes read and write it at once; at most ``MAX_ENTRIES``
-entries (the least recently used go); its schema version in ``PRAGMA user_version`` (another
-version's file is emptied, not read). ``AUTOPAR_CACHE=off`` or ``cache=False`` turns it off.
-A cache that cannot be opened or written (a read-only folder, a locked or damaged file) only
-costs the measurement: no job fails for it.
+A job's key (:func:`job_key`): the function's identity and code, the data's signature, the
+machine, Python, the start method, autopar's version and the options that bound the choice.
+What is kept is the sample's :class:`~autopar.tune.sample.Profile`: on a hit optimize() skips
+sampling and decides again from it. Every run feeds back what it measured (:func:`observe`):
+the item time moves the kept one, or marks it stale; a run slower than serial (speedup under
+``LOST``) leaves a verdict with the key. One SQLite database in the cache folder (WAL mode, at
+most ``MAX_ENTRIES``); ``AUTOPAR_CACHE=off`` or ``cache=False`` turns it off, and a cache that
+fails only costs the measurement.
 """
 
 from __future__ import annotations
@@ -48,7 +25,7 @@ import sys
 import threading
 import time
 import types
-from dataclasses import asdict, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Callable, Iterable, Iterator
 
 import psutil
@@ -58,32 +35,15 @@ from .costs import cache_dir
 from .sample import Profile
 
 __all__ = [
-    "LOST",
-    "MAX_ENTRIES",
-    "STALE_FACTOR",
-    "THREAD_STALE_FACTOR",
-    "Entry",
-    "clear",
-    "corrected",
-    "enabled",
-    "entries",
-    "job_key",
-    "lookup",
-    "observe",
-    "store",
+    "LOST", "MAX_ENTRIES", "STALE_FACTOR", "THREAD_STALE_FACTOR", "Entry", "clear", "corrected", "enabled", "entries",
+    "job_key", "lookup", "observe", "store",
 ]
 
 SCHEMA_VERSION = 2  # 2: verdicts of runs slower than serial
 MAX_ENTRIES = 2000
-# A run's item time 1.5x or 1/1.5 the kept one: measure again (the rule the tuner's targets
-# state; 2.0 before, which kept a 1.42x-off profile of a first call's sample).
-STALE_FACTOR = 1.5
-# A parallel run whose speedup over the serial estimate is under this lost to serial: the
-# margin is the noise of one run on a busy 2-core machine (runs of one job within 10%).
-LOST = 0.9
-# A thread run this much slower than predicted from the kept figures: the kept thread scaling
-# is wrong (a sample read pure Python as parallel while a BLAS pool spun).
-THREAD_STALE_FACTOR = 1.5
+STALE_FACTOR = 1.5  # a run's item time this much over or under the kept one: measure again
+LOST = 0.9  # a parallel run whose speedup over the serial estimate is under this lost to serial
+THREAD_STALE_FACTOR = 1.5  # a thread run this much slower than predicted: the kept scaling is wrong
 _BYTES_LIMIT = 1 << 16  # callable objects' state up to this size is hashed by value
 
 
@@ -113,8 +73,7 @@ def _shape(value: Any) -> str:
 
 
 def _code_digest(code: types.CodeType) -> str:
-    """Bytecode, constants (nested functions' code the same way), names and arguments; not
-    where the code sits in its file (a function moved down a file is the same job)."""
+    """Bytecode, constants (nested code the same way), names and arguments; not line numbers."""
     h = hashlib.blake2b(digest_size=12)
     _hash_code(h, code)
     return h.hexdigest()
@@ -143,8 +102,7 @@ def _func_parts(func: Any, depth: int = 0) -> list[str] | None:
                 parts.append(_shape(cell.cell_contents))
             except ValueError:  # an empty cell
                 parts.append("<empty>")
-        # A pipeline's composed function calls its stages through its globals: the stages
-        # are what tells one pipeline from another.
+        # A pipeline's composed function: its stages tell one pipeline from another.
         for stage in getattr(func, "key_funcs", ()):
             inner = _func_parts(stage, depth + 1)
             if inner is None:
@@ -167,8 +125,7 @@ def _func_parts(func: Any, depth: int = 0) -> list[str] | None:
         return None if inner is None else ["object", *inner, *_state_parts(func)]
     module, name = getattr(func, "__module__", None), getattr(func, "__qualname__", None)
     if isinstance(module, str) and isinstance(name, str) and "<" not in name:
-        # A library's callable of its own kind (NumPy's dispatchers): its name and the
-        # library's version.
+        # A library's callable of its own kind (NumPy's dispatchers): name and version.
         top = sys.modules.get(module.split(".")[0])
         return ["named", module, name, str(getattr(top, "__version__", ""))]
     return None
@@ -191,9 +148,8 @@ def _state_parts(obj: Any) -> list[str]:
 
 
 def _item_bytes(item: Any, depth: int = 0) -> int:
-    """About how many bytes an item is, without pickling it (pickling a list of a million
-    floats to size it took 60 ms of a job's 0.2 s): buffers by their length, containers by
-    their length times their first element's size, objects by their attributes."""
+    """About how many bytes an item is, without pickling it: buffers by their length,
+    containers by their length times their first element's size, objects by attributes."""
     nbytes = getattr(item, "nbytes", None)
     if isinstance(nbytes, int):
         return nbytes
@@ -232,8 +188,8 @@ def _machine() -> str:
 def job_key(
     func: Callable[[Any], Any], data: Iterable[Any], n_items: int | None, system: Any, method: str, options: tuple[Any, ...]
 ) -> str | None:
-    """The job's key, or None where it cannot have one (an iterator, which cannot be
-    peeked at without consuming it; no items; a callable with nothing stable to name)."""
+    """The job's key, or None where it cannot have one (an iterator, no items, a callable
+    with nothing stable to name)."""
     if not hasattr(data, "__len__") or not hasattr(data, "__getitem__"):
         return None
     try:
@@ -246,20 +202,10 @@ def job_key(
     parts = _func_parts(func)
     if parts is None:
         return None
-    text = "|".join(
-        [
-            *parts,
-            _shape(first),
-            str(_bucket(_item_bytes(first) >> 10)),  # KB, in powers of two (under 1 KB: one bucket)
-            str(_bucket(n_items if n_items is not None else n)),
-            f"cores={system.usable_cores}",
-            f"quota={system.cgroup_cpu_quota}",
-            f"gil={system.gil_enabled}",
-            method,
-            _machine(),
-            repr(options),
-        ]
-    )
+    # The item's size in KB, in powers of two (under 1 KB: one bucket), and the item count's.
+    data_parts = [_shape(first), str(_bucket(_item_bytes(first) >> 10)), str(_bucket(n_items if n_items is not None else n))]
+    where = [f"cores={system.usable_cores}", f"quota={system.cgroup_cpu_quota}", f"gil={system.gil_enabled}", method]
+    text = "|".join([*parts, *data_parts, *where, _machine(), repr(options)])
     return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 
 
@@ -273,46 +219,27 @@ def func_name(func: Any) -> str:
 # -- the store --------------------------------------------------------------------------------
 
 
+@dataclass(eq=False)
 class Entry:
-    """One kept job: its profile, and what runs since have measured."""
+    """One kept job: its profile, and what runs since have measured (``verdicts``: runs
+    slower than serial, by pool kind: {"thread": {"n_jobs", "speedup", "cpu_ratio"}})."""
 
-    __slots__ = ("key", "func", "profile", "created", "used", "hits", "runs", "stale", "verdicts")
-
-    def __init__(
-        self,
-        key: str,
-        func: str,
-        profile: Profile,
-        created: float,
-        used: float,
-        hits: int,
-        runs: int,
-        stale: bool,
-        verdicts: dict[str, dict[str, float]] | None = None,
-    ) -> None:
-        self.key, self.func, self.profile = key, func, profile
-        self.created, self.used, self.hits, self.runs, self.stale = created, used, hits, runs, stale
-        # Runs slower than serial, by pool kind: {"thread": {"n_jobs", "speedup", "cpu_ratio"}}
-        self.verdicts = verdicts or {}
+    key: str
+    func: str
+    profile: Profile
+    created: float
+    used: float
+    hits: int
+    runs: int
+    stale: bool
+    verdicts: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "key": self.key,
-            "func": self.func,
-            "created": self.created,
-            "used": self.used,
-            "hits": self.hits,
-            "runs": self.runs,
-            "stale": self.stale,
-            "verdicts": self.verdicts,
-            "profile": self.profile.to_dict(),
-        }
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "profile"}
+        return {**out, "profile": self.profile.to_dict()}
 
 
-# One connection for the process, one operation at a time: a connection per thread stayed
-# open, two descriptors each, until the garbage collector found it after its thread ended (80
-# more over 600 short threads). Opening one per operation costs about 12 ms here (closing the
-# last connection checkpoints the write-ahead log); a shared one under a lock, about 30 us.
+# One connection for the process, one operation at a time, under a lock.
 _lock = threading.Lock()
 _held: tuple[int, str, sqlite3.Connection] | None = None  # (pid, path, connection)
 _forked_away: list[sqlite3.Connection] = []
@@ -382,8 +309,7 @@ def close() -> None:
 
 
 def _after_fork_in_child() -> None:
-    """A forked child starts with a lock of its own (a parent's thread may have held the
-    parent's at the fork) and leaves the parent's connection alone."""
+    """A forked child starts with a lock of its own and leaves the parent's connection alone."""
     global _lock, _held
     _lock = threading.Lock()
     if _held is not None:
@@ -398,8 +324,7 @@ if hasattr(os, "register_at_fork"):
 
 @contextlib.contextmanager
 def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
-    """A write transaction, the database locked for writing from its start (no two
-    processes read the same row and write back different updates)."""
+    """A write transaction, the database locked for writing from its start."""
     conn.execute("BEGIN IMMEDIATE")
     try:
         yield
@@ -411,7 +336,7 @@ def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
 
 def _safely(default: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """A cache operation that fails (a read-only folder, a locked or damaged file) returns
-    ``default``: the cache only ever saves a measurement."""
+    ``default``."""
 
     def wrap(f: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(f)
@@ -441,9 +366,8 @@ _COLUMNS = "key, func, profile, created, used, hits, runs, stale, verdicts"
 
 
 def corrected(profile: Profile, verdicts: dict[str, dict[str, float]]) -> Profile:
-    """The profile as the runs that lost to serial measured it: a thread verdict's speedup on
-    its threads replaces the probe's scaling, and the run's CPU/wall an item raises the
-    sample's where the sample read less (a first call waiting on an import, a busy machine)."""
+    """The profile as the runs that lost to serial measured it: a thread verdict's speedup
+    replaces the probe's scaling, and its CPU/wall raises the sample's where that read less."""
     v = verdicts.get("thread")
     if not v:
         return profile
@@ -470,18 +394,15 @@ def lookup(key: str) -> Entry | None:
 
 @_safely({})
 def verdicts(key: str) -> dict[str, dict[str, float]]:
-    """The verdicts kept for ``key`` (a stale entry's too: the sample taken again is decided
-    with them)."""
+    """The verdicts kept for ``key`` (a stale entry's too)."""
     with _database() as conn:
         row = conn.execute("SELECT verdicts FROM entries WHERE key = ?", (key,)).fetchone()
     return json.loads(row[0]) if row and row[0] else {}
 
 
 def worth_keeping(profile: Profile) -> bool:
-    """A sample is kept only where it left work for the pool: a sample that finished the
-    job ran its last items in the probe's parallel rounds, so its figures are not one
-    item's (mixed sleep+compute, 39 items: kept as 0.95 ms of CPU an item where an item
-    sleeps 4 ms and computes 1; every hit then chose processes and ran 4x the grid's best)."""
+    """A sample is kept only where it left work for the pool (one that finished the job ran
+    its last items in the probe's parallel rounds: its figures are not one item's)."""
     return bool(profile.n_sampled) and profile.item_time_mean > 0 and profile.n_remaining != 0
 
 
@@ -508,12 +429,11 @@ def store(key: str, func: str, profile: Profile) -> bool:
 @_safely(None)
 def observe(key: str, item_time: float | None, stale: bool = False, lost: tuple[str, dict[str, float]] | None = None) -> str | None:
     """What a run measured, fed back: "updated" (the kept item time moves towards
-    ``item_time``), "checked" (no item time to keep: the run only confirmed the figures),
-    "stale" (the item time off by STALE_FACTOR or more, or ``stale``: the run found the
-    kept figures wrong otherwise; measured again next time), "corrected" (``lost``: a thread
-    run slower than serial, whose figures the profile takes from now on) or None (no entry).
-    ``lost`` is (pool kind, {"n_jobs", "speedup", "cpu_ratio"}) of a run slower than serial:
-    kept with the key as its verdict; a process or other kind's also makes the entry stale."""
+    ``item_time``), "checked" (no item time: the run only confirmed the figures), "stale"
+    (off by STALE_FACTOR or more, or ``stale``: measured again next time), "corrected"
+    (``lost``: a thread run slower than serial, whose figures the profile takes from now on)
+    or None (no entry). ``lost``: (pool kind, {"n_jobs", "speedup", "cpu_ratio"}) of a run
+    slower than serial, kept as the key's verdict; a kind other than threads marks it stale."""
     if item_time is not None and item_time <= 0:
         return None
     with _database() as conn, _transaction(conn):
