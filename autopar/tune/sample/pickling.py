@@ -63,8 +63,7 @@ def _pickling_step(sp: "_Sampler") -> _Pickling:
         setattr(out, name, getattr(out, name) / n)
     out.transport = _serialize.worse(item_method, result_method) if fmethod is not None else None
     out.error = "; ".join(errors) or None
-    # One object passed as every item (``[table] * n``) is pickled once per chunk: pickle's
-    # memo sends the repeats as references.
+    # One object passed as every item (``[table] * n``) is pickled once per chunk (pickle's memo).
     items = itertools.chain.from_iterable(blocks)
     first = next(items, None)
     out.items_shared = sp.kept.done >= 2 and all(x is first for x in items)

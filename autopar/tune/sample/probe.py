@@ -1,14 +1,7 @@
 """The concurrency probe: the next items on ``k`` threads at once, in rounds until it is clear
-how they scale.
-
-The probe (only when threads are candidates) runs on ``k`` threads (``IO_PROBE_THREADS`` for
-work that mostly waits), in rounds of at least ``PROBE_ROUND_MIN`` of work per thread (a short
-first round, a longer second one). It stops as soon as the evidence is clear: a round that
-scales like one thread or like ``k`` ends it; only a round in between, which noise may have
-slowed, earns a second. For CPU-bound work the scaling is the function's CPU during the round
-over one item's CPU ratio (pure Python on k threads keeps one core busy, GIL-free work keeps k
-busy), which does not depend on the probe items being the same size as the sampled ones; for
-waiting work it is throughput against the serial items' mean time.
+how they scale (a round scaling like one thread or like ``k`` ends it; one in between earns a
+second). CPU-bound work: the function's CPU over the round, over one item's CPU ratio; waiting
+work: throughput against the serial items' mean time.
 """
 
 from __future__ import annotations
@@ -47,14 +40,11 @@ def _probe_step(sp: "_Sampler", stats: _Stats, cheap_low: bool = False) -> tuple
     )
     if not worth or (rounds and (best <= constants.PROBE_CLEAR[0] or best >= _clear_gain(k_used))):
         return (min(max(best, 0.1), float(k_used)) if rounds else None), k_used, rounds
-    # A running BLAS pool of several threads is capped on the probe's threads as a thread
-    # pool caps it (cores // k each): two SVDs of 220 x 220 at two BLAS threads each read
-    # x0.53 on 2 threads (0.25 s of probing), and uncapped thread pools ran slower than serial.
+    # A running BLAS pool of several threads is capped on the probe's threads as a pool caps it.
     sp.blas.live = _blas_live(stats)
     slower = False  # the last round's threads did clearly less than one thread alone
     low = best if rounds else float("inf")  # the lowest reading
     for _ in range(2 - rounds):
-        # A second round: as short as the first to confirm a low reading, else longer.
         short = rounds == 0 or best <= constants.PROBE_CLEAR[0]
         size = _round_size(sp, stats, remaining, short, rounds)
         if size is None:
@@ -75,19 +65,11 @@ def _probe_step(sp: "_Sampler", stats: _Stats, cheap_low: bool = False) -> tuple
             low = min(low, s)
             best = max(best, s)
         if cheap_low and constants.SHARED_RESOURCE_SCALING <= best < constants.PARALLEL_SCALING * kk:
-            break  # GIL-bound by the model's rule: processes, right even if it is not. Not
-            # under 0.85: the model would see a shared resource and rule processes out too
-            # (skewed loops read so when one thread drew the long item; 17 s ran serially).
+            break  # GIL-bound by the model's rule: processes, right even if it is not
         if best >= _clear_gain(kk) or (best <= constants.PROBE_CLEAR[0] and (rounds >= 2 or slower)):
-            break  # clear evidence. A low reading needs a second: a core the host stalls
-            # for a few ms read GIL-free work as x1.0 in about one round of four. Not
-            # where the threads did clearly less together than one alone (they fought
-            # over the GIL: JSON round trips ran at x0.6 on 2 threads, a second round
-            # cost 10 ms of a 0.2 s job); a stalled core reads as one thread's worth.
+            break  # clear evidence (a low one needs a second round, unless slower together)
     if low <= constants.PROBE_CLEAR[0] < best < _clear_gain(k_used):
-        # A low reading and an unclear one: the low one stands. Pure Python's confirming
-        # round read x1.4-1.6 in about 1 call in 10 (and went to threads, at 2x the best);
-        # processes for GIL-free work cost far less than threads for GIL-held work.
+        # A low reading and an unclear one: the low one stands.
         best = low
     return (min(max(best, 0.1), float(k_used)) if rounds else None), k_used, rounds
 
@@ -100,9 +82,7 @@ def _round_size(
     k, per_thread = _probe_plan(sp, stats, remaining, constants.PROBE_ROUND_MIN[0 if short else 1])
     left = None if sp.n_total is None else sp.n_total - sp.kept.done
     if not short and left is not None:
-        # The longer round refines an unclear reading; in a short job it may take a
-        # tenth of the items left, and no less than a first round (NumPy small calls,
-        # 374 items of 0.5 ms: 76 items at x1.2 for a reading of x1.22 again).
+        # In a short job: LONG_ROUND_SHARE of the items left, no less than a first round.
         floor = _probe_plan(sp, stats, remaining, constants.PROBE_ROUND_MIN[0])[1]
         per_thread = min(per_thread, max(floor, math.ceil(constants.LONG_ROUND_SHARE * left / k)))
     if rounds and left is not None and k * per_thread > constants.SECOND_ROUND_SHARE * left:
@@ -122,14 +102,10 @@ def _probe_round(sp: "_Sampler", stats: _Stats, items: list[Any], k: int) -> tup
     if wall <= 0:
         return None
     if stats.cpu_ratio >= constants.CPU_BOUND and not sp.blas.single_time:
-        # CPU-bound: cores kept busy at once over cores one item keeps busy. (Not
-        # capped by the round's throughput: a few items of uneven size make that
-        # too noisy; GIL-free NumPy read x1.0-1.13 so.)
-        # (less the threads' wait for a core: neither the GIL's nor the work's)
+        # CPU-bound: cores kept busy at once (less the wait for a core) over one item's.
         s = (cpu / CpuMeter.active(whole, queued)) / stats.cpu_ratio
         return s, len(items) * stats.reference < constants.SLOWER_TOGETHER * whole
-    # Waiting work, or BLAS capped (a BLAS library serializing its callers
-    # spins on its lock and keeps cores busy for nothing): throughput.
+    # Waiting work, or BLAS capped (a BLAS library serializing its callers spins): throughput.
     return len(items) * (sp.blas.single_time or stats.reference) / wall, None
 
 
@@ -148,10 +124,7 @@ def _probe_plan(sp: "_Sampler", stats: _Stats, remaining: int | None, round_min:
     work_left = remaining * ref if remaining is not None else constants.UNKNOWN_SECONDS
     budget = min(budget, max(sp.min_budget, constants.SAMPLE_SHARE * work_left))
     per_thread = max(1, math.ceil(budget / k / ref))
-    # A first round of 6 ms per thread shows clear cases (pure Python at 1x, GIL-free work at
-    # k x); only an unclear one earns a second round of 20 ms. Waiting work on more threads
-    # than CPUs needs a third of that: WAIT_CLEAR is a third of k, and 16 threads on sleeps
-    # of 1 ms read x15 with 5 items each, where the run would have had 64.
+    # Waiting work on more threads than CPUs: a shorter first round (WAIT_CLEAR is a third of k).
     if round_min == constants.PROBE_ROUND_MIN[0] and k > _cpus() and stats.cpu_ratio < constants.IO_BOUND:
         round_min = constants.WAIT_ROUND_MIN
     per_thread = min(max(per_thread, math.ceil(round_min / ref)), 10_000)
@@ -164,21 +137,14 @@ def _probe_plan(sp: "_Sampler", stats: _Stats, remaining: int | None, round_min:
 
 def _clear_gain(k: int) -> float:
     """A scaling on k threads that settles the probe: 0.85 k, or WAIT_CLEAR k on more threads
-    than CPUs (waiting work: whether 24 or 60 of 65 threads' worth, the model picks the
-    same; a process's first 64 threads took 53 ms to start here and read x24.5, and a
-    second round of 20 ms sleeps on 65 threads cost 20 ms of a 0.2 s job)."""
+    than CPUs."""
     return (constants.PROBE_CLEAR[1] if k <= _cpus() else constants.WAIT_CLEAR) * k
 
 
 def _misread_is_cheap(pk: _Pickling, stats: _Stats) -> bool:
     """Whether reading GIL-free items as GIL-bound would cost little: they would go to
-    processes, which run them in parallel too, and pickling them (twice, for the bytes'
-    way there and back) takes under ``CHEAP_MISREAD`` of their time. A reading that sends
-    the items to processes then needs no second round: noise only ever slows a round, and
-    the second round is there for GIL-free work read low (2 first rounds in 60 since the
-    probe's threads have CPUs of their own). It cost pure-Python jobs of 0.2 s about a
-    tenth of their time, and NumPy small calls (read x1.22-1.35) a long second round.
-    A reading that would send them to threads is still confirmed."""
+    processes, and pickling them (twice) takes under ``CHEAP_MISREAD`` of their time. A
+    reading for processes then needs no second round."""
     if pk.transport is None or pk.error is not None:
         return False
     item = 0.0 if pk.items_shared else pk.item_time  # one object as every item: once a chunk
@@ -191,17 +157,9 @@ def _probe(
     """Run ``items`` on ``k`` threads at once. Returns (results, wall, the function's CPU,
     the round's whole wall time, the threads' mean wait for a core).
 
-    The threads start together only once all of them run: each yields its turn until the
-    last has arrived (sleeping threads would let their cores idle again). A core that sat
-    idle through the serial sample can take milliseconds to wake on a virtual machine, and
-    a round of 6 ms then read x1.0 for work that runs x1.95 on two threads. More threads
-    than CPUs wait on an event instead: 16 threads yielding to each other on 2 CPUs took
-    7-20 ms to all arrive, 64 took 0.15-0.3 s, for a round of 6 ms.
-    The wall time is the mean over the threads of the time each took: the round's tail (one
-    thread still on its last item while the others are done) says nothing about how the
-    threads run together, and a pool's tail is the model's makespan term already. CPU over
-    wall, though, takes the whole round: threads holding the GIL take turns unevenly (one
-    ran both its items, then the other), and over their mean wall pure Python read x1.3-1.5."""
+    The threads start together once all of them run (yielding, or on an event where there
+    are more threads than CPUs). The wall time is the mean over the threads (not the round's
+    tail); CPU over wall takes the whole round."""
     results: list[Any] = [None] * len(items)
     failures: list[tuple[int, BaseException, str]] = []
     arrived = [0]
@@ -238,8 +196,7 @@ def _probe(
     threads = [
         threading.Thread(target=worker, args=(s,), name=f"autopar-probe-{s}", daemon=True) for s in range(k)
     ]
-    # The probe's threads count from the start signal on; threads that ran before the probe
-    # (the caller, a BLAS pool spinning on after an earlier call) do not.
+    # The probe's threads count from the start signal on; threads that ran before do not.
     meter = NewThreadsCpu().start()
     for t in threads:
         t.start()
@@ -260,10 +217,7 @@ def _probe(
 
 def _own_cpus(cpus: list[int]) -> None:
     """Keep the calling probe thread on ``cpus`` (probe thread ``slot`` of k gets every k-th
-    usable CPU from ``slot``; threads it starts inherit them). Left to the scheduler, two
-    threads started on one CPU ran there for the first milliseconds while the other CPU
-    woke: GIL-free work (lzma, FFT, sha256) read x0.9-1.1 on 2 threads in a third of first
-    rounds, and 1 in 30 so kept apart. Only the probe's own short-lived threads are moved."""
+    usable CPU from ``slot``; threads it starts inherit them)."""
     try:
         os.sched_setaffinity(0, cpus)  # 0: the calling thread, on Linux
     except (AttributeError, OSError):  # not on Linux, or not allowed: the scheduler decides

@@ -41,16 +41,11 @@ class Profile:
     items_shared: bool = False  # every sampled item is one and the same object
     single_blas_time: float | None = None  # item time with BLAS at one thread (items kept native threads busy)
     blas_live: bool = False  # a BLAS pool of several threads was loaded and running: probes and thread pools cap it
-    # A pipeline's stages, kept with its profile in the tuning cache: each stage's (wall, CPU)
-    # seconds an item and the bytes its output pickles to (inf: it does not pickle).
+    # A pipeline's stages: each one's (wall, CPU) seconds an item, and its output's bytes (inf: unpicklable).
     stage_times: tuple[tuple[float, float], ...] = ()
     stage_bytes: tuple[float, ...] = ()
-    # The first item's time where it was a one-time cost (an import, a cache filled): an item
-    # run beside it waited on it rather than ran, and the figures come from later items.
-    warmup_time: float | None = None
-    # The cores other processes kept busy while the sample ran (0: under OTHERS_MIN_CORES,
-    # or not measured): the pools' share of the cores is predicted against them.
-    others_cores: float = 0.0
+    warmup_time: float | None = None  # the first item's time where it was a one-time cost
+    others_cores: float = 0.0  # the cores other processes kept busy while the sample ran
 
     @property
     def n_done(self) -> int:

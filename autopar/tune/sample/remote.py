@@ -1,18 +1,7 @@
-"""The sample's items run in a worker process, for work that must never run in the caller.
-
-``executor_type="process"`` promises that the function runs in worker processes only: a
-crash (``os._exit``, a segfault) then takes a worker, never the caller, and threads the
-function starts stay in the workers. The sample keeps that promise by sending its items,
-batch by batch, to a pool of one worker (BLAS capped at one thread, as a pool of ``cores``
-workers runs them) and timing them there; the results come back as any chunk's do.
-
-A batch that breaks the worker, or outlives its items' time limits by ``REMOTE_GRACE``, or
-cannot be sent, ends the sample: its items go back in front of the input, and the run's own
-pool meets them with the run's rules (retries, ``WorkerDied`` naming the item and how its
-worker ended, ``ItemTimeout``, an error naming the item that cannot be pickled).
-
-:class:`RemoteItems` is the worker's side; :func:`_first_remote` and :func:`_timed_remote` the
-sampler's steps that use it.
+"""The sample's items run in a one-worker process pool, for ``executor_type="process"``
+(the function never runs in the caller). A batch that breaks the worker, outlives its time
+limits by ``REMOTE_GRACE`` or cannot be sent ends the sample: its items go back in front of the
+input, for the run's own pool to meet with the run's rules.
 """
 
 from __future__ import annotations
@@ -36,13 +25,9 @@ class RemoteItems:
 
     def __init__(self, func: Callable[[Any], Any], start_method: str, collect: bool, timeout: float | None) -> None:
         self.timeout = timeout
+        # Cloudpickle: the sample does not know yet what plain pickle can carry.
         self.backend = ProcessBackend(
-            func,
-            lambda: make_process_pool(1, start_method, 1),
-            None,
-            _serialize.CLOUDPICKLE,  # the sample does not know yet what plain pickle can carry
-            collect,
-            timeout,
+            func, lambda: make_process_pool(1, start_method, 1), None, _serialize.CLOUDPICKLE, collect, timeout
         )
         self.broken = False
         self.started = False
@@ -58,7 +43,7 @@ class RemoteItems:
             return None
         limit = None if self.timeout is None else len(items) * self.timeout + constants.REMOTE_GRACE
         if limit is not None and not self.started:
-            limit += constants.REMOTE_STARTUP  # the first batch also waits for the worker to start
+            limit += constants.REMOTE_STARTUP
         try:
             values, wall, failures, cpu = fut.result(timeout=limit)
         except FutureTimeout:
@@ -80,7 +65,6 @@ class RemoteItems:
         self.backend.close(clean=not self.broken)
 
 
-
 def _first_remote(sp: "_Sampler", first: list[Any]) -> bool:
     """The first item in the sample's worker process (``executor_type="process"``)."""
     got = _remote_batch(sp, first)
@@ -96,7 +80,7 @@ def _first_remote(sp: "_Sampler", first: list[Any]) -> bool:
 
 def _remote_batch(sp: "_Sampler", batch: "list[Any] | Span") -> tuple[float, float] | None:
     """Run a batch in the sample's worker process; (wall, CPU) seconds, or None where it
-    did not come back (its items go back in front, for the run's pool to meet)."""
+    did not come back (its items go back in front)."""
     items = list(batch)
     got = sp.remote.run(sp.kept.done, items)  # type: ignore[union-attr]
     if got is None:
@@ -113,9 +97,6 @@ def _timed_remote(sp: "_Sampler", batch: "list[Any] | Span") -> bool:
     if got is None:
         return False
     dt, dc = got
-    pos = sp.kept.done - (len(batch) + 1) / 2
-    if dt >= 1e-3:
-        sp.timings.add(len(batch), dt, pos, dc / dt, dc / dt)
-    else:
-        sp.timings.add(len(batch), dt, pos)
+    ratio = dc / dt if dt >= 1e-3 else None
+    sp.timings.add(len(batch), dt, sp.kept.done - (len(batch) + 1) / 2, ratio, ratio)
     return True

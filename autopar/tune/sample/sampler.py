@@ -1,9 +1,4 @@
-"""The sampler: the steps in order over one input, and :func:`sample`, the entry.
-
-Each step in its module: first item (:mod:`.warmup`, or :mod:`.remote`), serial batches and
-item stats (:mod:`.serial`), pickling (:mod:`.pickling`), BLAS capped (:mod:`.blas`), the
-probe (:mod:`.probe`); then the :class:`Profile` and the :class:`SampleStash` are assembled.
-"""
+"""The sampler: the steps in order over one input (each in its module), and :func:`sample`."""
 
 from __future__ import annotations
 
@@ -27,32 +22,18 @@ __all__ = ["sample"]
 
 
 class _Sampler:
-    """One sample of ``func`` over ``data``; ``run()`` takes the steps in order.
-
-    The caller's settings are set here once; what the steps find is in ``src`` (the input),
-    ``kept`` (items run and their results), ``timings`` (timed items), ``first`` (the first
-    item), ``memory`` (peak RSS an item) and ``blas`` (native threads): see :mod:`.state`."""
+    """One sample of ``func`` over ``data``; ``run()`` takes the steps in order. The caller's
+    settings are set once; what the steps find is in ``src`` and the :mod:`.state` objects."""
 
     def __init__(
-        self,
-        func: Callable[..., Any],
-        data: Iterable[Any],
-        n_items: int | None,
-        budget: float,
-        min_budget: float,
-        probe_threads: int,
-        probe: bool,
-        collect: bool,
-        finish: bool = False,
-        timeout: float | None = None,
+        self, func: Callable[..., Any], data: Iterable[Any], n_items: int | None, budget: float, min_budget: float,
+        probe_threads: int, probe: bool, collect: bool, finish: bool = False, timeout: float | None = None,
         remote: RemoteItems | None = None,
     ) -> None:
         self.t_begin = time.perf_counter()
-        # Other processes' use of the cores meanwhile (not with a worker process of our own
-        # running the items: it would read as another's).
+        # Other processes' use of the cores meanwhile (not beside our own worker process).
         self.others = OthersMeter() if remote is None else None
         self.finish = finish
-        # The items run under the run's time limit wherever the sample runs them.
         self.func = Limited(func, timeout) if timeout is not None else func
         self.user_func, self.data, self.remote = func, data, remote
         self.budget, self.min_budget = budget, min_budget
@@ -65,8 +46,6 @@ class _Sampler:
         self.memory = Memory()
         self.blas = BlasReading()
 
-    # -- steps --------------------------------------------------------------------------
-
     def run(self) -> tuple[Profile, SampleStash]:
         if self.first_item():
             self.serial_batches()
@@ -77,11 +56,9 @@ class _Sampler:
         return self.assemble(stats, pickling, scaling, k_used, rounds)
 
     def first_item(self) -> bool:
-        """Run the first item alone (see :func:`.warmup.first_item`); False when the input is empty."""
         return first_item(self)
 
     def serial_batches(self) -> None:
-        """Timed batches, doubling while items take under 1 ms, until the budget is spent."""
         serial_batches(self)
 
     def item_stats(self) -> _Stats:
@@ -92,70 +69,35 @@ class _Sampler:
         kept = self.kept
         n_total = kept.done if exhausted else self.n_total
         profile = Profile(
-            n_sampled=kept.done - kept.n_probed,
-            n_probed=kept.n_probed,
-            n_items=n_total,
-            item_time_mean=stats.mean,
-            item_time_std=stats.std,
-            item_time_max=stats.tmax,
-            cpu_ratio=stats.cpu_ratio,
-            func_bytes=pk.func_bytes,
-            func_pickle_time=pk.func_time,
-            item_bytes=pk.item_bytes,
-            item_pickle_time=pk.item_time,
-            result_bytes=pk.result_bytes,
-            result_pickle_time=pk.result_time,
-            transport=pk.transport,
-            pickle_error=pk.error,
-            peak_memory_per_item=int(self.memory.peak),
-            thread_scaling=scaling,
-            probe_threads=k_used,
-            sample_time=time.perf_counter() - self.t_begin,
-            exhausted=exhausted,
-            item_load_time=pk.item_load,
-            result_load_time=pk.result_load,
-            probe_rounds=rounds,
-            items_shared=pk.items_shared,
-            single_blas_time=self.blas.single_time,
-            blas_live=self.blas.live,
+            n_sampled=kept.done - kept.n_probed, n_probed=kept.n_probed, n_items=n_total, item_time_mean=stats.mean,
+            item_time_std=stats.std, item_time_max=stats.tmax, cpu_ratio=stats.cpu_ratio, func_bytes=pk.func_bytes,
+            func_pickle_time=pk.func_time, item_bytes=pk.item_bytes, item_pickle_time=pk.item_time,
+            result_bytes=pk.result_bytes, result_pickle_time=pk.result_time, transport=pk.transport,
+            pickle_error=pk.error, peak_memory_per_item=int(self.memory.peak), thread_scaling=scaling,
+            probe_threads=k_used, sample_time=time.perf_counter() - self.t_begin, exhausted=exhausted,
+            item_load_time=pk.item_load, result_load_time=pk.result_load, probe_rounds=rounds,
+            items_shared=pk.items_shared, single_blas_time=self.blas.single_time, blas_live=self.blas.live,
             warmup_time=self.first.time if self.first.warmup else None,
             others_cores=self.others.cores() if self.others is not None else 0.0,
         )
         stash = SampleStash(
-            func=self.user_func,
-            data=self.data,
-            one_shot=self.src.one_shot,
-            item_blocks=kept.item_blocks,
-            result_blocks=[kept.results] if kept.results else [],
-            ahead=self.src.ahead,
-            exhausted=exhausted,
-            failures=kept.failures,
-            input_error=self.src.error,
+            func=self.user_func, data=self.data, one_shot=self.src.one_shot, item_blocks=kept.item_blocks,
+            result_blocks=[kept.results] if kept.results else [], ahead=self.src.ahead, exhausted=exhausted,
+            failures=kept.failures, input_error=self.src.error,
         )
         return profile, stash
 
 
 def sample(
-    func: Callable[..., Any],
-    data: Iterable[Any],
-    *,
-    n_items: int | None = None,
-    budget: float = 0.2,
-    min_budget: float = 0.01,
-    probe_threads: int = 2,
-    probe: bool = True,
-    collect: bool = False,
-    finish: bool = False,
-    timeout: float | None = None,
-    in_process: str | None = None,
+    func: Callable[..., Any], data: Iterable[Any], *, n_items: int | None = None, budget: float = 0.2,
+    min_budget: float = 0.01, probe_threads: int = 2, probe: bool = True, collect: bool = False, finish: bool = False,
+    timeout: float | None = None, in_process: str | None = None,
 ) -> tuple[Profile, SampleStash]:
     """Run a sample of ``data`` through ``func`` and measure it; see :mod:`autopar.tune.sample`.
 
-    ``probe=False`` runs nothing on helper threads: no item run ahead, no thread probe (for
-    work that will not run on threads, or must not leave the calling thread). ``finish``: serial
-    is a candidate, so a rest under ``MIN_SAVING`` of work runs in the sample. ``timeout``:
-    each item's time limit, as the run keeps it. ``in_process``: a start method; the items run
-    in a worker process started so, never in the caller (see :mod:`autopar.tune.sample.remote`).
+    ``probe=False``: nothing on helper threads (no item run ahead, no thread probe).
+    ``finish``: a rest under ``MIN_SAVING`` of work runs in the sample. ``timeout``: each
+    item's time limit. ``in_process``: a start method; the items run in a worker process.
     """
     if in_process is None:
         return _Sampler(func, data, n_items, budget, min_budget, probe_threads, probe, collect, finish, timeout).run()

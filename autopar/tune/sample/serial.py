@@ -1,10 +1,5 @@
-"""The serial sample: timed batches on the calling thread, and the item figures they give.
-
-The serial sample grows until a time budget is spent (``budget`` seconds, or
-``SAMPLE_SHARE`` of the estimated total when the item count is known, whichever is smaller,
-never below ``min_budget``). Fast items are timed in doubling batches so the clock does not
-dominate what it measures. :func:`item_stats` turns the batches into a robust mean, a spread
-and a CPU ratio, extrapolated where items grow along the input.
+"""The serial sample: timed batches on the calling thread until the budget is spent (doubling
+while items are fast), and the item figures they give (:func:`item_stats`).
 """
 
 from __future__ import annotations
@@ -51,9 +46,7 @@ def serial_batches(sp: "_Sampler") -> None:
             break
         elapsed = time.perf_counter() - sp.t_begin
         target = _target(sp, mean)
-        # The first item pays the warm-up: it stands alone only when it is longer than the
-        # whole budget (items of seconds), never just longer than a small job's share, and
-        # never where it was a one-time cost others waited on (``warmup``).
+        # The first item stands alone only when longer than the budget, and not a one-time cost.
         stands = first.time >= sp.budget and not first.warmup
         if (elapsed >= target or first.waiting) and (timed >= min_timed or stands):
             break
@@ -61,9 +54,7 @@ def serial_batches(sp: "_Sampler") -> None:
             left = sp.n_total - sp.kept.done
             batch_size = min(batch_size, left)
             if sp.finish and batch_size < left <= constants.FINISH_SEEN * timed and left * mean < constants.MIN_SAVING:
-                # Under MIN_SAVING of work left the model ranks no pool: the sample runs
-                # the rest itself, read to its end in place, once the items timed are a
-                # fair share of it (a few fast ones first say little of the rest).
+                # Under MIN_SAVING of work left the model ranks no pool: the sample runs the rest.
                 batch_size = left
         batch = sp.src.span(batch_size)
         if not batch:
@@ -139,11 +130,9 @@ def _growing_mean(
     batches: list[tuple[int, float]], positions: list[float], done: int, n_total: int | None, mean: float
 ) -> float:
     """Mean item time over the items not run yet where the timed batches (items, seconds; at
-    ``positions`` in the input) show items growing along the input (a clear linear trend:
-    R^2 >= GROWTH_FIT over at least GROWTH_POINTS batches, items ahead at least
-    GROWTH_FACTOR times the mean so far); else ``mean``. Input sorted by size (small first)
-    was judged on its smallest items: 55 items growing from 0.07 to 7 ms looked like 40 ms
-    of work and ran serially, at 1.63x the best (process x2)."""
+    ``positions`` in the input) show items growing along the input (a linear trend of
+    R^2 >= GROWTH_FIT over GROWTH_POINTS batches or more, to GROWTH_FACTOR times the mean
+    so far or more); else ``mean``."""
     n, pts = n_total, list(zip(positions, batches))
     if n is None or n <= done or len(pts) < constants.GROWTH_POINTS:
         return mean

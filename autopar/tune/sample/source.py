@@ -1,6 +1,5 @@
-"""Where the sample takes its items from: :class:`_Source` pulls them (slices of a list or a
-tuple, ``islice`` of anything else) and takes back, in front, those taken ahead and not run;
-:func:`known_length` is the input's length where it can be known without reading it."""
+"""Where the sample takes its items from (:class:`_Source`), and :func:`known_length`, the
+input's length where it can be known without reading it."""
 
 from __future__ import annotations
 
@@ -58,8 +57,8 @@ class _Source:
         return head + batch if head else batch
 
     def span(self, n: int) -> "list[Any] | Span":
-        """The next ``n`` items without copying them where the input is a list or tuple and
-        nothing was put back (tiny items: the copy cost as much as the loop's overhead)."""
+        """The next ``n`` items, without copying them where the input is a list or tuple and
+        nothing was put back."""
         if self.seq is None or self.ahead:
             return self.pull(n)
         part = Span(self.seq, self.pos, min(n, len(self.seq) - self.pos))

@@ -1,20 +1,7 @@
-"""The sample's results, handed to ``execute()`` only where they belong to its items.
-
-optimize() runs a few items to measure them; ``execute()`` hands their results back first
-instead of running them again. That is only right for the same items: a result is reused
-when ``execute()`` gets the very object optimize() sampled (held here, weakly where the
-object allows, so its ``id`` cannot pass to another) and
-
-* a one-shot iterator: the sample consumed its first items; they are gone from it and the
-  kept results are theirs;
-* anything that can be iterated again (a list, a range, an array, a custom sequence): its
-  first items, read again, are the items the sample ran (the same objects, or equal ones of
-  the same type; arrays compared by content through a checksum taken when they ran). A
-  list refilled in place, an array written over, an input grown shorter: run again.
-
-Mutable items changed in place (a dict whose values were replaced) compare as themselves:
-the same object is taken for the same item, as everywhere in Python; arrays are the
-exception above, being the usual input whose content is rewritten in place.
+"""The sample's results, handed to ``execute()`` only where they belong to its items: the very
+object optimize() sampled, and (unless a one-shot iterator) its first items, read again, the
+items the sample ran (the same objects, equal ones of the same type, or arrays of the same
+checksum).
 """
 
 from __future__ import annotations
@@ -32,8 +19,7 @@ __all__ = ["SampleStash"]
 
 
 class _Checked:
-    """A NumPy array item as it was when the sample ran it: shape, dtype and checksum (a view
-    into the input would change with it, so the array itself cannot stand for itself)."""
+    """A NumPy array item as it was when the sample ran it: shape, dtype and checksum."""
 
     __slots__ = ("shape", "dtype", "crc")
 
@@ -86,30 +72,19 @@ def _raising(error: Exception | None) -> Iterator[Any]:
 class SampleStash:
     """Items already run by the sample and their results, kept for ``execute()``.
 
-    ``claim()`` hands the results out once, and only for the items they were made from (see
-    the module docstring). For a one-shot iterator the items themselves are kept too: if
-    ``execute()`` is then called with another function, they are run again rather than lost.
+    ``claim()`` hands the results out once, and only for the items they were made from. A
+    one-shot iterator's items are kept too: with another function they run again.
     """
 
     def __init__(
-        self,
-        func: Callable[..., Any],
-        data: Any,
-        one_shot: bool,
-        item_blocks: list[Any],
-        result_blocks: list[list[Any]],
-        ahead: list[Any],
-        exhausted: bool,
-        failures: list[int],
-        input_error: Exception | None = None,
+        self, func: Callable[..., Any], data: Any, one_shot: bool, item_blocks: list[Any], result_blocks: list[list[Any]],
+        ahead: list[Any], exhausted: bool, failures: list[int], input_error: Exception | None = None,
     ) -> None:
         self.func = func
         self.one_shot = one_shot
         items = list(chain.from_iterable(item_blocks))  # a Span reads the live list: copy
         self.n_done = len(items)
-        # An array's sampled rows are checked as one block; other items one by one (NumPy
-        # items by checksum; the rest as themselves, found by type at C speed: a Python pass
-        # over 72,000 sampled tiny items cost 15 ms of a 17 ms job).
+        # An array's sampled rows are checked as one block; other items one by one.
         self.block = _Checked(data[: self.n_done]) if not one_shot and _is_array(data) else None
         if not one_shot and self.block is None and any(t.__module__ == "numpy" for t in set(map(type, items))):
             items = [_snapshot(x) for x in items]

@@ -1,14 +1,5 @@
-"""What the sample's steps found, in small objects, each written by one owner.
-
-The sampler (:class:`~autopar.tune.sample.sampler._Sampler`) holds one of each beside the
-caller's settings (set once) and the input (:class:`~autopar.tune.sample.source._Source`):
-
-* :class:`Kept`: every item run and its result, in input order (``keep()``, ``fail()``);
-* :class:`Timings`: the timed items (``add()``);
-* :class:`FirstItem`: the first item's figures (the first-item step, :mod:`.warmup`, or
-  :mod:`.remote` in a worker process);
-* :class:`Memory`: peak resident memory an item (the first-item step, then ``record()``);
-* :class:`BlasReading`: what the BLAS step and the probe found of native threads.
+"""What the sample's steps found, in small objects, each written by one owner; the sampler
+(:class:`~autopar.tune.sample.sampler._Sampler`) holds one of each.
 """
 
 from __future__ import annotations
@@ -49,8 +40,7 @@ class Kept:
         self.failures += settle(failed, where, self.collect)
 
     def settled(self, results: list[Any]) -> None:
-        """Items that failed among ``results`` settled already (the probe's): kept. (Only
-        when collecting: otherwise a failure raised.)"""
+        """Items that failed among ``results`` settled already (the probe's, collecting): kept."""
         if self.collect:
             self.failures += [r.index for r in results if isinstance(r, ItemFailed)]
 
@@ -97,8 +87,8 @@ class FirstItem:
 
 
 class Memory:
-    """Peak resident memory an item: the first item's growth, then one serial batch or probe
-    round watched by the RSS poller where items are long enough (``watch``)."""
+    """Peak resident memory an item: the first item's growth, then one batch or probe round
+    watched by the RSS poller where items are long enough (``watch``)."""
 
     def __init__(self) -> None:
         self.peak = 0

@@ -1,12 +1,8 @@
 """The first item, and what runs beside it: warm-up detection.
 
-The first item runs alone on the calling thread (its RSS growth is the first memory figure).
-In a short job (at most ``SPECULATE_MAX_ITEMS`` items) where threads are candidates, items
-run ahead beside it on helper threads (:class:`_Ahead`): all at once where the first item
-mostly waits, else one once the first has run ``min_budget`` (with slow items, a core would
-otherwise idle through the whole first item). An item beside the first that barely ran until
-the first ended waited on the first call's one-time cost (an import, a cache filled): the
-first item's time is then a warm-up (``warmup``), and the figures come from later items.
+The first item runs on the calling thread; in a short job where threads are candidates, items
+run ahead beside it (:class:`_Ahead`). An item beside the first that barely ran until the first
+ended waited on the first call's one-time cost: the first item's time is then a warm-up.
 """
 
 from __future__ import annotations
@@ -25,14 +21,9 @@ if TYPE_CHECKING:
 
 
 class _Ahead:
-    """Items run ahead on helper threads while the caller runs the first item.
-
-    A coordinator thread looks at the caller's thread after ``AHEAD_EARLY`` seconds: if the
-    first item is still running and mostly waiting (it barely ran or queued for a core), every
-    item given runs at once on threads of its own (slow start for waiting work: a job of a few
-    slow waits is done in the time of one). Otherwise, past ``delay``, one item runs beside the
-    first, so that a core does not idle through a slow item. Items that did not run go back
-    to the input; ``stop_or_finish()`` cancels what has not started and waits for the rest.
+    """Items run ahead on helper threads while the caller runs the first item: after
+    ``AHEAD_EARLY`` seconds, all at once if the first item mostly waits, else one past
+    ``delay``. ``stop_or_finish()`` cancels what has not started and waits for the rest.
     """
 
     def __init__(self, func: Callable[..., Any], items: list[Any], delay: float, caller: int, caller_tid: int) -> None:
@@ -70,7 +61,7 @@ class _Ahead:
             self.waiting = used / max(time.perf_counter() - t0, 1e-9) < constants.IO_BOUND
         if self.waiting:
             # Memory: what the first item has grown so far, times the items run beside it.
-            count = len(self.items)  # the rest (never started) goes back to the input
+            count = len(self.items)
             grown = rss() - rss0
             if grown > 0:
                 import psutil
@@ -132,8 +123,7 @@ def first_item(sp: "_Sampler") -> bool:
     sp.kept.keep(first, [result])
     queued = meter.queued  # waiting for a core (other processes busy): not waiting on I/O
     if spec is not None and spec.n_ran() and wall > 0 and own / CpuMeter.active(wall, queued, own) >= constants.CPU_BOUND / 2:
-        # The helper shared the machine with the first item: its own CPU time is its
-        # serial time, and its CPU ratio its own.
+        # The helper shared the machine with the first item: its own CPU time is its time.
         wall = cpu = max(own, 1e-9)
         queued = 0.0
     f = sp.first
@@ -147,8 +137,7 @@ def first_item(sp: "_Sampler") -> bool:
     if contended:  # the first item shared too few cores: its own CPU time is its time
         f.time = f.active = wall = cpu = max(own, 1e-9)
         f.cpu = own
-    # Peak memory: an item under 1 ms cannot touch much memory, so only its RSS growth
-    # counts; a longer one has the next item, or the probe, watched by the RSS poller.
+    # Peak memory: a longer item has the next item, or the probe, watched by the RSS poller.
     sp.memory.watch = wall >= 1e-3
     # An item that mostly waits: the thread probe measures it better than serial items.
     f.waiting = not contended and wall >= 1e-3 and cpu / f.active < constants.IO_BOUND
@@ -156,12 +145,9 @@ def first_item(sp: "_Sampler") -> bool:
 
 
 def _speculated(sp: "_Sampler", spec: _Ahead) -> bool:
-    """Keep what ran ahead (a prefix of the items given); the rest goes back in front.
-
-    Items that ran at once count as timed items and as a first probe round only if the
-    round mostly waited. A round that kept cores busy came from a first item that only
-    looked like waiting (importing on its first call, say): its items' times are those of
-    items sharing too few cores, so their results are kept and their times are not."""
+    """Keep what ran ahead (a prefix of the items given); the rest goes back in front. Items
+    that ran at once are timed, and a first probe round, only if the round mostly waited.
+    Returns whether it kept the cores busy instead (contended)."""
     n = spec.n_ran()
     sp.src.push_back(spec.items[n:])
     for i in range(n):
@@ -183,10 +169,7 @@ def _speculated(sp: "_Sampler", spec: _Ahead) -> bool:
     for i in timed:
         wall, cpu = spec.walls[i], spec.cpus[i]
         if _waited_on_first(sp, spec, i):
-            # It queued behind the first call's one-time work (an import lock, a table
-            # being built): its wall time is the first item's, not its own. A computing
-            # function that imports scipy.stats on its first call read CPU/wall 0.001
-            # so, and ran on 64 threads at 4-7x the serial time.
+            # It queued behind the first call's one-time work: its wall time is not its own.
             sp.first.warmup = True
             continue
         if spec.errors[i] is None and wall > 0:
