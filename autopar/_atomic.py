@@ -12,9 +12,8 @@ _FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | g
 
 
 def _open_temp(path: Path) -> tuple[int, str]:
-    """A new temp file beside ``path``, created with mode 0666 less the umask (as ``open()``
-    creates files; ``tempfile.mkstemp`` would make it 0600, unreadable to a web server
-    running as another user)."""
+    """A new temp file beside ``path``, with mode 0666 less the umask, as ``open()`` makes files
+    (``tempfile.mkstemp``'s 0600 would be unreadable to a web server running as another user)."""
     for _ in range(100):
         tmp = str(path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp")
         try:

@@ -31,16 +31,11 @@ def loads(data: bytes) -> Any:
 
 
 def measure(obj: Any, *, allow_plain: bool = True) -> tuple[str | None, int, float, float, str | None]:
-    """Serialize ``obj`` once and time a dumps+loads round trip.
-
-    Returns (method, size in bytes, round-trip seconds, of which loads, error). ``method`` is
-    None when neither pickle nor cloudpickle can send the object; ``error`` then says why.
-    """
-    if type(obj) in (list, tuple) and len(obj) > LONG_SEQUENCE:
-        # A long list is timed on a prefix and scaled: pickling a million elements to learn
-        # what one element costs would take longer than the work it informs.
-        head = obj[:PREFIX]
-        method, size, secs, load, err = measure(head, allow_plain=allow_plain)
+    """Serialize ``obj`` once and time a dumps+loads round trip: (method, size in bytes, round-trip
+    seconds, of which loads, error); ``method`` None where neither pickle nor cloudpickle can
+    send the object, ``error`` then saying why."""
+    if type(obj) in (list, tuple) and len(obj) > LONG_SEQUENCE:  # timed on a prefix, scaled
+        method, size, secs, load, err = measure(obj[:PREFIX], allow_plain=allow_plain)
         scale = len(obj) / PREFIX
         return method, int(size * scale), secs * scale, load * scale, err
     errors = []

@@ -1,7 +1,5 @@
-"""One vocabulary for what autopar prints: ``result.explain()``, ``report.explain()`` (a run),
-a pipeline run's ``report().explain()`` and ``autopar pack``'s report use these, so the same
-thing reads the same everywhere: "serial", "thread pool, 2 workers", "process pool, 2
-workers", "item", "chunk", times with their unit."""
+"""One vocabulary for everything autopar explains, reports and plots, so the same thing reads the
+same everywhere: "serial", "thread pool, 2 workers", "item", "chunk", times with their unit."""
 
 from __future__ import annotations
 

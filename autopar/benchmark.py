@@ -1,14 +1,5 @@
-"""``autopar.bench()`` / ``autopar bench``: a pipeline (or one function) run every way worth
-trying on the user's own data, timed, with the fastest marked and autopar's pick beside it.
-
-Rows: sequential (a plain loop through the stages); data-parallel (the stages composed, on
-threads and on processes with 2 .. cores workers, chunks of len/4n); stage-parallel (each
-stage on its own pool: the config the pipeline's model picks when it stages); and autopar (the pipeline's
-own optimize() and execute(), the optimize() inside the timing). Rounds run the rows in a
-shuffled order; each row's figure is its median. Regret is autopar's median over the best
-other row's. Beside the table, each stage's measured time an item and, from the staged run,
-its busy share and the bottleneck.
-"""
+"""``autopar.bench()`` / ``autopar bench``: a pipeline run every way worth trying on the user's
+own data, timed, with the fastest marked and autopar's pick beside it."""
 
 from __future__ import annotations
 
@@ -128,14 +119,18 @@ def staged_way(pipe: Pipeline, data: list[Any], config: Sequence[tuple[str, int]
 
 
 def bench(
-    stages: Pipeline | Sequence[Callable[[Any], Any] | Stage] | Callable[[Any], Any],
-    data: Iterable[Any],
-    *,
-    rounds: int = 3,
-    max_workers: int | None = None,
-    seed: int = 0,
+    stages: Pipeline | Sequence[Callable[[Any], Any] | Stage] | Callable[[Any], Any], data: Iterable[Any], *,
+    rounds: int = 3, max_workers: int | None = None, seed: int = 0,
 ) -> BenchReport:
-    """Time ``data`` through ``stages`` every way worth trying; see the module's docstring."""
+    """Time ``data`` through ``stages`` (a Pipeline, stages, or one function) every way worth trying.
+
+    Rows: sequential (a plain loop through the stages); fused (the stages composed, on threads
+    and on processes with 2 .. cores workers, chunks of len/4n); staged (each stage on its own
+    pool, as the pipeline's model would stage it); and autopar (the pipeline's own optimize()
+    and execute(), optimize() inside the timing). Rounds run the rows in a shuffled order; a
+    row's figure is its median; regret is autopar's over the best other row's. Beside them,
+    each stage's measured time an item and, staged, its busy share and the bottleneck.
+    """
     pipe = stages if isinstance(stages, Pipeline) else Pipeline(list(stages) if isinstance(stages, (list, tuple)) else [stages])
     data = list(data)
     if not data:

@@ -116,15 +116,9 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         pool = connect(args.scheduler)
     try:
         result = optimize(
-            func,
-            data,
-            executor_type=kind,
-            n_jobs=args.jobs,
-            prefer_threads_for_io=not args.no_threads_for_io,
-            start_method=args.start_method,
-            sample_time=args.sample_time,
-            cluster=pool.client if pool is not None else None,
-            cache=not args.no_cache,
+            func, data, executor_type=kind, n_jobs=args.jobs, prefer_threads_for_io=not args.no_threads_for_io,
+            start_method=args.start_method, sample_time=args.sample_time,
+            cluster=pool.client if pool is not None else None, cache=not args.no_cache,
         )
         if args.json:
             print(json.dumps(result.to_dict(), indent=2, default=str))
@@ -199,19 +193,9 @@ def cmd_cache(args: argparse.Namespace) -> int:
 def _pack_and_report(args: argparse.Namespace, src: str, dst: str) -> int:
     try:
         report = pack(
-            src,
-            dst,
-            executor=args.executor,
-            jobs=args.jobs,
-            stretch=args.stretch,
-            z_crop=args.z_crop,
-            z_threshold=args.z_threshold,
-            per_image_contrast=args.per_image_contrast,
-            quality=args.quality,
-            dry_run=args.dry_run,
-            progress=not args.no_progress,
-            scheduler=args.scheduler,
-            force=args.force,
+            src, dst, executor=args.executor, jobs=args.jobs, stretch=args.stretch, z_crop=args.z_crop,
+            z_threshold=args.z_threshold, per_image_contrast=args.per_image_contrast, quality=args.quality,
+            dry_run=args.dry_run, progress=not args.no_progress, scheduler=args.scheduler, force=args.force,
         )
     except (ImageError, ConnectionError, ImportError) as exc:
         print(f"autopar: {exc}", file=sys.stderr)
@@ -328,6 +312,13 @@ def _pack_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preview", metavar="FILE", help="a contact sheet of the atlases' maximum projections, a PNG (demo: OUTPUT/preview.png)")
 
 
+def _item_options(p: argparse.ArgumentParser, required: bool) -> None:
+    src = p.add_mutually_exclusive_group(required=required)
+    src.add_argument("--items", nargs="+", metavar="ITEM", help="items as Python literals (or plain strings)")
+    src.add_argument("--range", nargs="+", type=int, metavar="N", help="items range(N) or range(A, B[, STEP])")
+    src.add_argument("--data", metavar="MODULE:NAME", help="an iterable, or a function returning one")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="autopar", description="Measure a batch of work, then run it the best way.")
     parser.add_argument("--version", action="version", version=f"autopar {__version__}")
@@ -342,10 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("optimize", help="advice for a function of yours over some items")
     p.add_argument("function", metavar="MODULE:FUNCTION", help="e.g. mypkg.steps:process")
-    src = p.add_mutually_exclusive_group()
-    src.add_argument("--items", nargs="+", metavar="ITEM", help="items as Python literals (or plain strings)")
-    src.add_argument("--range", nargs="+", type=int, metavar="N", help="items range(N) or range(A, B[, STEP])")
-    src.add_argument("--data", metavar="MODULE:NAME", help="an iterable, or a function returning one")
+    _item_options(p, required=False)
     p.add_argument("--executor", choices=["auto", "serial", "thread", "process", "dask"], default="auto")
     p.add_argument(
         "--scheduler",
@@ -365,10 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="time a pipeline of your functions every way worth trying, autopar's pick beside the best")
     p.add_argument("stages", metavar="MODULE:FUNC[,MODULE:FUNC...]", help="the stages in order, e.g. mypkg.steps:read,mypkg.steps:encode")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--items", nargs="+", metavar="ITEM", help="items as Python literals (or plain strings)")
-    src.add_argument("--range", nargs="+", type=int, metavar="N", help="items range(N) or range(A, B[, STEP])")
-    src.add_argument("--data", metavar="MODULE:NAME", help="an iterable, or a function returning one")
+    _item_options(p, required=True)
     p.add_argument("--rounds", type=int, default=3, help="rounds of every way, in shuffled order (default 3)")
     p.add_argument("--jobs", type=int, help="the most workers tried (default: the usable cores)")
     p.add_argument("--plot", metavar="FILE", help="the ways and the stages as bar charts, a PNG (needs autopar[plot])")
@@ -411,9 +396,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             signal.signal(signal.SIGINT, signal.SIG_IGN)
         print(f"autopar: {exc or 'interrupted'}", file=sys.stderr)  # pack says how far it got
         return 130
-    except BrokenPipeError:
-        # The reader went away (`autopar cache list | head`): as Python's docs advise, the
-        # rest of the output goes to devnull, so that the exit flush does not fail again.
+    except BrokenPipeError:  # `autopar cache list | head`: the rest goes to devnull, as Python's docs advise
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 1

@@ -1,28 +1,18 @@
-"""Errors autopar raises, and how a worker's exception reaches the caller.
-
-A function that fails on an item is re-raised in the caller as its own exception type, with a
-note naming the item index and the executor, and, for process workers, the worker's formatted
-traceback chained as ``__cause__`` (the way ``concurrent.futures`` does it). The index is also
-on the exception as ``autopar_item_index`` where the exception accepts attributes.
-"""
+"""Errors autopar raises, and how a worker's exception reaches the caller: as its own type,
+with a note naming the item index (also ``autopar_item_index``) and the executor, and a process
+worker's traceback chained as ``__cause__`` (as ``concurrent.futures`` does)."""
 
 from __future__ import annotations
 
 import sys
+from contextlib import suppress
 from typing import Any
 
 if sys.version_info < (3, 11):  # pragma: no cover - 3.10
     import exceptiongroup  # noqa: F401  (its import makes tracebacks print __notes__, as 3.11 does)
 
 __all__ = [
-    "AutoparError",
-    "ItemFailed",
-    "ItemTimeout",
-    "RemoteTraceback",
-    "WorkerDied",
-    "WorkerError",
-    "add_note",
-    "annotate",
+    "AutoparError", "ItemFailed", "ItemTimeout", "RemoteTraceback", "WorkerDied", "WorkerError", "add_note", "annotate",
     "annotate_stage",
 ]
 
@@ -94,11 +84,8 @@ class ItemFailed:
         return f"ItemFailed(index={self.index}, exception={self.exception!r})"
 
     def __eq__(self, other: object) -> bool:
-        return (
-            isinstance(other, ItemFailed)
-            and other.index == self.index
-            and type(other.exception) is type(self.exception)
-            and other.exception.args == self.exception.args
+        return isinstance(other, ItemFailed) and other.index == self.index and (
+            type(other.exception) is type(self.exception) and other.exception.args == self.exception.args
         )
 
     __hash__ = None  # type: ignore[assignment]
@@ -117,10 +104,8 @@ def annotate_stage(exc: BaseException, stage: str) -> BaseException:
 def _mark(exc: BaseException, attr: str, value: Any, note: str) -> BaseException:
     if getattr(exc, attr, None) is not None:
         return exc
-    try:
+    with suppress(AttributeError, TypeError):
         setattr(exc, attr, value)
-    except (AttributeError, TypeError):
-        pass
     add_note(exc, note)
     return exc
 
@@ -130,22 +115,15 @@ def add_note(exc: BaseException, note: str) -> None:
     a dependency there, prints it in tracebacks as 3.11 does)."""
     if hasattr(exc, "add_note"):
         exc.add_note(note)
-        return
-    try:
-        notes = exc.__dict__.setdefault("__notes__", [])
-        notes.append(note)
-    except (AttributeError, TypeError):
-        pass
+    else:
+        with suppress(AttributeError, TypeError):
+            exc.__dict__.setdefault("__notes__", []).append(note)
 
 
 def settle(failures: "list[tuple[int, BaseException, str]]", where: str, collect: bool) -> list[int]:
-    """The one failure rule, used wherever items run: name the item on each failure; raise
-    the first unless collecting (``KeyboardInterrupt`` and the like always raise). Returns the
-    indices of the collected failures.
-
-    ``failures`` are ``(index, exception, remote traceback text)``; a traceback from a process
-    worker becomes the exception's ``__cause__``.
-    """
+    """The one failure rule, wherever items run: name the item on each failure; raise the first
+    unless collecting (``KeyboardInterrupt`` and the like always raise); the collected indices.
+    ``failures``: ``(index, exception, remote traceback text)``, the text becoming ``__cause__``."""
     for index, exc, tb in failures:
         if tb and exc.__cause__ is None:
             exc.__cause__ = RemoteTraceback(tb)

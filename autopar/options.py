@@ -1,9 +1,5 @@
-"""One frozen options object, built once from a public call and read by every step after it.
-
-``optimize()``, ``execute()`` and ``execute_iter()`` keep their explicit keyword arguments
-(what a user reads and an editor completes); each turns them into :class:`Options` with
-:meth:`Options.of` and hands that object on. Validation happens here, once.
-"""
+"""One frozen options object (:class:`Options`), built once from a public call's keyword
+arguments (:meth:`Options.of`), validated there, and read by every step after it."""
 
 from __future__ import annotations
 

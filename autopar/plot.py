@@ -1,20 +1,7 @@
-"""Pictures of what autopar decided and what a run did (the ``plot`` extra: matplotlib).
-
-* :func:`speedup_plot` (``result.plot(path)``): predicted speedup over serial against the
-  number of workers, threads and processes (each at its best chunksize), the points the sample
-  measured (serial, and the thread probe), the choice marked; beside it the chosen pool's
-  predicted time against the chunksize.
-* :func:`timeline_plot` (``report.plot(path)``): what each worker did over the run, chunk by
-  chunk (ran, failed, ran again, run in the caller), optimize()'s sample first, the predicted
-  and the measured end.
-* :func:`pack_plot` (``pack_report.plot(path)``): each pass of ``autopar pack``, its time and
-  how it ran.
-* :func:`bench_plot` (``bench_report.plot(path)``, ``autopar bench --plot``): each way of
-  running a pipeline, its time, the fastest and autopar's pick marked; each stage's time an
-  item and its busy share when staged.
-
-Figures are drawn on matplotlib's Agg canvas (no pyplot, no window, no global state), written
-atomically: a plot is a whole PNG (or SVG, PDF: by the suffix) or nothing.
+"""Pictures of what autopar decided and what a run did (the ``plot`` extra: matplotlib):
+:func:`speedup_plot` (``result.plot()``), :func:`timeline_plot` (``report.plot()``),
+:func:`pack_plot` and :func:`bench_plot`. Drawn on matplotlib's Agg canvas (no pyplot, no global
+state), written atomically: a whole PNG (or SVG, PDF: by the suffix) or nothing.
 """
 
 from __future__ import annotations
@@ -102,9 +89,7 @@ def speedup_plot(result: "OptimizationResult", path: str | Path) -> Path:
 
 
 def speedup_figure(result: "OptimizationResult") -> Any:
-    """:func:`speedup_plot`'s figure. Where the sample ran every item there is nothing left
-    to predict: the figure says so, with no curves (a speedup of 0 would be a reading of
-    nothing)."""
+    """:func:`speedup_plot`'s figure; where the sample ran every item, one that says so (no curves)."""
     if result.n_remaining == 0:
         return _nothing_left_figure(result)
     serial = max(result.serial_time, 1e-12)
@@ -169,10 +154,8 @@ def _nothing_left_figure(result: "OptimizationResult") -> Any:
 
 
 def _lanes(spans: list[tuple[int, int, float, float, str]], workers: int) -> list[int]:
-    """A lane (worker) per chunk: the first lane free when the chunk started, else the one
-    free soonest (at most ``workers`` lanes). The caller sees each chunk's end when its result
-    arrives, and its time in the worker, so lanes are the workers up to relabelling, and
-    a chunk may start a little before the one it follows ends."""
+    """A lane (worker) per chunk: the first lane free when the chunk started, else the one free
+    soonest (at most ``workers``): the workers up to relabelling, as the caller sees them."""
     order = sorted(range(len(spans)), key=lambda i: spans[i][2])
     ends: list[float] = []
     lanes = [0] * len(spans)
@@ -232,24 +215,29 @@ def timeline_plot(report: "ExecutionReport", path: str | Path) -> Path:
 # -- autopar pack: the passes -----------------------------------------------------------------
 
 
+def _bars(ax: Any, names: list[str], values: list[float], colours: Any, labels: list[str], right: float, xlabel: str,
+          size: int = 8, bold: str | None = None) -> None:
+    """Horizontal bars, top down, each labelled at its end (the bar named ``bold``: in bold)."""
+    for name, bar, label in zip(names, ax.barh(names, values, color=colours), labels):
+        ax.annotate(label, (bar.get_width(), bar.get_y() + bar.get_height() / 2), va="center", fontsize=size,
+                    fontweight="bold" if name == bold else "normal")
+    ax.invert_yaxis()
+    ax.set_xlim(0, right)
+    ax.set_xlabel(xlabel)
+    ax.grid(axis="x", alpha=0.3)
+
+
 def pack_plot(report: "PackReport", path: str | Path) -> Path:
     """One bar per pass: its time, how it ran, its throughput."""
     passes = report.passes
     fig = _figure(8, 1.4 + 0.6 * len(passes))
     ax = fig.subplots(1, 1)
-    names = [p.name for p in passes]
     times = [p.wall_time for p in passes]
-    colours = [COLOURS.get(p.executor, "black") for p in passes]
-    bars = ax.barh(names, times, color=colours)
-    for bar, p in zip(bars, passes):
-        ax.annotate(f" {p.how(chunks=False)}, {p.wall_time:.2f} s, {p.files_per_s:.1f} files/s", (bar.get_width(), bar.get_y() + bar.get_height() / 2),
-                    va="center", fontsize=9)
-    ax.invert_yaxis()
-    ax.set_xlim(0, max(times, default=1.0) * 1.8 or 1.0)
-    ax.set_xlabel("seconds")
+    _bars(ax, [p.name for p in passes], times, [COLOURS.get(p.executor, "black") for p in passes],
+          [f" {p.how(chunks=False)}, {p.wall_time:.2f} s, {p.files_per_s:.1f} files/s" for p in passes],
+          max(times, default=1.0) * 1.8 or 1.0, "seconds", size=9)
     ax.set_title(f"autopar pack: {plural(len(report.written), 'atlas', 'atlases')} in {fmt_time(report.wall_time)}"
                  + (f", {plural(len(report.errors), 'problem')}" if report.errors else ""))
-    ax.grid(axis="x", alpha=0.3)
     return _save(fig, path)
 
 
@@ -262,26 +250,14 @@ def bench_plot(report: "BenchReport", path: str | Path) -> Path:
     rows, stages = report.rows, report.stages
     fig = _figure(12, 1.6 + 0.45 * max(len(rows), len(stages)))
     left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 2]})
-    colours = [
-        BENCH_COLOURS.get(r.kind) or COLOURS["thread" if "thread" in r.name else "process"] for r in rows
-    ]
-    bars = left.barh([r.name for r in rows], [r.seconds for r in rows], color=colours)
-    for bar, r in zip(bars, rows):
-        mark = "  best" if r.name == report.best else ""
-        left.annotate(f" {r.seconds:.3f} s, {r.items_per_s:.0f}/s{mark}", (bar.get_width(), bar.get_y() + bar.get_height() / 2),
-                      va="center", fontsize=8, fontweight="bold" if mark else "normal")
-    left.invert_yaxis()
-    left.set_xlim(0, max(r.seconds for r in rows) * 1.6)
-    left.set_xlabel("seconds (median)")
+    colours = [BENCH_COLOURS.get(r.kind) or COLOURS["thread" if "thread" in r.name else "process"] for r in rows]
+    _bars(left, [r.name for r in rows], [r.seconds for r in rows], colours,
+          [f" {r.seconds:.3f} s, {r.items_per_s:.0f}/s" + ("  best" if r.name == report.best else "") for r in rows],
+          max(r.seconds for r in rows) * 1.6, "seconds (median)", bold=report.best)
     left.set_title(f"{rows[0].items} items: autopar picked {report.autopar_pick}, regret {report.regret:.2f}", fontsize=10)
-    left.grid(axis="x", alpha=0.3)
-    sbars = right.barh([s["name"] for s in stages], [s["ms_per_item"] for s in stages], color="#8c564b")
-    for bar, s in zip(sbars, stages):
-        busy = "" if s.get("busy_share") is None else f", busy {s['busy_share']:.0%}"
-        right.annotate(f" {s['staged_pool']}{busy}", (bar.get_width(), bar.get_y() + bar.get_height() / 2), va="center", fontsize=8)
-    right.invert_yaxis()
-    right.set_xlim(0, max((s["ms_per_item"] for s in stages), default=1.0) * 1.8 or 1.0)
-    right.set_xlabel("ms an item (measured serially)")
+    busy = ["" if s.get("busy_share") is None else f", busy {s['busy_share']:.0%}" for s in stages]
+    _bars(right, [s["name"] for s in stages], [s["ms_per_item"] for s in stages], "#8c564b",
+          [f" {s['staged_pool']}{b}" for s, b in zip(stages, busy)],
+          max((s["ms_per_item"] for s in stages), default=1.0) * 1.8 or 1.0, "ms an item (measured serially)")
     right.set_title("stages" + (f"; bottleneck staged: {report.bottleneck}" if report.bottleneck else ""), fontsize=10)
-    right.grid(axis="x", alpha=0.3)
     return _save(fig, path)

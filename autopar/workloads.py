@@ -12,15 +12,7 @@ import numpy as np
 
 from ._atomic import atomic_write
 
-__all__ = [
-    "large_input",
-    "large_result",
-    "numpy_gil_free",
-    "pure_python_cpu",
-    "skewed",
-    "sleep_io",
-    "tiny",
-]
+__all__ = ["large_input", "large_result", "numpy_gil_free", "pure_python_cpu", "skewed", "sleep_io", "tiny"]
 
 
 def pure_python_cpu(n: int) -> int:
@@ -74,11 +66,8 @@ def make_skewed_items(count: int, base: int = 2_000, seed: int = 0) -> list[int]
 
 
 def image_pass(path: str) -> int:
-    """Read a TIFF stack, take its max projection, stretch to 8 bits, write it as WebP.
-
-    The WebP lands next to the TIFF (same name, ``.webp``), written atomically. Returns the
-    WebP's size in bytes.
-    """
+    """A TIFF stack's max projection, stretched to 8 bits, written atomically as WebP beside it
+    (same name, ``.webp``); returns the WebP's size in bytes."""
     import os
 
     import tifffile
