@@ -1,16 +1,6 @@
-"""Where work runs: the one backend layer that execute()'s run, a pipeline's staged stages and
-the Manager's lanes all use, and the only place pools are made and stopped.
-
-:mod:`.base` (the :class:`~.base.Backend` interface: make with the function shipped once,
-submit a chunk, stop one running item, how a worker ended, replace, close; what each kind
-can do, :data:`~.base.CAPABILITIES`), :mod:`.local` (serial/inline and thread backends),
-:mod:`.process` (process pools: made, BLAS-capped, terminated, diagnosed; the process
-backend), :mod:`.slots` (which item each worker of a tracked process pool runs),
-:mod:`.dask` (a Dask cluster as the pool), :mod:`.pools` (``make_executor``,
-``make_backend``, a pool's kind and size), :mod:`.worker` (what runs in a worker: a chunk, a
-Manager's call; per-item time limits), :mod:`.retry` (the one retry policy, ``Retry``),
-:mod:`.blas` (BLAS threads per worker), :mod:`._cpython` (the only reader of CPython
-internals).
+"""Where work runs: the one backend layer under execute()'s runs, a pipeline's staged stages and
+the Manager's lanes, and the only place pools are made and stopped (:mod:`.base`: the
+:class:`~.base.Backend` interface; :mod:`._cpython`: the only reader of CPython internals).
 
 One way to stop a running item per backend kind (and how its own time limit is kept):
 

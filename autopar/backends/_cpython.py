@@ -1,18 +1,13 @@
-"""CPython's ``concurrent.futures`` internals: the one module of autopar that reads them.
+"""CPython's ``concurrent.futures`` internals: the one module of autopar that reads them, for what
+the standard library gives no public way to do (a caller's pool's size, a process pool's
+workers, a pool found broken before a submit says so, a killed pool's manager thread, feeder
+thread and pipes taken down before returning). Where a public path exists it is taken:
+``terminate_workers()`` (3.14 on).
 
-What the standard library gives no public way to do: tell a pool's size (a pool the caller
-made), list a process pool's worker processes (to tell later how one ended), see that a pool
-is broken before a submit says so, and take down a killed pool's manager thread, queue feeder
-thread and pipes before returning (``shutdown(wait=False)`` leaves them to the garbage
-collector). Where a public path exists it is taken: ``terminate_workers()`` (3.14 on).
-
-Each use names the versions whose source it was checked against: ``concurrent/futures``
-(``process.py``, ``thread.py``) of 3.10.13, 3.11.7, 3.12.1 and 3.13.0, and of 3.14 as
-CPython's main branch has it (the stored copy carries 3.14's ``terminate_workers()`` /
-``kill_workers()``; the attributes read here are set and dropped where 3.13 sets and drops
-them); ``multiprocessing/queues.py`` of 3.10.13-3.13.0 (3.14's was not at hand: marked so).
-
-Only reads, and ``shutdown()``: nothing here feeds a pool's queue or writes a Future's state.
+Each use names the versions whose source it was checked against: ``concurrent/futures`` of
+3.10.13, 3.11.7, 3.12.1, 3.13.0 and 3.14 (CPython's main branch); ``multiprocessing/queues.py``
+of 3.10.13-3.13.0 (3.14 not checked: marked so). Only reads, and ``shutdown()``: nothing here
+feeds a pool's queue or writes a Future's state.
 """
 
 from __future__ import annotations
@@ -26,33 +21,29 @@ __all__ = ["PoolInternals", "is_broken", "max_workers", "pool_internals", "relea
 
 
 def max_workers(pool: Executor) -> int:
-    """The worker count of a pool the caller made (autopar keeps its own record for the pools
-    it makes); 1 for an executor without one."""
-    # ThreadPoolExecutor._max_workers and ProcessPoolExecutor._max_workers: set in __init__,
-    # never changed after (3.10-3.14). No public reader.
+    """The worker count of a pool the caller made; 1 for an executor without one."""
+    # Thread/ProcessPoolExecutor._max_workers: set in __init__, never changed (3.10-3.14).
     return int(getattr(pool, "_max_workers", 1) or 1)
 
 
 def worker_processes(pool: Executor) -> dict[int, Any]:
     """The process pool's pid -> Process map as it is now (empty for other executors)."""
-    # ProcessPoolExecutor._processes: a dict pid -> Process, empty until the first submit
-    # starts workers, set to None by shutdown() (3.10-3.14).
+    # ProcessPoolExecutor._processes: pid -> Process, empty until the first submit, None
+    # after shutdown() (3.10-3.14).
     procs = getattr(pool, "_processes", None)
     return dict(procs) if isinstance(procs, dict) else {}
 
 
 def is_broken(pool: Executor) -> bool:
     """The pool's manager thread found a worker dead and marked the pool broken."""
-    # ProcessPoolExecutor._broken: False, or the message the manager thread sets in
-    # terminate_broken() (3.10-3.14); submit() raises BrokenProcessPool with it.
+    # ProcessPoolExecutor._broken: False, or the message terminate_broken() sets (3.10-3.14).
     return bool(getattr(pool, "_broken", False))
 
 
 @dataclass(frozen=True)
 class PoolInternals:
-    """What a process pool's ``shutdown()`` lets go of: taken first, so that they are joined
-    and closed by :func:`autopar.backends.process.terminate` rather than left to the garbage
-    collector. All None for other executors, and for a pool shut down already."""
+    """What a process pool's ``shutdown()`` lets go of, taken first to be joined and closed by
+    :func:`autopar.backends.process.terminate` (all None for other executors, or once shut down)."""
 
     manager: Any  # threading.Thread | None
     call_queue: Any  # multiprocessing.Queue | None
@@ -60,9 +51,8 @@ class PoolInternals:
 
 
 def pool_internals(pool: Executor) -> PoolInternals:
-    # ProcessPoolExecutor._executor_manager_thread (None until the first submit),
-    # ._call_queue (a multiprocessing.Queue subclass) and ._result_queue (a SimpleQueue):
-    # set in __init__, each set to None by shutdown() (3.10-3.14).
+    # ProcessPoolExecutor._executor_manager_thread (None until the first submit), ._call_queue,
+    # ._result_queue: set in __init__, each set to None by shutdown() (3.10-3.14).
     return PoolInternals(
         getattr(pool, "_executor_manager_thread", None),
         getattr(pool, "_call_queue", None),
@@ -71,14 +61,13 @@ def pool_internals(pool: Executor) -> PoolInternals:
 
 
 def stop_workers(pool: Executor, processes: list[Any]) -> None:
-    """Shut the pool down without waiting, its queued work cancelled, and send SIGTERM to each
-    of ``processes`` (its workers, listed before: shutdown() lets go of them) still alive."""
+    """Shut the pool down now, queued work cancelled; SIGTERM to each of ``processes`` (its
+    workers, listed before: shutdown() lets go of them) still alive."""
     if isinstance(pool, ProcessPoolExecutor):
         terminate = getattr(pool, "terminate_workers", None)
         if terminate is not None:
             # 3.14 on, public: shutdown(wait=False, cancel_futures=True), then terminate() on
-            # each worker still alive, the ones in _processes before the shutdown: the same
-            # processes as ``processes`` (read just before, as 3.14 reads them).
+            # each worker still alive: the same ones as ``processes`` (3.14).
             terminate()
             return
     pool.shutdown(wait=False, cancel_futures=True)
@@ -88,10 +77,8 @@ def stop_workers(pool: Executor, processes: list[Any]) -> None:
 
 
 def spare_reader(call_queue: Any) -> int | None:
-    """A descriptor of the call queue's pipe of the caller's own, to read from (no other
-    thread closes it), or None."""
-    # multiprocessing.Queue._reader: the read end of the queue's pipe, set in __init__ and
-    # __setstate__ (3.10-3.13; 3.14 not checked). No public reader.
+    """A descriptor of the call queue's pipe of the caller's own to read from, or None."""
+    # multiprocessing.Queue._reader: the pipe's read end (3.10-3.13; 3.14 not checked).
     reader = getattr(call_queue, "_reader", None)
     try:
         return os.dup(reader.fileno()) if reader is not None and not reader.closed else None
@@ -108,14 +95,11 @@ def _close(conn: Any) -> None:
 
 
 def release_queues(call_queue: Any, result_queue: Any) -> None:
-    """Close what a killed pool's queues still hold open (its manager thread has ended, and
-    with it every other user of them)."""
+    """Close what a killed pool's queues hold open (its manager thread, their last user, has ended)."""
     if call_queue is not None:
-        call_queue.close()  # (no more puts; its feeder thread ends after what it holds)
-        # multiprocessing.Queue._thread: the feeder thread, None until the first put; ._reader
-        # and ._writer: the pipe's ends (3.10-3.13; 3.14 not checked). close() only asks the
-        # feeder to close them once its buffer is written, which a feeder blocked writing to
-        # workers that are gone never is.
+        call_queue.close()
+        # multiprocessing.Queue._thread (the feeder, None until the first put), ._reader and
+        # ._writer (3.10-3.13; 3.14 not checked): a feeder blocked on dead workers never closes them.
         feeder = getattr(call_queue, "_thread", None)
         if feeder is not None:
             feeder.join(timeout=5)

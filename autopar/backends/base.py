@@ -1,13 +1,6 @@
 """The one interface of a backend (:class:`Backend`), what each kind can do
 (:class:`Capabilities`, :data:`CAPABILITIES`), and :class:`Stopped`, raised into an item a
-thread backend stops.
-
-A backend is made with the function (shipped once: process workers unpickle it once per key,
-Dask gets it once by scatter when it is large) and a pool, its own or the caller's (BLAS
-threads capped where the pool is made, :mod:`.pools`); then it takes chunks (``submit``),
-stops one running item (``stop``), says how a worker ended (``how_it_ended``), replaces its
-pool (``replace``) and closes (``close``: shut down when clean, terminated otherwise).
-"""
+thread backend stops."""
 
 from __future__ import annotations
 
@@ -25,15 +18,8 @@ class Stopped(BaseException):
 
 @dataclass(frozen=True)
 class Capabilities:
-    """What a backend kind can do; the table in :mod:`autopar.backends` says it in words.
-
-    ``pickles``: function, items and results cross a process boundary. ``stop``: how one
-    running item is stopped from outside ("raise": the deadline watcher raises into its
-    thread; "kill": its worker is killed and the pool replaced; "cancel": its task cancelled
-    and its worker given no more; "none"). ``time_limit``: how an item's own time limit is
-    kept where it runs ("watcher", "alarm": SIGALRM in the worker's main thread, "none").
-    ``replaceable``: a broken or killed pool gives way to a fresh one mid-run.
-    ``workers_die``: a worker can end under a chunk (``how_it_ended`` tells how)."""
+    """What a backend kind can do, as the table in :mod:`autopar.backends` says it in words:
+    ``stop`` "raise", "kill", "cancel" or "none"; ``time_limit`` "watcher" or "alarm"."""
 
     kind: str
     pickles: bool
@@ -53,8 +39,8 @@ CAPABILITIES = {
 
 @runtime_checkable
 class Backend(Protocol):
-    """Chunks of one function to one pool. Every backend kind has these, and nothing else is
-    asked of it by execute()'s run, a pipeline's process stage or the Manager's lanes."""
+    """Chunks of one function to one pool: all that execute()'s run, a pipeline's process stage
+    and the Manager's lanes ask of a backend kind."""
 
     kind: str
     caps: Capabilities
@@ -64,29 +50,22 @@ class Backend(Protocol):
     def submit(self, start: int, items: list[Any]) -> Future:
         """Run ``func`` on ``items`` (input indices from ``start``): a future of
         ``(values, wall seconds, failures, CPU seconds)``; ``decode`` makes the values a list."""
-        ...
 
     def decode(self, values: Any) -> list[Any]:
         ...
 
     def stop(self, where: Any) -> bool:
         """Stop the item running at ``where`` (a thread id; a worker pid; a Dask chunk's
-        ``(future, worker)``) the one way of this kind (``caps.stop``); False where nothing
-        of this backend's runs there."""
-        ...
+        ``(future, worker)``) the one way of this kind; False where none of its items runs."""
 
     def is_broken(self, exc: BaseException | None) -> bool:
         """Whether a chunk's exception says the pool broke (a worker died)."""
-        ...
 
     def how_it_ended(self) -> str:
-        """How the workers that did not end by the pool's own shutdown ended ("" where none can)."""
-        ...
+        """How the workers that did not end by the pool's shutdown ended ("" where none can)."""
 
     def replace(self) -> None:
         """Kill the pool and start a fresh one (a process pool the backend owns)."""
-        ...
 
     def close(self, clean: bool) -> None:
         """Shut an owned pool down (``clean``), or terminate it now."""
-        ...

@@ -1,11 +1,5 @@
-"""BLAS threads: how many a worker of a pool gets, and capping them while work runs.
-
-Every pool of n workers gives each ``cores // n`` BLAS threads (at least one) so that
-workers x BLAS threads fit the cores: forked process workers inherit the cap from the caller
-(:func:`hold_cap` while they are forked, lifted when the pool shuts down), spawned ones cap
-themselves at start, thread pools and serial runs cap for as long as the run lasts, and the
-sample's probe as the pool it stands for would.
-"""
+"""BLAS threads: how many a worker of a pool gets (``cores // n``, at least one, so that workers
+x BLAS threads fit the cores), and capping them while work runs."""
 
 from __future__ import annotations
 
@@ -32,11 +26,7 @@ def capped_blas(threads: int) -> ContextManager[Any]:
 
 def hold_cap(threads: int) -> Callable[[], None]:
     """Cap this process's BLAS pools at ``threads`` until the returned function is called
-    (once). Holds nest: the settings from before the first are put back when the last ends.
-
-    Putting them back restarts an OpenBLAS pool a fork has stopped, whose threads then spin
-    for about 0.1 s; a pool of forked workers holds its cap until it shuts down, so that
-    happens after its run, not while its workers compute."""
+    (once). Holds nest: the settings from before the first are put back when the last ends."""
     from threadpoolctl import threadpool_limits
 
     with _lock:

@@ -1,15 +1,7 @@
-"""Chunks on a Dask distributed cluster: the same runner, the cluster as the pool.
-
-A run on Dask is a run on a process pool whose workers live elsewhere: each chunk is one
-task (``run_remote``, items pickled here, the function sent as cloudpickle bytes and kept
-per worker under a key), submitted through Dask's own ``concurrent.futures`` adapter
-(``client.get_executor()``), so look-ahead, in-order release, failures named by item and
-collect mode are the runner's as for local pools. Dask itself runs a task again when the
-worker that held it dies (up to ``distributed.scheduler.allowed-failures``); past that the
-task's ``KilledWorker`` becomes a ``WorkerDied`` naming the chunk's items.
-
-``distributed`` is optional (``pip install "autopar[dask]"``); nothing here imports it
-until a cluster is asked for.
+"""Chunks on a Dask distributed cluster: a run on a process pool whose workers live elsewhere,
+each chunk one task through Dask's own ``concurrent.futures`` adapter
+(``client.get_executor()``). ``distributed`` is optional, imported only when a cluster is
+asked for.
 """
 
 from __future__ import annotations
@@ -49,12 +41,9 @@ SCATTER_BYTES = 1 << 20  # an argument this large goes to the workers by scatter
 
 
 class DaskExecutor(Executor):
-    """A ``concurrent.futures`` executor over a Dask client: its size is the cluster's
-    worker threads. ``owned``: the client was made for this executor and closes with it.
-
-    A bytes argument of ``SCATTER_BYTES`` or more is scattered and the task gets its future,
-    so large data goes from here to a worker directly instead of through the scheduler
-    inside the task; :meth:`share` does it once for data every task gets (the function)."""
+    """A ``concurrent.futures`` executor over a Dask client: its size is the cluster's worker
+    threads. ``owned``: the client was made for this executor and closes with it. A bytes
+    argument of ``SCATTER_BYTES`` or more goes to the workers by scatter (:meth:`share`: once)."""
 
     def __init__(self, client: Any, owned: bool = False) -> None:
         self.client, self.owned = client, owned
@@ -85,9 +74,8 @@ class DaskExecutor(Executor):
         return future
 
     def running(self, key: str) -> dict[int, tuple[float, str]]:
-        """The chunks of the run ``key`` running on a worker now: chunk start -> (seconds
-        running, worker address); what the workers say, so a task queued behind a stuck one
-        is not blamed."""
+        """The chunks of the run ``key`` running on a worker now, as the workers say: chunk start
+        -> (seconds running, worker address)."""
         replies = self.client.run(running_chunks, key, on_error="ignore")
         return {
             start: (t, worker)
@@ -119,9 +107,8 @@ class DaskExecutor(Executor):
                 self._close_client()
 
     def _close_client(self) -> None:
-        """Close the client made for the run. With its scheduler gone, the client's
-        reconnect loop is cancelled by the close, which Dask logs as an ERROR with a
-        traceback; the run has raised a ConnectionError saying so already."""
+        """Close the client made for the run; with its scheduler gone, without the ERROR Dask
+        logs (the run has raised a ConnectionError saying so already)."""
         if self.gone() is None:
             self.client.close()
             return
@@ -137,10 +124,8 @@ class DaskExecutor(Executor):
 
 
 class DaskBackend(ProcessBackend):
-    """Chunks to a Dask cluster (a :class:`~.base.Backend`): a process backend whose pool is
-    a :class:`DaskExecutor` the caller gave. One running chunk is stopped by cancelling its
-    task and giving its worker no more of the run's tasks: a thread there cannot be stopped,
-    the call goes on until it returns."""
+    """Chunks to a Dask cluster (a :class:`~.base.Backend`): a process backend whose pool is a
+    :class:`DaskExecutor` the caller gave."""
 
     kind = "dask"
     caps = CAPABILITIES["dask"]
@@ -151,7 +136,8 @@ class DaskBackend(ProcessBackend):
         return self.ex.running(self.key)
 
     def stop(self, where: Any) -> bool:
-        """``where``: (the chunk's future, the worker address that runs it)."""
+        """``where``: (the chunk's future, the worker address that runs it): its task cancelled,
+        its worker given no more of the run's tasks (a thread there cannot be stopped)."""
         future, worker = where
         future.cancel()
         self.ex.avoid(worker)
@@ -183,8 +169,8 @@ def connect(scheduler: str, timeout: float = 10.0) -> DaskExecutor:
 
 
 def _reachable(scheduler: str, timeout: float) -> None:
-    """A TCP address nobody listens on fails here, at once: a Client that fails to connect
-    leaves its event loop's thread running."""
+    """A TCP address nobody listens on fails here, at once (a Client that fails to connect
+    leaves its event loop's thread running)."""
     scheme, _, rest = scheduler.rpartition("://")
     if scheme not in ("", "tcp") or ":" not in rest:
         return
@@ -198,11 +184,9 @@ def _reachable(scheduler: str, timeout: float) -> None:
 
 @dataclass(frozen=True)
 class ClusterCosts:
-    """A Dask cluster as measured from this client: workers, threads and memory, a no-op
-    task's round trip (median of ``ROUND_TRIPS`` one after another: the latency of a task),
-    what a task costs with many queued (``QUEUED_TASKS`` no-ops at once, over their count:
-    the scheduler's and this client's share, the limit on tasks a second) and bytes per
-    second to and from the workers (a ``BANDWIDTH_BYTES`` scatter, then its gather)."""
+    """A Dask cluster as measured from this client: workers, threads and memory, a no-op task's
+    round trip (the median of ``ROUND_TRIPS``), a task's share with ``QUEUED_TASKS`` queued,
+    and bytes per second to and from the workers (a ``BANDWIDTH_BYTES`` scatter and gather)."""
 
     address: str
     workers: int

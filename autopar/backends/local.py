@@ -1,7 +1,5 @@
 """Chunks run in this process: on a thread pool, or inline in the caller (serial, and the
-fallback when a pool is losing to serial part way through a run). Both are
-:class:`~.base.Backend` s; an item on a thread is stopped by the deadline watcher
-(:func:`.worker.stop_thread`), the one way for threads."""
+fallback when a pool is losing to serial part way through a run)."""
 
 from __future__ import annotations
 
@@ -53,8 +51,8 @@ class ThreadBackend:
 
     @staticmethod
     def stop(where: Any) -> bool:
-        """Raise :class:`~.base.Stopped` into the item the thread ``where`` runs (armed by
-        its time limit: ``limited``); a call into C stops when it returns."""
+        """Raise :class:`~.base.Stopped` into the item the thread ``where`` runs (a call into C
+        stops when it returns)."""
         return stop_thread(where, Stopped)
 
     @staticmethod
@@ -62,8 +60,7 @@ class ThreadBackend:
         return ""  # threads do not die under a chunk
 
     def replace(self) -> None:
-        """A fresh pool in place of an owned one; its threads end after their current call
-        (a thread cannot be killed)."""
+        """A fresh pool in place of an owned one (the old threads end after their current call)."""
         if self.owned:
             self.ex.shutdown(wait=False, cancel_futures=True)
             self.ex = self._make()
@@ -74,7 +71,7 @@ class ThreadBackend:
             self.ex.shutdown(wait=clean, cancel_futures=not clean)
 
 
-class InlineBackend:
+class InlineBackend(ThreadBackend):
     """Runs each chunk in the caller's thread as it is submitted: the future is done at once."""
 
     kind = "serial"
@@ -90,23 +87,9 @@ class InlineBackend:
         future.set_result(run_local(self.func, start, items, None, self.collect))
         return future
 
-    def decode(self, values: Any) -> list[Any]:
-        return values
-
-    @staticmethod
-    def is_broken(exc: BaseException | None) -> bool:
-        return False
-
     @staticmethod
     def stop(where: Any) -> bool:
         return False  # the item runs in the caller: its own time limit is all there is
-
-    @staticmethod
-    def how_it_ended() -> str:
-        return ""
-
-    def replace(self) -> None:
-        pass
 
     def close(self, clean: bool) -> None:
         pass

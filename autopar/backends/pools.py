@@ -1,9 +1,5 @@
-"""Pools and backends: building them (:func:`make_executor`, :func:`make_backend`), their
-kind and size, and shutting them down.
-
-The public door, :func:`autopar.get_executor` (in :mod:`autopar.tune.result`, as it takes
-the result of ``optimize()``), makes its pool here.
-"""
+"""Pools and backends: building them (:func:`make_executor`, :func:`make_backend`; the public
+:func:`autopar.get_executor` makes its pool here), their kind and size, and shutting them down."""
 
 from __future__ import annotations
 
@@ -26,17 +22,9 @@ __all__ = ["SerialExecutor", "executor_kind", "make_backend", "make_executor", "
 
 
 class sigint_deferred:
-    """Ctrl-C held back until the block ends, then raised as KeyboardInterrupt.
-
-    For calls into a pool's own locking code (``submit``): KeyboardInterrupt raised inside a
-    Python-level ``__enter__``/``__exit__`` (``threading.Condition``, so ``queue.Queue`` and
-    ``Semaphore``) leaves the lock taken. ProcessPoolExecutor.submit interrupted inside its
-    work-id queue's ``put`` left that queue's mutex held; the pool's manager thread then
-    waited on it forever and the interpreter hung at exit with its workers still running
-    (about 1 Ctrl-C in 100 during a run of 0.2 s items). Only where Python's own handler is
-    in place, in the main thread (where Python runs handlers); a handler of the caller's is
-    left alone. About 5 us (two ``sigaction`` calls).
-    """
+    """Ctrl-C held back until the block ends, then raised as KeyboardInterrupt: for calls into a
+    pool's own locking code (``submit``), which an interrupt there can leave locked. Only in the
+    main thread, where Python's own handler is in place; a handler of the caller's is left alone."""
 
     __slots__ = ("caught", "held")
 
@@ -70,13 +58,12 @@ def executor_kind(pool: Executor) -> str:
     return "process"  # ProcessPoolExecutor, or any other executor that needs pickled work
 
 
-# The worker counts of the pools make_executor made (no attribute of a pool is set or read).
 _sizes: "weakref.WeakKeyDictionary[Executor, int]" = weakref.WeakKeyDictionary()
 
 
 def pool_size(pool: Executor) -> int:
-    """Workers of ``pool``: autopar's own record for a pool it made, the pool's own figure
-    (read by :mod:`._cpython`) for one the caller made."""
+    """Workers of ``pool``: autopar's own record for a pool it made (no attribute of a pool is set
+    or read), the pool's own figure (read by :mod:`._cpython`) for one the caller made."""
     if isinstance(pool, (SerialExecutor, DaskExecutor)):
         return pool.n_workers
     made = _sizes.get(pool)
@@ -103,16 +90,8 @@ def make_executor(
 
 
 def make_backend(
-    kind: str,
-    func: Callable[[Any], Any],
-    n_jobs: int,
-    *,
-    pool: Executor | None = None,
-    start_method: str | None = None,
-    transport: str = "pickle",
-    collect: bool = False,
-    timeout: float | None = None,
-    blas_threads: int | None = None,
+    kind: str, func: Callable[[Any], Any], n_jobs: int, *, pool: Executor | None = None, start_method: str | None = None,
+    transport: str = "pickle", collect: bool = False, timeout: float | None = None, blas_threads: int | None = None,
     one_run: bool = True,
 ) -> Backend:
     """The backend of ``kind`` running ``func`` (under a per-item ``timeout`` where given):

@@ -1,16 +1,8 @@
-"""Process pools: the one place they are made (:func:`make_process_pool`), stopped
-(:func:`terminate`) and asked how a worker ended (:func:`how_it_ended`); CPython's
-internals they need are read in :mod:`._cpython`, nowhere else.
-
-What it adds to ``concurrent.futures``: BLAS threads capped in each worker (so workers x
-BLAS threads fit the cores), :func:`terminate` (kill the workers now, leaving no feeder
-thread behind), :func:`worker_processes` (the pool's Process objects, kept to tell later how
-a worker ended), :func:`how_it_ended`, and, for a tracked pool, which item each worker runs
-(:mod:`.slots`: one running item stopped by killing its worker). :class:`ProcessBackend` is
-how a run (execute()'s, a pipeline's process stage) sends chunks: items pickled in the
-caller (an item that cannot be sent is named before the pool sees it), the function as
-cloudpickle bytes under a key, results decoded on the way back. The Manager's process lane
-makes its pools here too (tracked), and runs its calls by :func:`.worker.run_call`.
+"""Process pools: the one place they are made (:func:`make_process_pool`: BLAS threads capped in
+each worker; ``tracked``: :mod:`.slots`), stopped (:func:`terminate`: workers killed, no
+feeder thread left behind) and asked how a worker ended (:func:`how_it_ended`); and
+:class:`ProcessBackend`, how a run sends chunks (items pickled in the caller, the function as
+cloudpickle bytes under a key).
 """
 
 from __future__ import annotations
@@ -37,35 +29,19 @@ from .blas import hold_cap
 from .slots import Slots, kill_worker, take_slot
 from .worker import run_remote
 
-__all__ = [
-    "ProcessBackend", "ProcessPool", "Unsendable", "how_it_ended", "kill_worker", "make_process_pool", "terminate",
-    "worker_processes",
-]
+__all__ = ["ProcessBackend", "ProcessPool", "Unsendable", "how_it_ended", "kill_worker", "make_process_pool", "terminate",
+           "worker_processes"]
 
 MANAGER_GRACE = 10.0  # seconds a killed pool's manager thread gets to clean up
 
-_BLAS_ENV = (
-    "OMP_NUM_THREADS",
-    "OPENBLAS_NUM_THREADS",
-    "MKL_NUM_THREADS",
-    "BLIS_NUM_THREADS",
-    "VECLIB_MAXIMUM_THREADS",
-    "NUMEXPR_NUM_THREADS",
-)
+_BLAS_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS",
+             "NUMEXPR_NUM_THREADS")
 
 
 def _init_process_worker(blas_threads: int, cap_loaded: bool, table: Any = None, lock: Any = None) -> None:
-    """Process worker start: cap BLAS threads so workers x BLAS threads fit the cores, and
-    keep the garbage collector off the heap a forked worker inherits.
-
-    Without ``gc.freeze()`` every full collection in the worker walks (and, by touching
-    their headers, copies) all the parent's objects: JSON round trips of 100 KB dicts ran
-    at half speed in forked workers while the parent held 600 of them.
-
-    ``cap_loaded`` caps libraries already loaded here; a forked worker never does (see
-    :func:`make_process_pool`): capping OpenBLAS in a child starts its threads, which spin
-    for about 0.1 s, a core's worth taken from the items at every pool start. ``table``: a
-    tracked pool's slots (:mod:`.slots`), where the worker takes one."""
+    """Process worker start: BLAS threads capped (``cap_loaded``: libraries loaded already too,
+    never in a forked worker), the garbage collector kept off the heap a forked worker
+    inherits, and a slot taken in a tracked pool's ``table``."""
     gc.freeze()
     if table is not None:
         take_slot(table, lock)
@@ -98,18 +74,9 @@ class ProcessPool(ProcessPoolExecutor):
 
 
 def make_process_pool(n_jobs: int, start_method: str, blas_threads: int, hold: bool = False, tracked: bool = False) -> ProcessPool:
-    """A process pool whose workers run at most ``blas_threads`` BLAS threads each.
-
-    Forked workers inherit the cap from the caller: with a threaded BLAS loaded, the caller
-    caps its own pool and forks every worker (the first submit forks them all). Capping
-    OpenBLAS in a forked child instead starts its threads there, which spin for about 0.1 s:
-    a pure-Python job of 49 items of 3 ms on 2 workers took 0.14 s that way, 0.088 s as a
-    bare ProcessPoolExecutor. Lifting the caller's cap restarts its pool (a fork stops it),
-    and those threads spin too: with ``hold`` (a pool that lives for one run) the cap is
-    held until the pool shuts down, so that happens after the run; without it (a pool the
-    caller keeps) at once. Spawned and forkserver workers cap themselves at start (their
-    libraries load later and read the environment). ``tracked``: the workers say which item
-    each runs (:mod:`.slots`, ``pool.slots``)."""
+    """A process pool whose workers run at most ``blas_threads`` BLAS threads each. Forked ones
+    inherit the cap from the caller, which holds it while it forks them all (``hold``: until the
+    pool shuts down); others cap themselves. ``tracked``: ``pool.slots`` (:mod:`.slots`)."""
     ctx = mp.get_context(start_method)
     forked = start_method == "fork"
     slots = Slots(ctx, n_jobs) if tracked else None
@@ -133,11 +100,9 @@ def make_process_pool(n_jobs: int, start_method: str, blas_threads: int, hold: b
 
 
 def terminate(pool: Executor) -> None:
-    """Stop a pool now: cancel queued work and, for a process pool, kill its workers; when
-    it returns, the pool's manager thread, its queue feeder thread and their pipes are gone.
-
-    A thread pool is shut down without waiting: its threads end when their current call
-    returns."""
+    """Stop a pool now: cancel queued work and, for a process pool, kill its workers; when it
+    returns, the pool's manager thread, feeder thread and pipes are gone. A thread pool is shut
+    down without waiting."""
     processes = list(worker_processes(pool).values())
     inner = _cpython.pool_internals(pool)  # before the shutdown lets go of them
     manager = inner.manager
@@ -165,10 +130,8 @@ def terminate(pool: Executor) -> None:
 
 
 def _wait_for_manager(manager: threading.Thread, spare: int | None) -> None:
-    """Until the killed pool's manager thread ends: it fails the pool's futures, closes the
-    call queue and waits for its feeder thread. That thread may be blocked writing to the
-    workers that are gone (Python 3.10 never unblocks it, and the spare descriptor keeps the
-    pipe readable on later versions): what it writes is read here and dropped."""
+    """Until the killed pool's manager thread ends, what its feeder thread writes to the workers
+    that are gone read here (``spare``) and dropped, so that it cannot block."""
     deadline = time.monotonic() + MANAGER_GRACE
     while manager.is_alive() and time.monotonic() < deadline:
         manager.join(timeout=0.005)
@@ -181,8 +144,7 @@ def how_it_ended(processes: dict[int, Any]) -> str:
     """What became of the workers that did not end by the pool's own terminate()."""
     from multiprocessing.connection import wait as wait_sentinels
 
-    # The pool's manager thread reaps dead workers too; when it wins that race, the exit code
-    # shows up on the Process a moment later. Give it up to a second.
+    # (The pool's manager thread reaps dead workers too: then the exit code shows a moment later.)
     deadline = time.monotonic() + 1.0
     while time.monotonic() < deadline:
         dead = [p for p in processes.values() if wait_sentinels([p.sentinel], 0)]
@@ -215,21 +177,13 @@ class Unsendable(Exception):
 
 
 class ProcessBackend:
-    """Chunks to a process pool and back (a :class:`~.base.Backend`). Owns the pool it
-    makes; a given pool is borrowed."""
+    """Chunks to a process pool and back (a :class:`~.base.Backend`); a given pool is borrowed."""
 
     kind = "process"
     caps = CAPABILITIES["process"]
 
-    def __init__(
-        self,
-        func: Callable[[Any], Any],
-        make_pool: Callable[[], Executor],
-        pool: Executor | None,
-        transport: str,
-        collect: bool,
-        timeout: float | None,
-    ) -> None:
+    def __init__(self, func: Callable[[Any], Any], make_pool: Callable[[], Executor], pool: Executor | None, transport: str,
+                 collect: bool, timeout: float | None) -> None:
         try:
             self.blob = _serialize.dumps(func, _serialize.CLOUDPICKLE)
         except Exception as exc:
@@ -283,16 +237,14 @@ class ProcessBackend:
         return isinstance(exc, BrokenProcessPool)
 
     def pool_broken(self) -> bool:
-        """The pool broke (a worker died), as its manager thread marks it before it fails
-        the futures."""
+        """The pool broke (a worker died), as its manager thread marks it before failing the futures."""
         return _cpython.is_broken(self.ex)
 
     def how_it_ended(self) -> str:
         return how_it_ended(self.processes)
 
     def stop(self, where: Any) -> bool:
-        """Kill the worker ``where`` (a pid) of this backend's pool: the pool breaks, and
-        the run replaces it (:meth:`replace`)."""
+        """Kill the worker ``where`` (a pid) of this pool: it breaks, and the run replaces it."""
         if where not in self.processes and where not in worker_processes(self.ex):
             return False
         kill_worker(where)
@@ -311,6 +263,4 @@ class ProcessBackend:
                 self.ex.shutdown(wait=True)
             else:
                 terminate(self.ex)
-        # Each worker's Process holds two pipe ends until it goes: a failed run's traceback
-        # keeps this backend, and a cycle through it would keep them until a full collection.
-        self.processes = {}
+        self.processes = {}  # (their pipe ends go now, not with a failed run's traceback)

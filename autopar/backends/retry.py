@@ -1,11 +1,5 @@
-"""The one retry policy (:class:`Retry`, public as ``autopar.Retry``): how many attempts,
-how long to wait before each, and which failures are worth another try.
-
-Both users decide with it: the Manager's calls (``retry=``; a failed attempt goes again from
-the manager's timer after :meth:`Retry.delay`) and ``execute(retries=, retry_backoff=)``,
-whose items lost with a dead worker run again on a fresh pool (:meth:`Retry.for_lost_items`:
-no jitter, no cap, only :class:`~autopar.errors.WorkerDied`).
-"""
+"""The one retry policy (:class:`Retry`, public as ``autopar.Retry``), of the Manager's calls
+(``retry=``) and of ``execute(retries=, retry_backoff=)`` (:meth:`Retry.for_lost_items`)."""
 
 from __future__ import annotations
 
@@ -19,8 +13,7 @@ from ..errors import WorkerDied
 
 __all__ = ["Retry"]
 
-# Never retried, whatever ``on`` says: a cancelled call, and an exception whose class says
-# so (``retryable = False``: a circuit breaker's CircuitOpen).
+# Never retried, whatever ``on`` says (nor an exception whose class has ``retryable = False``).
 _NEVER = (asyncio.CancelledError, concurrent.futures.CancelledError)
 
 

@@ -1,13 +1,7 @@
-"""Which item each worker of a process pool runs: a table in shared memory, one slot
-(pid, item id running, 0 for none) a worker.
-
-A pool made with ``make_process_pool(..., tracked=True)`` has each worker take a slot as it
-starts (:func:`take_slot`, from the pool's initializer) and write there the id of the item
-it runs (:func:`running`). The parent reads the table (:class:`Slots`) to stop one running
-item, the one way a process item is stopped from outside (:meth:`Slots.kill`: its worker is
-killed, which breaks the pool, and the pool is replaced), and to tell, when the pool breaks,
-which item each dead worker ran (:meth:`Slots.dead`: a crash is blamed on its own item only).
-"""
+"""Which item each worker of a tracked process pool runs: a table in shared memory, one slot
+(pid, item id running, 0 for none) a worker, taken as it starts (:func:`take_slot`) and
+written as it runs (:func:`running`); the parent reads it (:class:`Slots`) to kill the worker
+of one item, and to tell which item each dead worker ran."""
 
 from __future__ import annotations
 
@@ -16,8 +10,6 @@ import signal
 from typing import Any
 
 __all__ = ["Slots", "kill_worker", "running", "take_slot"]
-
-# ---- worker side --------------------------------------------------------------------------
 
 _TABLE: Any = None
 _SLOT = -1
@@ -39,9 +31,6 @@ def running(item_id: int) -> None:
     """The item this worker runs now (0: none); a worker without a slot writes nothing."""
     if _SLOT >= 0:
         _TABLE[_SLOT + 1] = item_id
-
-
-# ---- parent side --------------------------------------------------------------------------
 
 
 def kill_worker(pid: int) -> None:
@@ -73,8 +62,7 @@ class Slots:
         return None
 
     def kill(self, item_id: int) -> bool:
-        """Stop ``item_id`` where it runs: its worker is killed (the pool breaks; its owner
-        replaces it). False where no worker runs it now."""
+        """Kill the worker running ``item_id`` (the pool breaks; its owner replaces it); False where none does."""
         pid = self.pid_of(item_id)
         if pid is None:
             return False
@@ -82,11 +70,8 @@ class Slots:
         return True
 
     def dead(self, processes: dict[int, Any]) -> dict[int, int]:
-        """Dead workers' pids -> the item each was running (0: none), ``processes`` the
-        pool's workers (pid -> Process). A worker counts as dead once its sentinel is ready:
-        a process closes its files as it exits, before it is a zombie, and the pool breaks on
-        the sentinel, so at that moment a liveness check by pid can still read the dying
-        worker as running."""
+        """Dead workers' pids -> the item each was running (0: none), ``processes`` the pool's
+        workers (pid -> Process). Dead once its sentinel is ready, as the pool reads it."""
         from multiprocessing.connection import wait as wait_sentinels
 
         t = self.table

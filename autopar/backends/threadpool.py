@@ -7,13 +7,8 @@ LanePool.submit(fn)    ─┘   (a map from execute() runs on the same threads)
 ```
 
 The threads are the pool's own (at most ``limit``; a new one only when no thread is free),
-taking jobs in the order they came from one ``queue.SimpleQueue``. No stdlib worker loop or
-work item is in the way: a Manager's Call is the only Future a call has (no second one a
-call, as a ``ThreadPoolExecutor.submit`` would make), and nothing depends on how a Python
-version's ThreadPoolExecutor runs its work items (3.14's workers call ``work_item.run(ctx)``).
-``execute()`` tells a thread pool by its class, so the lane hands it :class:`LanePool`: a
-ThreadPoolExecutor whose ``submit()`` and ``shutdown()`` are overridden to use these threads
-(the base class's own queue and threads are never used).
+taking jobs in order from one ``queue.SimpleQueue``: no stdlib worker loop or work item is in
+the way, and a Manager's Call is the only Future a call has.
 """
 
 from __future__ import annotations
@@ -40,10 +35,7 @@ class Workers:
         self.closed = False
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
         self._lock = threading.Lock()
-        # Threads done with their last job and about to wait for the next, not yet promised
-        # one: each job put either takes one of them or starts a thread (or, at the limit,
-        # waits for the first thread to finish).
-        self._free = 0
+        self._free = 0  # threads done with their last job, not yet promised the next
 
     def put(self, fn: Callable[[Any, Any], None], a: Any, b: Any, future: Future) -> None:
         """Queue ``fn(a, b)``; ``future`` is cancelled if the job is dropped by :meth:`close`."""
@@ -113,9 +105,8 @@ def _run_future(future: Future, work: tuple) -> None:
 
 
 class LanePool(ThreadPoolExecutor):
-    """The lane's threads as ``execute()`` takes a pool: a ThreadPoolExecutor (its class is
-    how a thread pool is told; the base ``__init__`` only records the size) whose
-    ``submit()`` and ``shutdown()`` go to :class:`Workers`."""
+    """The lane's threads as ``execute()`` takes a pool: a ThreadPoolExecutor (its class is how a
+    thread pool is told) whose ``submit()`` and ``shutdown()`` go to :class:`Workers`."""
 
     def __init__(self, workers: Workers) -> None:
         super().__init__(max_workers=workers.limit, thread_name_prefix=workers.name)

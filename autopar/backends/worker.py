@@ -2,12 +2,9 @@
 :func:`run_remote`), or one call of the Manager's (:func:`run_call`); per-item time limits,
 and the deadline watcher, the one way an item on a thread is stopped (:func:`stop_thread`).
 
-A chunk returns ``(results, elapsed, failures)`` and never raises for an item's sake: each
-failure is ``(index, exception, traceback text)``. Without ``collect`` the chunk stops at the
-first; the caller turns it back into the original exception.
-
-Process workers receive the function as cloudpickle bytes with every chunk, under a key; they
-unpickle it once per key and keep the last few, so one pool can serve many calls.
+A chunk returns ``(results, elapsed, failures, CPU)`` and never raises for an item's sake:
+each failure is ``(index, exception, traceback text)``; without ``collect`` it stops at the
+first. Process workers unpickle the function sent with every chunk once per key.
 """
 
 from __future__ import annotations
@@ -51,14 +48,9 @@ def _portable(exc: BaseException) -> BaseException:
 
 
 def map_items(func: Callable[[Any], Any], it: Iterator[Any], out: list[Any]) -> tuple[int, BaseException | None]:
-    """Run ``func`` on each item of ``it``, results on the end of ``out``; on an exception,
-    also the offset of the item.
-
-    A Python loop, not ``out.extend(map(func, it))``: ``map`` takes a StopIteration that
-    ``func`` raises for the end of the items, and the rest of them would be dropped without
-    a word. Returns (offset of the failing item from where ``it`` stood, or -1; the exception
-    or None). ``it`` then stands past the failing item.
-    """
+    """Run ``func`` on each item of ``it``, results on the end of ``out``: (offset of the failing
+    item from where ``it`` stood, or -1; the exception or None). A Python loop, not ``map``,
+    which would take a StopIteration from ``func`` for the end of the items."""
     n0 = len(out)
     try:
         for x in it:
@@ -146,24 +138,14 @@ def _failure(index: int, exc: BaseException, remote: bool) -> Failure:
 
 
 def run_items(
-    func: Callable[[Any], Any],
-    start: int,
-    items: Iterable[Any],
-    collect: bool,
-    remote: bool,
-    out: list[Any] | None = None,
+    func: Callable[[Any], Any], start: int, items: Iterable[Any], collect: bool, remote: bool, out: list[Any] | None = None
 ) -> tuple[list[Any], list[Failure]]:
     """Run a chunk. Stops at the first failure unless ``collect``; then a failed item's place
     holds an :class:`ItemFailed` and the chunk goes on. Only ``Exception`` is collected:
     KeyboardInterrupt, SystemExit and the like always stop the run. Results go on the end of
-    ``out`` where given (one list for many chunks: no copy to join them), else a new list.
-    ``items`` may be any iterable (a :class:`Span` reads a list in place).
-
-    Where the first failure stops the chunk (not collecting, no ``out``) and the items are a
-    list, tuple or Span, a list comprehension runs them: CPython 3.11+ calls a Python
-    function from it without a C call in between (``map`` makes one per item: 10-15% more
-    for tiny items). The results before a failing item are lost then, and nothing wants
-    them: every caller raises that failure. The sequence's iterator says where it stopped.
+    ``out`` where given, else a new list. ``items`` may be any iterable (a :class:`Span` reads
+    a list in place). Not collecting, into a new list, a list comprehension runs a sequence
+    (the fastest loop; the results before a failing item are dropped: every caller raises it).
     """
     if not collect and out is None:
         placed = _in_place(items)
@@ -213,8 +195,7 @@ class _Alarm:
 
 
 class _Expired(BaseException):
-    """Raised into an item's thread by :class:`_Deadlines` (a BaseException, so that an
-    ``except Exception`` in the item does not swallow it)."""
+    """Raised into an item's thread by :class:`_Deadlines` (a BaseException, as :class:`Stopped`)."""
 
 
 def _async_raise(thread_id: int, exc: type[BaseException] | None) -> None:
@@ -226,12 +207,10 @@ def _async_raise(thread_id: int, exc: type[BaseException] | None) -> None:
 
 
 class _Deadlines:
-    """Per-item time limits for worker threads (a Dask worker runs tasks on threads, where
-    SIGALRM cannot reach): one watcher thread per process raises :class:`_Expired` in a
-    thread whose item passed its deadline. Python code stops at its next bytecode; one long
-    call into C (a sleep, a large NumPy operation) only when it returns, which the caller's
-    watchdog covers. The one way an item on a thread is stopped: by its deadline, or at
-    once by :meth:`stop` (the Manager's thread lane: a cancel, a call's time limit)."""
+    """Per-item time limits on threads other than the main one, where SIGALRM cannot reach: one
+    watcher thread per process raises :class:`_Expired` in a thread whose item passed its
+    deadline (at its next bytecode; a call into C when it returns), or at once by :meth:`stop`.
+    The one way an item on a thread is stopped."""
 
     def __init__(self) -> None:
         self.cond = threading.Condition()
@@ -301,9 +280,8 @@ class _Deadlines:
             return max((now - d for d, o in self.fired.values() if o is owner), default=0.0)
 
     def quiesce(self) -> None:
-        """Before a fork: an idle watcher (no deadline set) ends now instead of after
-        ``WATCHER_IDLE``, so the fork copies no thread of autopar's (a fork beside threads
-        copies their locks; 3.12+ warn). A watcher with deadlines to keep stays."""
+        """Before a fork: an idle watcher (no deadline set) ends now, so that the fork copies no
+        thread of autopar's. A watcher with deadlines to keep stays."""
         with self.cond:
             watcher = self.watcher
             if watcher is None or self.due or watcher is threading.current_thread():
@@ -315,8 +293,7 @@ class _Deadlines:
             watcher.join(0.01)  # (a deadline armed meanwhile keeps the watcher: stop waiting)
 
     def _watch(self) -> None:
-        """Until no deadline is left for ``WATCHER_IDLE`` seconds (in the caller's process too,
-        for threads and the sample, it must not outlive the runs that armed it)."""
+        """Until no deadline is left for ``WATCHER_IDLE`` seconds."""
         with self.cond:
             while True:
                 now = time.monotonic()
@@ -374,9 +351,8 @@ class _ThreadAlarm(_Alarm):
 
 
 class Limited:
-    """An item's time limit wherever it runs: SIGALRM on the main thread (it interrupts a
-    sleep or a blocking read), a raised exception on any other thread (at the item's next
-    bytecode; a call into C when it returns)."""
+    """An item's time limit wherever it runs: SIGALRM on the main thread (it interrupts a sleep
+    or a blocking read), the deadline watcher on any other thread."""
 
     def __init__(self, func: Callable[[Any], Any], seconds: float) -> None:
         self.on_main = _Alarm(func, seconds)
@@ -425,11 +401,7 @@ def run_remote(
     key: str, blob: bytes, start: int, payload: Any, transport: str, collect: bool = False, timeout: float | None = None
 ) -> tuple[Any, float, list[Failure], float]:
     """A chunk in a worker process; (results, wall seconds, failures, CPU seconds). ``payload`` is the pickled list of items."""
-    func = _get_func(key, blob)
-    if timeout is not None:
-        # A Dask worker runs tasks on its threads: no SIGALRM there.
-        on_main = threading.current_thread() is threading.main_thread()
-        func = (_Alarm if on_main else _ThreadAlarm)(func, timeout)
+    func = limited(_get_func(key, blob), timeout)  # (on a Dask worker's thread: the deadline watcher)
     items = loads(payload)
     c0, t0 = time.thread_time(), time.perf_counter()
     _RUNNING[key, start] = time.monotonic()
@@ -444,8 +416,7 @@ def run_remote(
 
 
 class _TimeUp(BaseException):
-    """Raised in a call by its time limit's alarm (not an Exception: the call's own
-    ``except Exception`` does not swallow it)."""
+    """Raised in a call by its time limit's alarm (a BaseException, as :class:`Stopped`)."""
 
 
 def _time_up(signum: int, frame: Any) -> None:
@@ -453,12 +424,10 @@ def _time_up(signum: int, frame: Any) -> None:
 
 
 def run_call(call_id: int, key: str, blob: bytes, payload: bytes, deadline: float | None) -> tuple[str, Any, Any, float]:
-    """One call of the Manager's in a worker process of a tracked pool (its slot says the
-    call runs, so that the lane can stop it by killing this worker): ("ok", result bytes,
-    wall, CPU), ("raised", exception, traceback text, wall), or ("expired", None, wall, CPU):
-    its time limit (``deadline``, on the machine-wide monotonic clock, set when the manager
-    sent it) passed while it ran, by SIGALRM, or before it started, and then it never did.
-    ``payload``: the pickled (args, kwargs)."""
+    """One call of the Manager's in a worker of a tracked pool (its slot says the call runs):
+    ("ok", result bytes, wall, CPU), ("raised", exception, traceback text, wall), or ("expired",
+    None, wall, CPU): ``deadline`` (the machine-wide monotonic clock) passed while it ran
+    (SIGALRM), or before it started. ``payload``: the pickled (args, kwargs)."""
     func = _get_func(key, blob)
     args, kwargs = loads(payload)
     c0, t0 = time.thread_time(), time.perf_counter()
