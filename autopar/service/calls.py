@@ -1,12 +1,9 @@
 """A manager's call (a Future whose ``cancel()`` also stops it while it runs) and what one
 attempt of it gave.
 
-``Call`` uses only the public Future API. The stdlib's Future cannot be cancelled once it is
-RUNNING, and a manager's call can: so a Call never enters that state. It stays pending
-while it runs (``begin()`` marks it started, under the Call's own lock, and ``running()``
-says so), goes straight to finished (``set_result``/``set_exception``, allowed on a pending
-Future on 3.10-3.14), and ``cancel()`` is the base class's, which a pending Future always
-takes, followed by ``set_running_or_notify_cancel()`` to wake ``wait()``/``as_completed()``.
+``Call`` uses only the public Future API. A Future cannot be cancelled once RUNNING, and a
+manager's call can: so a Call stays pending while it runs (``begin()`` marks it started,
+``running()`` says so) and goes straight to finished (allowed on a pending Future, 3.10-3.14).
 """
 
 from __future__ import annotations

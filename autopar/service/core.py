@@ -84,11 +84,8 @@ class _Routing:
         return lane, why
 
     def _warn_threads(self, route: Route, why: str | None = None) -> None:
-        warnings.warn(
-            f"autopar: {route.name} runs on threads, not in a process: {why or route.why_not}",
-            RuntimeWarning,
-            stacklevel=4,
-        )
+        warnings.warn(f"autopar: {route.name} runs on threads, not in a process: {why or route.why_not}",
+                      RuntimeWarning, stacklevel=4)
 
     def _probed(self, call: Call, out: Outcome | None) -> None:
         """The function's first call ended (``out``), or was cancelled before it could end
@@ -130,19 +127,9 @@ class _Routing:
 class Core(_Routing):
     """Routing, admission and attempts; see Manager for the public side."""
 
-    def __init__(
-        self,
-        cpu_workers: int | None,
-        io_workers: int | None,
-        throttle: bool,
-        cpu_threshold: float | None,
-        memory_threshold: float | None,
-        retry: Retry | None,
-        breaker: CircuitBreaker | None,
-        timeout: float | None,
-        start_method: str | None,
-        timer: Any,
-    ) -> None:
+    def __init__(self, cpu_workers: int | None, io_workers: int | None, throttle: bool, cpu_threshold: float | None,
+                 memory_threshold: float | None, retry: Retry | None, breaker: CircuitBreaker | None, timeout: float | None,
+                 start_method: str | None, timer: Any) -> None:
         cores = usable_cores()
         self.cpu_workers = _count(cpu_workers, cores, "cpu_workers")
         self.io_workers = _count(io_workers, min(32, 4 * cores + 4), "io_workers")
@@ -220,7 +207,7 @@ class Core(_Routing):
             return
         self._count_in(call, lane)
         if lane == "inline":
-            if call.done() or not _running(call):
+            if call.done() or not call.begin():
                 return self._forget(call)
             out = run_here(call)
             return self._attempt_done(call, out.of(call.attempt))
@@ -230,7 +217,7 @@ class Core(_Routing):
     def _start(self, call: Call) -> None:
         """An admitted call goes to its lane; whatever goes wrong on the way ends the call,
         never the caller's submit() (nor a pool thread's callback)."""
-        if call.done() or not _running(call):  # cancelled on its way here
+        if call.done() or not call.begin():  # cancelled on its way here
             self._release(call)
             return self._probed(call, None)
         try:
@@ -339,9 +326,7 @@ class Core(_Routing):
         with self._lock:
             self.stats_[LANES[call.lane]].cancelled += 1
         gate = self.gates.get(call.lane)
-        if gate is not None and gate.remove(call):
-            pass
-        elif running and call.where is not None:
+        if (gate is None or not gate.remove(call)) and running and call.where is not None:
             self.lanes[call.lane].stop(call, "cancel")
         if call.trial:
             self._record(call, cf.CancelledError())
@@ -360,11 +345,6 @@ class _Unset:
 
 
 _UNSET: Any = _Unset()
-
-
-def _running(call: Call) -> bool:
-    """Mark the call running; False if it was cancelled meanwhile."""
-    return call.begin()
 
 
 def _count(value: int | None, default: int, name: str) -> int:

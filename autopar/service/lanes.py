@@ -9,12 +9,8 @@ Manager.submit ─► Call (a Future) ─► Gate (admitted, or waits its turn) 
                                                                   Manager._attempt_done: retry, breaker, stats
 ```
 
-``calls.py``: :class:`Call` (public Future API only) and :class:`Outcome`; ``threads.py``:
-the thread lane (stops a running call by the deadline watcher's exception raised into its
-thread, lets go of one stuck in C); ``processes.py``: the process lane (stops a running call
-by killing its worker, replaces a broken pool, never forks while this process runs threads).
-Both stop, and the process lane makes, replaces and diagnoses its pools, through
-:mod:`autopar.backends`.
+A running call is stopped the one way of its lane's kind, through :mod:`autopar.backends`:
+an exception raised into its thread (one stuck in C is let go), or its worker killed.
 """
 
 from __future__ import annotations

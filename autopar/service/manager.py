@@ -1,12 +1,7 @@
 """``Manager``: one long-lived manager of a process pool (CPU work) and a thread pool (I/O),
-for sync and asyncio code, routing each function by what its calls measured.
-
-See ``core.py`` for a call's way, ``lanes.py`` for how a running call is stopped,
-``routes.py`` for the routing table, ``throttle.py`` for admission under load.
-
-Where the manager's process pool would be forked (``start_method`` fork, the default before
-3.14 on Linux) and no other thread runs yet, the pool's workers are forked as the manager is
-made, before its own threads start; while threads run, pools are made by forkserver.
+for sync and asyncio code, routing each function by what its calls measured. A call's way is
+in ``core.py``; how a running call is stopped, ``lanes.py``; the routing table, ``routes.py``;
+admission under load, ``throttle.py``.
 """
 
 from __future__ import annotations
@@ -42,22 +37,15 @@ class Manager(Core):
     defaults for every call; a call's own keyword overrides them (None: none). Calls take
     ``func(*args, **kwargs)``; the keywords ``timeout``, ``retry`` and ``breaker`` are the
     manager's. Use it as a context manager (``with``, ``async with``) or call :meth:`shutdown`;
-    an ``atexit`` hook stops whatever is left. The start method: see the module docstring.
+    an ``atexit`` hook stops whatever is left. ``start_method``: that of the process pool, but
+    while this process runs threads a fork pool is made by forkserver (a manager that would fork
+    forks its workers as it is made, before its own threads start).
     """
 
     def __init__(
-        self,
-        cpu_workers: int | None = None,
-        io_workers: int | None = None,
-        *,
-        throttle: bool = True,
-        cpu_threshold: float | None = None,
-        memory_threshold: float | None = None,
-        retry: Retry | None = None,
-        breaker: CircuitBreaker | None = None,
-        timeout: float | None = None,
-        start_method: str | None = None,
-        timer: Any = None,
+        self, cpu_workers: int | None = None, io_workers: int | None = None, *, throttle: bool = True,
+        cpu_threshold: float | None = None, memory_threshold: float | None = None, retry: Retry | None = None,
+        breaker: CircuitBreaker | None = None, timeout: float | None = None, start_method: str | None = None, timer: Any = None,
     ) -> None:
         super().__init__(cpu_workers, io_workers, throttle, cpu_threshold, memory_threshold, retry, breaker, timeout, start_method, timer)
         self._drivers = cf.ThreadPoolExecutor(max_workers=4, thread_name_prefix="autopar-map")
@@ -98,14 +86,10 @@ class Manager(Core):
                 self.stats_["inline"].submitted += len(items)
             self._count_map("inline", len(items), [], exc)
             raise
-        kind, n = result.executor_type, result.n_jobs
-        pool = None
-        if kind == "process":
-            n = min(n, self.gates["process"].limit)
-            pool = self.lanes["process"].executor()
-        elif kind == "thread":
-            n = min(n, self.gates["thread"].limit)
-            pool = self.lanes["thread"].pool
+        kind, n, pool = result.executor_type, result.n_jobs, None
+        if kind in self.gates:  # "thread" or "process": the lane's pool, no more than its gate admits
+            n = min(n, self.gates[kind].limit)
+            pool = self.lanes["thread"].pool if kind == "thread" else self.lanes["process"].executor()
         self._learn(func, result)
         lane = LANES.get(kind, "inline")
         with self._lock:

@@ -1,14 +1,9 @@
 """What the service does around a call: retries with backoff (the one policy,
-:class:`~autopar.backends.retry.Retry`, that ``execute(retries=)`` decides with too), a
-circuit breaker, and the timer that schedules both.
+:class:`~autopar.backends.retry.Retry`), a circuit breaker, and the timer that schedules both.
 
-Retries are event-driven: a failed attempt is submitted again from the manager's timer after
-its backoff, so no thread or task is held while a call waits for its next attempt. That is
-why autopar does not use tenacity here (CONTEXT.md): its public API is a loop around a
-blocking or awaited call, which would hold a thread (or a task) per waiting call; the
-backoff arithmetic it would save is five lines.
-
-Both take their clock from outside (``clock=``), so tests drive them with a fake one.
+Retries are event-driven: a failed attempt is submitted again from the manager's timer after its
+backoff, so no thread or task is held while a call waits for its next attempt. Both take their
+clock from outside (``clock=``), so tests drive them with a fake one.
 """
 
 from __future__ import annotations
@@ -56,13 +51,8 @@ class CircuitBreaker:
     ``record(ok)`` after). Exceptions not in ``on`` (and cancellation) do not count."""
 
     def __init__(
-        self,
-        failure_threshold: int = 5,
-        recovery_timeout: float = 60.0,
-        *,
-        name: str = "breaker",
-        on: tuple[type[BaseException], ...] = (Exception,),
-        clock: Callable[[], float] = time.monotonic,
+        self, failure_threshold: int = 5, recovery_timeout: float = 60.0, *, name: str = "breaker",
+        on: tuple[type[BaseException], ...] = (Exception,), clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if isinstance(failure_threshold, bool) or not isinstance(failure_threshold, int) or failure_threshold < 1:
             raise ValueError(f"failure_threshold must be an int >= 1, got {failure_threshold!r}")

@@ -1,24 +1,13 @@
-"""The process lane: calls in worker processes, and one running call stopped where it runs.
+"""The process lane: calls in the worker processes of a tracked pool
+(:func:`autopar.backends.process.make_process_pool`), run by
+:func:`autopar.backends.worker.run_call`, a call's time limit kept in its worker (SIGALRM). A
+running call is stopped by killing its worker (one stuck in C past its limit + GRACE too); the
+pool is then replaced and the other calls in it run again, a crash blamed on its own call only.
 
-The pool is made, stopped and diagnosed by :mod:`autopar.backends.process`: a tracked pool,
-whose workers say which call each runs (:mod:`autopar.backends.slots`), and the calls run by
-:func:`autopar.backends.worker.run_call`. A call's time limit is kept in its worker (SIGALRM);
-a running call is stopped the one way a process item is: its worker is killed (a call stuck
-in C past its limit + GRACE too), and the pool is replaced: the other calls that were in it
-run again in the new pool (the slots say which call each dead worker ran, so a crash is
-blamed on its own call only).
-
-Start method: the manager's, except that a pool is never forked while this process runs
-other threads (a fork copies their locks as they are; 3.12+ warns of it, and 3.14 made
-forkserver the default on Linux for it): then the pool is made by forkserver. A manager that
-would fork forks its first pool's workers as it is made, before any thread of its own starts
-(``prestart``). Measured (medians of 5 runs, Manager(cpu_workers=2), 2 busy cores, 3.11):
-``Manager()`` 24-32 ms, then the first CPU call 3.5-7 ms; by forkserver the first call took
-563 ms (518-1188: the server's start, and each worker importing autopar); a fork at the
-first call, as before, 28 ms (beside the manager's throttle thread). Before forking,
-``prestart`` also makes sure the fork pool costs that map()'s optimize() reads are measured
-(measuring forks pools): a file read where they are cached, 2.8 s the first time on a machine.
-A pool replacing a broken one is made while the manager's threads run, so by forkserver.
+Start method: the manager's, but forkserver for a pool made while this process runs other
+threads (a fork copies their locks as they are): a manager that would fork forks its first
+pool's workers as it is made, before any thread of its own starts (``prestart``); a pool
+replacing a broken one is made by forkserver.
 """
 
 from __future__ import annotations
@@ -43,9 +32,8 @@ MAX_REPLAYS = 3  # times a call runs again because a pool broke under it (not by
 
 
 class _Pool:
-    """One generation of the lane's process pool: a tracked pool from
-    :func:`~autopar.backends.process.make_process_pool` (its slots say which call each
-    worker runs), and the calls running in it."""
+    """One generation of the lane's process pool (tracked: its slots say which call each worker
+    runs), and the calls running in it."""
 
     def __init__(self, workers: int, start_method: str, blas_threads: int) -> None:
         self.method = start_method
@@ -82,15 +70,12 @@ class ProcessLane:
         with self._lock:
             if self.closed:
                 raise RuntimeError("the manager is shut down")
-            # A pool broken with no call of the lane's in it is found at submit (send() makes
-            # a new one then): the stdlib says so only through BrokenProcessPool.
             if self._pool is None or self._pool.broken:
                 self._pool = _Pool(self.workers, self._next_method(), self.blas_threads)
             return self._pool
 
     def _next_method(self) -> str:
-        """The manager's start method, but forkserver for fork while this process runs
-        another thread (the manager's own, once it started them)."""
+        """The manager's start method, but forkserver for fork while this process runs another thread."""
         if self.start_method == "fork" and threading.active_count() > 1:
             return "forkserver"
         return self.start_method
@@ -105,14 +90,12 @@ class ProcessLane:
         return self._current().executor
 
     def prestart(self) -> None:
-        """Fork the pool's workers now if the pool would be forked: before the manager starts
-        a thread, the one time no thread of its own runs. (A first submit forks every worker
-        of a forking pool; the pool starts its own threads after that.) Where that fails,
-        the first call finds out and says why. The fork pool costs a map's optimize() reads
-        are measured first where they are not cached: measuring forks pools too."""
+        """Fork the pool's workers now if the pool would be forked (a first submit forks them all),
+        before the manager starts a thread; the fork pool costs a map's optimize() reads are
+        measured first (measuring forks pools too). Where that fails, the first call says why."""
         if self._pool is not None or self._next_method() != "fork":
             return
-        try:  # what map()'s optimize() reads: measured once a machine (forking pools), cached
+        try:
             pool_costs("fork")
         except Exception:
             pass
@@ -141,8 +124,7 @@ class ProcessLane:
         """Submit the call; :class:`NoProcesses` if no worker process can be started here."""
         key, blob = call.route.blob()
         attempt = call.attempt
-        # The limit counts from now, whether a worker has the call yet or not (as on threads):
-        # the worker's alarm and the kill at the limit + GRACE keep to one deadline.
+        # from now, waiting or not (as on threads): one deadline for the alarm and the kill
         deadline = None if call.timeout is None else time.monotonic() + call.timeout
         with self._lock:
             if self.unusable:
@@ -208,9 +190,8 @@ class ProcessLane:
             self.finish(call, Outcome(exc=e).of(attempt))
 
     def _pool_broke(self, pool: _Pool) -> None:
-        """The pool broke: who was running what in the workers that died (before the pool
-        kills the rest: the futures fail first, then the others are terminated), then the
-        pool is reaped in the background and the next call starts a new one."""
+        """The pool broke: which call each dead worker ran (read before the pool kills the rest);
+        the pool is reaped in the background and the next call starts a new one."""
         with self._lock:
             if pool.broken:
                 return
@@ -218,15 +199,13 @@ class ProcessLane:
             dead = pool.slots.dead(worker_processes(pool.executor))
             pool.culprits = {c for c in dead.values() if c}
             pool.processes = worker_processes(pool.executor)
-            # as execute() says it: "worker 1234 exited with status 3", "... was killed by SIGKILL"
             pool.ended = {c: how_it_ended({pid: pool.processes[pid]}) for pid, c in dead.items() if c and pid in pool.processes}
             self.replaced += 1
         threading.Thread(target=terminate, args=(pool.executor,), name="autopar-reap", daemon=True).start()
 
     def stop(self, call: Call, reason: str, now: bool = False) -> None:
-        """Stop the call where it runs: its worker is killed (the one way for processes), the
-        pool breaks and is replaced. A call sent but not started stops as it starts (looked
-        for again shortly; with ``now``, the time limit's, its worker finds it expired)."""
+        """Stop the call where it runs: its worker is killed (the pool breaks and is replaced). A
+        call sent but not started is looked for again shortly (``now``: its worker finds it expired)."""
         with self._lock:
             pool = call.where
             if not isinstance(pool, _Pool) or call.id not in pool.calls:

@@ -1,15 +1,10 @@
-"""How loaded the machine is, and how many calls the manager admits.
+"""How loaded the machine is (``Throttle``), and how many calls the manager admits (``Gate``).
 
-``Throttle`` samples every ``interval`` seconds: the CPU in use (the container's cgroup usage
-against its quota where there is one, else the machine's), the share of it that is the
-manager's own process tree, and memory in use (the cgroup's limit where there is one).
-Over ``cpu_threshold`` with others using the cores, the admission factor drops to the share
-the others leave; over ``memory_threshold`` it is halved; when the load goes, it is 1 again.
-Its own work never throttles the manager: a manager keeping every core busy is doing its job.
-
-``Gate``: a FIFO of calls waiting for a slot, a limit of ``base x factor`` (at least 1).
-Admission is event-driven: a call that finds no slot waits in the queue, holding no thread;
-a call ending hands its slot to the next.
+``Throttle`` samples the CPU in use (against the cgroup's quota where there is one), the share
+of it that is the manager's own process tree, and memory in use. Over ``cpu_threshold`` with
+others using the cores, the admission factor drops to the share the others leave; over
+``memory_threshold`` it is halved; when the load goes, it is 1 again. ``Gate``: a FIFO of
+calls waiting for a slot (holding no thread), a limit of ``base x factor`` (at least 1).
 """
 
 from __future__ import annotations
@@ -74,8 +69,6 @@ class _Sampler:
         self.workers = workers
         self._procs: dict[int, psutil.Process] = {}
         self.quota = system._cgroup_cpu_quota()
-        # Percentages of the cgroup's quota, or of the machine's cores (the CPU times read
-        # below are the machine's).
         self.capacity = self.quota or float(psutil.cpu_count() or 1)
         self.last = self._read()
 
@@ -88,8 +81,7 @@ class _Sampler:
         return now, used, self._own_cpu()
 
     def _own_cpu(self) -> float:
-        """CPU seconds of this process and the manager's worker processes (not of every
-        child: another child of the application is somebody else's load)."""
+        """CPU seconds of this process and the manager's worker processes (not of every child)."""
         total = sum(self.me.cpu_times()[:2])
         pids = set(self.workers())
         for pid in pids - self._procs.keys():
@@ -130,13 +122,8 @@ class Throttle:
     """The admission factor (0..1] and why. ``listener(factor)`` hears every change."""
 
     def __init__(
-        self,
-        cpu_threshold: float | None = None,
-        memory_threshold: float | None = None,
-        *,
-        interval: float = INTERVAL,
-        listener: Callable[[float], None] | None = None,
-        workers: Callable[[], list[int]] = list,
+        self, cpu_threshold: float | None = None, memory_threshold: float | None = None, *, interval: float = INTERVAL,
+        listener: Callable[[float], None] | None = None, workers: Callable[[], list[int]] = list,
     ) -> None:
         self.cpu_threshold = _threshold(cpu_threshold, "AUTOPAR_CPU_THRESHOLD", 85.0)
         self.memory_threshold = _threshold(memory_threshold, "AUTOPAR_MEMORY_THRESHOLD", 80.0)
