@@ -164,8 +164,7 @@ _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 def _busy_ticks(cpus: set[int]) -> int | None:
-    """Clock ticks the given CPUs have spent busy (all but idle and I/O wait; steal counts),
-    or None without ``/proc/stat``."""
+    """Clock ticks the given CPUs spent busy (all but idle and I/O wait), None without /proc/stat."""
     try:
         with open("/proc/stat", "rb") as fh:
             lines = fh.read().splitlines()
@@ -233,8 +232,7 @@ def rss() -> int:
 
 
 class PeakRSS:
-    """Polls the resident memory on a thread (cheaper than ``tracemalloc``); ``peak`` is the
-    growth over the start."""
+    """Polls the resident memory on a thread; ``peak`` is the growth over the start."""
 
     def __init__(self, interval: float = 0.001) -> None:
         self.interval = interval

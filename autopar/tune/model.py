@@ -55,11 +55,8 @@ def _with_blas_capped(p: Profile, reasons: list[str]) -> tuple[Profile, float]:
     )
     ratio = p.single_blas_time / p.item_time_mean
     capped = replace(
-        p,
-        item_time_mean=p.single_blas_time,
-        item_time_std=p.item_time_std * ratio,
-        item_time_max=p.item_time_max * ratio,
-        cpu_ratio=min(p.cpu_ratio, 1.0),
+        p, item_time_mean=p.single_blas_time, item_time_std=p.item_time_std * ratio,
+        item_time_max=p.item_time_max * ratio, cpu_ratio=min(p.cpu_ratio, 1.0),
     )
     return capped, serial_blas_time(p) or p.item_time_mean
 
@@ -143,11 +140,8 @@ def _doubted(c: Candidate, remaining: int, p: Profile, costs: PoolCosts, cores: 
         return c
     d = constants.TRANSFER_DOUBT
     doubted = replace(
-        p,
-        item_pickle_time=p.item_pickle_time * d,
-        item_load_time=p.item_load_time * d,
-        result_pickle_time=p.result_pickle_time * d,
-        result_load_time=p.result_load_time * d,
+        p, item_pickle_time=p.item_pickle_time * d, item_load_time=p.item_load_time * d,
+        result_pickle_time=p.result_pickle_time * d, result_load_time=p.result_load_time * d,
     )
     return _predict("process", c.n_jobs, c.chunksize, remaining, doubted, costs, cores, gil_share(p, gil_enabled))
 

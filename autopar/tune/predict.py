@@ -256,8 +256,7 @@ def dask_threads_advice(p: Profile, cluster: Any, g: float) -> str | None:
 
 
 def best_dask(remaining: int, p: Profile, cluster: Any, g: float | None = None) -> Candidate:
-    """The best task size on ``cluster``: within 2% of the fastest, the largest that leaves
-    at least 4 tasks a thread, else the fastest."""
+    """The best task size: the largest within 2% of the fastest leaving 4 tasks a thread, else the fastest."""
     n = max(1, cluster.threads)
     sizes = set(_chunk_options(remaining, n)) | {dask_chunksize(p, remaining, n, cluster.task_seconds)}
     sizes |= {2**k for k in range(max(1, remaining).bit_length())}  # fewer tasks than threads too

@@ -188,8 +188,7 @@ def _machine() -> str:
 def job_key(
     func: Callable[[Any], Any], data: Iterable[Any], n_items: int | None, system: Any, method: str, options: tuple[Any, ...]
 ) -> str | None:
-    """The job's key, or None where it cannot have one (an iterator, no items, a callable
-    with nothing stable to name)."""
+    """The job's key; None for an iterator, no items, or a callable with nothing stable to name."""
     if not hasattr(data, "__len__") or not hasattr(data, "__getitem__"):
         return None
     try:
@@ -263,8 +262,7 @@ def _database() -> Iterator[sqlite3.Connection]:
 
 
 def _connect() -> sqlite3.Connection:
-    """The process's connection (under the lock; opened again after a fork, and when the
-    folder changes)."""
+    """The process's connection (under the lock; opened again after a fork or a folder change)."""
     global _held
     where = str(path())
     held = _held
@@ -335,8 +333,7 @@ def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
 
 
 def _safely(default: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """A cache operation that fails (a read-only folder, a locked or damaged file) returns
-    ``default``."""
+    """A cache operation that fails (read-only folder, locked or damaged file) returns ``default``."""
 
     def wrap(f: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(f)
@@ -372,9 +369,7 @@ def corrected(profile: Profile, verdicts: dict[str, dict[str, float]]) -> Profil
     if not v:
         return profile
     return replace(
-        profile,
-        thread_scaling=max(float(v["speedup"]), 1e-3),
-        probe_threads=max(int(v["n_jobs"]), 2),
+        profile, thread_scaling=max(float(v["speedup"]), 1e-3), probe_threads=max(int(v["n_jobs"]), 2),
         cpu_ratio=max(profile.cpu_ratio, min(float(v.get("cpu_ratio", 0.0)), 1.0)),
     )
 

@@ -136,8 +136,7 @@ def _probe_plan(sp: "_Sampler", stats: _Stats, remaining: int | None, round_min:
 
 
 def _clear_gain(k: int) -> float:
-    """A scaling on k threads that settles the probe: 0.85 k, or WAIT_CLEAR k on more threads
-    than CPUs."""
+    """A scaling on k threads that settles the probe: 0.85 k, or WAIT_CLEAR k beyond the CPUs."""
     return (constants.PROBE_CLEAR[1] if k <= _cpus() else constants.WAIT_CLEAR) * k
 
 

@@ -57,8 +57,7 @@ class _Source:
         return head + batch if head else batch
 
     def span(self, n: int) -> "list[Any] | Span":
-        """The next ``n`` items, without copying them where the input is a list or tuple and
-        nothing was put back."""
+        """The next ``n`` items, uncopied where the input is a list or tuple and nothing was put back."""
         if self.seq is None or self.ahead:
             return self.pull(n)
         part = Span(self.seq, self.pos, min(n, len(self.seq) - self.pos))
