@@ -49,3 +49,42 @@ def test_threads_found_holding_the_gil_give_way_while_running(cache):
     assert report.cache == "corrected", report.cache
     again = autopar.optimize(loop, data)
     assert again.cache == "hit" and (again.executor_type != "thread" or again.n_jobs == 1), again.explain()
+
+
+def _process_watch(worker_share: float, item: float = 0.001) -> "Fallback":
+    """A Fallback watching a chosen process pool of 2 workers on 2 cores over computing items
+    of ``item`` seconds, whose workers each got ``worker_share`` of a core while busy."""
+    from autopar.options import Options
+    from autopar.run.adapt import Fallback
+    from autopar.run.chunks import Job
+    from autopar.run.report import ExecutionReport, Progress
+
+    r = autopar.optimize(loop, range(300), cache=False)
+    profile = replace(r.profile, cpu_ratio=1.0, item_time_mean=item, item_time_std=0.0, item_time_max=item)
+    result = replace(r, executor_type="process", n_jobs=2, usable_cores=2, profile=profile, n_remaining=10_000)
+    report = ExecutionReport(executor_type="process", n_jobs=2, chunksize=10, start_method="fork")
+    job = Job(loop, "process", 2, 10, "fork", Options(), result, None, Progress(False, None, None), report)
+    fb = Fallback(job)
+    fb.busy(100, 100 * item / worker_share, 100 * item)  # CPU over the time in the workers
+    return fb
+
+
+def _verdict(fb: "Fallback", rate: float) -> tuple[str, str] | None:
+    """The verdict on a window in which the pool delivered ``rate`` items a second, serial's
+    item time already checked in the caller."""
+    fb.checked, fb.chunks, fb.t0 = True, 5, time.perf_counter() - 0.1
+    return fb.losing(int(rate * 0.1), 10_000)
+
+
+def test_a_process_pool_beside_others_work_is_judged_against_serial_at_its_share():
+    # Serial's item time is its CPU time: on a quiet machine a pool of 2 at 800 items/s loses
+    # to serial's 1,000. Beside three spinning processes the same 800 is 2 workers at 0.4 of a
+    # core each; serial would get 0.5 of one there (500 items/s): the pool stays.
+    quiet = _process_watch(1.0)
+    assert quiet.serial_share() == pytest.approx(1.0)
+    assert _verdict(quiet, 800)[0] == "serial"
+    busy = _process_watch(0.4)
+    assert busy.serial_share() == pytest.approx(0.5)
+    assert _verdict(busy, 800) is None
+    # ... and a pool that delivers less than serial's share there still gives way.
+    assert _verdict(_process_watch(0.4), 400)[0] == "serial"

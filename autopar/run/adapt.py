@@ -152,6 +152,21 @@ class Fallback:
         self._take_alternative()
         return True
 
+    def serial_share(self) -> float:
+        """The share of a core a serial run in the caller would get now, for a process pool's
+        computing items (serial's item time is then their CPU time): each worker got
+        ``s`` of a core while busy (its CPU over its time), so ``cores / s - n`` cores' worth
+        of other work runs beside the pool, beside which one thread gets its fair share.
+        1.0 on a quiet machine; beside three spinning processes on 2 cores, 2 workers get
+        0.4 of a core each, serial would get 0.5, not 1. (Not for threads: a thread's CPU
+        share also falls for the GIL.)"""
+        job, result = self.job, self.job.result
+        if not (self.cpu_bound and job.kind == "process" and self.busy_time > 0 and result is not None):
+            return 1.0
+        s = min(self.busy_cpu / self.busy_time / max(result.profile.cpu_ratio, CPU_RATIO_CPU), 1.0)
+        others = max(result.usable_cores / max(s, 1e-3) - job.n_jobs, 0.0)
+        return min(1.0, result.usable_cores / (1.0 + others))
+
     def serial_timed(self, n_items: int, wall: float, cpu: float) -> None:
         """A chunk of n_items ran in the caller: serial's item time, and a new window."""
         if n_items:
@@ -192,7 +207,7 @@ class Fallback:
         span = now - self.t0
         if span < FALLBACK_MIN_TIME or self.chunks < self.job.n_jobs:
             return None
-        rate, serial_rate = self.items / span, 1.0 / self.serial_item
+        rate, serial_rate = self.items / span, self.serial_share() / self.serial_item
         if self.gil_found():
             self.restart()  # a new window, judged on the items' CPU time as serial's
             return self._gil_switch(left)
