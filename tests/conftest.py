@@ -1,6 +1,6 @@
 """Shared fixtures: the executor x start-method matrix (one pool per executor kind and start
-method for the whole session), and a guard that fails any test leaving child processes,
-threads or temp files behind."""
+method, shared by the tests that take it), and a guard that fails any test leaving child
+processes, threads or temp files behind."""
 
 from __future__ import annotations
 
@@ -59,8 +59,9 @@ import autopar  # noqa: E402
 #
 #   where     a Where (.kind, .method, .kw for execute(): executor_type and start_method);
 #             the test starts what it needs itself (a fault breaks the pool it runs on)
-#   pool      a warm pool of 2 workers of that kind, shared by the whole session (one pool
-#             start for every test that asks: the cheapest way to run on every start method)
+#   pool      a warm pool of 2 workers of that kind, shared by the tests that take it (one
+#             pool start for a run of tests that ask: the cheapest way to run on every start
+#             method); see _SharedPools for when one is up
 #   executor  (executor_type, start_method), for tests that let execute() build its own pool
 #
 # (A test may take ``where`` and ``pool`` together: both are then the same place.)
@@ -178,31 +179,82 @@ def where(request) -> Where:
 
 
 def _warm(pool, n: int) -> None:
-    # Start every worker now (spawn and forkserver pools start them on demand), so that the
-    # leak guard sees them as the session's, not a test's.
+    # Start every worker now (spawn and forkserver pools start them on demand).
     list(pool.map(time.sleep, [0.05] * n))
+
+
+class _SharedPools:
+    """The shared pools of ``pool``, one per place, each started when a test first takes it.
+
+    Their threads (a thread pool's workers, a process pool's manager and queue feeder) would
+    be alive at any fork made beside them, and a fork beside threads copies their locks
+    (3.12+ warn: "This process is multi-threaded, use of fork() may lead to deadlocks"). So
+    they are up only while tests that take ``pool`` run: a test that does not starts with
+    none of them up (it may fork: a pool of its own, optimize()'s sample), and a fork pool
+    starts with no other of them up. A test that starts a pool of its own before it takes the
+    shared one asks for it after, with ``request.getfixturevalue("pool")``.
+
+    The threads and child processes they start are theirs, not a test's: the leak guard
+    leaves them out."""
+
+    def __init__(self) -> None:
+        self.pools: dict[str, tuple] = {}  # by the place's id ("thread", "process-spawn"): (cm, pool)
+        self.threads: set[threading.Thread] = set()
+        self.pids: set[int] = set()
+
+    def __getitem__(self, place_id: str):
+        return self.get(_PLACES[place_id])
+
+    def get(self, place: Where):
+        if str(place) not in self.pools:
+            if place.method == "fork":
+                self.close()
+            self.pools[str(place)] = self._start(place)
+        return self.pools[str(place)][1]
+
+    def _start(self, place: Where) -> tuple:
+        me = psutil.Process()
+        threads, children = set(threading.enumerate()), {p.pid for p in me.children(recursive=True)}
+        cm = autopar.get_executor(place.kind, 2, start_method=place.method)
+        pool = cm.__enter__()
+        if place.kind != "serial":
+            _warm(pool, 2)
+        self.threads |= set(threading.enumerate()) - threads
+        self.pids |= {p.pid for p in me.children(recursive=True)} - children
+        return cm, pool
+
+    def close(self) -> None:
+        for cm, _ in reversed(list(self.pools.values())):
+            cm.__exit__(None, None, None)
+        self.pools.clear()
+        self.threads.clear()
+        self.pids.clear()
+
+
+_SHARED = _SharedPools()
+_PLACES = {str(p): p for p in EVERY}
 
 
 @pytest.fixture(scope="session")
 def _pools():
-    pools = {}
-    stack = []
-    for place in EVERY:
-        cm = autopar.get_executor(place.kind, 2, start_method=place.method)
-        pool = cm.__enter__()
-        stack.append(cm)
-        if place.kind != "serial":
-            _warm(pool, 2)
-        pools[str(place)] = pool  # by the place's id: "thread", "process-spawn"
-    yield pools
-    for cm in reversed(stack):
-        cm.__exit__(None, None, None)
+    """The shared pools, by the place's id: ``_pools["thread"]``."""
+    yield _SHARED
+    _SHARED.close()
+
+
+@pytest.fixture(autouse=True)
+def _shared_pools_only_where_taken(request, _pools):
+    """A test that does not take ``pool`` runs with none of the shared pools up."""
+    if "pool" not in request.fixturenames:
+        _pools.close()
 
 
 @pytest.fixture
 def pool(request, _pools):
-    """A warm pool of 2 workers at the test's place, shared by the session (started once)."""
-    return _pools[str(request.param)]
+    """A warm pool of 2 workers at the test's place, shared by the tests that take it (the
+    place of ``where`` for a test that asks with request.getfixturevalue)."""
+    place = request.param if hasattr(request, "param") else request.getfixturevalue("where")
+    return _pools.get(place)
 
 
 @pytest.fixture
@@ -252,10 +304,13 @@ def no_leaks(request):
             for p in me.children(recursive=True)
             if p.pid not in children
             and p.pid not in mp_helpers
+            and p.pid not in _SHARED.pids
             and p.is_running()
             and p.status() != psutil.STATUS_ZOMBIE
         ]
-        new_threads = [t for t in threading.enumerate() if t not in threads and t.is_alive()]
+        new_threads = [
+            t for t in threading.enumerate() if t not in threads and t not in _SHARED.threads and t.is_alive()
+        ]
         if not new_children and not new_threads or time.monotonic() > deadline:
             break
         time.sleep(0.05)

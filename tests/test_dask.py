@@ -61,6 +61,20 @@ def client():
             autopar.execute(abs, range(-40, 0), pool=c, chunksize=4)
             c.get_executor().submit(bytes, 1 << 20).result()
             yield c
+    _retire_offload_thread()
+
+
+def _retire_offload_thread() -> None:
+    """distributed runs part of a client's work on a thread of its own, process-wide
+    (``Dask-Offload``: started on first use, never ended). Once this module's clients are
+    gone it ends too, so that no later test forks beside it (a fork beside threads copies
+    their locks; 3.12+ warn); an idle executor takes its place (its thread starts on use)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from distributed import utils
+
+    old, utils._offload_executor = utils._offload_executor, ThreadPoolExecutor(1, thread_name_prefix="Dask-Offload")
+    old.shutdown(wait=True)
 
 
 def square(x: int) -> int:

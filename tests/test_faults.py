@@ -235,21 +235,23 @@ def test_unpicklable_function_is_refused_before_work(where):
 
 
 @pytest.mark.matrix("process")
-def test_unpicklable_item_names_the_items(where, pool):
+def test_unpicklable_item_names_the_items(where, request):
     items = [i if i != 3 else helpers.Unpicklable(i) for i in range(8)]
     with pytest.raises(TypeError, match="item 3 cannot be sent to a process worker") as info:
         run_on(where, helpers.square_or_value, items)
     assert info.value.autopar_item_index == 3
+    pool = request.getfixturevalue("pool")  # (taken after its own pool: see conftest._SharedPools)
     out = run_on(where, helpers.square_or_value, items, pool=pool, errors="collect")
     assert isinstance(out[3], ItemFailed)
     assert [x for i, x in enumerate(out) if i != 3] == [i * i for i in range(8) if i != 3]
 
 
 @pytest.mark.matrix("process")
-def test_unpicklable_result(where, pool):
+def test_unpicklable_result(where, request):
     with pytest.raises(Exception) as info:
         run_on(where, helpers.bad_result, range(8), chunksize=1)
     assert any("items 4-4" in n for n in getattr(info.value, "__notes__", []))
+    pool = request.getfixturevalue("pool")  # (taken after its own pool: see conftest._SharedPools)
     out = run_on(where, helpers.bad_result, range(8), pool=pool, chunksize=1, errors="collect")
     assert isinstance(out[4], ItemFailed)
     assert [x for i, x in enumerate(out) if i != 4] == [0, 1, 2, 3, 5, 6, 7]
