@@ -144,6 +144,10 @@ def test_the_routing_table_on_given_profiles():
     lock = threading.Lock()
     lane, why = route(lambda: lock, 0.02, 0.02)
     assert lane == "thread" and "cannot be pickled" in why
+    r = Route(square)
+    r.observe(40e-6, 40e-6, True)  # a first call's one-time cost (a freshly forked process)
+    r.observe(2e-6, 2e-6, True)
+    assert r.choose()[0] == "inline" and r.wall == 2e-6
     r = Route(spin)
     r.observe(0.02, 0.02, False)  # beside other calls: its CPU share says nothing
     assert r.cpu_ratio is None and r.choose()[0] == "thread"

@@ -76,13 +76,17 @@ class Route:
         return self.picklable
 
     def observe(self, wall: float, cpu: float, alone: bool) -> None:
+        """A call's time in its worker. A second call under half the first restarts the
+        averages: the first paid a one-time cost (an import, a cache filled, the first call
+        in a freshly forked process), not the function's."""
         with self.lock:
-            first = self.calls == 0
             self.calls += 1
-            self.wall = wall if first else (1 - ALPHA) * self.wall + ALPHA * wall
+            restart = self.calls == 1 or (self.calls == 2 and wall < 0.5 * self.wall)
+            self.wall = wall if restart else (1 - ALPHA) * self.wall + ALPHA * wall
             if alone and wall > 0:
                 ratio = min(cpu / wall, 1.0)
-                self.cpu_ratio = ratio if self.cpu_ratio is None else (1 - ALPHA) * self.cpu_ratio + ALPHA * ratio
+                keep = self.cpu_ratio is not None and not restart
+                self.cpu_ratio = (1 - ALPHA) * self.cpu_ratio + ALPHA * ratio if keep else ratio  # type: ignore[operator]
 
     def shipped(self, seconds: float) -> None:
         with self.lock:
