@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import autopar
+from autopar.run.adapt import GIL_CORES
 from autopar.tune import wisdom
 from autopar.tune.system import system_info
 
@@ -359,7 +360,8 @@ def test_a_thread_run_slower_than_serial_corrects_the_kept_profile_for_good(cach
     assert report.cache == "corrected", (report.measured_speedup, report.serial_estimate)
     [entry] = wisdom.entries()
     verdict = entry.verdicts["thread"]
-    assert verdict["n_jobs"] == r.n_jobs and verdict["speedup"] < wisdom.LOST and verdict["cpu_ratio"] > 0.5
+    # (found holding the GIL on the run's own figures: no more than about one core's worth)
+    assert verdict["n_jobs"] == r.n_jobs and verdict["speedup"] <= GIL_CORES and verdict["cpu_ratio"] > 0.5
     assert not entry.stale and entry.profile.thread_scaling == 3.7  # kept as measured; corrected when read
     again = autopar.optimize(counted, data)
     assert again.cache == "hit"
