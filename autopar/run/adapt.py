@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from ..backends.dask import cluster_costs
 from ..tune.costs import pool_costs
 from ..tune.constants import CPU_RATIO_CPU
-from ..tune.predict import Candidate, best_chunksize, best_dask
+from ..tune.predict import Candidate, best_chunksize, best_dask, fair_progress
 from .chunks import RAMP_SECONDS, Feeder, Job
 from .recovery import Decision
 
@@ -164,8 +164,9 @@ class Fallback:
         if not (self.cpu_bound and job.kind == "process" and self.busy_time > 0 and result is not None):
             return 1.0
         s = min(self.busy_cpu / self.busy_time / max(result.profile.cpu_ratio, CPU_RATIO_CPU), 1.0)
-        others = max(result.usable_cores / max(s, 1e-3) - job.n_jobs, 0.0)
-        return min(1.0, result.usable_cores / (1.0 + others))
+        cores = result.usable_cores
+        others = max(cores / max(s, 1e-3) - job.n_jobs, 0.0)  # (n workers at s each: fair_progress's inverse)
+        return fair_progress(1, 1.0, cores, others)
 
     def serial_timed(self, n_items: int, wall: float, cpu: float) -> None:
         """A chunk of n_items ran in the caller: serial's item time, and a new window."""

@@ -33,7 +33,9 @@ from . import constants
 from .costs import PoolCosts
 from .sample import Profile
 
-__all__ = ["Candidate", "best_chunksize", "best_dask", "dask_chunksize", "gil_share", "predict_dask", "shared_resource"]
+__all__ = [
+    "Candidate", "best_chunksize", "best_dask", "dask_chunksize", "fair_progress", "gil_share", "predict_dask", "shared_resource",
+]
 
 
 @dataclass(frozen=True)
@@ -96,7 +98,7 @@ def _chunk_options(remaining: int, n: int) -> list[int]:
     return sorted(o for o in opts if o <= max(1, remaining))
 
 
-def _progress(n: int, r: float, cores: int, others: float) -> float:
+def fair_progress(n: int, r: float, cores: int, others: float) -> float:
     """Progress of n workers computing a share ``r`` of the time, in one idle worker's units:
     n while the cores go round, else their fair share beside ``others`` busy cores."""
     demand = n * r + others
@@ -110,7 +112,7 @@ def _cpu_cap(n: int, r: float, cores: int, others: float) -> float:
         return float("inf")
     if others <= 0.0:
         return cores / r
-    return _progress(n, r, cores, others) / _progress(1, r, cores, others)
+    return fair_progress(n, r, cores, others) / fair_progress(1, r, cores, others)
 
 
 def _thread_speedup(n: int, g: float, cores: int, r: float, others: float = 0.0) -> float:
