@@ -4,19 +4,22 @@ model.
 
     python benchmarks/decision_cost.py [--bucket medium] [--cores 2,16,64] [--out docs/decision_cost.md]
 
-For each workload of ``benchmarks/suite.py`` (sized as bench_grid.py sizes it), one fresh
-interpreter runs ``optimize()`` with the tuning cache off and reports the decision's wall time,
-the CPU time the process used meanwhile, and the profile. For each core count C the model
-then decides again from that profile on a machine of C cores (the same pool costs) and
-predicts the time of the remaining items. The decision's cost is the core-seconds left idle
-while measuring over the core-seconds of the whole job:
+For each workload of ``benchmarks/suite.py`` (sized as bench_grid.py sizes it) and each core
+count C, one fresh interpreter runs ``optimize()`` with the tuning cache off, its sample
+budgeted as it would be on C cores (the sampler's ``cores``: the share of the job it may take
+shrinks as the job's time on the cores does), and reports the decision's wall time, the CPU
+time the process used meanwhile, and the profile. The model then decides again from that
+profile on a machine of C cores (the same pool costs) and predicts the time of the remaining
+items. The decision's cost is the core-seconds left idle while measuring over the
+core-seconds of the whole job:
 
     idle share(C) = (C x decision wall - decision CPU) / (C x (decision wall + predicted rest(C)))
 
-The CPU a sample uses does not grow with the machine (its serial part runs on one core and
-its probe on at most 4 threads), so the cores it leaves idle grow with C while the job's
-parallel part shrinks: a share that rises with C is the cost of deciding before working.
-Only the C=2 column is a measurement of this machine; the others are the model's.
+The serial part of a sample runs on one core and leaves the others idle, so a sample whose
+length does not shrink with C costs a share that rises with C. Only the C=2 column is a
+measurement of this machine throughout; for larger C the sample's steps are the ones the
+sampler takes on C cores, run here, and the probe runs on this machine's threads (2; on 4 or
+more cores it takes 4, each thread the same time a round), the pick and the rest are the model's.
 """
 
 from __future__ import annotations
@@ -38,7 +41,10 @@ CHILD = r"""
 import json, os, sys, time, tempfile, shutil
 sys.path.insert(0, {bench!r})
 import autopar, suite, bench_grid
-name, target = {name!r}, {target!r}
+import autopar.tune.optimize as _optimize
+name, target, cores = {name!r}, {target!r}, {cores!r}
+_sample = _optimize.sample
+_optimize.sample = lambda *a, **k: _sample(*a, **dict(k, cores=cores))  # the sample budgeted for C cores
 func, factory = bench_grid.workload(name)
 tmp = tempfile.mkdtemp(prefix="autopar-decision-")
 try:
@@ -56,8 +62,8 @@ finally:
 """
 
 
-def measure(name: str, target: float) -> dict[str, Any]:
-    code = CHILD.format(bench=os.path.dirname(os.path.abspath(__file__)), name=name, target=target)
+def measure(name: str, target: float, cores: int) -> dict[str, Any]:
+    code = CHILD.format(bench=os.path.dirname(os.path.abspath(__file__)), name=name, target=target, cores=cores)
     env = dict(os.environ, AUTOPAR_CACHE="off")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=900)
     if out.returncode != 0:
@@ -91,24 +97,22 @@ def main() -> None:
     args = ap.parse_args()
     cores = [int(c) for c in args.cores.split(",")]
     target = BUCKETS[args.bucket][0]
-    head = "| workload | items | serial s | decision s | decision CPU s | " + " | ".join(
-        f"{c} cores: pick, rest s, idle share" for c in cores
+    head = "| workload | items | serial s | " + " | ".join(
+        f"{c} cores: decision s (CPU s), pick, rest s, idle share" for c in cores
     ) + " |"
-    lines = [head, "|---|---:|---:|---:|---:|" + "---|" * len(cores)]
+    lines = [head, "|---|---:|---:|" + "---|" * len(cores)]
     shares: dict[int, list[float]] = {c: [] for c in cores}
     t_all = time.perf_counter()
     for name, *_ in suite.WORKLOADS:
         if args.only and args.only.lower() not in name.lower():
             continue
-        got = measure(name, target)
         cells = []
         for c in cores:
+            got = measure(name, target, c)
             pick, rest, idle = on_cores(got, c)
             shares[c].append(idle)
-            cells.append(f"{pick}, {rest:.3f}, **{100 * idle:.1f}%**")
-        lines.append(
-            f"| {name} | {got['count']} | {got['serial']:.3f} | {got['wall']:.3f} | {got['cpu']:.3f} | " + " | ".join(cells) + " |"
-        )
+            cells.append(f"{got['wall']:.3f} ({got['cpu']:.3f}), {pick}, {rest:.3f}, **{100 * idle:.1f}%**")
+        lines.append(f"| {name} | {got['count']} | {got['serial']:.3f} | " + " | ".join(cells) + " |")
         print(lines[-1], flush=True)
     summary = ", ".join(
         f"{c} cores: median {100 * statistics.median(v):.1f}%, worst {100 * max(v):.1f}%" for c, v in shares.items() if v

@@ -169,3 +169,26 @@ def test_workers_of_a_fresh_interpreter_pay_the_first_call_again():
         warm = _predict("process", 2, 10, 100, profile, costs, 2, 1.0)
         extra = 0.0 if method == "fork" else 0.49
         assert warm.predicted_time == pytest.approx(without.predicted_time + extra), method
+
+
+def test_the_staged_model_gives_its_stages_their_share_beside_other_work():
+    # Synthetic: three pure-Python stages of 1 ms each, staged process x1 / thread x1 /
+    # process x1 on 2 cores. Beside three other processes' work the stages get their fair
+    # share of the cores as fused's prediction does (optimize()'s), so staged is not picked
+    # for a machine it reads as idle while fused's prediction counts the load.
+    from autopar import pool_costs
+    from autopar.pipeline.model import _staged_time
+
+    measured = [(1e-3, 1e-3)] * 3
+    config = [("process", 1), ("thread", 1), ("process", 1)]
+    sizes = [100.0] * 4
+    costs = pool_costs()
+    fixed, _ = _staged_time(0, measured, sizes, config, 2, costs, False)  # pool starts and the first item
+    idle, _ = _staged_time(1000, measured, sizes, config, 2, costs, False)
+    quiet, _ = _staged_time(1000, measured, sizes, config, 2, costs, False, 0.0)
+    loaded, pace = _staged_time(1000, measured, sizes, config, 2, costs, False, 3.0)
+    assert quiet == idle
+    # All the stages' CPU over the cores: on an idle machine two; beside three other busy
+    # cores' work, three workers get 2 x (3 + 1) / (3 + 1 + 3) of them, as optimize()'s pools.
+    assert pace == "the cores"
+    assert (loaded - fixed) / (idle - fixed) == pytest.approx(2 / (2 * 4 / 7), rel=0.01)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import threading
+import time
 
 import pytest
 
@@ -302,3 +303,56 @@ def test_a_first_round_of_short_waits_is_two_ms_a_thread(monkeypatch):
         for n_items, k in rounds:
             assert n_items <= 2 * k  # sleeps of at least 1 ms: 2 a thread
     assert execute(nap, [0.001] * 300, result=r) == [0.001] * 300
+
+
+def _cpu_ms(x: int) -> int:
+    end = time.thread_time() + 0.001
+    while time.thread_time() < end:
+        x += 1
+    return x
+
+
+def test_the_serial_sample_takes_a_share_of_the_jobs_time_on_the_cores():
+    # Every core but the sample's waits while it runs: on a machine of more cores its share
+    # of the serial work shrinks as the job's time on the cores does (2.5% of it on 2 cores,
+    # an eighth of that on 16). The items still run once, all kept.
+    from autopar.tune.sample import sample
+
+    items = list(range(2000))  # about 2 s of serial work in items of 1 ms
+    on_two, _ = sample(_cpu_ms, items, probe=False, cores=2)
+    on_sixteen, stash = sample(_cpu_ms, items, probe=False, cores=16)
+    assert on_two.n_sampled >= 3 * on_sixteen.n_sampled, (on_two.n_sampled, on_sixteen.n_sampled)
+    assert on_sixteen.n_sampled >= 2  # the first item, and one timed after it
+    assert stash.n_done == on_sixteen.n_sampled
+
+
+def test_one_long_item_among_short_ones_is_not_items_growing_along_the_input():
+    # Measured in a fresh process (items of Pareto sizes, in no order): serial batches of
+    # 1, 2, 4 and 8 items at 0.5, 0.25, 0.4 and 2.7 ms an item, the last holding one item of
+    # 20 ms. A linear fit through them read "growing" and put the items ahead at 75 ms
+    # (they take 0.7 ms); items that do grow along the input show it without any one batch.
+    from autopar.tune.sample.serial import _growing_mean
+
+    positions = [1.0, 2.5, 5.5, 11.5]
+    skewed = [(1, 0.5e-3), (2, 0.5e-3), (4, 1.6e-3), (8, 21.4e-3)]
+    mean = sum(t for _, t in skewed) / 15
+    assert _growing_mean(skewed, positions, 15, 527, mean) == mean
+    growing = [(b, b * (0.07e-3 + 0.12e-3 * pos)) for b, pos in zip((1, 2, 4, 8), positions)]  # 0.07 -> 7 ms over 55
+    mean = sum(t for _, t in growing) / 15
+    assert _growing_mean(growing, positions, 15, 55, mean) > 3 * mean
+
+
+def test_items_of_a_heavy_tail_are_not_read_as_blas_work():
+    # Pure Python of Pareto sizes beside a loaded multi-threaded BLAS: two items timed with
+    # BLAS capped came out under the mean by chance (the items differ 60x) and the sample
+    # took them for BLAS work, then read the thread probe by throughput: threads picked for
+    # pure Python. Faster capped now has to beat the items' own spread.
+    import numpy as np
+
+    from autopar.tune.sample import sample
+    from autopar.workloads import make_skewed_items, skewed
+
+    np.linalg.svd(np.ones((64, 64)))  # the BLAS pool's threads started, as after any call
+    for _ in range(3):
+        profile, _ = sample(skewed, make_skewed_items(527, base=4_000), probe=False)
+        assert profile.single_blas_time is None

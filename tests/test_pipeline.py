@@ -73,6 +73,40 @@ def test_staged_runs_each_item_once_in_order(kinds):
     assert seen == [2 * (x + 1) for x in range(300)]  # each once, in order, through the sink
 
 
+_forked_beside: list[list[str]] = []
+_watching = [False]
+_hooked = [False]
+
+
+def _after_fork_in_parent() -> None:
+    if _watching[0]:
+        _forked_beside.append(sorted(t.name for t in threading.enumerate() if t is not threading.main_thread()))
+
+
+@pytest.mark.skipif(not hasattr(os, "register_at_fork"), reason="fork hooks")
+def test_process_stages_fork_their_workers_before_any_thread_of_the_run():
+    # Two process stages: the second stage's pool forked beside the first pool's manager
+    # thread (a fork copies a thread's locks; 3.12+ warn). Every process stage's workers
+    # now fork before any thread of the staged run starts, the pools' own included.
+    if not _hooked[0]:
+        os.register_at_fork(after_in_parent=_after_fork_in_parent)
+        _hooked[0] = True
+    _forked_beside.clear()
+    before = {t.name for t in threading.enumerate()}
+    stages = [Stage(add1, executor_type="process", n_jobs=2), Stage(double, executor_type="thread", n_jobs=2),
+              Stage(str, executor_type="process", n_jobs=2)]
+    pipe = Pipeline(stages, start_method="fork")
+    _watching[0] = True
+    try:
+        plan = pipe.optimize(list(range(60)))
+        assert plan.mode == "staged"
+        assert pipe.execute(list(range(60)), plan=plan) == expected(60)
+    finally:
+        _watching[0] = False
+    assert len(_forked_beside) >= 4  # both stages' two workers
+    assert all(set(names) <= before for names in _forked_beside), _forked_beside
+
+
 def test_unordered_stage_passes_items_as_they_finish_and_the_output_stays_in_order():
     pipe = Pipeline([Stage(nap, executor_type="thread", n_jobs=4, ordered=False), Stage(add1, executor_type="thread", n_jobs=1)])
     assert pipe.execute(range(100)) == [x + 1 for x in range(100)]

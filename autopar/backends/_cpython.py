@@ -17,7 +17,7 @@ from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["PoolInternals", "is_broken", "max_workers", "pool_internals", "release_queues", "spare_reader", "stop_workers", "worker_processes"]
+__all__ = ["PoolInternals", "is_broken", "launch_workers", "max_workers", "pool_internals", "release_queues", "spare_reader", "stop_workers", "worker_processes"]
 
 
 def max_workers(pool: Executor) -> int:
@@ -32,6 +32,23 @@ def worker_processes(pool: Executor) -> dict[int, Any]:
     # after shutdown() (3.10-3.14).
     procs = getattr(pool, "_processes", None)
     return dict(procs) if isinstance(procs, dict) else {}
+
+
+def launch_workers(pool: Executor) -> bool:
+    """Fork every worker of a ``fork`` process pool now, without the manager thread its first
+    submit starts: pools made one after another then fork beside no thread of theirs. False
+    where nothing was forked (not such a pool, or its manager thread runs already)."""
+    # ProcessPoolExecutor._launch_processes(): forks workers up to _max_workers and asserts no
+    # _executor_manager_thread yet; the first submit's _start_executor_manager_thread() calls
+    # it again (nothing left to fork) and starts the thread (3.10.13-3.13.0 and 3.14, CPython's
+    # main branch; without the method the first submit forks them, as before).
+    launch = getattr(pool, "_launch_processes", None)
+    if launch is None or getattr(pool, "_safe_to_dynamically_spawn_children", True):
+        return False
+    if getattr(pool, "_executor_manager_thread", None) is not None:
+        return False
+    launch()
+    return True
 
 
 def is_broken(pool: Executor) -> bool:

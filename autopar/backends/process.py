@@ -16,9 +16,10 @@ import sys
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from .. import _serialize
 from ..tune.system import threaded_blas_loaded
@@ -29,8 +30,8 @@ from .blas import hold_cap
 from .slots import Slots, kill_worker, take_slot
 from .worker import run_remote
 
-__all__ = ["ProcessBackend", "ProcessPool", "Unsendable", "how_it_ended", "kill_worker", "make_process_pool", "terminate",
-           "worker_processes"]
+__all__ = ["ProcessBackend", "ProcessPool", "Unsendable", "forks_first", "how_it_ended", "kill_worker", "make_process_pool",
+           "terminate", "worker_processes"]
 
 MANAGER_GRACE = 10.0  # seconds a killed pool's manager thread gets to clean up
 
@@ -85,10 +86,14 @@ def make_process_pool(n_jobs: int, start_method: str, blas_threads: int, hold: b
         max_workers=n_jobs, mp_context=ctx, initializer=_init_process_worker, initargs=(blas_threads, not forked, *shared)
     )
     pool.slots = slots
-    if forked and threaded_blas_loaded():
-        release = hold_cap(blas_threads)
+    deferred = getattr(_forks, "pools", None)
+    if forked and (threaded_blas_loaded() or deferred is not None):
+        release = hold_cap(blas_threads) if threaded_blas_loaded() else (lambda: None)
         try:
-            pool.submit(_nothing)  # with fork, the first submit starts every worker
+            if deferred is not None and _cpython.launch_workers(pool):
+                deferred.append(pool)  # its manager thread starts when the block ends
+            else:
+                pool.submit(_nothing)  # with fork, the first submit starts every worker
         except BaseException:
             release()
             raise
@@ -97,6 +102,27 @@ def make_process_pool(n_jobs: int, start_method: str, blas_threads: int, hold: b
         else:
             release()
     return pool
+
+
+_forks = threading.local()
+
+
+@contextmanager
+def forks_first() -> Iterator[None]:
+    """Within the block, each ``fork`` process pool made forks all its workers at once and
+    starts no thread (its manager thread starts when the block ends): several pools made in
+    the block fork beside none of each other's threads (Python 3.12 on warns of a fork in a
+    process with threads: the child may inherit a lock some thread held)."""
+    if getattr(_forks, "pools", None) is not None:  # (nested: the outer block starts them)
+        yield
+        return
+    _forks.pools = pools = []
+    try:
+        yield
+    finally:
+        _forks.pools = None
+        for pool in pools:
+            pool.submit(_nothing)
 
 
 def terminate(pool: Executor) -> None:

@@ -13,6 +13,7 @@ from .. import _serialize
 from ..errors import ItemFailed, annotate, annotate_stage
 from ..tune import wisdom
 from ..tune.costs import pool_costs
+from ..tune.predict import fair_progress
 from .compose import Fused, Stage, _pickled_size
 
 
@@ -78,26 +79,32 @@ STAGED_MARGIN = 0.8  # staged must be predicted this much faster than fused to b
 
 def _staged_time(
     n_items: int, measured: list[tuple[float, float]], sizes: list[float], config: list[tuple[str, int]],
-    cores: int, costs: Any, gil_free: bool,
+    cores: int, costs: Any, gil_free: bool, others: float = 0.0,
 ) -> tuple[float, str]:
     """Predicted seconds for ``n_items`` staged, and the bound that sets the pace: per item the
     slowest of a stage's time over its workers (plus a process task's round trip), the cores'
     share of all the CPU (pickling included), or the caller's GIL (Python in thread and serial
-    stages, process stages' pickling, the handoffs). ``sizes``: bytes each stage's input pickles to."""
+    stages, process stages' pickling, the handoffs). ``sizes``: bytes each stage's input pickles to.
+    ``others``: cores other processes were busy on during the sample; the stages' workers then
+    get their fair share of the cores beside them, as optimize()'s pools do (fused's prediction)."""
     per_stage, gil, cpu = [], 0.0, 0.0
     for i, ((w, c), (kind, k)) in enumerate(zip(measured, config)):
         ship = (sizes[i] + sizes[i + 1]) * costs.process_seconds_per_byte if kind == "process" else 0.0
+        n = k if kind != "serial" else 1
+        pace = float(n) if others <= 0 else fair_progress(n, min(c / w, 1.0) if w > 0 else 0.0, cores, others)
         if kind == "process":
-            per_stage.append((w + ship + costs.process_task_overhead) / k)
+            per_stage.append((w + ship + costs.process_task_overhead) / pace)
             cpu += c + 2 * ship
             gil += ship
         else:
-            per_stage.append(w / (k if kind == "thread" else 1))
+            per_stage.append(w / pace)
             cpu += c
             gil += 0.0 if gil_free and kind == "thread" else c
         gil += HANDOFF_COST
     slowest = max(range(len(per_stage)), key=per_stage.__getitem__)
-    bounds = {f"stage {slowest}": per_stage[slowest], "the GIL": gil, "the cores": cpu / max(cores, 1)}
+    workers = sum(k for _, k in config)
+    usable = cores if others <= 0 else min(cores, cores * (workers + 1) / (workers + 1 + others))
+    bounds = {f"stage {slowest}": per_stage[slowest], "the GIL": gil, "the cores": cpu / max(usable, 1e-9)}
     pace = max(bounds, key=bounds.__getitem__)
     start = sum(costs.process_start(k) if kind == "process" else costs.thread_start(k) for kind, k in config)
     fill = sum(w for w, _ in measured)
@@ -106,7 +113,7 @@ def _staged_time(
 
 def _best_config(
     stages: Sequence[Stage], measured: list[tuple[float, float]], sizes: list[float], cores: int, costs: Any,
-    gil_free: bool, n_items: int,
+    gil_free: bool, n_items: int, others: float = 0.0,
 ) -> tuple[list[tuple[str, int]], float, str]:
     """The staged config predicted fastest over threads or processes for each stage not
     pinned (workers by the stages' shares); within 5%, the one with fewer process stages
@@ -119,7 +126,7 @@ def _best_config(
     scored = []
     for kinds in options:
         config = _staged_config(stages, measured, cores, kinds)
-        t, pace = _staged_time(n_items, measured, sizes, config, cores, costs, gil_free)
+        t, pace = _staged_time(n_items, measured, sizes, config, cores, costs, gil_free, others)
         scored.append((t, sum(k == "process" for k, _ in config), config, pace))
     fastest = min(t for t, *_ in scored)
     t, _, config, pace = min((x for x in scored if x[0] <= 1.05 * fastest), key=lambda x: (x[1], x[0]))
@@ -157,7 +164,9 @@ def _choose(stages: Sequence[Stage], fused: Any, fn: Fused, measured: list[tuple
     p = fused.profile
     gil_free = bool(p.thread_scaling and p.probe_threads >= 2 and p.thread_scaling >= 0.8 * p.probe_threads)
     sizes = [p.item_bytes] + [b if b is not None else p.result_bytes for b in fn.out_bytes]
-    config, t_staged, pace = _best_config(stages, measured, sizes, cores, pool_costs(fused.start_method), gil_free, rest)
+    config, t_staged, pace = _best_config(
+        stages, measured, sizes, cores, pool_costs(fused.start_method), gil_free, rest, p.others_cores
+    )
     t_fused = fused.predicted_time
     how = " / ".join(k if k == "serial" else f"{k} x{n}" for k, n in config)
     if t_staged < STAGED_MARGIN * t_fused:

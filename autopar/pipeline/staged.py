@@ -10,7 +10,7 @@ from typing import Any, Iterable, Sequence
 
 from .. import _serialize
 from ..backends.pools import make_backend
-from ..backends.process import ProcessBackend, Unsendable
+from ..backends.process import ProcessBackend, Unsendable, forks_first
 from ..errors import ItemFailed, add_note, annotate, annotate_stage
 from ..tune.system import default_start_method
 from .compose import Stage
@@ -213,18 +213,19 @@ class StagedRun:
         self.handoffs = [Handoff(queue_size, s.ordered, self.stop) for s in stages]
         self.handoffs.append(Handoff(queue_size, ordered, self.stop))
         self.stages: list[_StageRun] = []
+        self.feeder: threading.Thread | None = None
+        self.watcher: threading.Thread | None = None
         try:
-            for i, (stage, (kind, n)) in enumerate(zip(stages, config)):
-                self.stages.append(_StageRun(self, i, stage, kind, n, self.handoffs[i], self.handoffs[i + 1]))
+            with forks_first():  # every process stage's workers before any thread of the run
+                for i, (stage, (kind, n)) in enumerate(zip(stages, config)):
+                    self.stages.append(_StageRun(self, i, stage, kind, n, self.handoffs[i], self.handoffs[i + 1]))
         except BaseException:
             self.close(kill=True)
             raise
         for s in self.stages:
             s.start()
         self.submitted = 0
-        self.feeder: threading.Thread | None = None
         self.grown: dict[str, int] = {}  # stage -> workers added while running
-        self.watcher: threading.Thread | None = None
         if any(s.grows for s in self.stages):
             self.watcher = threading.Thread(target=self._watch, name="autopar-pipeline-watch", daemon=True)
             self.watcher.start()

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 # -- the sample's budget ---------------------------------------------------------------------
 
-SAMPLE_SHARE = 0.025  # share of the estimated total the serial sample (and the probe) may take
+SAMPLE_SHARE = 0.025  # share of the estimated total the serial sample (and the probe) may take, on TUNED_CORES
+TUNED_CORES = 2  # cores of the machine the budgets were measured on; on C more, share and floor shrink by C / TUNED_CORES
 UNKNOWN_SECONDS = 1.0  # work assumed in input of unknown length, by the sample's share and the model
 MIN_SAVING = 0.01  # seconds: no pool is worth starting to save less (the model's rule too)
 FINISH_SEEN = 4  # a rest under MIN_SAVING runs in the sample once it is at most this many times the items timed

@@ -165,6 +165,7 @@ def optimize_with(func: Callable[[Any], Any], data: Iterable[Any], opts: Options
     else:
         profile, stash = sample(
             func, data, n_items=opts.n_items, budget=opts.sample_time, probe_threads=max(2, min(system.usable_cores, 4)),
+            cores=system.usable_cores,
             probe=kind in (None, "thread"),  # helper threads only where threads are candidates
             collect=opts.collect, finish=kind in (None, "serial"), timeout=opts.timeout,
             in_process=method if kind == "process" else None,  # processes asked for: never in the caller

@@ -5,6 +5,7 @@ running BLAS pool is capped on the probe's threads too.
 
 from __future__ import annotations
 
+import math
 import time
 from contextlib import nullcontext
 from dataclasses import replace
@@ -23,7 +24,8 @@ if TYPE_CHECKING:
 def _blas_step(sp: "_Sampler", stats: _Stats) -> tuple[float | None, _Stats]:
     """Time two more items with BLAS capped at one thread where native threads computed
     beside them (or, with a multi-threaded BLAS loaded, may have). Returns the capped item
-    time where that made items faster, and the stats: the CPU ratio the calling thread's own
+    time where that made items faster (beyond what the items' spread tells apart), and the
+    stats: the CPU ratio the calling thread's own
     where capping changed nothing (the native threads were not the items')."""
     first = sp.first.cpu / sp.first.active if sp.first.time > 0 else 0.0
     native = max(first, stats.cpu_ratio) >= constants.NATIVE_THREADS
@@ -48,7 +50,10 @@ def _blas_step(sp: "_Sampler", stats: _Stats) -> tuple[float | None, _Stats]:
         per_item = (time.perf_counter() - t0) / len(items)
     if failed:
         return None, stats
-    if per_item < (constants.NATIVE_FASTER if native else constants.BLAS_FASTER) * stats.mean:
+    # Faster beyond what two items of the sample's spread tell apart (items of a heavy tail
+    # differ more than capping BLAS would change them).
+    noise = 2.0 * stats.std / math.sqrt(len(items))
+    if per_item < (constants.NATIVE_FASTER if native else constants.BLAS_FASTER) * stats.mean - noise:
         return per_item, stats
     if native and per_item * constants.BLAS_FASTER < stats.mean:  # capped, neither faster nor slower
         return None, replace(stats, cpu_ratio=min(stats.own_ratio, stats.cpu_ratio))

@@ -17,7 +17,7 @@ from .. import constants
 from ..measure import CpuMeter, NewThreadsCpu, queued_seconds
 from .blas import _blas_capped, _blas_live
 from .pickling import _Pickling
-from .serial import _run_serially, _Stats
+from .serial import _run_serially, _Stats, share_of
 
 if TYPE_CHECKING:
     from .sampler import _Sampler
@@ -120,9 +120,8 @@ def _probe_plan(sp: "_Sampler", stats: _Stats, remaining: int | None, round_min:
         return min(k, remaining), max(1, -(-remaining // k))
     if remaining is not None:
         k = min(k, max(2, remaining // 2))
-    budget = 0.5 * sp.budget
     work_left = remaining * ref if remaining is not None else constants.UNKNOWN_SECONDS
-    budget = min(budget, max(sp.min_budget, constants.SAMPLE_SHARE * work_left))
+    budget = share_of(sp, work_left, 0.5 * sp.budget)
     per_thread = max(1, math.ceil(budget / k / ref))
     # Waiting work on more threads than CPUs: a shorter first round (WAIT_CLEAR is a third of k).
     if round_min == constants.PROBE_ROUND_MIN[0] and k > _cpus() and stats.cpu_ratio < constants.IO_BOUND:

@@ -6,6 +6,7 @@ import time
 from typing import Any, Callable, Iterable
 
 from ...backends.worker import Limited
+from .. import constants
 from ..measure import OthersMeter
 from .blas import _blas_step
 from .pickling import _Pickling, _pickling_step
@@ -28,7 +29,7 @@ class _Sampler:
     def __init__(
         self, func: Callable[..., Any], data: Iterable[Any], n_items: int | None, budget: float, min_budget: float,
         probe_threads: int, probe: bool, collect: bool, finish: bool = False, timeout: float | None = None,
-        remote: RemoteItems | None = None,
+        remote: RemoteItems | None = None, cores: int = constants.TUNED_CORES,
     ) -> None:
         self.t_begin = time.perf_counter()
         # Other processes' use of the cores meanwhile (not beside our own worker process).
@@ -37,6 +38,7 @@ class _Sampler:
         self.func = Limited(func, timeout) if timeout is not None else func
         self.user_func, self.data, self.remote = func, data, remote
         self.budget, self.min_budget = budget, min_budget
+        self.cores = cores  # usable cores: the budgets' share of the job shrinks with more (serial.share_of)
         self.probe_threads, self.probe_wanted, self.collect = probe_threads, probe, collect
         self.src = _Source(data)
         self.n_total = known_length(data, n_items)
@@ -91,19 +93,26 @@ class _Sampler:
 def sample(
     func: Callable[..., Any], data: Iterable[Any], *, n_items: int | None = None, budget: float = 0.2,
     min_budget: float = 0.01, probe_threads: int = 2, probe: bool = True, collect: bool = False, finish: bool = False,
-    timeout: float | None = None, in_process: str | None = None,
+    timeout: float | None = None, in_process: str | None = None, cores: int | None = None,
 ) -> tuple[Profile, SampleStash]:
     """Run a sample of ``data`` through ``func`` and measure it; see :mod:`autopar.tune.sample`.
 
     ``probe=False``: nothing on helper threads (no item run ahead, no thread probe).
     ``finish``: a rest under ``MIN_SAVING`` of work runs in the sample. ``timeout``: each
     item's time limit. ``in_process``: a start method; the items run in a worker process.
+    ``cores``: the usable cores (TUNED_CORES if not given); the sample's share of the job
+    shrinks with more (:func:`.serial.share_of`).
     """
+    cores = cores or constants.TUNED_CORES
     if in_process is None:
-        return _Sampler(func, data, n_items, budget, min_budget, probe_threads, probe, collect, finish, timeout).run()
+        return _Sampler(
+            func, data, n_items, budget, min_budget, probe_threads, probe, collect, finish, timeout, cores=cores
+        ).run()
     remote = RemoteItems(func, in_process, collect, timeout)
     try:
-        sampler = _Sampler(func, data, n_items, budget, min_budget, probe_threads, False, collect, False, remote=remote)
+        sampler = _Sampler(
+            func, data, n_items, budget, min_budget, probe_threads, False, collect, False, remote=remote, cores=cores
+        )
         return sampler.run()
     except BaseException:
         remote.broken = True  # (Ctrl-C, an item's error): the worker is killed, not waited for

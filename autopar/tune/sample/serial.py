@@ -28,10 +28,18 @@ class _Stats:
     own_ratio: float  # the calling thread's CPU / wall alone (no native threads counted)
 
 
+def share_of(sp: "_Sampler", work: float, cap: float) -> float:
+    """Seconds a sample step may take of ``work`` seconds of serial work: SAMPLE_SHARE of it,
+    at least the floor ``min_budget``, at most ``cap``. On a machine of more cores than
+    TUNED_CORES share and floor shrink by their ratio: the job's time on the cores shrinks
+    so, and every core but the sample's waits while it runs."""
+    spread = max(sp.cores, constants.TUNED_CORES) / constants.TUNED_CORES
+    return min(cap, max(sp.min_budget, constants.SAMPLE_SHARE * work) / spread)
+
+
 def _target(sp: "_Sampler", mean: float) -> float:
-    if sp.n_total is None:
-        return min(sp.budget, max(sp.min_budget, constants.SAMPLE_SHARE * constants.UNKNOWN_SECONDS))
-    return min(sp.budget, max(sp.min_budget, constants.SAMPLE_SHARE * sp.n_total * mean))
+    work = constants.UNKNOWN_SECONDS if sp.n_total is None else sp.n_total * mean
+    return share_of(sp, work, sp.budget)
 
 
 def serial_batches(sp: "_Sampler") -> None:
@@ -132,13 +140,26 @@ def _growing_mean(
     """Mean item time over the items not run yet where the timed batches (items, seconds; at
     ``positions`` in the input) show items growing along the input (a linear trend of
     R^2 >= GROWTH_FIT over GROWTH_POINTS batches or more, to GROWTH_FACTOR times the mean
-    so far or more); else ``mean``."""
-    n, pts = n_total, list(zip(positions, batches))
+    so far or more, that holds with any one batch left out); else ``mean``."""
+    n, pts = n_total, [(pos, b, t / b) for pos, (b, t) in zip(positions, batches)]
     if n is None or n <= done or len(pts) < constants.GROWTH_POINTS:
         return mean
-    w = [b for _, (b, _) in pts]
-    x = [pos for pos, _ in pts]
-    y = [t / b for _, (b, t) in pts]
+    fit = _trend(pts)
+    # One long item among short ones (sizes of a heavy tail, in no order) makes a trend of
+    # the batch it falls in; items that grow along the input show it without any one batch.
+    if fit is None or any(_trend(pts[:i] + pts[i + 1:]) is None for i in range(len(pts))):
+        return mean
+    slope, mx, my = fit
+    ahead = my + slope * ((done + n - 1) / 2 - mx)
+    return ahead if ahead >= constants.GROWTH_FACTOR * mean else mean
+
+
+def _trend(pts: list[tuple[float, int, float]]) -> tuple[float, float, float] | None:
+    """A rising linear trend of per-item time along the input, weighted by batch size, of
+    R^2 >= GROWTH_FIT: (slope, mean position, mean item time); None where there is none."""
+    w = [b for _, b, _ in pts]
+    x = [pos for pos, _, _ in pts]
+    y = [t for _, _, t in pts]
     W = sum(w)
     mx = sum(wi * xi for wi, xi in zip(w, x)) / W
     my = sum(wi * yi for wi, yi in zip(w, y)) / W
@@ -146,6 +167,5 @@ def _growing_mean(
     syy = sum(wi * (yi - my) ** 2 for wi, yi in zip(w, y))
     sxy = sum(wi * (xi - mx) * (yi - my) for wi, xi, yi in zip(w, x, y))
     if sxx <= 0 or syy <= 0 or sxy <= 0 or sxy * sxy < constants.GROWTH_FIT * sxx * syy:
-        return mean
-    ahead = my + sxy / sxx * ((done + n - 1) / 2 - mx)
-    return ahead if ahead >= constants.GROWTH_FACTOR * mean else mean
+        return None
+    return sxy / sxx, mx, my
