@@ -190,8 +190,8 @@ class OthersMeter:
 
     The larger of what the others used (the busy time of this process's CPUs less its own
     CPU time) and what they wanted (a thread that ran a fraction ``f`` of the time it was
-    runnable shared ``c`` cores with ``c / f - 1`` others). Windows under
-    ``OTHERS_MIN_WINDOW`` read 0, and so do readings under ``OTHERS_MIN_CORES``."""
+    runnable shared ``c`` cores with ``c / f - 1`` others). Over windows under
+    ``OTHERS_MIN_WINDOW`` only the second is read; readings under ``OTHERS_MIN_CORES`` are 0."""
 
     def __init__(self) -> None:
         try:
@@ -203,21 +203,23 @@ class OthersMeter:
 
     def cores(self) -> float:
         wall = time.perf_counter() - self.t0
-        if self.busy0 is None or wall < constants.OTHERS_MIN_WINDOW:
-            return 0.0
-        busy = _busy_ticks(self.cpus)
-        if busy is None:
-            return 0.0
         n = float(len(self.cpus))
-        used = ((busy - self.busy0) / _TICK - (time.process_time() - self.own0)) / wall
-        run, queued = (b - a for a, b in zip(self.sched0, _own_schedstat()))
-        wanted = 0.0
-        if run > 0 and queued > constants.OTHERS_QUEUED_SHARE * (run + queued):
-            wanted = n * (run + queued) / run - 1.0
-        others = min(max(used, wanted, 0.0), constants.OTHERS_MAX_PER_CORE * n)
+        used = 0.0
+        busy = _busy_ticks(self.cpus) if self.busy0 is not None and wall >= constants.OTHERS_MIN_WINDOW else None
+        if busy is not None:
+            used = ((busy - self.busy0) / _TICK - (time.process_time() - self.own0)) / wall
+        others = min(max(used, self.wanted(), 0.0), constants.OTHERS_MAX_PER_CORE * n)
         # In the cores the model counts (a quota of 2 on a 64-CPU host: a 2/64 share).
         others *= min(usable_cores() / n, 1.0)
         return round(others, 2) if others >= constants.OTHERS_MIN_CORES else 0.0
+
+    def wanted(self) -> float:
+        """Cores' worth of others' work the calling thread's wait for a core implies (no
+        window needed: the scheduler counts it in nanoseconds); 0 where it hardly waited."""
+        run, queued = (b - a for a, b in zip(self.sched0, _own_schedstat()))
+        if run > 0 and queued > constants.OTHERS_QUEUED_SHARE * (run + queued):
+            return len(self.cpus) * (run + queued) / run - 1.0
+        return 0.0
 
 
 def rss() -> int:
