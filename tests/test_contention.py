@@ -34,22 +34,27 @@ def spin(seconds: float) -> int:
 
 
 class OneBusyCpu:
-    """This process and a spinning one on the same single CPU, for the block."""
+    """This process and ``hogs`` spinning ones on the same single CPU, for the block."""
+
+    def __init__(self, hogs: int = 1) -> None:
+        self.n = hogs
 
     def __enter__(self) -> "OneBusyCpu":
         self.before = os.sched_getaffinity(0)
         cpu = min(self.before)
-        self.hog = subprocess.Popen(
-            [sys.executable, "-c", f"import os; os.sched_setaffinity(0, {{{cpu}}})\nwhile True: pass"]
-        )
+        self.hogs = [
+            subprocess.Popen([sys.executable, "-c", f"import os; os.sched_setaffinity(0, {{{cpu}}})\nwhile True: pass"])
+            for _ in range(self.n)
+        ]
         os.sched_setaffinity(0, {cpu})
-        time.sleep(0.2)  # the hog is up and spinning
+        time.sleep(0.2)  # the hogs are up and spinning
         return self
 
     def __exit__(self, *exc: object) -> None:
         os.sched_setaffinity(0, self.before)
-        self.hog.kill()
-        self.hog.wait()
+        for hog in self.hogs:
+            hog.kill()
+            hog.wait()
 
 
 def test_a_computing_item_sharing_its_cpu_reads_as_computing():
@@ -132,7 +137,7 @@ def test_computing_beside_others_work_on_every_core_is_not_probed_on_threads():
     # other processes' work on every core the probe's round took 1.5-3x its items' serial
     # time. Items cheap to send to processes are not probed there; the model counts them
     # as holding the GIL.
-    with OneBusyCpu():
+    with OneBusyCpu(hogs=2):  # (one would want the CPU about as much as this process: the threshold)
         r = optimize(_loop, [30_000] * 300)
     p = r.profile
     assert p.probe_rounds == 0 and p.thread_scaling is None, r.explain()

@@ -93,4 +93,5 @@ LOCAL_PREFERENCE = 1.2  # a local pool within this of the cluster wins: nothing 
 OTHERS_MIN_WINDOW = 0.05  # seconds: shorter windows of /proc/stat's clock ticks read 0
 OTHERS_MIN_CORES = 0.3  # others' use under this many cores is the background: no share taken for it
 OTHERS_QUEUED_SHARE = 0.15  # the calling thread's share of runnable time spent waiting from which others wanted more
+OTHERS_SATURATED = 0.9  # others wanting this share of the usable cores or more left none free (a probe is skipped)
 OTHERS_MAX_PER_CORE = 4.0  # others' demand read from one thread's share is capped at this many a core

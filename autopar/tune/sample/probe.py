@@ -83,7 +83,7 @@ def _saturated(sp: "_Sampler") -> bool:
     GIL queue behind a holder the scheduler has taken off its core, and the probe's round took
     1.5-3x its items' serial time beside three spinning processes on 2 cores; unprobed, the
     model counts the items as holding the GIL (serial or processes, at their fair share)."""
-    return sp.others is not None and sp.others.wanted() >= sp.cores
+    return sp.others is not None and sp.others.wanted() >= constants.OTHERS_SATURATED * sp.cores
 
 
 def _round_size(
