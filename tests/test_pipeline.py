@@ -107,6 +107,33 @@ def test_process_stages_fork_their_workers_before_any_thread_of_the_run():
     assert all(set(names) <= before for names in _forked_beside), _forked_beside
 
 
+def test_a_process_stage_that_cannot_start_names_itself_and_leaves_no_worker():
+    # The second process stage's function cannot be sent to a worker, after the first
+    # stage's workers were forked: the error is the function's, naming its stage (it was
+    # "cannot join thread before it is started", from closing threads never started), and
+    # the first stage's workers are gone.
+    import psutil
+
+    lock = threading.Lock()
+
+    def holds_a_lock(x: int) -> int:
+        with lock:
+            return x
+
+    stages = [Stage(add1, executor_type="process", n_jobs=2), Stage(holds_a_lock, executor_type="process", n_jobs=2)]
+    before = {c.pid for c in psutil.Process().children()}  # (the suite's shared warm pools)
+    with pytest.raises(TypeError, match="cannot be sent to a process worker") as info:
+        Pipeline(stages, start_method="fork").execute(list(range(50)))
+    assert info.value.autopar_stage == "holds_a_lock"
+    def new_children() -> set[int]:
+        return {c.pid for c in psutil.Process().children()} - before
+
+    deadline = time.monotonic() + 5
+    while new_children() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert new_children() == set()
+
+
 def test_unordered_stage_passes_items_as_they_finish_and_the_output_stays_in_order():
     pipe = Pipeline([Stage(nap, executor_type="thread", n_jobs=4, ordered=False), Stage(add1, executor_type="thread", n_jobs=1)])
     assert pipe.execute(range(100)) == [x + 1 for x in range(100)]

@@ -87,19 +87,21 @@ def make_process_pool(n_jobs: int, start_method: str, blas_threads: int, hold: b
     )
     pool.slots = slots
     deferred = getattr(_forks, "pools", None)
-    if forked and (threaded_blas_loaded() or deferred is not None):
-        release = hold_cap(blas_threads) if threaded_blas_loaded() else (lambda: None)
+    blas = forked and threaded_blas_loaded()
+    if blas or (forked and deferred is not None):
+        release = hold_cap(blas_threads) if blas else None
         try:
             if deferred is not None and _cpython.launch_workers(pool):
                 deferred.append(pool)  # its manager thread starts when the block ends
             else:
                 pool.submit(_nothing)  # with fork, the first submit starts every worker
         except BaseException:
-            release()
+            if release is not None:
+                release()
             raise
-        if hold:
+        if release is not None and hold:
             pool._release = release
-        else:
+        elif release is not None:
             release()
     return pool
 
@@ -122,7 +124,10 @@ def forks_first() -> Iterator[None]:
     finally:
         _forks.pools = None
         for pool in pools:
-            pool.submit(_nothing)
+            try:
+                pool.submit(_nothing)
+            except Exception:  # (a worker died meanwhile: the pool's user finds it broken, and stops it)
+                pass
 
 
 def terminate(pool: Executor) -> None:

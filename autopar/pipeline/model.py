@@ -13,7 +13,7 @@ from .. import _serialize
 from ..errors import ItemFailed, annotate, annotate_stage
 from ..tune import wisdom
 from ..tune.costs import pool_costs
-from ..tune.predict import fair_progress
+from ..tune.predict import cores_beside, fair_progress
 from .compose import Fused, Stage, _pickled_size
 
 
@@ -102,8 +102,7 @@ def _staged_time(
             gil += 0.0 if gil_free and kind == "thread" else c
         gil += HANDOFF_COST
     slowest = max(range(len(per_stage)), key=per_stage.__getitem__)
-    workers = sum(k for _, k in config)
-    usable = cores if others <= 0 else min(cores, cores * (workers + 1) / (workers + 1 + others))
+    usable = cores_beside(sum(k for _, k in config), cores, others)
     bounds = {f"stage {slowest}": per_stage[slowest], "the GIL": gil, "the cores": cpu / max(usable, 1e-9)}
     pace = max(bounds, key=bounds.__getitem__)
     start = sum(costs.process_start(k) if kind == "process" else costs.thread_start(k) for kind, k in config)

@@ -192,7 +192,7 @@ class _StageRun:
 def _join(t: threading.Thread) -> None:
     """Wait for one of the run's threads (a few seconds at most), unless it is this one (a dropped
     stream's finalizer may run on any thread)."""
-    if t is not threading.current_thread():
+    if t is not threading.current_thread() and t.ident is not None:  # (not started: a run that failed to start)
         t.join(timeout=5)
 
 
@@ -218,7 +218,11 @@ class StagedRun:
         try:
             with forks_first():  # every process stage's workers before any thread of the run
                 for i, (stage, (kind, n)) in enumerate(zip(stages, config)):
-                    self.stages.append(_StageRun(self, i, stage, kind, n, self.handoffs[i], self.handoffs[i + 1]))
+                    try:
+                        self.stages.append(_StageRun(self, i, stage, kind, n, self.handoffs[i], self.handoffs[i + 1]))
+                    except Exception as exc:
+                        annotate_stage(exc, str(stage.name))
+                        raise
         except BaseException:
             self.close(kill=True)
             raise

@@ -34,7 +34,7 @@ from .costs import PoolCosts
 from .sample import Profile
 
 __all__ = [
-    "Candidate", "best_chunksize", "best_dask", "dask_chunksize", "fair_progress", "gil_share", "predict_dask", "shared_resource",
+    "Candidate", "best_chunksize", "best_dask", "cores_beside", "dask_chunksize", "fair_progress", "gil_share", "predict_dask", "shared_resource",
 ]
 
 
@@ -105,6 +105,12 @@ def fair_progress(n: int, r: float, cores: int, others: float) -> float:
     return float(n) if demand <= cores else cores * n / demand
 
 
+def cores_beside(n: int, cores: int, others: float) -> float:
+    """The cores n busy workers and the caller get beside ``others`` cores' worth of other
+    work: their fair share, all of them on an idle machine."""
+    return float(cores) if others <= 0 else min(cores, cores * (n + 1) / (n + 1 + others))
+
+
 def _cpu_cap(n: int, r: float, cores: int, others: float) -> float:
     """The most n workers can run faster than serial: ``cores / r`` on an idle machine, else
     their fair share of the cores over serial's."""
@@ -160,7 +166,7 @@ def _predict(
     # The busiest worker also waits for its first chunk to arrive.
     first_chunk = cs * ((item_pickle - item_load) + item_bytes * per_byte)
     cpu = remaining * (t * min(r, 1.0) + item_pickle + p.result_pickle_time) + n_chunks * costs.process_task_cpu
-    usable = cores if p.others_cores <= 0 else min(cores, cores * (active + 1) / (active + 1 + p.others_cores))
+    usable = cores_beside(active, cores, p.others_cores)
     total = start + max(work + first_chunk, parent, cpu / usable)
     return Candidate(kind, n, cs, total, start, work, transfer, dispatch)
 
