@@ -356,3 +356,25 @@ def test_items_of_a_heavy_tail_are_not_read_as_blas_work():
     for _ in range(3):
         profile, _ = sample(skewed, make_skewed_items(527, base=4_000), probe=False)
         assert profile.single_blas_time is None
+
+
+def test_a_blas_pool_left_spinning_is_not_the_functions_work():
+    # A BLAS library's threads spin for about 0.1 s after its last call (NumPy's import
+    # included): in a script that imports NumPy and calls execute() at once they ran beside
+    # the sample, pure Python read CPU/wall 2.0 as if its own native threads computed, and
+    # the probe's reading, over that ratio, put it at half a thread: serial picked.
+    import numpy as np
+
+    from autopar.tune import constants
+    from autopar.tune.sample import sample
+    from autopar.tune.system import threaded_blas_loaded
+    from autopar.workloads import pure_python_cpu
+
+    a = np.ones((200, 200))
+    a @ a  # the pool's threads started
+    if not threaded_blas_loaded():
+        pytest.skip("no multi-threaded BLAS loaded")
+    for _ in range(3):
+        a @ a  # ... and spinning now
+        profile, _ = sample(pure_python_cpu, [4000] * 300, probe=False, cores=2)
+        assert profile.cpu_ratio < constants.NATIVE_THREADS, profile.cpu_ratio

@@ -15,6 +15,7 @@ TUNED_CORES = 2  # cores of the machine the budgets were measured on; on C more,
 UNKNOWN_SECONDS = 1.0  # work assumed in input of unknown length, by the sample's share and the model
 MIN_SAVING = 0.01  # seconds: no pool is worth starting to save less (the model's rule too)
 FINISH_SEEN = 4  # a rest under MIN_SAVING runs in the sample once it is at most this many times the items timed
+SPIN_MAX = 0.15  # seconds from the sample's start a BLAS pool found running is taken for spinning (measure.LeftSpinning)
 CPU_BOUND = 0.5  # the calling thread's CPU/wall from which helper threads count as its own
 
 # -- the first item and the items run ahead beside it ----------------------------------------

@@ -7,7 +7,7 @@ from typing import Any, Callable, Iterable
 
 from ...backends.worker import Limited
 from .. import constants
-from ..measure import OthersMeter
+from ..measure import LeftSpinning, OthersMeter
 from .blas import _blas_step
 from .pickling import _Pickling, _pickling_step
 from .probe import _misread_is_cheap, _probe_step
@@ -34,6 +34,8 @@ class _Sampler:
         self.t_begin = time.perf_counter()
         # Other processes' use of the cores meanwhile (not beside our own worker process).
         self.others = OthersMeter() if remote is None else None
+        # Native threads running before the function did: not its work (a BLAS pool spinning).
+        self.spinning = LeftSpinning() if remote is None else None
         self.finish = finish
         self.func = Limited(func, timeout) if timeout is not None else func
         self.user_func, self.data, self.remote = func, data, remote
@@ -56,6 +58,10 @@ class _Sampler:
         self.blas.single_time, stats = _blas_step(self, stats)
         scaling, k_used, rounds = _probe_step(self, stats, _misread_is_cheap(pickling, stats))
         return self.assemble(stats, pickling, scaling, k_used, rounds)
+
+    def not_ours(self) -> frozenset[int]:
+        """Native threads whose CPU is not the function's now (see LeftSpinning)."""
+        return self.spinning.now() if self.spinning is not None else frozenset()
 
     def first_item(self) -> bool:
         return first_item(self)

@@ -78,7 +78,7 @@ def serial_batches(sp: "_Sampler") -> None:
 
 def _timed_batch(sp: "_Sampler", batch: "list[Any] | Span", attribute: bool) -> float:
     """Run one serial batch on the calling thread, keep and time it; its wall seconds."""
-    meter = CpuMeter(attribute=attribute)
+    meter = CpuMeter(attribute=attribute, exclude=sp.not_ours() if attribute else frozenset())
     with sp.memory.watched() as mem:
         meter.start()
         out, failed = run_items(sp.func, sp.kept.done, batch, sp.collect, remote=False, out=sp.kept.results)

@@ -107,7 +107,7 @@ def first_item(sp: "_Sampler") -> bool:
         if ahead:
             spec = _Ahead(sp.func, ahead, sp.min_budget, threading.get_ident(), threading.get_native_id())
     rss0 = rss()
-    meter = CpuMeter().start()
+    meter = CpuMeter(exclude=sp.not_ours()).start()
     try:
         try:
             result = sp.func(first[0])
