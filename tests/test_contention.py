@@ -222,3 +222,19 @@ def test_the_staged_model_gives_its_stages_their_share_beside_other_work():
     # cores' work, three workers get 2 x (3 + 1) / (3 + 1 + 3) of them, as optimize()'s pools.
     assert pace == "the cores"
     assert (loaded - fixed) / (idle - fixed) == pytest.approx(2 / (2 * 4 / 7), rel=0.01)
+
+
+def test_a_wait_for_this_processes_own_threads_is_not_others_work():
+    # The sample's helper thread and a BLAS pool left spinning beside the calling thread
+    # (three runnable on two cores) made it wait for a core: read as 2.2-2.5 cores of
+    # others' work on a quiet machine, the probe skipped as "saturated" and serial picked.
+    # Others can only have made it wait where they ran: room this process left, and the
+    # CPUs' busy time beyond its own, must hold half the wait.
+    meter = OthersMeter()
+    cores = len(meter.cpus)
+    meter.t0 = time.perf_counter() - 0.1
+    meter.own0 = time.process_time() - cores * 0.1  # its own threads filled every core
+    assert not meter._others_ran(0.02)
+    meter.own0 = time.process_time() - 0.05  # half a core of its own: room for others
+    meter.busy0 = None  # (the CPUs' busy time not read)
+    assert meter._others_ran(0.02)
