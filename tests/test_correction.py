@@ -88,3 +88,44 @@ def test_a_process_pool_beside_others_work_is_judged_against_serial_at_its_share
     assert _verdict(busy, 800) is None
     # ... and a pool that delivers less than serial's share there still gives way.
     assert _verdict(_process_watch(0.4), 400)[0] == "serial"
+
+
+_BLOCK = bytes(1 << 20)
+
+
+def _write_read(path: str) -> float:
+    """Writes and reads back 8 MB (time in the kernel); returns the thread's CPU seconds."""
+    c0 = time.thread_time()
+    for _ in range(8):
+        with open(path, "wb") as fh:
+            fh.write(_BLOCK)
+        with open(path, "rb") as fh:
+            fh.read()
+    return time.thread_time() - c0
+
+
+@pytest.mark.skipif(not hasattr(__import__("resource"), "RUSAGE_THREAD"), reason="no per-thread user time")
+def test_a_thread_chunks_cpu_is_its_user_time(tmp_path):
+    # The run's GIL check reads the CPU of the threads' chunks: a file's writes and reads, in
+    # the kernel, hold no GIL (processes would wait on them as well), yet read as one core's
+    # worth of computing threads; the suite's file workload went from thread x6 to process
+    # x2 (x2 slower) and the tuning cache kept it. Pure Python's chunks read their CPU.
+    from autopar.backends.pools import make_backend
+
+    backend = make_backend("thread", _write_read, 2)
+    try:
+        files = [str(tmp_path / f"f{i}") for i in range(12)]
+        values, _, failures, cpu = backend.submit(0, files).result()
+        assert not failures
+        assert cpu < 0.5 * sum(values), (cpu, sum(values))
+    finally:
+        backend.close(True)
+    backend = make_backend("thread", loop, 2)
+    try:
+        t0 = time.thread_time()
+        [loop(x) for x in range(300)]
+        alone = time.thread_time() - t0
+        _, _, failures, cpu = backend.submit(0, list(range(300))).result()
+        assert not failures and cpu > 0.5 * alone, (cpu, alone)
+    finally:
+        backend.close(True)

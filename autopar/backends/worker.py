@@ -19,6 +19,11 @@ from collections import OrderedDict
 from itertools import islice
 from typing import Any, Callable, Iterable, Iterator
 
+try:
+    import resource
+except ImportError:  # (not on Windows)
+    resource = None  # type: ignore[assignment]
+
 from .._serialize import CLOUDPICKLE, dumps, loads
 from ..errors import ItemFailed, ItemTimeout, WorkerError
 from . import slots
@@ -373,16 +378,29 @@ def limited(func: Callable[[Any], Any], seconds: float | None) -> Callable[[Any]
     return func if seconds is None else Limited(func, seconds)
 
 
+_RUSAGE_THREAD = getattr(resource, "RUSAGE_THREAD", None) if resource is not None else None
+
+
+def user_time() -> float:
+    """CPU seconds the calling thread ran outside the kernel (its CPU time where the split
+    cannot be read). Time in the kernel (a file's writes) holds no GIL: pure Python ran 100%
+    user time here, the suite's file writes and reads 6%."""
+    if _RUSAGE_THREAD is None:
+        return time.thread_time()
+    return resource.getrusage(_RUSAGE_THREAD).ru_utime
+
+
 def run_local(
-    func: Callable[[Any], Any], start: int, items: list[Any], cancel: threading.Event | None, collect: bool = False
+    func: Callable[[Any], Any], start: int, items: list[Any], cancel: threading.Event | None, collect: bool = False,
+    clock: Callable[[], float] = time.thread_time,
 ) -> tuple[list[Any], float, list[Failure], float]:
     """A chunk on a thread (or inline): no serialization, the exception object as it is.
-    Returns (results, wall seconds, failures, CPU seconds of this thread)."""
+    Returns (results, wall seconds, failures, CPU seconds of this thread by ``clock``)."""
     if cancel is not None and cancel.is_set():
         return [], 0.0, [], 0.0
-    c0, t0 = time.thread_time(), time.perf_counter()
+    c0, t0 = clock(), time.perf_counter()
     out, failures = run_items(func, start, items, collect, remote=False)
-    return out, time.perf_counter() - t0, failures, time.thread_time() - c0
+    return out, time.perf_counter() - t0, failures, clock() - c0
 
 
 def _get_func(key: str, blob: bytes) -> Callable[[Any], Any]:
