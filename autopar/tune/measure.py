@@ -63,12 +63,17 @@ def _python_threads() -> set[int]:
     return {t.native_id for t in threading.enumerate() if t.native_id is not None}
 
 
+def _native_tids() -> list[int]:
+    """Ids of the threads of this process that Python did not start (none without schedstat)."""
+    if not _HAVE_SCHEDSTAT:
+        return []
+    python = _python_threads()
+    return [int(name) for name in os.listdir(_TASKS) if name.isdigit() and int(name) not in python]
+
+
 def native_threads() -> int:
     """Threads of this process that Python did not start (a BLAS pool, once started)."""
-    if not _HAVE_SCHEDSTAT:
-        return 0
-    python = _python_threads()
-    return sum(1 for name in os.listdir(_TASKS) if name.isdigit() and int(name) not in python)
+    return len(_native_tids())
 
 
 def busy_clock(ident: int, native_id: int) -> Callable[[], float] | None:
@@ -105,10 +110,7 @@ class LeftSpinning:
 
     def __init__(self) -> None:
         self.t0 = time.perf_counter()
-        self.tids: set[int] = set()
-        if _HAVE_SCHEDSTAT:
-            python = _python_threads()
-            self.tids = {int(t) for t in os.listdir(_TASKS) if t.isdigit() and int(t) not in python and _running(t)}
+        self.tids = {t for t in _native_tids() if _running(t)}
 
     def now(self) -> frozenset[int]:
         if self.tids and time.perf_counter() - self.t0 > constants.SPIN_MAX:
@@ -124,8 +126,9 @@ class CpuMeter:
 
     ``attribute=False`` skips the per-thread reading for short spans (the process's CPU is the
     function's then). ``exclude``: native threads whose CPU is not the function's (a BLAS
-    pool left spinning, :class:`LeftSpinning`). ``queued`` (after ``stop()``): the seconds the calling thread waited in
-    the run queue over the span; ``active`` is the wall time less that wait.
+    pool left spinning, :class:`LeftSpinning`). ``queued`` (after ``stop()``): the seconds
+    the calling thread waited in the run queue over the span; ``active`` is the wall time
+    less that wait.
     """
 
     __slots__ = ("attribute", "exclude", "_p0", "_h0", "_w0", "_q0", "_threads0", "queued")
