@@ -174,6 +174,18 @@ def test_items_timed_with_blas_capped_count_for_the_pools():
     assert any("BLAS" in r for r in capped.reasons)
 
 
+def test_serial_caps_blas_where_faster_or_beside_others_work_not_slower():
+    # Beside other processes' work a BLAS pool's items take their sampled time or far longer
+    # (its threads wait on each other behind the other work): capped and not slower is kept.
+    from autopar.tune.model import serial_blas_time
+
+    kw = dict(item_time_mean=10e-3)
+    assert serial_blas_time(profile(single_blas_time=5e-3, **kw)) == 5e-3  # clearly faster
+    assert serial_blas_time(profile(single_blas_time=9.8e-3, **kw)) is None  # a quiet machine: no gain
+    assert serial_blas_time(profile(single_blas_time=9.8e-3, others_cores=3.0, **kw)) == 9.8e-3
+    assert serial_blas_time(profile(single_blas_time=12e-3, others_cores=3.0, **kw)) is None  # slower capped
+
+
 def test_work_that_also_waits_takes_the_most_threads_in_a_near_tie():
     # CPU/wall 0.75 on 2 cores: threads up to ceil(2 * 2 / 0.75) = 6, all predicted within
     # the cores / r cap alike; waits that vary need the extra threads.

@@ -242,6 +242,58 @@ def test_native_threads_that_capping_does_not_change_are_not_the_items(monkeypat
         assert single is None and stats == seen
 
 
+def test_a_short_job_with_blas_threads_seen_computing_is_timed_capped(monkeypatch):
+    # Small SVDs beside three spinning processes on 2 cores: OpenBLAS's two threads waited on
+    # each other behind the spinners (11 items: 0.24-0.95 s; with BLAS at one thread 0.08-0.12 s),
+    # and with 9 items left the sample never timed them capped (40 were needed): serial with the
+    # pool as it was. Where native threads were seen computing beside the items, two capped
+    # items are worth their time from BLAS_STEP_MIN_NATIVE items left; on suspicion alone
+    # (no native threads seen) a short job still skips the step.
+    import types
+    import time as real_time
+
+    from autopar.tune import constants
+    from autopar.tune.sample import blas
+    from autopar.tune.sample.sampler import _Sampler
+
+    for native, runs in ((1.7, True), (1.0, False)):
+        clock = _ItemClock()
+        sp = _Sampler(clock.item, [0.003] * 12, None, 0.2, 0.01, 2, False, False)
+        sp.first_item()
+        sp.serial_batches()
+        real = sp.item_stats()
+        left = 12 - sp.kept.done
+        assert constants.BLAS_STEP_MIN_NATIVE <= left < constants.BLAS_STEP_MIN_ITEMS
+        seen = dataclasses.replace(real, cpu_ratio=native, mean=0.006)  # capped items take half
+        fake_time = types.SimpleNamespace(**{k: getattr(real_time, k) for k in dir(real_time) if not k.startswith("_")})
+        fake_time.perf_counter = clock.perf_counter
+        monkeypatch.setattr(blas, "time", fake_time)
+        done = sp.kept.done
+        single, _ = blas._blas_step(sp, seen)
+        assert (sp.kept.done == done + 2) is runs, (native, sp.kept.done, done)
+        assert (single == pytest.approx(0.003)) is runs
+    # Beside others' work on every core the step runs without native threads seen, and
+    # keeps capped items that are not slower (here as long as the mean: on a quiet machine
+    # that is no gain and not kept).
+    for crowded in (True, False):
+        clock = _ItemClock()
+        sp = _Sampler(clock.item, [0.003] * 12, None, 0.2, 0.01, 2, False, False)
+        sp.first_item()
+        sp.serial_batches()
+        real = sp.item_stats()
+        sp.others = types.SimpleNamespace(wanted=lambda crowded=crowded: 4.0 if crowded else 0.0)
+        seen = dataclasses.replace(real, cpu_ratio=1.0, mean=0.003, std=0.0)
+        fake_time = types.SimpleNamespace(**{k: getattr(real_time, k) for k in dir(real_time) if not k.startswith("_")})
+        fake_time.perf_counter = clock.perf_counter
+        monkeypatch.setattr(blas, "time", fake_time)
+        monkeypatch.setattr(blas, "native_threads", lambda: 2)
+        monkeypatch.setattr(blas, "threaded_blas_loaded", lambda: True)
+        done = sp.kept.done
+        single, _ = blas._blas_step(sp, seen)
+        assert (sp.kept.done == done + 2) is crowded
+        assert (single == pytest.approx(0.003)) is crowded
+
+
 def _affinity_and_thread(_: object) -> tuple[frozenset, int]:
     import os
 

@@ -35,7 +35,8 @@ GROWTH_FACTOR = 1.5  # items ahead at least this much over the mean so far
 
 # -- the BLAS step ----------------------------------------------------------------------------
 
-BLAS_STEP_MIN_ITEMS = 40  # items left from which two are worth timing with BLAS capped
+BLAS_STEP_MIN_ITEMS = 40  # items left from which two are worth timing with BLAS capped on suspicion
+BLAS_STEP_MIN_NATIVE = 4  # the same where native threads were seen computing beside the items
 PURE_COMPUTE = 0.9  # CPU/wall from which items are timed with BLAS capped on suspicion
 BLAS_FASTER = 0.9  # items this much faster with BLAS at one thread are BLAS work
 NATIVE_FASTER = 0.95  # the same, for items native threads were seen computing beside

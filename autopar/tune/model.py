@@ -62,8 +62,11 @@ def _with_blas_capped(p: Profile, reasons: list[str]) -> tuple[Profile, float]:
 
 
 def serial_blas_time(p: Profile) -> float | None:
-    """Item time of a serial run with BLAS capped at one thread, where that is clearly faster."""
+    """Item time of a serial run with BLAS capped at one thread, where that is clearly faster,
+    or, beside other processes' work (see ``_blas_step``), not slower."""
     if p.single_blas_time and p.single_blas_time < constants.BLAS_FASTER * p.item_time_mean:
+        return p.single_blas_time
+    if p.single_blas_time and p.others_cores > 0 and p.single_blas_time <= p.item_time_mean:
         return p.single_blas_time
     return None
 

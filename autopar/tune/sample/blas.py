@@ -30,12 +30,15 @@ def _blas_step(sp: "_Sampler", stats: _Stats) -> tuple[float | None, _Stats]:
     first = sp.first.cpu / sp.first.active if sp.first.time > 0 else 0.0
     native = max(first, stats.cpu_ratio) >= constants.NATIVE_THREADS
     left = None if sp.n_total is None else sp.n_total - sp.kept.done
+    # Seen computing, or beside others' work on every core (where a BLAS pool's threads wait
+    # on each other behind it and its CPU reads nothing): worth two items of a short job.
+    suspect = native or _crowded(sp)
     if (
         sp.remote is not None
         or sp.src.done
         or stats.mean < 1e-3
         or stats.cpu_ratio < constants.CPU_BOUND
-        or (left is not None and left < constants.BLAS_STEP_MIN_ITEMS)
+        or (left is not None and left < (constants.BLAS_STEP_MIN_NATIVE if suspect else constants.BLAS_STEP_MIN_ITEMS))
     ):
         return None, stats
     if not native and (stats.cpu_ratio < constants.PURE_COMPUTE or not native_threads() or not threaded_blas_loaded()):
@@ -55,9 +58,20 @@ def _blas_step(sp: "_Sampler", stats: _Stats) -> tuple[float | None, _Stats]:
     noise = 2.0 * stats.std / math.sqrt(len(items))
     if per_item < (constants.NATIVE_FASTER if native else constants.BLAS_FASTER) * stats.mean - noise:
         return per_item, stats
+    if per_item <= stats.mean and _crowded(sp):
+        # Beside others' work a BLAS pool's items take their time or far longer (its threads
+        # wait on each other behind the other work: 11 SVDs took 0.24-0.95 s beside three
+        # spinning processes, 0.08-0.12 s capped); capped, and not slower, they are kept so.
+        return per_item, stats
     if native and per_item * constants.BLAS_FASTER < stats.mean:  # capped, neither faster nor slower
         return None, replace(stats, cpu_ratio=min(stats.own_ratio, stats.cpu_ratio))
     return None, stats
+
+
+def _crowded(sp: "_Sampler") -> bool:
+    """Others' work wanted every usable core while the sample ran (as the probe's
+    ``_saturated`` reads it)."""
+    return sp.others is not None and sp.others.wanted() >= constants.OTHERS_SATURATED * sp.cores
 
 
 def _blas_live(stats: _Stats) -> bool:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from ...errors import ItemFailed, settle
 from .. import constants
 from ..measure import CpuMeter, NewThreadsCpu, queued_seconds
-from .blas import _blas_capped, _blas_live
+from .blas import _blas_capped, _blas_live, _crowded
 from .pickling import _Pickling
 from .serial import _run_serially, _Stats, share_of
 
@@ -83,7 +83,7 @@ def _saturated(sp: "_Sampler") -> bool:
     GIL queue behind a holder the scheduler has taken off its core, and the probe's round took
     1.5-3x its items' serial time beside three spinning processes on 2 cores; unprobed, the
     model counts the items as holding the GIL (serial or processes, at their fair share)."""
-    return sp.others is not None and sp.others.wanted() >= constants.OTHERS_SATURATED * sp.cores
+    return _crowded(sp)
 
 
 def _round_size(
