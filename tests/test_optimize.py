@@ -430,3 +430,19 @@ def test_a_blas_pool_left_spinning_is_not_the_functions_work():
         a @ a  # ... and spinning now
         profile, _ = sample(pure_python_cpu, [4000] * 300, probe=False, cores=2)
         assert profile.cpu_ratio < constants.NATIVE_THREADS, profile.cpu_ratio
+
+
+def test_a_last_probe_round_runs_one_item_a_thread():
+    # The rest of a short job, hardly more than a round, runs at once one item a thread: on
+    # two threads three items that release the GIL took two items' time (90 ms of 45 ms
+    # items on 2 cores), on three 67 ms; items holding the GIL take as long either way.
+    from autopar.tune.sample.probe import _probe_plan
+    from autopar.tune.sample.sampler import _Sampler
+    from autopar.tune.sample.serial import _Stats
+
+    sp = _Sampler(abs, [1] * 10, None, 0.2, 0.01, 2, True, False)
+    computing = _Stats(0.045, 0.0, 0.045, 1.0, 0.045, 1.0)
+    for remaining in (2, 3, 4):
+        assert _probe_plan(sp, computing, remaining, 0.006) == (remaining, 1)
+    k, per_thread = _probe_plan(sp, computing, 40, 0.006)  # a longer job: a round of the probe's threads
+    assert k == 2 and per_thread >= 2
