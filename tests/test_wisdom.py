@@ -224,11 +224,25 @@ def test_the_cache_command(cache):
     assert wisdom.entries() == []
 
 
-def test_a_sample_that_finished_the_job_is_not_kept(cache):
-    # Its last items ran in the probe's parallel rounds: its figures are not one item's.
-    r = autopar.optimize(counted, list(range(5)))
-    assert r.profile.n_remaining == 0 and r.cache == "miss"
+def test_a_sample_that_finished_the_job_serially_is_not_kept(cache):
+    # Nothing ran at once: nothing in it tells a pool how the items go.
+    r = autopar.optimize(counted, list(range(5)), executor_type="serial")
+    assert r.profile.n_remaining == 0 and r.profile.thread_scaling is None and r.cache == "miss"
     assert wisdom.entries() == []
+
+
+def test_a_sample_that_finished_the_job_on_threads_is_kept_for_the_next_run(cache):
+    # A short job of long items is all sample (the first item, then the rest at once on
+    # threads); kept, the next run starts the threads from its first item.
+    items = [0.03] * 6
+    first = autopar.optimize(time.sleep, items)
+    assert first.profile.n_remaining == 0 and first.profile.thread_scaling is not None
+    assert len(wisdom.entries()) == 1
+    hit = autopar.optimize(time.sleep, items)
+    assert hit.cache == "hit" and hit.executor_type == "thread" and hit.n_jobs > 1
+    again, report = autopar.execute(time.sleep, items, result=hit, return_report=True)
+    assert again == [None] * 6
+    assert report.executor_type == "thread" and report.n_from_sample == 0
 
 
 @pytest.mark.skipif(autopar.tune.system.usable_cores() < 2, reason="two threads on two cores")
