@@ -96,6 +96,11 @@ class Span:
 _SEQUENCE_ITERATORS = (type(iter([])), type(iter(())))
 
 
+def reads_in_place(it: Iterator[Any]) -> bool:
+    """Whether :func:`take` reads ``it``'s items in place (a list's or a tuple's iterator)."""
+    return type(it) in _SEQUENCE_ITERATORS
+
+
 def take(it: Iterator[Any], n: int) -> "list[Any] | Span":
     """The next ``n`` items of ``it`` (fewer at its end): a Span read in place where ``it``
     is a list's or a tuple's own iterator (it is moved past them), else a new list."""

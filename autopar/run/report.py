@@ -146,6 +146,11 @@ class Progress:
 
             self.bar = _Bar(total=total, unit="item", desc=desc or "autopar", dynamic_ncols=True)
 
+    @property
+    def shown(self) -> bool:
+        """Whether anyone watches the count (a bar or a callback)."""
+        return self.bar is not None or self.callback is not None
+
     def update(self, n: int) -> None:
         if n <= 0:
             return
