@@ -137,12 +137,20 @@ def test_computing_beside_others_work_on_every_core_is_not_probed_on_threads():
     # other processes' work on every core the probe's round took 1.5-3x its items' serial
     # time. Items cheap to send to processes are not probed there; the model counts them
     # as holding the GIL.
-    with OneBusyCpu(hogs=2):  # (one would want the CPU about as much as this process: the threshold)
-        r = optimize(_loop, [30_000] * 300)
-    p = r.profile
-    assert p.probe_rounds == 0 and p.thread_scaling is None, r.explain()
-    assert p.others_cores >= 0.5, r.explain()
-    assert r.executor_type != "thread", r.explain()
+    # Items costly to send to processes (a list of 100,000 ints an item; the sampled ones
+    # distinct, not one list pickled once a chunk) are not probed there either.
+    big = list(range(100_000))
+    for func, items in ((_loop, [30_000] * 300), (_sum_head, [list(big) for _ in range(8)] + [big] * 150)):
+        with OneBusyCpu(hogs=2):  # (one would want the CPU about as much as this process: the threshold)
+            r = optimize(func, items)
+        p = r.profile
+        assert p.probe_rounds == 0 and p.thread_scaling is None, r.explain()
+        assert p.others_cores >= 0.5, r.explain()
+        assert r.executor_type != "thread", r.explain()
+
+
+def _sum_head(xs: list) -> int:
+    return sum(x * x for x in xs[:20_000])
 
 
 def _computing_items(**figures: object) -> "Profile":

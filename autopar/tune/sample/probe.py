@@ -40,7 +40,7 @@ def _probe_step(sp: "_Sampler", stats: _Stats, cheap_low: bool = False) -> tuple
     )
     if not worth or (rounds and (best <= constants.PROBE_CLEAR[0] or best >= _clear_gain(k_used))):
         return (min(max(best, 0.1), float(k_used)) if rounds else None), k_used, rounds
-    if not rounds and cheap_low and stats.cpu_ratio >= constants.CPU_RATIO_CPU and _saturated(sp):
+    if not rounds and stats.cpu_ratio >= constants.CPU_RATIO_CPU and _saturated(sp):
         return None, 0, 0  # computing beside others' work on every core: see _saturated
     # A running BLAS pool of several threads is capped on the probe's threads as a pool caps it.
     sp.blas.live = _blas_live(stats)
@@ -78,11 +78,14 @@ def _probe_step(sp: "_Sampler", stats: _Stats, cheap_low: bool = False) -> tuple
 
 def _saturated(sp: "_Sampler") -> bool:
     """Other processes' work wanted every usable core while the sample ran (the calling
-    thread's wait for a core says so). Computing items are then not probed on threads where
-    processes would take them at little cost (:func:`_misread_is_cheap`): threads holding the
-    GIL queue behind a holder the scheduler has taken off its core, and the probe's round took
-    1.5-3x its items' serial time beside three spinning processes on 2 cores; unprobed, the
-    model counts the items as holding the GIL (serial or processes, at their fair share)."""
+    thread's wait for a core says so). Computing items are then not probed on threads:
+    threads holding the GIL queue behind a holder the scheduler has taken off its core, and
+    the probe's round took 1.5-3x its items' serial time beside three spinning processes on
+    2 cores; unprobed, the model counts the items as holding the GIL (serial or processes, at
+    their fair share). Items costly to send to processes were probed there until session 18:
+    beside three spinning processes every such row ran serial or slower after its probe
+    (sorting 1 MB lists 1.17x serial, 29% of it the sample; JSON documents 1.33x; 8 MB
+    NumPy inputs on 5 threads 1.22x, 34% of it the sample)."""
     return _crowded(sp)
 
 
