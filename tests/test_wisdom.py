@@ -226,23 +226,76 @@ def test_the_cache_command(cache):
 
 def test_a_sample_that_finished_the_job_serially_is_not_kept(cache):
     # Nothing ran at once: nothing in it tells a pool how the items go.
-    r = autopar.optimize(counted, list(range(5)), executor_type="serial")
-    assert r.profile.n_remaining == 0 and r.profile.thread_scaling is None and r.cache == "miss"
-    assert wisdom.entries() == []
+    for kind in ("serial", None):
+        r = autopar.optimize(counted, list(range(5)), executor_type=kind)
+        assert r.profile.n_remaining == 0 and r.profile.n_probed == 0 and r.cache == "miss"
+        assert wisdom.entries() == []
 
 
-def test_a_sample_that_finished_the_job_on_threads_is_kept_for_the_next_run(cache):
-    # A short job of long items is all sample (the first item, then the rest at once on
-    # threads); kept, the next run starts the threads from its first item.
-    items = [0.03] * 6
-    first = autopar.optimize(time.sleep, items)
-    assert first.profile.n_remaining == 0 and first.profile.thread_scaling is not None
-    assert len(wisdom.entries()) == 1
-    hit = autopar.optimize(time.sleep, items)
+def test_which_finished_samples_are_kept():
+    # Kept: one that left work, or finished the job in the probe's rounds (items timed alone
+    # first, then a reading on threads). Not kept: one that finished serially, or whose items
+    # all ran at once beside the first (no item timed alone: 6 items under one lock read as
+    # 116 ms an item and x3.4 on 6 threads).
+    from dataclasses import replace
+
+    from autopar import Profile
+
+    left = Profile(
+        n_sampled=3, n_probed=4, n_items=100, item_time_mean=0.03, item_time_std=0.0, item_time_max=0.03,
+        cpu_ratio=1.0, func_bytes=50, func_pickle_time=1e-6, item_bytes=20, item_pickle_time=1e-6,
+        result_bytes=20, result_pickle_time=1e-6, transport="pickle", pickle_error=None,
+        peak_memory_per_item=1 << 10, thread_scaling=1.9, probe_threads=2, sample_time=0.2, exhausted=False,
+    )
+    assert wisdom.worth_keeping(left)
+    probed = replace(left, n_items=7, exhausted=True)
+    assert wisdom.worth_keeping(probed)
+    assert not wisdom.worth_keeping(replace(probed, n_probed=0, thread_scaling=None))  # serially
+    assert not wisdom.worth_keeping(replace(probed, n_probed=0, thread_scaling=3.4))  # all at once
+
+
+def test_a_short_job_finished_in_the_probe_is_kept_for_the_next_run(cache):
+    # A short job of long items is all sample (two items alone, the rest on the probe's
+    # threads); kept, the next run starts its threads from the first item.
+    import os
+    import zlib
+
+    items = [os.urandom(1 << 20) for _ in range(6)]  # about 30 ms each; zlib releases the GIL
+    first = autopar.optimize(_compressed, items)
+    kept = len(wisdom.entries())
+    assert kept == wisdom.worth_keeping(first.profile)
+    if not (first.profile.n_remaining == 0 and first.profile.n_probed):
+        return  # others' work on every core: not probed (test_which_finished_samples_are_kept holds the rule)
+    assert kept == 1
+    hit = autopar.optimize(_compressed, items)
     assert hit.cache == "hit" and hit.executor_type == "thread" and hit.n_jobs > 1
-    again, report = autopar.execute(time.sleep, items, result=hit, return_report=True)
-    assert again == [None] * 6
+    again, report = autopar.execute(_compressed, items, result=hit, return_report=True)
+    assert again == [len(zlib.compress(b, 1)) for b in items]
     assert report.executor_type == "thread" and report.n_from_sample == 0
+
+
+def test_items_run_at_once_under_one_lock_are_not_kept_as_scaling(cache):
+    # Six items of 30 ms that each hold one lock: whatever the sample did, nothing kept may
+    # say they take far longer than 30 ms alone or gain on threads.
+    import threading
+
+    lock = threading.Lock()
+
+    def locked(x: float) -> float:
+        with lock:
+            time.sleep(x)
+        return x
+
+    autopar.optimize(locked, [0.03] * 6)
+    for entry in wisdom.entries():
+        kept = entry.profile
+        assert kept.item_time_mean < 0.06 and (kept.thread_scaling or 1.0) < 1.5, kept
+
+
+def _compressed(b: bytes) -> int:
+    import zlib
+
+    return len(zlib.compress(b, 1))
 
 
 @pytest.mark.skipif(autopar.tune.system.usable_cores() < 2, reason="two threads on two cores")

@@ -33,9 +33,12 @@ from .report import ExecutionIterator, ExecutionReport, Progress
 
 __all__ = ["ExecutionIterator", "ExecutionReport", "execute", "execute_iter"]
 
-# The serial loop's largest block: blocks stop doubling at 20 ms of work anyway, so this
-# bounds only blocks of sub-microsecond items (65,536 of 50 ns: 3 ms).
+# The serial loop's largest block where progress is shown or the input is held a block at a
+# time: blocks stop doubling at 20 ms of work anyway, so this bounds only blocks of
+# sub-microsecond items (65,536 of 50 ns: 3 ms), and an input whose items turn slow after
+# many cheap ones. A list or tuple read in place with no one watching: QUIET_SERIAL_BLOCK.
 MAX_SERIAL_BLOCK = 65536
+QUIET_SERIAL_BLOCK = 1 << 20
 MIN_CHECKED_RUN = 0.02  # a thread run predicted shorter is not judged on its time (noise)
 # A pool run whose items take less serially is not judged against serial: a pool's start
 # (2-20 ms here) and one scheduling hiccup are most of it.
@@ -358,13 +361,14 @@ def _serial(job: Job, rest: Iterator[Any], index: int) -> Iterator[list[Any]]:
     if job.opts.timeout is not None:
         func = Limited(func, job.opts.timeout)  # SIGALRM on the main thread, elsewhere raised into it
     t0, first = time.perf_counter(), index
-    # Blocks start at about 2 ms of the sample's item time where progress is shown, else at
-    # 20 ms (a block's own cost: 300,000 calls of x + 1 took 13-15 ms in a comprehension,
-    # 19.4 ms in blocks from 2 ms, 16.3-17.2 ms from 20 ms), and double while under 20 ms. A
-    # list or tuple is read in place; other input is held a block at a time, MAX_SERIAL_BLOCK.
+    # Blocks start at about 2 ms of the sample's item time and double while under 20 ms; a
+    # list or tuple read in place with no bar or callback watching starts at 20 ms, up to
+    # QUIET_SERIAL_BLOCK (a block's own cost: 300,000 calls of x + 1 took 13-15 ms in a
+    # comprehension, 19.4 ms in blocks from 2 ms, 16.3-17.2 ms from 20 ms).
     item_time = job.result.profile.item_time_mean if job.result is not None else 0.0
-    most = 1 << 30 if reads_in_place(rest) else MAX_SERIAL_BLOCK
-    start = 0.002 if job.bar.shown else 0.02
+    quiet = reads_in_place(rest) and not job.bar.shown
+    most = QUIET_SERIAL_BLOCK if quiet else MAX_SERIAL_BLOCK
+    start = 0.02 if quiet else 0.002
     block_size = min(max(int(start / item_time), 1), most) if item_time > 0 else 1
     while True:
         block, error = take_some(rest, block_size)

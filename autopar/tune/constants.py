@@ -36,7 +36,7 @@ GROWTH_FACTOR = 1.5  # items ahead at least this much over the mean so far
 # -- the BLAS step ----------------------------------------------------------------------------
 
 BLAS_STEP_MIN_ITEMS = 40  # items left from which two are worth timing with BLAS capped on suspicion
-BLAS_STEP_MIN_NATIVE = 4  # the same where native threads were seen computing beside the items
+BLAS_STEP_MIN_NATIVE = 4  # the same where native threads were seen computing, or others' work wanted every core
 PURE_COMPUTE = 0.9  # CPU/wall from which items are timed with BLAS capped on suspicion
 BLAS_FASTER = 0.9  # items this much faster with BLAS at one thread are BLAS work
 NATIVE_FASTER = 0.95  # the same, for items native threads were seen computing beside
@@ -95,5 +95,5 @@ LOCAL_PREFERENCE = 1.2  # a local pool within this of the cluster wins: nothing 
 OTHERS_MIN_WINDOW = 0.05  # seconds: shorter windows of /proc/stat's clock ticks read 0
 OTHERS_MIN_CORES = 0.3  # others' use under this many cores is the background: no share taken for it
 OTHERS_QUEUED_SHARE = 0.15  # the calling thread's share of runnable time spent waiting from which others wanted more
-OTHERS_SATURATED = 0.9  # others wanting this share of the usable cores or more left none free (a probe is skipped)
+OTHERS_SATURATED = 0.9  # others wanting this share of the usable cores or more left none free (no probe; the BLAS step's short-job rule)
 OTHERS_MAX_PER_CORE = 4.0  # others' demand read from one thread's share is capped at this many a core

@@ -396,15 +396,14 @@ def verdicts(key: str) -> dict[str, dict[str, float]]:
 
 
 def worth_keeping(profile: Profile) -> bool:
-    """A sample is kept where it left work for the pool, or finished the job with items at
-    once on threads (a reading of how they scale, for the next run to start from; a short
-    job of long items is all sample every time otherwise: 5 zlib items of 40 ms took 135 ms
-    in the sample's steps, 110 ms on threads from the kept figures). One that finished the
-    job serially has nothing to tell a pool."""
-    return (
-        bool(profile.n_sampled) and profile.item_time_mean > 0
-        and (profile.n_remaining != 0 or profile.thread_scaling is not None)
-    )
+    """A sample is kept where it left work for the pool, or finished the job in the probe's
+    rounds (a reading of how the items scale against items timed alone, for the next run to
+    start from; a short job of long items is all sample every time otherwise: 5 zlib items
+    of 40 ms took 135 ms in the sample's steps, 110 ms on 5 threads from the kept figures).
+    One that finished the job serially has nothing to tell a pool; one whose items all ran
+    at once beside the first has no item timed alone (6 items of 30 ms under one lock were
+    kept at 116 ms an item, x3.4 on 6 threads, and no run found it out)."""
+    return bool(profile.n_sampled) and profile.item_time_mean > 0 and (profile.n_remaining != 0 or profile.n_probed > 0)
 
 
 @_safely(False)

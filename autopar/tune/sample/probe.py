@@ -131,9 +131,8 @@ def _probe_plan(sp: "_Sampler", stats: _Stats, remaining: int | None, round_min:
     if stats.cpu_ratio < constants.IO_BOUND:
         k = max(k, constants.IO_PROBE_THREADS)  # waiting work: more threads, and more of it done
     if remaining is not None and remaining <= 2 * k:
-        # The rest is hardly more than a round: run it all at once, one item a thread (on k
-        # threads, 3 items of 45 ms that release the GIL took 90 ms on 2 cores, 67 on 3).
-        return remaining, 1
+        # The rest is hardly more than a round: run it all at once, one item a thread.
+        return min(k, remaining), max(1, -(-remaining // k))
     if remaining is not None:
         k = min(k, max(2, remaining // 2))
     work_left = remaining * ref if remaining is not None else constants.UNKNOWN_SECONDS

@@ -39,7 +39,7 @@ class Profile:
     result_load_time: float = 0.0
     probe_rounds: int = 0
     items_shared: bool = False  # every sampled item is one and the same object
-    single_blas_time: float | None = None  # item time with BLAS at one thread (items kept native threads busy)
+    single_blas_time: float | None = None  # item time with BLAS at one thread, where faster (or, beside others' work, not slower)
     blas_live: bool = False  # a BLAS pool of several threads was loaded and running: probes and thread pools cap it
     # A pipeline's stages: each one's (wall, CPU) seconds an item, and its output's bytes (inf: unpicklable).
     stage_times: tuple[tuple[float, float], ...] = ()
