@@ -272,6 +272,13 @@ class ProcessBackend:
         return _cpython.is_broken(self.ex)
 
     def how_it_ended(self) -> str:
+        # A broken pool's manager thread terminates and joins every worker: a forkserver
+        # worker's exit status read from two threads at once reads 255 in one of them, and
+        # may be kept so (3.13: "exited with status 255" for a worker killed by SIGKILL, one
+        # run of the suite). Its end first, for a moment at most.
+        manager = _cpython.pool_internals(self.ex).manager if self.ex is not None else None
+        if manager is not None and manager is not threading.current_thread() and _cpython.is_broken(self.ex):
+            manager.join(timeout=1.0)
         return how_it_ended(self.processes)
 
     def stop(self, where: Any) -> bool:
