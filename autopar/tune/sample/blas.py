@@ -32,7 +32,8 @@ def _blas_step(sp: "_Sampler", stats: _Stats) -> tuple[float | None, _Stats]:
     left = None if sp.n_total is None else sp.n_total - sp.kept.done
     # Seen computing, or beside others' work on every core (where a BLAS pool's threads wait
     # on each other behind it and its CPU reads nothing): worth two items of a short job.
-    suspect = native or _crowded(sp)
+    crowded = _crowded(sp)
+    suspect = native or crowded
     if (
         sp.remote is not None
         or sp.src.done
@@ -58,7 +59,7 @@ def _blas_step(sp: "_Sampler", stats: _Stats) -> tuple[float | None, _Stats]:
     noise = 2.0 * stats.std / math.sqrt(len(items))
     if per_item < (constants.NATIVE_FASTER if native else constants.BLAS_FASTER) * stats.mean - noise:
         return per_item, stats
-    if per_item <= stats.mean - noise and _crowded(sp):
+    if per_item <= stats.mean - noise and crowded:
         # Beside others' work a BLAS pool's items take their time or far longer (its threads
         # wait on each other behind the other work: 11 SVDs took 0.24-0.95 s beside three
         # spinning processes, 0.08-0.12 s capped); capped, and not slower beyond the items'
