@@ -122,8 +122,8 @@ class Options:
         if isinstance(r, bool) or not isinstance(r, int) or r < 0:
             raise ValueError(f"retries must be an int >= 0, got {r!r}")
         b = self.retry_backoff
-        if isinstance(b, bool) or not isinstance(b, (int, float)) or b < 0:
-            raise ValueError(f"retry_backoff must be a number >= 0, got {b!r}")
+        if isinstance(b, bool) or not isinstance(b, (int, float)) or not 0 <= b < float("inf"):
+            raise ValueError(f"retry_backoff must be a finite number >= 0, got {b!r}")
         if self.scheduler is not None:
             if not isinstance(self.scheduler, str) or not self.scheduler:
                 raise ValueError(f"scheduler must be a Dask scheduler address such as 'tcp://127.0.0.1:8786', got {self.scheduler!r}")
@@ -139,8 +139,12 @@ class Options:
         if not isinstance(self.cache, bool):
             raise ValueError(f"cache must be True or False, got {self.cache!r}")
         s = self.sample_time
-        if isinstance(s, bool) or not isinstance(s, (int, float)) or s < 0:
-            raise ValueError(f"sample_time must be a number of seconds >= 0, got {s!r}")
+        if isinstance(s, bool) or not isinstance(s, (int, float)) or not 0 <= s < float("inf"):
+            raise ValueError(f"sample_time must be a finite number of seconds >= 0, got {s!r}")
+        if not isinstance(self.adapt, bool):
+            raise ValueError(f"adapt must be True or False, got {self.adapt!r}")
+        if self.desc is not None and not isinstance(self.desc, str):
+            raise TypeError(f"desc must be a str (the progress bar's label) or None, got {self.desc!r}")
 
     @classmethod
     def of(cls, arguments: Mapping[str, Any]) -> "Options":

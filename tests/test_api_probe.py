@@ -74,6 +74,45 @@ def test_an_array_written_over_in_place_runs_again(shape):
     assert all(np.all(v == 14.0) for v in out)
 
 
+class Box:
+    def __init__(self, v):
+        self.v = v
+
+
+def first(x):
+    return x[0]
+
+
+def test_items_changed_in_place_run_again():
+    # The list untouched, its items changed: the same objects with other contents.
+    data = [[i] for i in range(100)]
+    r = optimize(first, data)
+    for x in data:
+        x[0] += 1000
+    assert execute(first, data, result=r) == [i + 1000 for i in range(100)]
+    value = lambda d: d["v"]  # noqa: E731
+    data = [{"v": i} for i in range(100)]
+    r = optimize(value, data)
+    data[0]["v"] = -1
+    assert execute(value, data, result=r)[0] == -1
+    boxes = [Box(i) for i in range(100)]
+    get = lambda b: b.v  # noqa: E731
+    r = optimize(get, boxes)
+    boxes[1].v = -1
+    assert execute(get, boxes, result=r)[:3] == [0, -1, 2]
+
+
+def test_changeable_items_left_as_they_were_reuse_the_sampled_results():
+    f = Counter()
+    g = lambda x: f(x[0])  # noqa: E731
+    data = [[i] for i in range(3000)]
+    r = optimize(g, data, executor_type="serial")
+    sampled = f.calls
+    out, report = execute(g, data, result=r, return_report=True)
+    assert out == [i * 2 for i in range(3000)]
+    assert f.calls == len(data) and report.n_from_sample == sampled
+
+
 def test_the_same_items_reuse_the_sampled_results():
     f = Counter()
     data = list(range(3000))
@@ -126,6 +165,7 @@ def test_a_worker_crash_under_process_never_kills_the_caller():
             print("named", exc.items)
         r = optimize(crash_first, range(200), executor_type="process")
         print("optimized", r.executor_type, r.chunksize)
+        assert any("did not come back" in w for w in r.warnings), r.warnings  # said, not buried
         try:
             execute(crash_first, range(200), executor_type="process", retries=1)
         except WorkerDied as exc:
@@ -227,6 +267,11 @@ def test_an_endless_timeout_is_no_limit_and_nan_is_refused():
         ({"result": "x"}, TypeError, "result must be"),
         ({"progress": 5}, TypeError, "progress must be"),
         ({"progress": "yes"}, TypeError, "progress must be"),
+        ({"sample_time": float("nan")}, ValueError, "sample_time must be"),
+        ({"retry_backoff": float("inf")}, ValueError, "retry_backoff must be"),
+        ({"adapt": "no"}, ValueError, "adapt must be"),
+        ({"return_report": "yes"}, ValueError, "return_report must be"),
+        ({"desc": 5, "progress": True}, TypeError, "desc must be"),
     ],
 )
 def test_bad_arguments_fail_before_any_item_runs(kwargs, error, words):

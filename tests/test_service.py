@@ -19,6 +19,7 @@ import pytest
 
 import autopar
 from autopar import CircuitBreaker, CircuitOpen, ItemTimeout, Manager, Retry, WorkerDied
+from autopar.service.policy import Timer
 from autopar.service.throttle import Load, Throttle
 
 
@@ -415,6 +416,73 @@ def test_a_thread_calls_time_limit_holds_while_it_waits_for_a_thread():
         assert m.submit_io(square, 2).result(timeout=10) == 4  # its slot came back; it was skipped
         assert ran == []  # it never started
         assert m.stats()["io"]["timed_out"] == 1 and m.stats()["io"]["running"] == 0
+
+
+def test_a_calls_time_limit_holds_while_it_waits_for_its_functions_first_call():
+    # A new function's first call measures it; its other calls wait for that. A first call
+    # stuck for long held each of them (and each next first call, stopped, told nothing).
+    timer = FakeTimer()
+    release = threading.Event()
+    ran: list[int] = []
+
+    def held(x):
+        ran.append(x)
+        release.wait(10)
+        return x
+
+    with Manager(io_workers=4, throttle=False, timer=timer) as m:
+        first = m.submit(held, 0)
+        waiting = [m.submit(held, i, timeout=0.1) for i in range(1, 4)]
+        timer.advance(0.1)
+        for fut in waiting:
+            assert isinstance(fut.exception(timeout=10), ItemTimeout)  # now, not after the first call
+        assert not first.done()
+        release.set()
+        assert first.result(timeout=10) == 0
+        assert ran == [0]
+        assert m.stats()["io"]["timed_out"] == 3
+
+
+def test_an_endless_time_limit_is_no_limit_and_later_limits_still_hold():
+    # A limit of 1e12 s reached the timer's thread as a wait it could not make (OverflowError):
+    # the thread ended, and every later limit of that manager was ignored.
+    with Manager(io_workers=2, throttle=False) as m:
+        assert m.submit(square, 3, timeout=float("inf")).result(timeout=10) == 9
+        assert m.submit(square, 4, timeout=1e12).result(timeout=10) == 16
+    timer = Timer()
+    fired = threading.Event()
+    try:
+        timer.call_later(1e12, lambda: None)
+        timer.call_later(0.01, fired.set)
+        assert fired.wait(10)
+    finally:
+        timer.close()
+    with pytest.raises(ValueError, match="recovery_timeout"):
+        CircuitBreaker(recovery_timeout=float("nan"))
+
+
+def test_a_first_call_that_fails_at_once_does_not_route_its_function():
+    # A fast failure measured as the function's first call sent the calls after it inline
+    # (the caller's submit() ran a call that waits), then to processes ("computes").
+    release = threading.Event()
+
+    def fetch(x):
+        if x == "down":
+            raise OSError("down")
+        release.wait(2)
+        time.sleep(0.005)  # (waits, every call)
+        return x
+
+    with Manager(io_workers=2, throttle=False) as m:
+        with pytest.raises(OSError):
+            m.submit(fetch, "down").result(timeout=10)
+        fut = m.submit(fetch, 1)
+        assert not fut.done()  # on a thread, not run by submit()
+        release.set()
+        assert fut.result(timeout=10) == 1
+        assert [m.submit(fetch, i).result(timeout=10) for i in range(3)] == [0, 1, 2]
+        route = next(v for k, v in m.routes_info().items() if k.endswith("fetch"))
+        assert route["lane"] == "thread" and route["cpu_ratio"] < 0.25, route  # from its returns alone
 
 
 def touch(path: str) -> str:

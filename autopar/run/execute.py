@@ -280,6 +280,8 @@ def execute(
     """
     t_begin = time.perf_counter()
     check_func_and_data(func, data)
+    if not isinstance(return_report, bool):
+        raise ValueError(f"return_report must be True or False, got {return_report!r}")
     it = run_with(func, data, Options.of(locals()), result, pool, t_begin)
     results = _collect(it)
     return (results, it.report) if return_report else results

@@ -11,10 +11,11 @@ import warnings
 from typing import Any, Callable
 
 from ..errors import ItemTimeout
+from ..options import NO_LIMIT
 from ..tune.system import default_start_method, usable_cores
 from .lanes import Call, NoProcesses, Outcome, ProcessLane, ThreadLane, run_here, timed_out
 from .policy import CircuitBreaker, CircuitOpen, Retry, Timer
-from .routes import Route, Routes
+from .routes import FAILED_TELLS, Route, Routes
 from .throttle import Gate, Throttle
 
 LANES = {"thread": "io", "process": "cpu", "inline": "inline"}  # lane -> its name in stats()
@@ -96,8 +97,8 @@ class _Routing:
             if not call.probe:
                 return
             call.probe = False
-        if out is not None and not out.stopped:
-            route.observe(out.wall, out.cpu, True)
+        if out is not None and not out.stopped and (out.exc is None or out.wall >= FAILED_TELLS):
+            route.observe(out.wall, out.cpu, True, ok=out.exc is None)
         with route.lock:
             waiting = [c for c in route.waiting if not c.done()]
             route.waiting = []
@@ -204,6 +205,12 @@ class Core(_Routing):
         """Choose the call's lane and admit it (or queue it behind the gate or the probe)."""
         lane, _ = self._lane_for(call)
         if lane == "probe":
+            if call.timeout is not None:  # its limit counts from now, as on a lane's queue
+                attempt = call.attempt
+                try:
+                    self.timer.call_later(call.timeout, lambda: self._waited_out(call, attempt))
+                except RuntimeError:
+                    pass  # closing: the close settles it
             return
         self._count_in(call, lane)
         if lane == "inline":
@@ -213,6 +220,18 @@ class Core(_Routing):
             return self._attempt_done(call, out.of(call.attempt))
         if self.gates[lane].offer(call):
             self._start(call)
+
+    def _waited_out(self, call: Call, attempt: int) -> None:
+        """The time limit of a call still waiting for its function's first call passed: it
+        ends now and never starts (a first call stuck for long held every other call back)."""
+        route = call.route
+        with route.lock:
+            if call.attempt != attempt or call not in route.waiting:
+                return
+            route.waiting.remove(call)
+            call.stop_reason = "timeout"
+        self._count_in(call, "thread")
+        self._settle(call, Outcome(stopped=True).of(attempt))
 
     def _start(self, call: Call) -> None:
         """An admitted call goes to its lane; whatever goes wrong on the way ends the call,
@@ -360,4 +379,4 @@ def _seconds(value: Any) -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
         raise ValueError(f"timeout must be a number of seconds > 0, got {value!r}")
-    return float(value)
+    return None if value >= NO_LIMIT else float(value)  # infinity (or decades): no limit

@@ -56,8 +56,8 @@ class CircuitBreaker:
     ) -> None:
         if isinstance(failure_threshold, bool) or not isinstance(failure_threshold, int) or failure_threshold < 1:
             raise ValueError(f"failure_threshold must be an int >= 1, got {failure_threshold!r}")
-        if recovery_timeout < 0:
-            raise ValueError(f"recovery_timeout must be >= 0, got {recovery_timeout!r}")
+        if isinstance(recovery_timeout, bool) or not isinstance(recovery_timeout, (int, float)) or not recovery_timeout >= 0:
+            raise ValueError(f"recovery_timeout must be a number of seconds >= 0, got {recovery_timeout!r}")
         self.failure_threshold, self.recovery_timeout = failure_threshold, recovery_timeout
         self.name, self.on, self.clock = name, on, clock
         self._lock = threading.Lock()
@@ -175,7 +175,8 @@ class Timer:
         while True:
             with self._cond:
                 while not self._closed and (not self._heap or self._heap[0][0] > self.clock()):
-                    self._cond.wait(None if not self._heap else max(self._heap[0][0] - self.clock(), 0.0))
+                    # (at most TIMEOUT_MAX: a longer wait raises OverflowError and would end the thread)
+                    self._cond.wait(None if not self._heap else min(max(self._heap[0][0] - self.clock(), 0.0), threading.TIMEOUT_MAX))
                 if self._closed:
                     return
                 _, _, callback = heapq.heappop(self._heap)

@@ -35,6 +35,7 @@ WAITS = 0.5  # CPU/wall under this: the function waits (I/O, sleeps, locks)
 SHIP_SHARE = 0.25  # pickling arguments costing this share of a call: keep it on threads
 PROCESS_MIN = 1e-3  # seconds: a computing call shorter than this stays on threads
 ALPHA = 0.2  # weight of a new call in the running averages
+FAILED_TELLS = 1e-3  # seconds: a first call failing sooner tells nothing of the function's calls
 MAX_ROUTES = 512
 
 _keys = itertools.count(1)
@@ -48,6 +49,7 @@ class Route:
         self.name = getattr(func, "__qualname__", None) or type(func).__name__
         self.lock = threading.Lock()
         self.calls = 0  # calls measured
+        self.failed_only = False  # every call measured so far failed: the first success restarts
         self.wall = 0.0  # seconds a call, in its worker
         self.cpu_ratio: float | None = None  # CPU / wall, from calls that ran alone
         self.ship_time: float | None = None  # seconds to pickle a call's arguments
@@ -75,13 +77,15 @@ class Route:
                 self.picklable, self.why_not = False, f"{type(exc).__name__}: {exc}"
         return self.picklable
 
-    def observe(self, wall: float, cpu: float, alone: bool) -> None:
-        """A call's time in its worker. A second call under half the first restarts the
-        averages: the first paid a one-time cost (an import, a cache filled, the first call
-        in a freshly forked process), not the function's."""
+    def observe(self, wall: float, cpu: float, alone: bool, ok: bool = True) -> None:
+        """A call's time in its worker (``ok``: it returned). A second call under half the
+        first restarts the averages: the first paid a one-time cost (an import, a cache
+        filled, the first call in a freshly forked process), not the function's; so does the
+        first call that returned after failed ones (a failure's path is not the function's)."""
         with self.lock:
             self.calls += 1
-            restart = self.calls == 1 or (self.calls == 2 and wall < 0.5 * self.wall)
+            restart = self.calls == 1 or (self.calls == 2 and wall < 0.5 * self.wall) or (ok and self.failed_only)
+            self.failed_only = not ok and (restart or self.failed_only)
             self.wall = wall if restart else (1 - ALPHA) * self.wall + ALPHA * wall
             if alone and wall > 0:
                 ratio = min(cpu / wall, 1.0)

@@ -182,8 +182,11 @@ def optimize_with(func: Callable[[Any], Any], data: Iterable[Any], opts: Options
     )
     result = _result(d, profile, stash, system, costs, method, kind, time.perf_counter() - t0)
     if entry is None and lost:
-        note = "the sample's first item did not come back from its worker process (a crash, a hang, or it cannot be sent): items taken as slow, chunks of one"
-        result = replace(result, reasons=result.reasons + (note,))
+        note = (
+            "the sample's first item did not come back from its worker process (a crash, a hang, or it cannot be sent): "
+            f"nothing measured; items taken as {LOST_ITEM_TIME:g} s each, chunks of one"
+        )
+        result = replace(result, warnings=result.warnings + (note,))
     if cluster is not None:
         result = replace(result, scheduler=cluster.address)
     if key is not None:

@@ -1,16 +1,21 @@
 """The sample's results, handed to ``execute()`` only where they belong to its items: the very
 object optimize() sampled, and (unless a one-shot iterator) its first items, read again, the
-items the sample ran (the same objects, equal ones of the same type, or arrays of the same
-checksum).
+items the sample ran: values that cannot change (numbers, strings, bytes, paths, tuples of
+them) the same or equal, arrays of the same checksum, anything else pickled the same as when
+the sample ran it (a list item changed in place is the same object with other contents).
 """
 
 from __future__ import annotations
 
 import operator
+import pickle
 import threading
 import weakref
 import zlib
+from decimal import Decimal
+from fractions import Fraction
 from itertools import chain, islice
+from pathlib import PurePath
 from typing import Any, Callable, Iterator
 
 from ...backends.worker import take_some
@@ -38,18 +43,74 @@ def _crc(a: Any) -> int | None:
     return zlib.crc32(np.ascontiguousarray(a).view(np.uint8).reshape(-1))
 
 
-def _snapshot(item: Any) -> Any:
-    if type(item).__module__ == "numpy" and hasattr(item, "dtype") and hasattr(item, "shape") and item.shape:
-        return _Checked(item)
-    return item
+# Values that cannot change after the sample ran them (exact types: a subclass may add state).
+_FROZEN = frozenset({int, float, complex, str, bytes, bool, type(None), range, Decimal, Fraction})
+# Pickled snapshots of changeable items, at most this many bytes for one sample (beyond it the
+# sampled items run again: a second run of the sample costs less than proving it).
+SNAPSHOT_BYTES = 8 << 20
+
+
+class _Pickled:
+    """A changeable item as it was when the sample ran it: its pickle."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+
+class _Unproven:
+    """An item that could have changed and cannot be compared (it does not pickle): never the same."""
+
+    __slots__ = ()
+
+
+def _frozen(item: Any, depth: int = 0) -> bool:
+    t = type(item)
+    if t in _FROZEN or isinstance(item, PurePath):
+        return True
+    if t is tuple or t is frozenset:
+        return depth < 3 and all(_frozen(x, depth + 1) for x in item)
+    return t.__module__ == "numpy" and any(b.__name__ == "generic" and b.__module__ == "numpy" for b in t.__mro__)  # scalars
+
+
+def _snapshots(items: list[Any]) -> list[Any]:
+    """The sampled items as they are now: values that cannot change as they are, arrays by
+    checksum, anything else by its pickle (``_Unproven`` past SNAPSHOT_BYTES or unpicklable)."""
+    out: list[Any] = []
+    room = SNAPSHOT_BYTES
+    for item in items:
+        if _frozen(item):
+            out.append(item)
+        elif type(item).__module__ == "numpy" and getattr(item, "ndim", 0) >= 1:
+            out.append(_Checked(item))
+        elif room <= 0:
+            out.append(_Unproven())
+        else:
+            try:
+                data = pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL)
+            except Exception:
+                out.append(_Unproven())
+                continue
+            room -= len(data)
+            out.append(_Pickled(data) if room >= 0 else _Unproven())
+    return out
 
 
 def _same(kept: Any, item: Any) -> bool:
+    t = type(kept)
+    if t is _Pickled:
+        try:
+            return pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL) == kept.data
+        except Exception:
+            return False
+    if t is _Checked:
+        return kept.crc is not None and kept.same(item)
+    if t is _Unproven:
+        return False
     if kept is item:
         return True
-    if type(kept) is _Checked:
-        return kept.crc is not None and kept.same(item)
-    if type(kept) is not type(item):
+    if t is not type(item):
         return False
     try:
         eq = kept == item
@@ -86,8 +147,8 @@ class SampleStash:
         self.n_done = len(items)
         # An array's sampled rows are checked as one block; other items one by one.
         self.block = _Checked(data[: self.n_done]) if not one_shot and _is_array(data) else None
-        if not one_shot and self.block is None and any(t.__module__ == "numpy" for t in set(map(type, items))):
-            items = [_snapshot(x) for x in items]
+        if not one_shot and self.block is None:
+            items = _snapshots(items)  # a one-shot input's items are run again with another function: kept as they are
         self.items = [] if self.block is not None else items
         self.result_blocks = result_blocks
         self.ahead = ahead  # a one-shot iterator's items taken but not run: they go first
@@ -143,6 +204,6 @@ class SampleStash:
     def _same_items(self, head: Any) -> bool:
         if len(head) != self.n_done:
             return False
-        if all(map(operator.is_, self.items, head)):  # the same objects: the common case, at C speed
+        if all(map(operator.is_, self.items, head)):  # the same values that cannot change: at C speed
             return True
         return all(map(_same, self.items, head))
