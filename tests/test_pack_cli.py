@@ -141,6 +141,7 @@ def test_a_dry_run_writes_nothing_not_even_the_tuning_cache(dataset, tmp_path):
     assert "would write 6 atlases" in dry.stdout and "wrote" not in dry.stdout
     assert not out.exists()
     assert not (tmp_path / "cache" / "tuning.sqlite3").exists()  # not even opened
+    assert not (tmp_path / "cache").exists() or list((tmp_path / "cache").iterdir()) == []  # nor the pool costs
     listed = cli_run("cache", "list", "--json", env=env)
     assert json.loads(listed.stdout) == []
     # The same pack for real opens the tuning cache (what the dry run must not do); what it
@@ -149,6 +150,30 @@ def test_a_dry_run_writes_nothing_not_even_the_tuning_cache(dataset, tmp_path):
     real = cli_run("pack", str(dataset), str(out), "--no-progress", env={**env, "AUTOPAR_CACHE_DIR": str(real_cache)})
     assert real.returncode == 0 and "wrote 6 atlases" in real.stdout, real.stderr
     assert (real_cache / "tuning.sqlite3").exists()
+
+
+def test_a_stack_of_another_pixel_type_in_a_channel_is_named_and_skipped(dataset, tmp_path):
+    # One channel's limits come from all its stacks: an 8-bit or float stack among 16-bit
+    # ones came out black or nearly, with exit 0.
+    write(dataset, "cell_ch0_stack0003.tif", (stack(seed=9) // 16).astype(np.uint8))
+    write(dataset, "cell_ch1_stack0003.tif", stack(seed=10).astype(np.float32))
+    report = pack(dataset, tmp_path / "out", executor="serial")
+    text = "\n".join(report.errors)
+    assert len(report.errors) == 2, text
+    assert "cell_ch0_stack0003.tif: its pixels are uint8, channel 0's other stacks uint16" in text
+    assert "cell_ch1_stack0003.tif: its pixels are float32, channel 1's other stacks uint16" in text
+    assert len(report.written) == 6
+    assert_manifest_true(tmp_path / "out")
+
+
+def test_a_channel_missing_at_a_timepoint_is_said(dataset, tmp_path):
+    (dataset / "cell_ch1_stack0001.tif").unlink()
+    report = pack(dataset, tmp_path / "out", executor="serial")
+    assert report.ok and len(report.written) == 5
+    assert report.notes == [
+        "stack0001 has no file for channel 1 (the other timepoints have it): its manifest entry lists the channels there are"
+    ]
+    assert "note: stack0001 has no file for channel 1" in report.explain()
 
 
 # -- 4. the report's step figures are this run's -------------------------------------------------
@@ -394,6 +419,12 @@ def test_a_rerun_makes_only_what_is_missing_or_out_of_date(dataset, tmp_path):
     third = pack(dataset, out, executor="serial")
     assert sorted(third.written) == ["volume_stack0000_c1.webp", "volume_stack0001_c1.webp", "volume_stack0002_c0.webp"]
     assert len(third.kept) == 3 and json.loads((out / "manifest.json").read_text()) == first.manifest
+
+    # The input folder moved (its files as they were): nothing to make again.
+    moved = dataset.parent / "moved"
+    dataset.rename(moved)
+    assert len(pack(moved, out, executor="serial").kept) == 6
+    moved.rename(dataset)
 
     # Other settings, or --force: everything again.
     assert len(pack(dataset, out, executor="serial", quality=60).written) == 6

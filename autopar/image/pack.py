@@ -12,7 +12,7 @@ import json
 import os
 import time
 from collections import Counter, defaultdict
-from contextlib import suppress
+from contextlib import nullcontext, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -24,6 +24,7 @@ from ..backends.dask import connect
 from ..errors import ItemFailed
 from ..pipeline import Pipeline, Stage
 from ..run import execute
+from ..tune.costs import kept_in_memory
 from .demo import make_demo_data
 from .inputs import check_options, check_output, find_stacks
 from .report import PackInterrupted, PackReport, PassReport
@@ -144,14 +145,16 @@ def pack(
     )
     if scheduler is None:
         check_output(out, dry_run)
-        return _pack(paths, out, _Runner(executor, jobs, progress, cache=not dry_run), report, t_begin, settings)
+        with kept_in_memory() if dry_run else nullcontext():  # not even the pool costs' file
+            return _pack(paths, out, _Runner(executor, jobs, progress, cache=not dry_run), report, t_begin, settings)
     pool = connect(scheduler)
     src, out = src.resolve(), out.resolve()  # the workers' working folders are not ours
     paths = [str(Path(p).resolve()) for p in paths]
     try:
         check_output(out, dry_run)
         _check_workers_see(pool.client, src, None if dry_run else out)
-        return _pack(paths, out, _Runner(executor, jobs, progress, pool.client, not dry_run), report, t_begin, settings)
+        with kept_in_memory() if dry_run else nullcontext():
+            return _pack(paths, out, _Runner(executor, jobs, progress, pool.client, not dry_run), report, t_begin, settings)
     finally:
         pool.shutdown()
 
@@ -294,7 +297,36 @@ def _scan_pass(
                 "every atlas of a pack has the same depth: skipped"
             )
         infos = [i for i in infos if i.shape[0] == depth]
+    by_channel: dict[int, Counter[str]] = defaultdict(Counter)
+    for i in infos:
+        by_channel[i.channel][i.dtype] += 1
+    for ch, dtypes in by_channel.items():
+        usual = dtypes.most_common(1)[0][0]
+        for i in [i for i in infos if i.channel == ch and i.dtype != usual]:
+            report.errors.append(
+                f"{i.path}: its pixels are {i.dtype}, channel {ch}'s other stacks {usual}; one channel's limits "
+                f"take one pixel type (save it as {usual}): skipped"
+            )
+    infos = [i for i in infos if i.dtype == by_channel[i.channel].most_common(1)[0][0]]
+    _missing_channels(paths, report)
     return infos
+
+
+def _missing_channels(paths: list[str], report: PackReport) -> None:
+    """A timepoint without a file for a channel the others have: said (the manifest lists
+    what there is)."""
+    have: dict[str, set[int]] = defaultdict(set)
+    for p in paths:
+        channel, time_id = image.parse_name(p)
+        have[time_id].add(channel)
+    every = set().union(*have.values()) if have else set()
+    for time_id in sorted(have):
+        lacking = sorted(every - have[time_id])
+        if lacking:
+            report.notes.append(
+                f"{time_id} has no file for channel {', '.join(map(str, lacking))} (the other timepoints have it): "
+                "its manifest entry lists the channels there are"
+            )
 
 
 def _limits_pass(

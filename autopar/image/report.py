@@ -67,6 +67,7 @@ class PackReport:
     dry_run: bool = False
     kept: list[str] = field(default_factory=list)  # atlases up to date in the output folder, not made again
     unlisted: list[str] = field(default_factory=list)  # atlases there the manifest does not list (left as they are)
+    notes: list[str] = field(default_factory=list)  # worth knowing, not a problem (a channel missing at a timepoint)
 
     @property
     def ok(self) -> bool:
@@ -92,6 +93,7 @@ class PackReport:
                 f"{plural(len(self.unlisted), 'atlas', 'atlases')} in the output folder not in the manifest "
                 f"(left as they are): {shown}"
             )
+        lines.extend(f"note: {n}" for n in self.notes)
         if self.errors:
             lines.append(f"{plural(len(self.errors), 'problem')}:")
             lines.extend(f"  ! {e}" for e in self.errors)

@@ -28,7 +28,7 @@ def entry(job: RenderJob, crop: tuple[int, int], settings: dict[str, Any]) -> di
     """What an atlas is made from, as JSON gives it back (lists, exact floats)."""
     st = os.stat(job.path)
     made_from = {
-        "input": os.path.abspath(job.path),
+        "input": os.path.basename(job.path),  # the folder may move: its name, size and time say which file
         "size": st.st_size,
         "mtime_ns": st.st_mtime_ns,
         "global_z_crop": list(crop),

@@ -5,6 +5,7 @@ user's cache directory (``AUTOPAR_CACHE_DIR`` overrides it).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -12,11 +13,12 @@ import multiprocessing as mp
 import os
 import platform
 import sys
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import psutil
 
@@ -252,6 +254,22 @@ def _measure(start_method: str) -> PoolCosts:
     )
 
 
+_unwritten = [0]  # calls inside kept_in_memory(): measured costs are not written to the cache folder
+_unwritten_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def kept_in_memory() -> Iterator[None]:
+    """Pool costs measured meanwhile stay in this process (a dry run writes nothing)."""
+    with _unwritten_lock:
+        _unwritten[0] += 1
+    try:
+        yield
+    finally:
+        with _unwritten_lock:
+            _unwritten[0] -= 1
+
+
 @functools.lru_cache(maxsize=None)
 def _pool_costs_cached(start_method: str) -> PoolCosts:
     path = _cache_file(start_method)
@@ -261,6 +279,8 @@ def _pool_costs_cached(start_method: str) -> PoolCosts:
     except (OSError, ValueError, TypeError):
         pass
     costs = _measure(start_method)
+    if _unwritten[0]:
+        return costs
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_write(path, "w") as fh:  # another process never reads half a file
