@@ -121,7 +121,10 @@ def optimize(
     opts = Options.of(locals())
     if opts.on_dask and opts.cluster is None:
         raise ValueError("optimize(executor_type='dask') needs cluster=<distributed.Client>")
-    return optimize_with(func, data, opts)
+    result = optimize_with(func, data, opts)
+    if result.stash is not None:  # the caller has the items back, and may change them before execute()
+        result.stash.freeze(data, budget=0.5 * result.profile.item_time_mean * result.stash.n_done)
+    return result
 
 
 def _without_losers(types: tuple[str, ...], verdicts: dict[str, Any], kind: str | None) -> tuple[str, ...]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import operator
 import pickle
 import threading
+import time
 import weakref
 import zlib
 from decimal import Decimal
@@ -74,9 +75,10 @@ def _frozen(item: Any, depth: int = 0) -> bool:
     return t.__module__ == "numpy" and any(b.__name__ == "generic" and b.__module__ == "numpy" for b in t.__mro__)  # scalars
 
 
-def _snapshots(items: list[Any]) -> list[Any]:
+def _snapshots(items: list[Any], late: Callable[[], bool]) -> list[Any]:
     """The sampled items as they are now: values that cannot change as they are, arrays by
-    checksum, anything else by its pickle (``_Unproven`` past SNAPSHOT_BYTES or unpicklable)."""
+    checksum, anything else by its pickle (``_Unproven`` past SNAPSHOT_BYTES, once ``late()``,
+    or unpicklable)."""
     out: list[Any] = []
     room = SNAPSHOT_BYTES
     for item in items:
@@ -84,7 +86,7 @@ def _snapshots(items: list[Any]) -> list[Any]:
             out.append(item)
         elif type(item).__module__ == "numpy" and getattr(item, "ndim", 0) >= 1:
             out.append(_Checked(item))
-        elif room <= 0:
+        elif room <= 0 or late():
             out.append(_Unproven())
         else:
             try:
@@ -145,11 +147,9 @@ class SampleStash:
         self.one_shot = one_shot
         items = list(chain.from_iterable(item_blocks))  # a Span reads the live list: copy
         self.n_done = len(items)
-        # An array's sampled rows are checked as one block; other items one by one.
-        self.block = _Checked(data[: self.n_done]) if not one_shot and _is_array(data) else None
-        if not one_shot and self.block is None:
-            items = _snapshots(items)  # a one-shot input's items are run again with another function: kept as they are
-        self.items = [] if self.block is not None else items
+        self.items = items  # as run; freeze() keeps what they are when the caller gets them back
+        self.block: _Checked | None = None
+        self.frozen = False
         self.result_blocks = result_blocks
         self.ahead = ahead  # a one-shot iterator's items taken but not run: they go first
         self.exhausted = exhausted
@@ -162,6 +162,21 @@ class SampleStash:
             self._data: Callable[[], Any] = ref
         except TypeError:  # lists, tuples, ranges: held (an id alone passes to the next object)
             self._data = lambda: data
+
+    def freeze(self, data: Any, budget: float) -> None:
+        """The sampled items as they are now, before optimize() hands them back to its caller
+        (who may change them before execute()): an array's sampled rows by one checksum,
+        other items one by one (:func:`_snapshots`). Pickling past ``budget`` seconds (half
+        the sampled items' own time) proves nothing worth its cost: the claim runs them again.
+        Inside execute() nothing comes between sample and claim: no snapshot is taken."""
+        if self.one_shot or self.frozen:
+            return
+        self.frozen = True
+        if _is_array(data):
+            self.block, self.items = _Checked(data[: self.n_done]), []
+            return
+        t0 = time.perf_counter()
+        self.items = _snapshots(self.items, lambda: time.perf_counter() - t0 > budget)
 
     def matches(self, data: Any) -> bool:
         """The object optimize() sampled, not yet claimed (its items are checked on claim)."""
@@ -183,6 +198,10 @@ class SampleStash:
             return self._hand_over(), rest
         if func is not self.func:
             return [], iter(data)
+        if not self.frozen:  # within one execute(): the items the sample just ran
+            it = iter(data)
+            next(islice(it, self.n_done, self.n_done), None)
+            return self._hand_over(), it
         if self.block is not None:
             n = self.n_done
             if len(data) < n or not self.block.same(data[:n]):
@@ -206,4 +225,6 @@ class SampleStash:
             return False
         if all(map(operator.is_, self.items, head)):  # the same values that cannot change: at C speed
             return True
+        if any(type(k) is _Unproven for k in self.items):
+            return False
         return all(map(_same, self.items, head))
