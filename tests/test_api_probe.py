@@ -102,6 +102,34 @@ def test_items_changed_in_place_run_again():
     assert execute(get, boxes, result=r)[:3] == [0, -1, 2]
 
 
+def test_values_equal_but_not_the_same_run_again():
+    # Equal is not the same: (1,) == (1.0,) and 0.0 == -0.0 gave the old results back.
+    data = [(i,) for i in range(100)]
+    r = optimize(str, data)
+    data[:] = [(float(i),) for i in range(100)]
+    assert execute(str, data, result=r)[:2] == ["(0.0,)", "(1.0,)"]
+    zeros = [0.0] * 50
+    r = optimize(str, zeros)
+    zeros[:] = [-0.0] * 50
+    assert execute(str, zeros, result=r)[0] == "-0.0"
+
+
+def test_object_arrays_and_structured_elements_changed_in_place_run_again():
+    a = np.empty(60, dtype=object)
+    for i in range(60):
+        a[i] = [i]
+    r = optimize(first, a)
+    for x in a:
+        x[0] += 1000
+    assert execute(first, a, result=r)[:2] == [1000, 1001]
+    rec = np.zeros(60, dtype=[("x", float)])
+    rows = list(rec)  # np.void elements: views into rec
+    get = lambda v: float(v["x"])  # noqa: E731
+    r = optimize(get, rows)
+    rec["x"] += 7
+    assert execute(get, rows, result=r)[:2] == [7.0, 7.0]
+
+
 def test_changeable_items_left_as_they_were_reuse_the_sampled_results():
     f = Counter()
 

@@ -403,6 +403,23 @@ def test_items_changed_in_place_after_optimize_are_run_again(shape, pass_plan):
     assert out == [str(2 * (x + 1)) for x in range(500, 520)]
 
 
+def first_plus(x):
+    return x[0] + x[1]
+
+
+@pytest.mark.parametrize("pinned", [True, False])
+def test_items_whose_contents_changed_after_optimize_are_run_again(pinned):
+    """The list the same, its items changed in place: a staged or pinned plan's sampled
+    results held for the old contents."""
+    stages = [Stage(first_plus, executor_type="thread", n_jobs=1) if pinned else first_plus, double]
+    pipe = Pipeline(stages)
+    items = [[i, 1] for i in range(40)]
+    plan = pipe.optimize(items)
+    for x in items:
+        x[0] += 1000
+    assert pipe.execute(items, plan=plan) == [2 * (i + 1001) for i in range(40)]
+
+
 def test_submitting_past_the_queues_with_no_reader_says_so_instead_of_hanging(monkeypatch):
     """README's stream, submitted to without reading: once the results are full and no
     thread takes them, submit() raises StreamStalled naming the cause and the ways out

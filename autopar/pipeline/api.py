@@ -90,8 +90,9 @@ class Pipeline:
             for s, (kind, n), (w, c) in zip(self.stages, config, measured)
         )
         taken = len(sampled) if fused is None else max(len(sampled), _taken(fused.stash))
+        item_time = fused.profile.item_time_mean if fused is not None else sum(w for w, _ in measured)
         plan = PipelinePlan(mode, plans, throughput, tuple(reasons), fused, queue_size, data, tuple(sampled),
-                            _Sampled(items, data, taken))
+                            _Sampled(items, data, taken, budget=0.5 * item_time * taken))
         with self._last_lock:
             self._last = plan
         return plan

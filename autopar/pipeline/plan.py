@@ -4,11 +4,12 @@
 from __future__ import annotations
 
 import itertools
-import operator
 import threading
 from collections.abc import Iterator as _IteratorABC
 from dataclasses import dataclass, field
 from typing import Any, Sequence
+
+from ..tune.sample.stash import same_items, snapshots, within
 
 
 @dataclass(frozen=True)
@@ -54,14 +55,16 @@ class PipelinePlan:
 
 class _Sampled:
     """Whether a run is given the very items the plan's sample came from (then their results are
-    handed back, once): the same object, and for a list or tuple the same first items (a list
-    refilled in place is not the same). A range or a one-shot iterator (read to its end by
-    optimize()) is; anything else is never taken for the same."""
+    handed back, once): the same object, and for a list or tuple the same first items, proven
+    as optimize()'s stash proves them (a list refilled in place, or items changed in place, are
+    not the same; ``budget``: CPU seconds of pickling worth spending). A range or a one-shot
+    iterator (read to its end by optimize()) is; anything else is never taken for the same."""
 
-    def __init__(self, items: Any, data: Sequence[Any], taken: int) -> None:
+    def __init__(self, items: Any, data: Sequence[Any], taken: int, budget: float) -> None:
         self.items = items
         self.data = data  # the items as the plan holds them
-        self.head = tuple(itertools.islice(data, taken)) if isinstance(items, (list, tuple)) else None
+        listed = isinstance(items, (list, tuple))
+        self.head = snapshots(list(itertools.islice(data, taken)), within(budget)) if listed else None
         self.known = self.head is not None or type(items) is range or isinstance(items, _IteratorABC)
         self.used = False
         self.lock = threading.Lock()
@@ -82,7 +85,7 @@ class _Sampled:
         if self.head is None:
             return True
         n = len(self.head)
-        return len(self.items) >= n and all(map(operator.is_, self.head, itertools.islice(self.items, n)))
+        return len(self.items) >= n and same_items(self.head, list(itertools.islice(self.items, n)))
 
 
 def _taken(stash: Any) -> int:

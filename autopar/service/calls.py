@@ -48,6 +48,7 @@ class Call(Future):
         self.stop_reason: str | None = None  # "cancel" or "timeout" once asked to stop
         self.asked: str | None = None  # "cpu" (run_cpu), "io" (run_io) or None (routed)
         self.probe = False  # the first call of a new function: it measures the function
+        self.waited = 0  # the attempt whose wait for its function's first call has a time limit running
         self.closed_attempt = 0  # the attempt whose end was taken (a later end of it is dropped)
         self.trial = False  # its breaker let it through as the half-open trial
         self.recorded = False  # its outcome went to its breaker

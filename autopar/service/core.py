@@ -15,7 +15,7 @@ from ..options import NO_LIMIT
 from ..tune.system import default_start_method, usable_cores
 from .lanes import Call, NoProcesses, Outcome, ProcessLane, ThreadLane, run_here, timed_out
 from .policy import CircuitBreaker, CircuitOpen, Retry, Timer
-from .routes import FAILED_TELLS, Route, Routes
+from .routes import Route, Routes
 from .throttle import Gate, Throttle
 
 LANES = {"thread": "io", "process": "cpu", "inline": "inline"}  # lane -> its name in stats()
@@ -97,7 +97,7 @@ class _Routing:
             if not call.probe:
                 return
             call.probe = False
-        if out is not None and not out.stopped and (out.exc is None or out.wall >= FAILED_TELLS):
+        if out is not None and not out.stopped:  # a failure measures it too (see Route.failed_only)
             route.observe(out.wall, out.cpu, True, ok=out.exc is None)
         with route.lock:
             waiting = [c for c in route.waiting if not c.done()]
@@ -205,8 +205,8 @@ class Core(_Routing):
         """Choose the call's lane and admit it (or queue it behind the gate or the probe)."""
         lane, _ = self._lane_for(call)
         if lane == "probe":
-            if call.timeout is not None:  # its limit counts from now, as on a lane's queue
-                attempt = call.attempt
+            if call.timeout is not None and call.waited != call.attempt:  # its limit counts from now, as on a lane's queue
+                call.waited = attempt = call.attempt
                 try:
                     self.timer.call_later(call.timeout, lambda: self._waited_out(call, attempt))
                 except RuntimeError:

@@ -35,7 +35,6 @@ WAITS = 0.5  # CPU/wall under this: the function waits (I/O, sleeps, locks)
 SHIP_SHARE = 0.25  # pickling arguments costing this share of a call: keep it on threads
 PROCESS_MIN = 1e-3  # seconds: a computing call shorter than this stays on threads
 ALPHA = 0.2  # weight of a new call in the running averages
-FAILED_TELLS = 1e-3  # seconds: a first call failing sooner tells nothing of the function's calls
 MAX_ROUTES = 512
 
 _keys = itertools.count(1)
@@ -100,6 +99,8 @@ class Route:
         """(lane, why): "inline", "thread" or "process"."""
         if self.calls == 0 or self.cpu_ratio is None:
             return "thread", "not measured yet: a thread measures it without pickling anything"
+        if self.failed_only:  # a failure's time is not a call's: neither inline nor a process on it
+            return "thread", f"every call measured failed ({self.wall * 1e3:.3f} ms): a thread until one returns"
         ms = self.wall * 1e3
         if self.wall < INLINE_LIMIT:
             return "inline", f"{self.wall * 1e6:.0f} us a call: less than a hop to a thread"

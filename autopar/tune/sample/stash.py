@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterator
 
 from ...backends.worker import take_some
 
-__all__ = ["SampleStash"]
+__all__ = ["SampleStash", "same_items", "snapshots", "within"]
 
 
 class _Checked:
@@ -33,7 +33,7 @@ class _Checked:
         self.shape, self.dtype, self.crc = a.shape, a.dtype, _crc(a)
 
     def same(self, b: Any) -> bool:
-        return type(b).__module__ == "numpy" and getattr(b, "shape", None) == self.shape and b.dtype == self.dtype and _crc(b) == self.crc
+        return self.crc is not None and type(b).__module__ == "numpy" and getattr(b, "shape", None) == self.shape and b.dtype == self.dtype and _crc(b) == self.crc
 
 
 def _crc(a: Any) -> int | None:
@@ -68,14 +68,15 @@ class _Unproven:
 
 def _frozen(item: Any, depth: int = 0) -> bool:
     t = type(item)
-    if t in _FROZEN or isinstance(item, PurePath):
+    if t in _FROZEN or (t.__module__ == "pathlib" and isinstance(item, PurePath)):
         return True
     if t is tuple or t is frozenset:
         return depth < 3 and all(_frozen(x, depth + 1) for x in item)
-    return t.__module__ == "numpy" and any(b.__name__ == "generic" and b.__module__ == "numpy" for b in t.__mro__)  # scalars
+    # NumPy scalars, but not a structured array's element (np.void: a view into its array)
+    return t.__module__ == "numpy" and t.__name__ != "void" and any(b.__name__ == "generic" and b.__module__ == "numpy" for b in t.__mro__)
 
 
-def _snapshots(items: list[Any], late: Callable[[], bool]) -> list[Any]:
+def snapshots(items: list[Any], late: Callable[[], bool]) -> list[Any]:
     """The sampled items as they are now: values that cannot change as they are, arrays by
     checksum, anything else by its pickle (``_Unproven`` past SNAPSHOT_BYTES, once ``late()``,
     or unpicklable)."""
@@ -99,6 +100,13 @@ def _snapshots(items: list[Any], late: Callable[[], bool]) -> list[Any]:
     return out
 
 
+def within(budget: float) -> Callable[[], bool]:
+    """A clock for :func:`snapshots`: True once this thread has spent ``budget`` CPU seconds
+    (CPU, not wall: a busy machine's pre-emption is not pickling's cost)."""
+    t0 = time.thread_time()
+    return lambda: time.thread_time() - t0 > budget
+
+
 def _same(kept: Any, item: Any) -> bool:
     t = type(kept)
     if t is _Pickled:
@@ -114,11 +122,21 @@ def _same(kept: Any, item: Any) -> bool:
         return True
     if t is not type(item):
         return False
-    try:
-        eq = kept == item
-        return eq is True or (getattr(eq, "shape", None) == () and bool(eq))  # NumPy scalars
+    try:  # equal is not enough: (1,) == (1.0,), 0.0 == -0.0
+        return pickle.dumps(kept, protocol=pickle.HIGHEST_PROTOCOL) == pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL)
     except Exception:
         return False
+
+
+def same_items(kept: list[Any], head: Any) -> bool:
+    """``head`` (items read again) are the ones ``kept`` (:func:`snapshots`) was taken of."""
+    if len(head) != len(kept):
+        return False
+    if all(map(operator.is_, kept, head)):  # the same values that cannot change: at C speed
+        return True
+    if any(type(k) is _Unproven for k in kept):
+        return False
+    return all(map(_same, kept, head))
 
 
 def _is_array(data: Any) -> bool:
@@ -166,7 +184,7 @@ class SampleStash:
     def freeze(self, data: Any, budget: float) -> None:
         """The sampled items as they are now, before optimize() hands them back to its caller
         (who may change them before execute()): an array's sampled rows by one checksum,
-        other items one by one (:func:`_snapshots`). Pickling past ``budget`` seconds (half
+        other items one by one (:func:`snapshots`). Pickling past ``budget`` seconds (half
         the sampled items' own time) proves nothing worth its cost: the claim runs them again.
         Inside execute() nothing comes between sample and claim: no snapshot is taken."""
         if self.one_shot or self.frozen:
@@ -175,8 +193,7 @@ class SampleStash:
         if _is_array(data):
             self.block, self.items = _Checked(data[: self.n_done]), []
             return
-        t0 = time.perf_counter()
-        self.items = _snapshots(self.items, lambda: time.perf_counter() - t0 > budget)
+        self.items = snapshots(self.items, within(budget))
 
     def matches(self, data: Any) -> bool:
         """The object optimize() sampled, not yet claimed (its items are checked on claim)."""
@@ -211,7 +228,7 @@ class SampleStash:
             return self._hand_over(), it
         it = iter(data)
         head, error = take_some(it, self.n_done)
-        if error is not None or not self._same_items(head):
+        if error is not None or not same_items(self.items, head):
             return [], iter(data)
         return self._hand_over(), it
 
@@ -220,11 +237,4 @@ class SampleStash:
         blocks, self.result_blocks = self.result_blocks, []
         return blocks
 
-    def _same_items(self, head: Any) -> bool:
-        if len(head) != self.n_done:
-            return False
-        if all(map(operator.is_, self.items, head)):  # the same values that cannot change: at C speed
-            return True
-        if any(type(k) is _Unproven for k in self.items):
-            return False
-        return all(map(_same, self.items, head))
+
