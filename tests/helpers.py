@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import threading
 import time
 
@@ -238,3 +239,10 @@ def spin_tagged(item: "tuple[int, float]") -> int:
     index, seconds = item
     spin_wall(seconds)
     return index
+
+
+def sigint_on() -> None:
+    """``preexec_fn`` for a child a test interrupts: Ctrl-C raises KeyboardInterrupt there even
+    where the test run itself started with SIGINT ignored (a shell's background job, nohup),
+    which a child would inherit, and Python then installs no handler."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

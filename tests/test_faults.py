@@ -172,7 +172,8 @@ def test_sigint_stops_every_worker(where):
                         start_method="{method}", progress=report)
         """
     )
-    proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT / "tests", stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT / "tests", stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=helpers.sigint_on)
     line = proc.stdout.readline()
     assert line.startswith("PIDS"), proc.stderr.read()
     pids = [int(p) for p in line.split()[1:]]

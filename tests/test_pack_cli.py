@@ -21,6 +21,9 @@ from autopar import cli
 from autopar._atomic import atomic_write
 from autopar.image import passes as image
 from autopar.image.pack import pack
+
+from helpers import sigint_on
+
 RECORD = "autopar-pack.json"  # the resume record beside manifest.json
 
 pytestmark = pytest.mark.timeout(300)
@@ -310,7 +313,7 @@ def many(tmp_path):
 def test_ctrl_c_says_how_far_it_got_in_one_line_and_the_same_command_finishes(many, tmp_path, presses):
     out = tmp_path / "out"
     argv = [sys.executable, "-m", "autopar", "pack", str(many), str(out), "--executor", "thread", "-j", "1", "--no-progress"]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=sigint_on)
     try:
         deadline = time.monotonic() + 200
         while not atlases(out) and proc.poll() is None and time.monotonic() < deadline:
