@@ -141,6 +141,17 @@ def test_item_beyond_signals_gets_its_worker_killed(where):
     assert [x for i, x in enumerate(out) if i != 3] == [0, 1, 2, 4, 5, 6, 7]
 
 
+def test_a_worker_slow_to_start_is_not_killed_for_its_first_item():
+    # A spawned worker imports before it runs anything (here 2 s, as a loaded machine's
+    # imports may take): the watchdog counted that against the first item's 0.5 s limit and
+    # killed a worker that had not started it.
+    import slow_start
+
+    out = execute(slow_start.ident, range(4), executor_type="process", n_jobs=1, chunksize=1, timeout=0.5,
+                  errors="collect", start_method="spawn")
+    assert out == [0, 1, 2, 3]
+
+
 def test_thread_item_timeout_raises_and_says_the_thread_goes_on():
     helpers.HANG_DONE.clear()
     with pytest.raises(ItemTimeout, match="threads cannot be stopped"):

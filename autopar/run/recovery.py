@@ -37,6 +37,10 @@ if TYPE_CHECKING:
 __all__ = ["Decision", "Watchdog", "recover"]
 
 GRACE = {"process": 1.0, "dask": 2.0, "thread": 0.5}  # seconds past the items' timeouts before a pool counts as stuck
+# More, until a chunk has come back from a process pool whose workers import before they run
+# anything: a spawned worker under load took longer to start than a 0.5 s limit plus the
+# grace, and the watchdog killed it for its first item (the sample's worker allows as much).
+WORKER_STARTUP = {"spawn": 30.0, "forkserver": 30.0}
 CLUSTER_CHECK = 1.0  # seconds between checks that a Dask scheduler is still there
 
 
@@ -76,7 +80,10 @@ class Watchdog:
     def stuck_limit(run: "PoolRun") -> float:
         """Seconds without a finished chunk after which the pool counts as stuck."""
         longest = max(len(c.items) for c in run.inflight)
-        return longest * (run.job.opts.timeout or 0.0) + GRACE.get(run.job.kind, 0.0)
+        limit = longest * (run.job.opts.timeout or 0.0) + GRACE.get(run.job.kind, 0.0)
+        if run.job.kind == "process" and not run.warm:
+            limit += WORKER_STARTUP.get(run.job.method, 0.0)
+        return limit
 
     @classmethod
     def wait_timeout(cls, run: "PoolRun") -> float | None:
