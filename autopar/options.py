@@ -8,7 +8,7 @@ from typing import Any, Mapping
 
 from .tune.system import START_METHODS, usable_cores
 
-__all__ = ["EXECUTOR_TYPES", "POOL_TYPES", "Options", "check_func_and_data", "check_pool_args"]
+__all__ = ["EXECUTOR_TYPES", "POOL_TYPES", "Options", "check_flag", "check_func_and_data", "check_pool_args"]
 
 EXECUTOR_TYPES = ("serial", "thread", "process")  # what optimize() chooses among
 POOL_TYPES = EXECUTOR_TYPES + ("dask",)  # what a caller may ask for
@@ -36,6 +36,11 @@ def check_pool_args(
     if start_method is not None and start_method not in START_METHODS:
         raise ValueError(f"start_method must be one of {START_METHODS}, got {start_method!r}")
     return executor_type, n_jobs
+
+
+def check_flag(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
 
 
 def check_func_and_data(func: Any, data: Any) -> None:
@@ -136,13 +141,11 @@ class Options:
             raise ValueError("give scheduler= or cluster=, not both")
         if self.cluster is not None and kind not in (None, "dask"):
             raise ValueError(f"cluster= makes the cluster a candidate; it does not go with executor_type={kind!r}")
-        if not isinstance(self.cache, bool):
-            raise ValueError(f"cache must be True or False, got {self.cache!r}")
+        check_flag("cache", self.cache)
         s = self.sample_time
         if isinstance(s, bool) or not isinstance(s, (int, float)) or not 0 <= s < float("inf"):
             raise ValueError(f"sample_time must be a finite number of seconds >= 0, got {s!r}")
-        if not isinstance(self.adapt, bool):
-            raise ValueError(f"adapt must be True or False, got {self.adapt!r}")
+        check_flag("adapt", self.adapt)
         if self.desc is not None and not isinstance(self.desc, str):
             raise TypeError(f"desc must be a str (the progress bar's label) or None, got {self.desc!r}")
 

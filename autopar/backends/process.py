@@ -229,6 +229,7 @@ class ProcessBackend:
         share = getattr(self.ex, "share", None)  # a Dask cluster: a large function goes there once
         self.sent_blob = share(self.blob) if share is not None else self.blob
         self.processes: dict[int, Any] = {}
+        self.warm = False  # a chunk came back from this pool: its workers are up (see recovery.WORKER_STARTUP)
 
     def encode(self, start: int, items: list[Any]) -> bytes:
         try:
@@ -261,6 +262,7 @@ class ProcessBackend:
         return fut
 
     def decode(self, values: Any) -> list[Any]:
+        self.warm = True
         return _serialize.loads(values) if self.transport == _serialize.CLOUDPICKLE else values
 
     @staticmethod
@@ -294,6 +296,7 @@ class ProcessBackend:
         self.ex = self._make()
         self.processes = {}
         self.key = uuid.uuid4().hex
+        self.warm = False
 
     def close(self, clean: bool) -> None:
         if self.owned:

@@ -108,7 +108,6 @@ class PoolRun:
         self.switched_from: str | None = None  # the kind of pool it left
         self.total, self.first_index = total, first_index
         self.last_progress = time.monotonic()
-        self.warm = False  # a chunk came back from this pool (its workers are up)
         self.cluster_checked = 0.0  # when the Dask workers were last asked what they run
         self.pool_closed = False
         self.backend = new_backend(job)
@@ -229,7 +228,6 @@ class PoolRun:
             job.bar.update(len(c.items))
             self.last_progress = time.monotonic()
             if not c.inline:
-                self.warm = True
                 self.act(self.adapt.judge(self, len(c.items), elapsed, cpu))
                 if not self.adapt.fallback.doubt:
                     self.feeder.grow()
@@ -253,7 +251,6 @@ class PoolRun:
             self.feeder.put_back(c.start, c.items)
         if d.replace:
             self.backend.replace()
-            self.warm = False
         for c, error in d.fail:
             self.inflight.remove(c)
             self.inflight.add(self.job.fail_in_place(c, error))
@@ -305,7 +302,6 @@ class PoolRun:
         feeder.chunksize, feeder.workers, feeder.limit = job.chunksize, job.n_jobs, 2 * job.n_jobs + 1
         feeder.ramp = feeder.floor = ramp_size(job)
         self.backend = new_backend(job)
-        self.warm = False
         self.adapt.fallback.switched()
         job.report.fallback = (at, f"{alt.executor_type} x{alt.n_jobs} (chunksize {job.chunksize})", self.switch_to)
         self.switch_to = None

@@ -19,7 +19,7 @@ from ..backends.dask import DaskExecutor, cluster_costs, connect, is_client
 from ..backends.pools import executor_kind, pool_size
 from ..backends.worker import Limited, reads_in_place, run_items, take_some
 from ..errors import ItemFailed, settle, unwrapped
-from ..options import Options, check_func_and_data
+from ..options import Options, check_flag, check_func_and_data
 from ..tune import wisdom
 from ..tune.costs import pool_costs
 from ..tune.measure import rss
@@ -278,11 +278,9 @@ def execute(
         ``exc.autopar_item_index``) and, from a process worker, the worker's traceback as
         ``__cause__``. The rest of the work is cancelled.
     """
-    t_begin = time.perf_counter()
     check_func_and_data(func, data)
-    if not isinstance(return_report, bool):
-        raise ValueError(f"return_report must be True or False, got {return_report!r}")
-    it = run_with(func, data, Options.of(locals()), result, pool, t_begin)
+    check_flag("return_report", return_report)
+    it = run_with(func, data, Options.of(locals()), result, pool, time.perf_counter())
     results = _collect(it)
     return (results, it.report) if return_report else results
 

@@ -81,7 +81,7 @@ class Watchdog:
         """Seconds without a finished chunk after which the pool counts as stuck."""
         longest = max(len(c.items) for c in run.inflight)
         limit = longest * (run.job.opts.timeout or 0.0) + GRACE.get(run.job.kind, 0.0)
-        if run.job.kind == "process" and not run.warm:
+        if run.job.kind == "process" and not getattr(run.backend, "warm", True):
             limit += WORKER_STARTUP.get(run.job.method, 0.0)
         return limit
 
