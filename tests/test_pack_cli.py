@@ -409,6 +409,7 @@ def test_a_rerun_makes_only_what_is_missing_or_out_of_date(dataset, tmp_path):
 
     again = pack(dataset, out, executor="serial")
     assert again.ok and again.written == [] and len(again.kept) == 6
+    assert again.passes == [] and "no pass ran" in again.explain()  # nothing changed: not even the scan
     assert again.unlisted == ["volume_stack0099_c0.webp"] and (out / "volume_stack0099_c0.webp").exists()
     assert "kept 6 up to date" in again.summary() and "not in the manifest (left as they are)" in again.summary()
     assert {n: (out / n).stat().st_mtime_ns for n in stamps} == stamps
@@ -428,6 +429,10 @@ def test_a_rerun_makes_only_what_is_missing_or_out_of_date(dataset, tmp_path):
     dataset.rename(moved)
     assert len(pack(moved, out, executor="serial").kept) == 6
     moved.rename(dataset)
+    # No manifest (a run stopped before it): the passes run, the atlases are kept, the manifest made.
+    (out / "manifest.json").unlink()
+    fourth = pack(dataset, out, executor="serial")
+    assert len(fourth.passes) == 2 and len(fourth.kept) == 6  # scan and limits; nothing to render and json.loads((out / "manifest.json").read_text()) == first.manifest
 
     # Other settings, or --force: everything again.
     assert len(pack(dataset, out, executor="serial", quality=60).written) == 6

@@ -176,7 +176,15 @@ def _check_workers_see(client: Any, src: Path, out: Path | None) -> None:
 def _pack(paths: list[str], out: Path, run: _Runner, report: PackReport, t_begin: float, settings: dict[str, Any]) -> PackReport:
     jobs: list[image.RenderJob] = []
     try:
-        planned = _plan(paths, out, run, report, settings)
+        same = None if settings["force"] else resume.up_to_date(out, paths, settings)
+        if same is not None:  # a rerun of a finished pack: the passes would remake what is there
+            report.kept, report.manifest = same
+            report.unlisted = resume.unlisted(out, set(report.kept))
+            report.notes.append("nothing changed since the last pack into this folder (input files, settings): no pass ran")
+            _missing_channels(paths, report)
+            planned = None
+        else:
+            planned = _plan(paths, out, run, report, settings)
         if planned is not None:
             infos, z0, z1, limits, global_limits, jobs = planned
             done = _resume_and_render(infos, jobs, (z0, z1), out, report, run, settings)

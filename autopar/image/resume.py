@@ -17,7 +17,7 @@ from typing import Any, Iterable
 from .._atomic import atomic_write
 from .passes import RenderJob, output_name
 
-__all__ = ["RECORD", "complete_webp", "entry", "outdated", "read_record", "unlisted", "write_record"]
+__all__ = ["RECORD", "complete_webp", "entry", "outdated", "read_record", "unlisted", "up_to_date", "write_record"]
 
 RECORD = "autopar-pack.json"
 FORMAT = 1  # raised whenever pass 2's bytes for the same inputs and settings change
@@ -93,6 +93,30 @@ def write_record(out: Path, todo: Iterable[RenderJob], entries: dict[str, Any]) 
                 kept.pop(path.name, None)
     with atomic_write(out / RECORD, "w") as fh:
         json.dump({"format": FORMAT, "atlases": kept}, fh, indent=1)
+
+
+def up_to_date(out: Path, paths: list[str], settings: dict[str, Any]) -> tuple[list[str], dict[str, Any]] | None:
+    """(atlas names, manifest) where the last pack into ``out`` is whole and nothing it was
+    made from changed: the same input files (names, sizes, times) and settings, every atlas
+    recorded complete and listed by its manifest.json. The passes would make the same crop,
+    limits and atlases: none need run. Else None."""
+    old = read_record(out)
+    try:
+        manifest = json.loads((out / "manifest.json").read_text())
+        listed = {f["file"] for tp in manifest["timepoints"] for f in tp["files"].values()}
+        recorded = {(e["input"], e["size"], e["mtime_ns"]) for e in old.values()}
+        now = set()
+        for p in paths:
+            st = os.stat(p)
+            now.add((os.path.basename(p), st.st_size, st.st_mtime_ns))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    want = json.loads(json.dumps({k: settings[k] for k in SETTINGS}))
+    if not old or recorded != now or len(old) != len(paths) or listed != set(old):
+        return None
+    if any(e.get("settings") != want for e in old.values()) or not all(complete_webp(out / n) for n in old):
+        return None
+    return sorted(old), manifest
 
 
 def unlisted(out: Path, names: set[str]) -> list[str]:
