@@ -431,6 +431,13 @@ def test_a_rerun_makes_only_what_is_missing_or_out_of_date(dataset, tmp_path):
     dataset.rename(moved)
     assert len(pack(moved, out, executor="serial").kept) == 6
     moved.rename(dataset)
+    # A manifest that does not say what the record does (a run stopped before writing its
+    # own left the last one; or edited): the passes run and write it again.
+    edited = json.loads((out / "manifest.json").read_text())
+    edited["timepoints"][0]["files"]["c0"]["p_low"] += 1.0
+    (out / "manifest.json").write_text(json.dumps(edited))
+    assert len(pack(dataset, out, executor="serial").passes) == 2
+    assert json.loads((out / "manifest.json").read_text()) == first.manifest
     # No manifest (a run stopped before it): the passes run, the atlases are kept, the manifest made.
     (out / "manifest.json").unlink()
     fourth = pack(dataset, out, executor="serial")

@@ -98,12 +98,13 @@ def write_record(out: Path, todo: Iterable[RenderJob], entries: dict[str, Any]) 
 def up_to_date(out: Path, paths: list[str], settings: dict[str, Any]) -> tuple[list[str], dict[str, Any]] | None:
     """(atlas names, manifest) where the last pack into ``out`` is whole and nothing it was
     made from changed: the same input files (names, sizes, times) and settings, every atlas
-    recorded complete and listed by its manifest.json. The passes would make the same crop,
-    limits and atlases: none need run. Else None."""
+    recorded complete and listed by its manifest.json with the record's limits and crop. The
+    passes would make the same crop, limits and atlases: none need run. Else None."""
     old = read_record(out)
     try:
         manifest = json.loads((out / "manifest.json").read_text())
-        listed = {f["file"] for tp in manifest["timepoints"] for f in tp["files"].values()}
+        listed = {f["file"]: [f["p_low"], f["p_high"]] for tp in manifest["timepoints"] for f in tp["files"].values()}
+        crop = manifest["global_z_crop_range"]
         recorded = {(e["input"], e["size"], e["mtime_ns"]) for e in old.values()}
         now = set()
         for p in paths:
@@ -112,7 +113,10 @@ def up_to_date(out: Path, paths: list[str], settings: dict[str, Any]) -> tuple[l
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
     want = json.loads(json.dumps({k: settings[k] for k in SETTINGS}))
-    if not old or recorded != now or len(old) != len(paths) or listed != set(old):
+    if not old or recorded != now or len(old) != len(paths) or set(listed) != set(old):
+        return None
+    # The manifest says what the record does (a run stopped before writing it left the last one).
+    if any(listed[n] != e.get("limits") or crop != e.get("global_z_crop") for n, e in old.items()):
         return None
     if any(e.get("settings") != want for e in old.values()) or not all(complete_webp(out / n) for n in old):
         return None
