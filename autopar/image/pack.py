@@ -308,14 +308,13 @@ def _scan_pass(
     by_channel: dict[int, Counter[str]] = defaultdict(Counter)
     for i in infos:
         by_channel[i.channel][i.dtype] += 1
-    for ch, dtypes in by_channel.items():
-        usual = dtypes.most_common(1)[0][0]
-        for i in [i for i in infos if i.channel == ch and i.dtype != usual]:
-            report.errors.append(
-                f"{i.path}: its pixels are {i.dtype}, channel {ch}'s other stacks {usual}; one channel's limits "
-                f"take one pixel type (save it as {usual}): skipped"
-            )
-    infos = [i for i in infos if i.dtype == by_channel[i.channel].most_common(1)[0][0]]
+    usual = {ch: dtypes.most_common(1)[0][0] for ch, dtypes in by_channel.items()}
+    for i in [i for i in infos if i.dtype != usual[i.channel]]:
+        report.errors.append(
+            f"{i.path}: its pixels are {i.dtype}, channel {i.channel}'s other stacks {usual[i.channel]}; one channel's "
+            f"limits take one pixel type (save it as {usual[i.channel]}): skipped"
+        )
+    infos = [i for i in infos if i.dtype == usual[i.channel]]
     _missing_channels(paths, report)
     return infos
 
