@@ -390,3 +390,37 @@ def test_a_thread_item_stuck_in_c_past_its_limit_raises_without_waiting_for_it()
         assert not _RETURNED.is_set()  # raised while the item was still stuck
     finally:
         _RELEASE.set()
+
+
+def test_ctrl_c_in_optimize_leaves_no_thread_running_the_function():
+    """Interrupted while the sample's probe runs items on its threads: optimize() raises once
+    no thread runs the function any more (none goes on with the items left)."""
+    import signal
+
+    data = np.random.default_rng(0).random(200_000)  # a sort: NumPy lets the GIL go
+    calls = []
+    pressed = threading.Event()
+    lock = threading.Lock()
+
+    def waits(x):
+        with lock:
+            calls.append(x)
+            press = threading.current_thread().name.startswith("autopar-probe") and not pressed.is_set()
+            if press:
+                pressed.set()
+        if press:
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)  # as Ctrl-C: a real signal
+        return float(np.sort(data)[x])
+
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)  # (a run with SIGINT ignored)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            optimize(waits, list(range(1000)), cache=False)
+            time.sleep(30)  # (no probe ran: it lands here, and the assert below says so)
+    finally:
+        signal.signal(signal.SIGINT, old)
+    ran = len(calls)
+    time.sleep(0.3)
+    assert pressed.is_set(), "the sample ran no probe on threads"
+    assert len(calls) == ran < 1000
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("autopar-")]

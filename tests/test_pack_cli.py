@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from autopar import cli
 from autopar._atomic import atomic_write
 from autopar.image import passes as image
 from autopar.image.pack import pack
+from autopar.image.report import PackInterrupted
 
 from helpers import sigint_on
 
@@ -340,6 +342,40 @@ def test_ctrl_c_says_how_far_it_got_in_one_line_and_the_same_command_finishes(ma
     left = 30 - n
     assert f"wrote {left} {'atlas' if left == 1 else 'atlases'}, kept {n} up to date" in again.stdout
     assert len(assert_manifest_true(out)["timepoints"]) == 15
+
+
+def test_ctrl_c_counts_what_threads_still_busy_with_an_atlas_leave_on_disk(many, tmp_path):
+    """Interrupted while pool threads run their items: the count said is what stays on disk
+    once every thread has ended (a thread busy with an atlas writes nothing after the count)."""
+    out = tmp_path / "out"
+    main = threading.main_thread()
+
+    def press() -> None:
+        deadline = time.monotonic() + 200
+        while len(atlases(out)) < 3 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        signal.pthread_kill(main.ident, signal.SIGINT)  # as Ctrl-C: a real signal
+
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)  # (a run with SIGINT ignored)
+    presser = threading.Thread(target=press)
+    try:
+        presser.start()
+        with pytest.raises(PackInterrupted) as info:
+            pack(many, out, executor="thread", jobs=2, method=4)
+            time.sleep(30)  # (finished before the press: the press lands here)
+    finally:
+        presser.join()
+        signal.signal(signal.SIGINT, old)
+    for t in threading.enumerate():  # the pool's threads end their items, then stop
+        if t is not main and t.name.startswith("autopar"):
+            t.join(timeout=60)
+    assert 3 <= info.value.written < 30
+    assert info.value.written == len(atlases(out))
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+    before = atlases(out)
+    again = pack(many, out, executor="thread", jobs=2, method=4)  # the folder takes writes again
+    assert sorted(again.kept) == before  # (nothing was written since)
+    assert again.ok and len(again.written) == 30 - info.value.written and len(atlases(out)) == 30
 
 
 # -- 8. the command line's messages --------------------------------------------------------------

@@ -60,6 +60,8 @@ def _run_pass(
     return results
 
 
+WRITE_GRACE = 10.0  # seconds an interrupted pack waits for atlas writes under way in its threads
+
 RENDER_STEPS = (("read+stretch", image.render_atlas), ("encode", image.encode_atlas), ("write", image.write_atlas))
 
 
@@ -193,10 +195,12 @@ def _pack(paths: list[str], out: Path, run: _Runner, report: PackReport, t_begin
                 with atomic_write(out / "manifest.json", "w") as fh:
                     json.dump(report.manifest, fh, indent=2)
     except KeyboardInterrupt:
-        # The pools have stopped; what is on disk is whole and recorded. A worker killed in an
-        # atomic write leaves its temp file: those of this pack's atlases go.
+        # The pools have stopped (a thread still busy with an item writes nothing more; one
+        # writing finishes first); what is on disk is whole and recorded. A worker process
+        # killed in an atomic write leaves its temp file: those of this pack's atlases go.
         written = 0
         if jobs and not settings["dry_run"]:
+            image.WRITES.stop(jobs, WRITE_GRACE)
             _remove_temp_files(out, {image.output_name(j.time_id, j.channel) for j in jobs})
             written = sum(resume.complete_webp(out / image.output_name(j.time_id, j.channel)) for j in jobs)
         raise PackInterrupted(written, len(jobs) or len(paths), settings["dry_run"]) from None

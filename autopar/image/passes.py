@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import re
 import threading
+import time
+import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -423,12 +426,69 @@ def encode_atlas(rendered: tuple[RenderJob, np.ndarray]) -> tuple[RenderJob, tup
     return job, atlas.shape, data
 
 
+class _Writes:
+    """The atlas writes under way in this process. The jobs of an interrupted pack are
+    stopped: a worker thread still busy with one of them raises KeyboardInterrupt where it
+    would write, and so nothing is written after the pack counted what is on disk. (The job
+    objects themselves, not their values: a later pack of the same files writes as usual.)
+    Processes' workers are not seen here: an interrupted run kills them."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._busy: dict[int, int] = {}  # id(job) -> writes under way
+        self._stopped: dict[int, weakref.ref] = {}
+
+    @contextmanager
+    def one(self, job: RenderJob) -> Iterator[None]:
+        key = id(job)
+        with self._lock:
+            ref = self._stopped.get(key)
+            if ref is not None and ref() is job:
+                raise KeyboardInterrupt(f"{job.path}: its pack was interrupted; the atlas is not written")
+            self._busy[key] = self._busy.get(key, 0) + 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._busy[key] -= 1
+                if not self._busy[key]:
+                    del self._busy[key]
+
+    def stop(self, jobs: list[RenderJob], timeout: float) -> bool:
+        """No new write of ``jobs``; then wait (``timeout`` seconds at most, Ctrl-C meanwhile
+        ignored: what it waits for is the count) for those under way. False if some were
+        still writing at the end."""
+        keys = {id(j) for j in jobs}
+        with self._lock:
+            for job in jobs:
+                self._stopped[id(job)] = weakref.ref(job, self._forget(id(job)))
+        deadline = time.monotonic() + timeout
+        while not keys.isdisjoint(self._busy) and time.monotonic() < deadline:
+            try:
+                time.sleep(0.002)
+            except KeyboardInterrupt:
+                continue
+        return keys.isdisjoint(self._busy)
+
+    def _forget(self, key: int) -> Callable[[weakref.ref], None]:
+        """A job gone: its entry goes (no lock: the garbage collector may call this anywhere)."""
+
+        def forget(ref: weakref.ref) -> None:
+            if self._stopped.get(key) is ref:
+                self._stopped.pop(key, None)
+
+        return forget
+
+
+WRITES = _Writes()
+
+
 def write_atlas(encoded: tuple[RenderJob, tuple[int, ...], bytes]) -> dict[str, Any]:
     """Pass 2's last step: the WebP written atomically. Returns what was written."""
     job, shape, data = encoded
     name = output_name(job.time_id, job.channel)
     if not job.dry_run:
-        with atomic_write(Path(job.output_dir) / name) as fh:
+        with WRITES.one(job), atomic_write(Path(job.output_dir) / name) as fh:
             fh.write(data)
     return {"file": name, "time_id": job.time_id, "channel": job.channel, "atlas_shape": shape, "bytes_out": len(data)}
 

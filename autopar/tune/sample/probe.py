@@ -181,20 +181,30 @@ def _probe(
     queues = [0.0] * k  # each thread's wait for a core (other processes busy) over the round
     spin = k <= _cpus()
     go = threading.Event()
+    stop = threading.Event()  # the caller was interrupted: each thread ends after its item
+    ended = [threading.Event() for _ in range(k)]  # (join() cannot be trusted once interrupted, see below)
     cpus = _cpu_list() if spin else []
 
     def worker(slot: int) -> None:
+        try:
+            work(slot)
+        finally:
+            ended[slot].set()
+
+    def work(slot: int) -> None:
         if cpus:
             _own_cpus(cpus[slot::k])
         with lock:
             arrived[0] += 1
         if not spin:
             go.wait()
-        while arrived[0] <= k:  # the caller counts itself in once all k are here
+        while arrived[0] <= k and not stop.is_set():  # the caller counts itself in once all k are here
             time.sleep(0)
         q0 = queued_seconds()
         try:
             for i in range(slot, len(items), k):
+                if stop.is_set():
+                    return
                 try:
                     results[i] = func(items[i])
                 except BaseException as exc:  # settled in the caller below
@@ -211,17 +221,27 @@ def _probe(
     ]
     # The probe's threads count from the start signal on; threads that ran before do not.
     meter = NewThreadsCpu().start()
-    for t in threads:
-        t.start()
-    while arrived[0] < k:
-        time.sleep(0) if spin else time.sleep(0.0002)
-    meter.mark()
-    t0 = time.perf_counter()
-    with lock:
-        arrived[0] += 1  # go
-    go.set()
-    for t in threads:
-        t.join()
+    try:
+        for t in threads:
+            t.start()
+        while arrived[0] < k:
+            time.sleep(0) if spin else time.sleep(0.0002)
+        meter.mark()
+        t0 = time.perf_counter()
+        with lock:
+            arrived[0] += 1  # go
+        go.set()
+        for t in threads:
+            t.join()
+    except BaseException:  # (Ctrl-C): no thread is left running items; a second one stops the wait
+        stop.set()
+        go.set()
+        # Not join(): on 3.10-3.12, a join interrupted by Ctrl-C marks the thread it waited
+        # for as ended while it still runs, and joins of it return at once from then on.
+        for t, done in zip(threads, ended):
+            if t.ident is not None:
+                done.wait()
+        raise
     cpu = meter.stop()
     wall = sum(ends) / k - t0
     settle(sorted(failures, key=lambda f: f[0]), "thread (probe)", collect)

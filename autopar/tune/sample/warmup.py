@@ -36,8 +36,9 @@ class _Ahead:
         self.waiting = False
         self.round_wall = 0.0
         self._cancel = threading.Event()
+        self._ended = threading.Event()
         self._busy = busy_clock(caller, caller_tid)
-        self._thread = threading.Thread(target=self._coordinate, name="autopar-sample-ahead", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="autopar-sample-ahead", daemon=True)
         self._thread.start()
 
     def _run_one(self, i: int) -> None:
@@ -49,6 +50,12 @@ class _Ahead:
             self.errors[i] = exc
         self.ends[i] = time.perf_counter()
         self.walls[i], self.cpus[i] = self.ends[i] - t0, time.thread_time() - h0
+
+    def _run(self) -> None:
+        try:
+            self._coordinate()
+        finally:
+            self._ended.set()
 
     def _coordinate(self) -> None:
         t0 = time.perf_counter()
@@ -85,7 +92,11 @@ class _Ahead:
 
     def stop_or_finish(self) -> None:
         self._cancel.set()
-        self._thread.join()
+        try:
+            self._thread.join()
+        except BaseException:  # (Ctrl-C) the items under way end first; a second one stops the wait
+            self._ended.wait()  # (not join(): on 3.10-3.12 an interrupted join() takes the thread as ended)
+            raise
 
     def n_ran(self) -> int:
         """Items that ran: always the first ``n_ran()`` given."""
