@@ -214,7 +214,8 @@ def test_the_report_gives_the_steps_this_run_measured(tmp_path, monkeypatch):
         os.link(tmp_path / "noisy.tif", src / name)
     second = pack(src, tmp_path / "o2")
     render = second.passes[-1]
-    assert render.planned_from == "the tuning cache", render
+    held = [(e.key[:8], e.func[:40], e.stale, e.hits, len(e.profile.stage_times)) for e in wisdom.entries()]
+    assert render.planned_from == "the tuning cache", (render, held)  # (what the cache held, should it fail)
     measured, planned = dict(render.steps), dict(render.planned)
     assert measured["encode"] > 2 * planned["encode"], render  # the report does not repeat the plan
     assert measured["encode"] > 2 * dict(first.passes[-1].steps)["encode"]  # and follows this run's images
