@@ -128,6 +128,27 @@ def test_each_run_feeds_back_and_a_far_off_one_makes_the_entry_measured_again(ca
     assert not entry.stale and entry.runs == 0
 
 
+def test_a_serial_pick_whose_items_run_faster_keeps_the_runs_time_without_a_sample(cache):
+    # Naps of 60 ms kept for a serial pick, then runs of 20 ms naps: serial stays the pick
+    # (a pool only gains less on shorter items); the run's item time replaces the kept one.
+    data = list(range(8))
+    try:
+        DELAY[0] = 0.06
+        r = autopar.optimize(nap, data, executor_type="serial")
+        assert r.cache == "miss" and r.profile.item_time_mean >= 0.06
+        DELAY[0] = 0.02
+        r = autopar.optimize(nap, data, executor_type="serial")
+        assert r.cache == "hit"
+        _, report = autopar.execute(nap, data, result=r, return_report=True)
+        assert report.cache == "replaced"
+        [entry] = wisdom.entries()
+        assert not entry.stale and entry.profile.item_time_mean == pytest.approx(report.measured_item_time)
+        again = autopar.optimize(nap, data, executor_type="serial")
+    finally:
+        DELAY[0] = 0.0005
+    assert again.cache == "hit" and again.profile.item_time_mean < 0.04  # no new sample, the run's figure
+
+
 def test_the_kept_item_time_follows_the_runs(cache):
     key = "k" * 32
     base = autopar.optimize(counted, list(range(500)), cache=False).profile
@@ -142,6 +163,13 @@ def test_the_kept_item_time_follows_the_runs(cache):
     assert wisdom.observe(key, 1.5 * wisdom.entries()[0].profile.item_time_mean) == "stale"
     wisdom.store(key, "f", base)
     assert wisdom.observe(key, t / 1.5) == "stale"
+    # a serial run: faster items replace the kept time; slower ones still contradict it
+    wisdom.store(key, "f", base)
+    assert wisdom.observe(key, t / 2, serial=True) == "replaced"
+    [entry] = wisdom.entries()
+    assert not entry.stale and entry.profile.item_time_mean == pytest.approx(t / 2) and entry.runs == 1
+    assert entry.profile.item_time_max == pytest.approx(base.item_time_max / 2)
+    assert wisdom.observe(key, t, serial=True) == "stale"  # 2x the kept time now
 
 
 def _writer(args):

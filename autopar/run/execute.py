@@ -320,7 +320,7 @@ def _feed_back(job: Job, cpu: float, away: float = 0.0) -> None:
         report.cache = wisdom.observe(result.cache_key, None, lost=lost)
         return
     if job.kind != "thread" or job.n_jobs == 1:
-        report.cache = wisdom.observe(result.cache_key, report.measured_item_time)
+        report.cache = wisdom.observe(result.cache_key, report.measured_item_time, serial=job.kind == "serial")
         return
     predicted, took = report.predicted_time, report.run_time
     if not predicted or not took or predicted < MIN_CHECKED_RUN:

@@ -33,7 +33,7 @@ class ExecutionReport:
     predicted_speedup: float | None = None
     predicted_item_time: float | None = None
     measured_item_time: float | None = None
-    cache: str | None = None  # what the run told the tuning cache: "updated", "checked", "stale" or None
+    cache: str | None = None  # what the run told the tuning cache: "updated", "replaced", "checked", "stale" or None
     serial_estimate: float | None = None
     chunksize_changes: list[tuple[int, int, int, str]] = field(default_factory=list)
     failures: list[int] = field(default_factory=list)
