@@ -85,6 +85,7 @@ def test_benchmark_script_runs_and_traces_each_entry(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     text = table.read_text()
     assert "| sleep 20 ms |" in text and "geometric-mean regret" in text
+    assert "| regret | floor |" in text and "Floor (the first pass's fastest configuration" in text
     lines = [json.loads(line) for line in trace.read_text().splitlines()]
     entries = {line["entry"] for line in lines}
     assert "serial" in entries and any(e.startswith("autopar ") for e in entries), entries

@@ -186,22 +186,17 @@ def _probe(
     cpus = _cpu_list() if spin else []
 
     def worker(slot: int) -> None:
+        q0: float | None = None
         try:
-            work(slot)
-        finally:
-            ended[slot].set()
-
-    def work(slot: int) -> None:
-        if cpus:
-            _own_cpus(cpus[slot::k])
-        with lock:
-            arrived[0] += 1
-        if not spin:
-            go.wait()
-        while arrived[0] <= k and not stop.is_set():  # the caller counts itself in once all k are here
-            time.sleep(0)
-        q0 = queued_seconds()
-        try:
+            if cpus:
+                _own_cpus(cpus[slot::k])
+            with lock:
+                arrived[0] += 1
+            if not spin:
+                go.wait()
+            while arrived[0] <= k and not stop.is_set():  # the caller counts itself in once all k are here
+                time.sleep(0)
+            q0 = queued_seconds()
             for i in range(slot, len(items), k):
                 if stop.is_set():
                     return
@@ -214,7 +209,8 @@ def _probe(
                     results[i] = ItemFailed(first_index + i, exc)
         finally:
             ends[slot] = time.perf_counter()
-            queues[slot] = queued_seconds() - q0
+            queues[slot] = queued_seconds() - q0 if q0 is not None else 0.0
+            ended[slot].set()
 
     threads = [
         threading.Thread(target=worker, args=(s,), name=f"autopar-probe-{s}", daemon=True) for s in range(k)
