@@ -142,14 +142,21 @@ def test_computing_beside_others_work_on_every_core_is_not_probed_on_threads():
     # Items of about 4 ms: the serial batches before the probe span a few of the scheduler's
     # slices, so the wait for the core shows (items of 1.3 ms read no wait at all, 1 run in 4
     # of the suite beside a hog: the thread ran its first slice whole; see decisions).
+    # About 1 run in 25 the first item's early look reads the caller as waiting (it slept
+    # 19 ms of 25 on the GIL while the looking thread waited for the core: decisions' Known
+    # short) and items run ahead at once, a probe round of their own: that look is tried
+    # again, up to three times; the pick is never threads, whatever the look read.
     big = list(range(100_000))
     for func, items in ((_loop, [100_000] * 100), (_sum_head, [list(big) for _ in range(8)] + [big] * 50)):
-        with OneBusyCpu(hogs=2):  # (one would want the CPU about as much as this process: the threshold)
-            r = optimize(func, items)
-        p = r.profile
+        for _ in range(3):
+            with OneBusyCpu(hogs=2):  # (one would want the CPU about as much as this process: the threshold)
+                r = optimize(func, items, cache=False)
+            p = r.profile
+            assert r.executor_type != "thread", r.explain()
+            assert p.others_cores >= 0.5, r.explain()
+            if p.probe_rounds == 0:
+                break
         assert p.probe_rounds == 0 and p.thread_scaling is None, r.explain()
-        assert p.others_cores >= 0.5, r.explain()
-        assert r.executor_type != "thread", r.explain()
 
 
 def _sum_head(xs: list) -> int:
