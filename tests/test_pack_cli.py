@@ -352,33 +352,43 @@ def test_ctrl_c_counts_what_threads_still_busy_with_an_atlas_leave_on_disk(many,
     once every thread has ended (a thread busy with an atlas writes nothing after the count)."""
     out = tmp_path / "out"
     main = threading.main_thread()
+    ended = threading.Event()
 
     def press() -> None:
         deadline = time.monotonic() + 200
-        while len(atlases(out)) < 3 and time.monotonic() < deadline:
+        while len(atlases(out)) < 3 and not ended.is_set() and time.monotonic() < deadline:
             time.sleep(0.005)
-        signal.pthread_kill(main.ident, signal.SIGINT)  # as Ctrl-C: a real signal
+        if not ended.is_set():
+            signal.pthread_kill(main.ident, signal.SIGINT)  # as Ctrl-C: a real signal
 
     old = signal.signal(signal.SIGINT, signal.default_int_handler)  # (a run with SIGINT ignored)
     presser = threading.Thread(target=press)
+    caught = None
     try:
         presser.start()
-        with pytest.raises(PackInterrupted) as info:
+        try:
             pack(many, out, executor="thread", jobs=2, method=4)
-            time.sleep(30)  # (finished before the press: the press lands here)
+        except PackInterrupted as exc:
+            caught = exc
+        ended.set()
+        presser.join()
+    except KeyboardInterrupt:  # (not pack's: the press came after pack had ended)
+        pytest.fail("the press came after pack had ended")
     finally:
+        ended.set()
         presser.join()
         signal.signal(signal.SIGINT, old)
+    assert caught is not None, "pack finished before the press"
     for t in threading.enumerate():  # the pool's threads end their items, then stop
         if t is not main and t.name.startswith("autopar"):
             t.join(timeout=60)
-    assert 3 <= info.value.written < 30
-    assert info.value.written == len(atlases(out))
+    assert 3 <= caught.written < 30
+    assert caught.written == len(atlases(out))
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
     before = atlases(out)
-    again = pack(many, out, executor="thread", jobs=2, method=4)  # the folder takes writes again
+    again = pack(many, out, executor="thread", jobs=2, method=4)  # the same files write as usual
     assert sorted(again.kept) == before  # (nothing was written since)
-    assert again.ok and len(again.written) == 30 - info.value.written and len(atlases(out)) == 30
+    assert again.ok and len(again.written) == 30 - caught.written and len(atlases(out)) == 30
 
 
 # -- 8. the command line's messages --------------------------------------------------------------

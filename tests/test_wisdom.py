@@ -149,6 +149,39 @@ def test_a_serial_pick_whose_items_run_faster_keeps_the_runs_time_without_a_samp
     assert again.cache == "hit" and again.profile.item_time_mean < 0.04  # no new sample, the run's figure
 
 
+FAIL = [False]
+
+
+def nap_or_fail(x: int) -> int:
+    if FAIL[0]:
+        raise ValueError(x)
+    time.sleep(DELAY[0])
+    return x
+
+
+def test_only_a_serial_picks_own_clean_run_replaces_the_kept_time(cache):
+    data = list(range(8))
+    try:
+        # A pool's pick, run serially by hand with faster items: contradicted, measured again.
+        DELAY[0] = 0.01
+        r = autopar.optimize(nap, list(range(200)))
+        assert r.cache == "miss" and r.executor_type == "thread" and r.profile.n_remaining, r.explain()
+        DELAY[0] = 0.002
+        _, report = autopar.execute(nap, list(range(200)), result=r, executor_type="serial", return_report=True)
+        assert report.cache == "stale"
+        wisdom.clear()
+        # A serial pick whose items all failed at once (errors="collect"): not an item's time.
+        DELAY[0] = 0.03
+        r = autopar.optimize(nap_or_fail, data, executor_type="serial")
+        assert r.cache == "miss"
+        FAIL[0] = True
+        _, report = autopar.execute(nap_or_fail, data, result=r, errors="collect", return_report=True)
+        assert report.failures and report.cache == "stale"
+    finally:
+        DELAY[0] = 0.0005
+        FAIL[0] = False
+
+
 def test_the_kept_item_time_follows_the_runs(cache):
     key = "k" * 32
     base = autopar.optimize(counted, list(range(500)), cache=False).profile

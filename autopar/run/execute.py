@@ -320,7 +320,10 @@ def _feed_back(job: Job, cpu: float, away: float = 0.0) -> None:
         report.cache = wisdom.observe(result.cache_key, None, lost=lost)
         return
     if job.kind != "thread" or job.n_jobs == 1:
-        report.cache = wisdom.observe(result.cache_key, report.measured_item_time, serial=job.kind == "serial")
+        # A serial pick's run, every item done (a failed item's time is not an item's), may
+        # replace the kept item time with a faster one (see wisdom.observe).
+        serial = job.kind == "serial" and result.executor_type == "serial" and not report.failures
+        report.cache = wisdom.observe(result.cache_key, report.measured_item_time, serial=serial)
         return
     predicted, took = report.predicted_time, report.run_time
     if not predicted or not took or predicted < MIN_CHECKED_RUN:

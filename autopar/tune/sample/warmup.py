@@ -78,6 +78,8 @@ class _Ahead:
                 threading.Thread(target=self._run_one, args=(i,), name=f"autopar-sample-ahead-{i}", daemon=True)
                 for i in range(1, count)
             ]
+            if self._cancel.is_set():  # the first item ended meanwhile (or the caller was interrupted)
+                return
             t1 = time.perf_counter()
             for t in helpers:
                 t.start()
@@ -94,7 +96,7 @@ class _Ahead:
         self._cancel.set()
         try:
             self._thread.join()
-        except BaseException:  # (Ctrl-C) the items under way end first; a second one stops the wait
+        except BaseException:  # (Ctrl-C) the items under way end first; another Ctrl-C stops the wait
             self._ended.wait()  # (not join(): on 3.10-3.12 an interrupted join() takes the thread as ended)
             raise
 
