@@ -445,14 +445,12 @@ def table(rows: list[dict[str, Any]], bucket: str) -> str:
         f"**{bucket}**: geometric-mean regret **{geo(regrets):.2f}**, worst **{worst['regret']:.2f}** "
         f"({worst['name']}); {len(rows)} workloads.",
     ]
-    if all("floor" in r for r in rows):
-        floors = [r["floor"] for r in rows]
-        top = max(rows, key=lambda r: r["floor"])
-        summary.append(
-            f"Floor (the first pass's fastest configuration timed again in the rounds, as an entry of its own: "
-            f"the regret of a pick always right and free, in this run): geometric mean **{geo(floors):.2f}**, "
-            f"worst **{top['floor']:.2f}** ({top['name']})."
-        )
+    top = max(rows, key=lambda r: r["floor"])
+    summary.append(
+        f"Floor (the first pass's fastest configuration timed again in the rounds, as an entry of its own: "
+        f"the regret of a pick always right and free, in this run): geometric mean "
+        f"**{geo([r['floor'] for r in rows]):.2f}**, worst **{top['floor']:.2f}** ({top['name']})."
+    )
     if serial_rows:
         w = max(serial_rows, key=lambda r: r["vs_serial"])
         line = f"Where serial was best ({len(serial_rows)}), autopar took at most **{w['vs_serial']:.2f}x** serial ({w['name']})"

@@ -347,6 +347,40 @@ def test_ctrl_c_says_how_far_it_got_in_one_line_and_the_same_command_finishes(ma
     assert len(assert_manifest_true(out)["timepoints"]) == 15
 
 
+def test_an_interrupted_packs_writes_stop_and_one_still_writing_is_named(tmp_path):
+    # The guard pack's Ctrl-C uses: a write under way past the wait is returned (its temp file
+    # in use), a stopped job writes nothing more, other jobs and a new job of the same values
+    # (a later pack) write as usual.
+    from dataclasses import replace
+
+    job = image.RenderJob(str(tmp_path / "a.tif"), 0, "stack0000", 0, 1, image.Limits(0.0, 1.0), str(tmp_path))
+    other = replace(job, time_id="stack0001")
+    inside, release = threading.Event(), threading.Event()
+
+    def slow_write() -> None:
+        with image.WRITES.one(job):
+            inside.set()
+            release.wait(10)
+
+    writer = threading.Thread(target=slow_write)
+    writer.start()
+    try:
+        assert inside.wait(10)
+        assert image.WRITES.stop([job], 0.05) == [job]  # still writing after the wait
+        with pytest.raises(KeyboardInterrupt):
+            image.write_atlas((job, (1, 1), b"x"))
+        assert not (tmp_path / image.output_name("stack0000", 0)).exists()
+        image.write_atlas((other, (1, 1), b"y"))  # another job: not stopped
+        assert (tmp_path / image.output_name("stack0001", 0)).read_bytes() == b"y"
+    finally:
+        release.set()
+        writer.join()
+    assert image.WRITES.stop([job], 1.0) == []  # the write ended
+    again = replace(job)  # equal values, another object: a later pack's job
+    image.write_atlas((again, (1, 1), b"z"))
+    assert (tmp_path / image.output_name("stack0000", 0)).read_bytes() == b"z"
+
+
 def test_ctrl_c_counts_what_threads_still_busy_with_an_atlas_leave_on_disk(many, tmp_path):
     """Interrupted while pool threads run their items: the count said is what stays on disk
     once every thread has ended (a thread busy with an atlas writes nothing after the count)."""

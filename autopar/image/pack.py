@@ -200,8 +200,8 @@ def _pack(paths: list[str], out: Path, run: _Runner, report: PackReport, t_begin
         # killed in an atomic write leaves its temp file: those of this pack's atlases go.
         written = 0
         if jobs and not settings["dry_run"]:
-            image.WRITES.stop(jobs, WRITE_GRACE)
-            _remove_temp_files(out, {image.output_name(j.time_id, j.channel) for j in jobs})
+            writing = {id(j) for j in image.WRITES.stop(jobs, WRITE_GRACE)}  # (their temp files are in use)
+            _remove_temp_files(out, {image.output_name(j.time_id, j.channel) for j in jobs if id(j) not in writing})
             written = sum(resume.complete_webp(out / image.output_name(j.time_id, j.channel)) for j in jobs)
         raise PackInterrupted(written, len(jobs) or len(paths), settings["dry_run"]) from None
     report.wall_time = time.perf_counter() - t_begin

@@ -453,21 +453,23 @@ class _Writes:
                 if not self._busy[key]:
                     del self._busy[key]
 
-    def stop(self, jobs: list[RenderJob], timeout: float) -> bool:
+    def stop(self, jobs: list[RenderJob], timeout: float) -> list[RenderJob]:
         """No new write of ``jobs``; then wait (``timeout`` seconds at most, Ctrl-C meanwhile
-        ignored: what it waits for is the count) for those under way. False if some were
-        still writing at the end."""
-        keys = {id(j) for j in jobs}
+        ignored: what it waits for is the count) for those under way. Returns the jobs still
+        writing at the end (a slow disk): their temp files are in use."""
         with self._lock:
             for job in jobs:
                 self._stopped[id(job)] = weakref.ref(job, self._forget(id(job)))
         deadline = time.monotonic() + timeout
-        while not keys.isdisjoint(self._busy) and time.monotonic() < deadline:
+        while True:
+            with self._lock:
+                busy = [j for j in jobs if id(j) in self._busy]
+            if not busy or time.monotonic() >= deadline:
+                return busy
             try:
                 time.sleep(0.002)
             except KeyboardInterrupt:
                 continue
-        return keys.isdisjoint(self._busy)
 
     def _forget(self, key: int) -> Callable[[weakref.ref], None]:
         """A job gone: its entry goes (no lock: the garbage collector may call this anywhere)."""
