@@ -35,7 +35,8 @@ entries before it (the same serial loop took 0.20 s, or 0.30 s with a full colle
 The tuning cache is off by default (every autopar entry is a job's first run, its sample
 included). ``--cache warm``: each job runs once untimed first, in a tuning cache of the run's
 own, so every timed autopar entry is a repeated run, decided from the kept figures without a
-sample (the one-shot generator workload has no key: it is measured every time).
+sample (the one-shot generator workload is keyed by its kind of iterator since session 21;
+before, it had no key and was measured every time).
 
 ``--cold``: every entry of the rounds (autopar, the grid's top configurations, the
 baselines) runs in a fresh interpreter that builds the items, imports autopar and then times

@@ -155,6 +155,16 @@ def blocks_signals(x: int, bad: int = 3) -> int:
     return x
 
 
+def blocks_alarm_and_term(x: int, bad: int = 0) -> int:
+    """Stuck where neither SIGALRM nor SIGTERM reaches (only SIGKILL ends its worker)."""
+    if x == bad:
+        import signal
+
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM, signal.SIGTERM})
+        time.sleep(60)
+    return x
+
+
 class BadResult:
     def __init__(self) -> None:
         self.lock = threading.Lock()

@@ -141,6 +141,31 @@ def test_item_beyond_signals_gets_its_worker_killed(where):
     assert [x for i, x in enumerate(out) if i != 3] == [0, 1, 2, 4, 5, 6, 7]
 
 
+def test_an_item_deaf_to_sigterm_too_is_stopped_soon_after_its_limit():
+    # A forked worker is up at once: the sample's worker gave its first batch 30 s more for
+    # a start (a spawned worker's imports), and a stopped pool gave each worker 5 s to end on
+    # SIGTERM before SIGKILL: an item blocking both took 17-32 s past timeout=0.5.
+    t0 = time.monotonic()
+    out = execute(helpers.blocks_alarm_and_term, range(6), executor_type="process", n_jobs=2, timeout=0.5,
+                  errors="collect", start_method="fork")
+    took = time.monotonic() - t0
+    assert isinstance(out[0], ItemFailed) and out[1:] == [1, 2, 3, 4, 5]
+    assert took < 15, took
+
+
+def test_a_stopped_pool_kills_a_worker_deaf_to_sigterm_after_one_short_wait(monkeypatch):
+    from autopar.backends import process
+
+    monkeypatch.setattr(process, "TERM_WAIT", 0.2)
+    pool = process.make_process_pool(2, "fork", 1)
+    futures = [pool.submit(helpers.blocks_alarm_and_term, 0) for _ in range(2)]
+    time.sleep(0.5)  # both workers inside the item, SIGTERM blocked
+    assert not any(f.done() for f in futures)
+    t0 = time.monotonic()
+    process.terminate(pool)
+    assert time.monotonic() - t0 < 3.0  # one wait of 0.2 s for both, then SIGKILL (was 5 s each)
+
+
 def test_a_worker_slow_to_start_is_not_killed_for_its_first_item():
     # A spawned worker imports before it runs anything (here 2 s, as a loaded machine's
     # imports may take): the watchdog counted that against the first item's 0.5 s limit and

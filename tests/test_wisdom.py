@@ -82,8 +82,15 @@ def test_a_key_follows_the_code_the_settings_and_the_data():
 
     assert _key(_Scan("slope", None), data) == _key(_Scan("slope", None), data)
     assert _key(_Scan("slope", None), data) != _key(_Scan("threshold", 3.0), data)
-    # No key: an iterator (cannot be peeked at), no items.
-    assert _key(counted, iter(data)) is None and _key(counted, []) is None
+    # An iterator (its items cannot be looked at without taking them): by its type and
+    # the count given; no items: no key.
+    assert _key(counted, iter(data)) == _key(counted, iter([]))
+    assert _key(counted, iter(data)) != _key(counted, (x for x in data))  # another kind of iterator
+    gens = [(x for x in data) for _ in range(2)]
+    assert _key(counted, gens[0]) == _key(counted, gens[1]) != _key(counted, (x for x in data))  # made elsewhere
+    assert _key(counted, iter(data)) != _key(counted, iter(data), n_items=1000)
+    assert _key(counted, iter(data)) != _key(nap, iter(data)) and _key(counted, iter(data)) != _key(counted, data)
+    assert _key(counted, []) is None
 
 
 def test_a_known_job_is_decided_without_running_an_item(cache):
@@ -99,6 +106,25 @@ def test_a_known_job_is_decided_without_running_an_item(cache):
     out = autopar.execute(counted, data, result=again)
     assert out == [counted(x) for x in data]
     assert autopar.optimize(counted, data, cache=False).cache is None
+
+
+def test_a_generator_job_is_decided_from_its_kept_figures_and_loses_no_item(cache):
+    # A one-shot input had no key: every run of a generator job was measured again.
+    def items():
+        return (x for x in range(3000))
+
+    first = autopar.optimize(counted, items())
+    assert first.cache == "miss" and first.profile.n_sampled > 0
+    assert len(wisdom.entries()) == 1
+    gen = items()
+    CALLS[0] = 0
+    again = autopar.optimize(counted, gen)
+    assert again.cache == "hit" and CALLS[0] == 0  # no sample: not an item taken from it
+    assert autopar.execute(counted, gen, result=again) == [counted(x) for x in range(3000)]
+    CALLS[0] = 0
+    out, report = autopar.execute(counted, items(), return_report=True)
+    assert out == [counted(x) for x in range(3000)] and CALLS[0] == 3000  # each item once
+    assert report.n_from_sample == 0 and wisdom.entries()[0].hits == 2
 
 
 def test_each_run_feeds_back_and_a_far_off_one_makes_the_entry_measured_again(cache):

@@ -34,6 +34,7 @@ __all__ = ["ProcessBackend", "ProcessPool", "Unsendable", "forks_first", "how_it
            "terminate", "worker_processes"]
 
 MANAGER_GRACE = 10.0  # seconds a killed pool's manager thread gets to clean up
+TERM_WAIT = 1.0  # seconds a stopped pool's workers get to end on SIGTERM before SIGKILL
 
 _BLAS_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS",
              "NUMEXPR_NUM_THREADS")
@@ -146,8 +147,12 @@ def terminate(pool: Executor) -> None:
         _cpython.stop_workers(pool, processes)
         if not processes:
             return  # a thread pool: a running call cannot be stopped, and is not waited for
+        # SIGTERM gets TERM_WAIT seconds in all, then SIGKILL (a worker whose item blocks or
+        # ignores SIGTERM held a stuck run 5 s a worker when each had a wait of its own).
+        deadline = time.monotonic() + TERM_WAIT
         for proc in processes:
-            proc.join(timeout=5)
+            proc.join(timeout=max(deadline - time.monotonic(), 0.0))
+        for proc in processes:
             if proc.is_alive():  # (3.14's kill_workers() cannot follow: the shutdown let go of them)
                 proc.kill()
                 proc.join(timeout=5)

@@ -12,7 +12,7 @@ from ..backends.dask import cluster_costs
 from .model import Candidate, Decision, decide
 from .result import OptimizationResult
 from . import constants, wisdom
-from .sample import sample
+from .sample import known_length, sample
 from .costs import pool_costs
 from .measure import native_threads, rss
 from .system import default_start_method, system_info, threaded_blas_loaded
@@ -158,7 +158,7 @@ def optimize_with(func: Callable[[Any], Any], data: Iterable[Any], opts: Options
     types = _without_losers(types, verdicts, kind)
     stash, lost = None, False
     if entry is not None:  # measured before: decide again from the kept figures, no sample
-        n = opts.n_items if opts.n_items is not None else len(data)  # type: ignore[arg-type]
+        n = known_length(data, opts.n_items)  # (None: a one-shot iterator of no known length)
         # Whether a BLAS pool is running is this process's state now, not the cached one's.
         blas_live = entry.profile.cpu_ratio >= constants.CPU_BOUND and native_threads() > 0 and threaded_blas_loaded()
         profile = replace(

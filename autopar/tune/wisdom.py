@@ -188,24 +188,43 @@ def _machine() -> str:
 def job_key(
     func: Callable[[Any], Any], data: Iterable[Any], n_items: int | None, system: Any, method: str, options: tuple[Any, ...]
 ) -> str | None:
-    """The job's key; None for an iterator, no items, or a callable with nothing stable to name."""
-    if not hasattr(data, "__len__") or not hasattr(data, "__getitem__"):
-        return None
-    try:
-        n = len(data)  # type: ignore[arg-type]
-        if n == 0:
+    """The job's key; None for no items, or a callable with nothing stable to name. A
+    one-shot iterator (a generator, ``map()``, an open file) is keyed by its type, where a
+    generator's code is, and the count given, if any: its items cannot be looked at without
+    taking them (as a list of paths says nothing of the files' sizes), so a kept profile for
+    the function over such an input is checked by the runs' feedback alone."""
+    if hasattr(data, "__len__") and hasattr(data, "__getitem__"):
+        try:
+            n = len(data)  # type: ignore[arg-type]
+            if n == 0:
+                return None
+            first = data[0]  # type: ignore[index]
+        except Exception:
             return None
-        first = data[0]  # type: ignore[index]
-    except Exception:
+        # The item's size in KB, in powers of two (under 1 KB: one bucket), and the item count's.
+        count = n_items if n_items is not None else n
+        data_parts = [_shape(first), str(_bucket(_item_bytes(first) >> 10)), str(_bucket(count))]
+    elif _one_shot(data):
+        t = type(data)
+        code = getattr(data, "gi_code", None)  # a generator: where in the code it comes from
+        made = f"{code.co_filename}:{code.co_firstlineno}:{code.co_name}" if code is not None else ""
+        data_parts = [f"one-shot {t.__module__}.{t.__qualname__}", made, str(_bucket(n_items)) if n_items is not None else "?"]
+    else:
         return None
     parts = _func_parts(func)
     if parts is None:
         return None
-    # The item's size in KB, in powers of two (under 1 KB: one bucket), and the item count's.
-    data_parts = [_shape(first), str(_bucket(_item_bytes(first) >> 10)), str(_bucket(n_items if n_items is not None else n))]
     where = [f"cores={system.usable_cores}", f"quota={system.cgroup_cpu_quota}", f"gil={system.gil_enabled}", method]
     text = "|".join([*parts, *data_parts, *where, _machine(), repr(options)])
     return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
+def _one_shot(data: Any) -> bool:
+    """An iterator: iterating it takes its items (``iter()`` of it is itself)."""
+    try:
+        return iter(data) is data
+    except TypeError:
+        return False
 
 
 def func_name(func: Any) -> str:

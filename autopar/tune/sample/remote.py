@@ -31,6 +31,9 @@ class RemoteItems:
         )
         self.broken = False
         self.started = False
+        # The first batch also waits for the worker to start: a spawned (or forkserver) worker
+        # imports before it runs anything; a forked one is up at once.
+        self.startup = 0.0 if start_method == "fork" else constants.REMOTE_STARTUP
 
     def run(self, start: int, items: list[Any]) -> tuple[list[Any], list[Failure], float, float] | None:
         """(results, failures, wall seconds, CPU seconds in the worker), or None where the
@@ -43,7 +46,7 @@ class RemoteItems:
             return None
         limit = None if self.timeout is None else len(items) * self.timeout + constants.REMOTE_GRACE
         if limit is not None and not self.started:
-            limit += constants.REMOTE_STARTUP
+            limit += self.startup
         try:
             values, wall, failures, cpu = fut.result(timeout=limit)
         except FutureTimeout:
