@@ -7,6 +7,7 @@ import json
 import threading
 import time
 
+import numpy as np
 import pytest
 
 from autopar import execute, optimize
@@ -243,10 +244,11 @@ def test_native_threads_that_capping_does_not_change_are_not_the_items(monkeypat
         assert single is None and stats == seen
 
 
-def _blas_step_on(monkeypatch, n: int, cpu_ratio: float, mean: float, crowded: bool):
+def _blas_step_on(monkeypatch, n: int, cpu_ratio: float, mean: float, crowded: bool, pool_ran: bool = True):
     """Run the BLAS step on a sample of ``n`` items of 3 ms (timed by a clock of their own)
     whose stats read ``cpu_ratio`` and ``mean``, beside others' work on every core or none,
-    a multi-threaded BLAS loaded and running. Returns (items the step ran, the capped time)."""
+    a multi-threaded BLAS loaded and running (its threads running beside the items, or
+    not: ``pool_ran``). Returns (items the step ran, the capped time)."""
     import types
     import time as real_time
 
@@ -264,6 +266,7 @@ def _blas_step_on(monkeypatch, n: int, cpu_ratio: float, mean: float, crowded: b
     monkeypatch.setattr(blas, "time", fake_time)
     monkeypatch.setattr(blas, "native_threads", lambda: 2)
     monkeypatch.setattr(blas, "threaded_blas_loaded", lambda: True)
+    monkeypatch.setattr(blas, "_pool_idle", lambda _: not pool_ran)
     done = sp.kept.done
     single, _ = blas._blas_step(sp, seen)
     return sp.kept.done - done, single
@@ -292,6 +295,50 @@ def test_capped_items_not_slower_are_kept_only_beside_others_work(monkeypatch):
     assert _blas_step_on(monkeypatch, 60, 1.0, 0.0031, crowded=True) == (2, pytest.approx(0.003))
     assert _blas_step_on(monkeypatch, 60, 1.0, 0.0031, crowded=False) == (2, None)
     assert _blas_step_on(monkeypatch, 60, 1.0, 0.0028, crowded=True) == (2, None)
+
+
+def test_a_blas_pool_that_did_not_run_beside_the_items_is_not_suspected(monkeypatch):
+    # With NumPy loaded every computing job was timed with BLAS capped on suspicion (two
+    # serial items: 23 ms of a 76 ms sample of pure Python); a pool whose threads ran not at
+    # all while the items did was not used by them (SciPy's filter, no BLAS, read 10% faster
+    # capped by chance and was taken for BLAS work). Beside others' work on every core the
+    # pool's threads may wait instead of running: timed capped as before.
+    assert _blas_step_on(monkeypatch, 60, 1.0, 0.0031, crowded=False, pool_ran=False) == (0, None)
+    assert _blas_step_on(monkeypatch, 60, 1.0, 0.0031, crowded=True, pool_ran=False) == (2, pytest.approx(0.003))
+    assert _blas_step_on(monkeypatch, 60, 1.7, 0.006, crowded=False, pool_ran=False) == (2, pytest.approx(0.003))
+
+
+def _svd(n: int) -> float:
+    a = np.random.default_rng(n).random((n, n))
+    return float(np.linalg.svd(a, compute_uv=False)[0])
+
+
+def test_a_blas_pool_reads_idle_beside_pure_python_and_running_beside_blas_work():
+    # The reading itself, on this process's own BLAS pool (NumPy's): idle beside pure Python
+    # once the spinning after earlier calls has ended; running beside SVDs.
+    from autopar.tune import measure
+    from autopar.tune.sample import blas
+    from autopar.tune.sample.sampler import _Sampler
+    from autopar.tune.system import threaded_blas_loaded
+
+    _svd(300)  # (the pool's threads started)
+    if measure.native_cpu() is None or not threaded_blas_loaded() or not measure.native_threads():
+        pytest.skip("no schedstat, or no multi-threaded BLAS pool")
+    before = measure.native_cpu()
+    for _ in range(100):  # a BLAS pool spins for about 0.1 s after its last call
+        time.sleep(0.05)
+        now = measure.native_cpu()
+        if now - before < 1e-4:
+            break
+        before = now
+    sp = _Sampler(lambda x: sum(range(x)), [20_000] * 50, None, 0.2, 0.01, 2, False, False)
+    sp.first_item()
+    sp.serial_batches()
+    assert blas._pool_idle(sp)
+    sp = _Sampler(_svd, [300] * 50, None, 0.2, 0.01, 2, False, False)
+    sp.first_item()
+    sp.serial_batches()
+    assert not blas._pool_idle(sp)
 
 
 def _affinity_and_thread(_: object) -> tuple[frozenset, int]:

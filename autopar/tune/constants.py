@@ -41,6 +41,7 @@ PURE_COMPUTE = 0.9  # CPU/wall from which items are timed with BLAS capped on su
 BLAS_FASTER = 0.9  # items this much faster with BLAS at one thread are BLAS work
 NATIVE_FASTER = 0.95  # the same, for items native threads were seen computing beside
 NATIVE_THREADS = 1.3  # items' CPU/wall from which native threads computed beside them
+BLAS_IDLE = 0.02  # native threads' CPU, as a share of the sample so far, under which a loaded BLAS pool was not used
 
 # -- the concurrency probe --------------------------------------------------------------------
 

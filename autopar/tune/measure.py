@@ -76,6 +76,20 @@ def native_threads() -> int:
     return len(_native_tids())
 
 
+def native_cpu() -> float | None:
+    """CPU seconds the threads of this process that Python did not start have run, in all
+    (a thread that ended is no longer counted); None without schedstat."""
+    if not _HAVE_SCHEDSTAT:
+        return None
+    total = 0
+    for tid in _native_tids():
+        try:
+            total += _schedstat(tid)[0]
+        except (OSError, ValueError, IndexError):
+            continue  # the thread ended meanwhile
+    return total / 1e9
+
+
 def busy_clock(ident: int, native_id: int) -> Callable[[], float] | None:
     """A clock of the seconds one thread has run or waited for a core: from its schedstat,
     else its CPU clock; None where neither exists."""

@@ -1,6 +1,7 @@
-"""The BLAS step: where native threads (a BLAS pool) computed beside the items, or may have,
-two more are timed with BLAS at one thread, as pools cap it (``cores // n`` a worker); a
-running BLAS pool is capped on the probe's threads too.
+"""The BLAS step: where native threads (a BLAS pool) computed beside the items, or may have
+(their CPU reads little, but they ran while the items did, or beside others' work on every
+core), two more are timed with BLAS at one thread, as pools cap it (``cores // n`` a worker);
+a running BLAS pool is capped on the probe's threads too.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from ...backends.blas import blas_share, capped_blas
 from .. import constants
-from ..measure import native_threads
+from ..measure import native_cpu, native_threads
 from ..system import threaded_blas_loaded
 from .serial import _run_serially, _Stats
 
@@ -23,7 +24,8 @@ if TYPE_CHECKING:
 
 def _blas_step(sp: "_Sampler", stats: _Stats) -> tuple[float | None, _Stats]:
     """Time two more items with BLAS capped at one thread where native threads computed
-    beside them (or, with a multi-threaded BLAS loaded, may have). Returns the capped item
+    beside them (or, with a multi-threaded BLAS loaded, may have: its threads ran at all
+    while the items did, or others' work wanted every core). Returns the capped item
     time where that made items faster (beyond what the items' spread tells apart), or,
     beside others' work on every core, not slower; and the stats, with the calling thread's
     own CPU ratio where capping changed nothing (the native threads were not the items')."""
@@ -44,6 +46,10 @@ def _blas_step(sp: "_Sampler", stats: _Stats) -> tuple[float | None, _Stats]:
         return None, stats
     if not native and (stats.cpu_ratio < constants.PURE_COMPUTE or not native_threads() or not threaded_blas_loaded()):
         # Work that waits times unevenly; a BLAS pool that has not started its threads was not used.
+        return None, stats
+    if not native and not crowded and _pool_idle(sp):
+        # Nor one whose threads did not run while the items did (beside others' work on every
+        # core they may wait behind it instead, reading nothing: crowded is timed).
         return None, stats
     items = sp.src.pull(2)
     if not items:
@@ -69,6 +75,16 @@ def _blas_step(sp: "_Sampler", stats: _Stats) -> tuple[float | None, _Stats]:
     if native and per_item * constants.BLAS_FASTER < stats.mean:  # capped, neither faster nor slower
         return None, replace(stats, cpu_ratio=min(stats.own_ratio, stats.cpu_ratio))
     return None, stats
+
+
+def _pool_idle(sp: "_Sampler") -> bool:
+    """The native threads (a BLAS pool) ran under ``BLAS_IDLE`` of the time since the sample
+    began: the items did not use them (a pool left spinning by an earlier call counts as
+    running, so the step is timed as before)."""
+    now = native_cpu()
+    if now is None or sp.native_cpu0 is None:
+        return False
+    return now - sp.native_cpu0 < constants.BLAS_IDLE * (time.perf_counter() - sp.t_begin)
 
 
 def _crowded(sp: "_Sampler") -> bool:

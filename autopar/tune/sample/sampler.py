@@ -7,7 +7,7 @@ from typing import Any, Callable, Iterable
 
 from ...backends.worker import Limited
 from .. import constants
-from ..measure import LeftSpinning, OthersMeter
+from ..measure import LeftSpinning, OthersMeter, native_cpu
 from .blas import _blas_step
 from .pickling import _Pickling, _pickling_step
 from .probe import _misread_is_cheap, _probe_step
@@ -36,6 +36,8 @@ class _Sampler:
         self.others = OthersMeter() if remote is None else None
         # Native threads running before the function did: not its work (a BLAS pool spinning).
         self.spinning = LeftSpinning() if remote is None else None
+        # What native threads (a BLAS pool) have run so far: whether they run beside the items.
+        self.native_cpu0 = native_cpu() if remote is None else None
         self.finish = finish
         self.func = Limited(func, timeout) if timeout is not None else func
         self.user_func, self.data, self.remote = func, data, remote
