@@ -327,10 +327,9 @@ def test_a_blas_pool_reads_idle_beside_pure_python_and_running_beside_blas_work(
     before = measure.native_cpu()
     for _ in range(100):  # a BLAS pool spins for about 0.1 s after its last call
         time.sleep(0.05)
-        now = measure.native_cpu()
-        if now - before < 1e-4:
+        if measure.native_cpu_since(before) < 1e-4:
             break
-        before = now
+        before = measure.native_cpu()
     sp = _Sampler(lambda x: sum(range(x)), [20_000] * 50, None, 0.2, 0.01, 2, False, False)
     sp.first_item()
     sp.serial_batches()

@@ -109,9 +109,10 @@ def test_a_known_job_is_decided_without_running_an_item(cache):
 
 
 def test_a_generator_job_is_decided_from_its_kept_figures_and_loses_no_item(cache):
-    # A one-shot input had no key: every run of a generator job was measured again.
-    def items():
-        return (x for x in range(3000))
+    # A one-shot input had no key: every run of a generator job was measured again. On a
+    # hit its first items are taken (not run) and handed back with the result.
+    def items(n=3000):
+        return (x for x in range(n))
 
     first = autopar.optimize(counted, items())
     assert first.cache == "miss" and first.profile.n_sampled > 0
@@ -119,12 +120,49 @@ def test_a_generator_job_is_decided_from_its_kept_figures_and_loses_no_item(cach
     gen = items()
     CALLS[0] = 0
     again = autopar.optimize(counted, gen)
-    assert again.cache == "hit" and CALLS[0] == 0  # no sample: not an item taken from it
+    assert again.cache == "hit" and CALLS[0] == 0  # no sample: no item run
+    assert again.profile.n_items is None  # (it did not end within the items taken ahead)
     assert autopar.execute(counted, gen, result=again) == [counted(x) for x in range(3000)]
-    CALLS[0] = 0
-    out, report = autopar.execute(counted, items(), return_report=True)
-    assert out == [counted(x) for x in range(3000)] and CALLS[0] == 3000  # each item once
-    assert report.n_from_sample == 0 and wisdom.entries()[0].hits == 2
+    want = [counted(x) for x in range(3000)]
+    gen = items()
+    again = autopar.optimize(counted, gen)
+    assert autopar.execute(counted, gen) == want  # the result found by the input itself: each item once, in order
+    assert autopar.execute(counted, items()) == want
+
+
+def _numbers(n: int, fail_at: int | None = None, every: float = 0.0):
+    for x in range(n):
+        if x == fail_at:
+            raise OSError("the input broke")
+        if every:
+            time.sleep(every)  # a live feed: an item every so often
+        yield x
+
+
+def test_a_short_or_empty_generator_is_not_taken_for_the_long_one_kept(cache):
+    # One key for a generator whatever its length: on a hit the items taken ahead show a
+    # short one ending (an empty one, one that breaks), decided as what it is, not as the
+    # long job kept; a hit that takes items ahead hands them all back. (Every optimize()
+    # before any run: a run's feedback may mark the entry stale, and the next one measure.)
+    assert autopar.optimize(counted, _numbers(3000)).cache == "miss"
+    short, empty, broken, feed = _numbers(3), _numbers(0), _numbers(3000, fail_at=2), _numbers(100, every=0.01)
+    r_short, r_empty, r_broken = (autopar.optimize(counted, g) for g in (short, empty, broken))
+    t0 = time.monotonic()
+    r_feed = autopar.optimize(counted, feed)
+    took = time.monotonic() - t0
+    assert all(r.cache == "hit" for r in (r_short, r_empty, r_broken, r_feed))
+    assert r_short.profile.n_items == 3 and r_short.executor_type == "serial"
+    assert r_empty.profile.n_items == 0 and r_empty.executor_type == "serial"
+    assert r_broken.profile.n_items == 2
+    assert r_feed.profile.n_items is None and took < 0.6  # items taken ahead for 50 ms, not all 100 waited for (1 s)
+    assert autopar.execute(counted, short, result=r_short) == [counted(x) for x in range(3)]
+    assert autopar.execute(counted, empty, result=r_empty) == []
+    seen = []
+    with pytest.raises(OSError, match="the input broke"):
+        for value in autopar.execute_iter(counted, broken, result=r_broken):
+            seen.append(value)
+    assert seen == [counted(0), counted(1)]  # every result before the input's error
+    assert autopar.execute(counted, feed, result=r_feed) == [counted(x) for x in range(100)]
 
 
 def test_each_run_feeds_back_and_a_far_off_one_makes_the_entry_measured_again(cache):
@@ -448,6 +486,20 @@ def test_a_pipeline_is_decided_from_its_kept_figures_stages_included(cache):
     assert Pipeline([Stage(counted, name="a"), Stage(double, name="b")]).execute(items[:5], plan=None) == [
         double(counted(x)) for x in range(5)
     ]
+
+
+def test_a_pipeline_over_a_generator_is_planned_from_its_kept_figures_and_runs_each_item_once(cache):
+    from autopar import Pipeline, Stage
+
+    def pipe():
+        return Pipeline([Stage(counted, name="a"), Stage(double, name="b")])
+
+    want = [double(counted(x)) for x in range(2500)]
+    assert pipe().optimize(_numbers(2500)).fused.cache == "miss"
+    gen = _numbers(2500)
+    plan = pipe().optimize(gen)  # (no run between: a run's feedback may mark the entry stale)
+    assert plan.fused.cache == "hit"
+    assert pipe().execute(gen, plan=plan) == want  # the items taken ahead first, each once, in order
 
 
 def test_short_threads_leave_no_database_connection_open(cache):

@@ -326,8 +326,8 @@ def _feed_back(job: Job, cpu: float, away: float = 0.0) -> None:
         report.cache = wisdom.observe(result.cache_key, report.measured_item_time, serial=serial)
         return
     predicted, took = report.predicted_time, report.run_time
-    if not predicted or not took or predicted < MIN_CHECKED_RUN:
-        return
+    if not predicted or not took or predicted < MIN_CHECKED_RUN or result.profile.n_items is None:
+        return  # (input of unknown length: the prediction is for a count the model assumed)
     report.cache = wisdom.observe(result.cache_key, None, stale=took > wisdom.THREAD_STALE_FACTOR * predicted)
 
 

@@ -76,18 +76,27 @@ def native_threads() -> int:
     return len(_native_tids())
 
 
-def native_cpu() -> float | None:
-    """CPU seconds the threads of this process that Python did not start have run, in all
-    (a thread that ended is no longer counted); None without schedstat."""
+def native_cpu() -> dict[int, int] | None:
+    """CPU nanoseconds each thread of this process that Python did not start has run, by
+    native id; None without schedstat. See :func:`native_cpu_since`."""
     if not _HAVE_SCHEDSTAT:
         return None
-    total = 0
+    out: dict[int, int] = {}
     for tid in _native_tids():
         try:
-            total += _schedstat(tid)[0]
+            out[tid] = _schedstat(tid)[0]
         except (OSError, ValueError, IndexError):
             continue  # the thread ended meanwhile
-    return total / 1e9
+    return out
+
+
+def native_cpu_since(before: dict[int, int] | None) -> float | None:
+    """CPU seconds the native threads have run since ``before`` (a :func:`native_cpu`
+    reading): threads started since count from zero, threads ended since are not counted."""
+    now = native_cpu()
+    if now is None or before is None:
+        return None
+    return sum(max(ns - before.get(tid, 0), 0) for tid, ns in now.items()) / 1e9
 
 
 def busy_clock(ident: int, native_id: int) -> Callable[[], float] | None:

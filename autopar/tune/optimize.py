@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 import weakref
 from dataclasses import replace
@@ -12,7 +13,7 @@ from ..backends.dask import cluster_costs
 from .model import Candidate, Decision, decide
 from .result import OptimizationResult
 from . import constants, wisdom
-from .sample import known_length, sample
+from .sample import SampleStash, known_length, sample
 from .costs import pool_costs
 from .measure import native_threads, rss
 from .system import default_start_method, system_info, threaded_blas_loaded
@@ -115,7 +116,9 @@ def optimize(
         Use the tuning cache (also off with ``AUTOPAR_CACHE=off``): a job measured before
         (same function and code, same kind of data, same machine) is decided from the kept
         figures without a sample; a new one's sample is kept. ``result.cache`` says "hit"
-        or "miss" (None: no key, e.g. an iterator as data).
+        or "miss" (None: no key, e.g. no items). A one-shot iterator (a generator) is known
+        by its type, where a generator's code is and ``n_items``; on a hit its first items
+        (about 50 ms of work) are taken, not run, and handed to ``execute()``.
     """
     check_func_and_data(func, data)
     opts = Options.of(locals())
@@ -158,7 +161,11 @@ def optimize_with(func: Callable[[Any], Any], data: Iterable[Any], opts: Options
     types = _without_losers(types, verdicts, kind)
     stash, lost = None, False
     if entry is not None:  # measured before: decide again from the kept figures, no sample
-        n = known_length(data, opts.n_items)  # (None: a one-shot iterator of no known length)
+        n = known_length(data, opts.n_items)
+        if n is None and wisdom.one_shot(data):
+            # A one-shot input of no known length: its first items, taken (not run) and handed
+            # back to execute(), tell a short or empty one from a long one.
+            stash, n = _peek(func, data, entry.profile.item_time_mean)
         # Whether a BLAS pool is running is this process's state now, not the cached one's.
         blas_live = entry.profile.cpu_ratio >= constants.CPU_BOUND and native_threads() > 0 and threaded_blas_loaded()
         profile = replace(
@@ -213,6 +220,33 @@ def optimize_with(func: Callable[[Any], Any], data: Iterable[Any], opts: Options
         except TypeError:
             pass  # not weak-referenceable: the caller must pass the result to execute()
     return result
+
+
+PEEK_WORK = 0.05  # seconds of work (at the kept item time), and of waiting, a hit takes ahead from a one-shot input of unknown length
+
+
+def _peek(func: Callable[[Any], Any], data: Any, item_time: float) -> tuple[SampleStash, int | None]:
+    """The first items of a one-shot input, about ``PEEK_WORK`` of work at ``item_time`` (at
+    least 2, at most 10,000) and for at most ``PEEK_WORK`` seconds of waiting for them (a
+    live feed), taken and not run, in a stash for execute(); the item count where the input
+    ended within them (or raised: the count before it), else None."""
+    want = min(max(math.ceil(PEEK_WORK / max(item_time, 1e-9)), 2), 10_000)
+    items: list[Any] = []
+    error: Exception | None = None
+    ended = False
+    t0 = time.perf_counter()
+    try:
+        while len(items) < want and (not items or time.perf_counter() - t0 < PEEK_WORK):
+            items.append(next(data))
+    except StopIteration:
+        ended = True
+    except Exception as exc:  # the input itself failed: execute() raises it after these
+        ended, error = True, exc
+    stash = SampleStash(
+        func=func, data=data, one_shot=True, item_blocks=[], result_blocks=[], ahead=items, exhausted=ended,
+        failures=[], input_error=error,
+    )
+    return stash, len(items) if ended else None
 
 
 def _cache_key(func: Callable[[Any], Any], data: Iterable[Any], opts: Options, system: Any, method: str, cluster: Any) -> str | None:

@@ -36,7 +36,7 @@ from .sample import Profile
 
 __all__ = [
     "LOST", "MAX_ENTRIES", "STALE_FACTOR", "THREAD_STALE_FACTOR", "Entry", "clear", "corrected", "enabled", "entries",
-    "job_key", "lookup", "observe", "store",
+    "job_key", "lookup", "observe", "one_shot", "store",
 ]
 
 SCHEMA_VERSION = 2  # 2: verdicts of runs slower than serial
@@ -204,7 +204,7 @@ def job_key(
         # The item's size in KB, in powers of two (under 1 KB: one bucket), and the item count's.
         count = n_items if n_items is not None else n
         data_parts = [_shape(first), str(_bucket(_item_bytes(first) >> 10)), str(_bucket(count))]
-    elif _one_shot(data):
+    elif one_shot(data):
         t = type(data)
         code = getattr(data, "gi_code", None)  # a generator: where in the code it comes from
         made = f"{code.co_filename}:{code.co_firstlineno}:{code.co_name}" if code is not None else ""
@@ -219,11 +219,12 @@ def job_key(
     return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 
 
-def _one_shot(data: Any) -> bool:
-    """An iterator: iterating it takes its items (``iter()`` of it is itself)."""
+def one_shot(data: Any) -> bool:
+    """An iterator: iterating it takes its items (``iter()`` of it is itself, and has no
+    effect on it)."""
     try:
         return iter(data) is data
-    except TypeError:
+    except Exception:  # (not iterable; a closed file)
         return False
 
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from ...backends.blas import blas_share, capped_blas
 from .. import constants
-from ..measure import native_cpu, native_threads
+from ..measure import native_cpu_since, native_threads
 from ..system import threaded_blas_loaded
 from .serial import _run_serially, _Stats
 
@@ -44,12 +44,13 @@ def _blas_step(sp: "_Sampler", stats: _Stats) -> tuple[float | None, _Stats]:
         or (left is not None and left < (constants.BLAS_STEP_MIN_NATIVE if suspect else constants.BLAS_STEP_MIN_ITEMS))
     ):
         return None, stats
+    if not native and not crowded and _pool_idle(sp):
+        # A BLAS pool whose threads did not run while the items did was not used by them
+        # (beside others' work on every core they may wait behind it instead, reading
+        # nothing: crowded is timed). Asked first: it costs no library scan.
+        return None, stats
     if not native and (stats.cpu_ratio < constants.PURE_COMPUTE or not native_threads() or not threaded_blas_loaded()):
         # Work that waits times unevenly; a BLAS pool that has not started its threads was not used.
-        return None, stats
-    if not native and not crowded and _pool_idle(sp):
-        # Nor one whose threads did not run while the items did (beside others' work on every
-        # core they may wait behind it instead, reading nothing: crowded is timed).
         return None, stats
     items = sp.src.pull(2)
     if not items:
@@ -81,10 +82,8 @@ def _pool_idle(sp: "_Sampler") -> bool:
     """The native threads (a BLAS pool) ran under ``BLAS_IDLE`` of the time since the sample
     began: the items did not use them (a pool left spinning by an earlier call counts as
     running, so the step is timed as before)."""
-    now = native_cpu()
-    if now is None or sp.native_cpu0 is None:
-        return False
-    return now - sp.native_cpu0 < constants.BLAS_IDLE * (time.perf_counter() - sp.t_begin)
+    ran = native_cpu_since(sp.native_cpu0)
+    return ran is not None and ran < constants.BLAS_IDLE * (time.perf_counter() - sp.t_begin)
 
 
 def _crowded(sp: "_Sampler") -> bool:
@@ -93,9 +92,12 @@ def _crowded(sp: "_Sampler") -> bool:
     return sp.others is not None and sp.others.wanted() >= constants.OTHERS_SATURATED * sp.cores
 
 
-def _blas_live(stats: _Stats) -> bool:
-    """A BLAS pool of several threads is loaded and running beside computing items."""
-    return stats.cpu_ratio >= constants.CPU_BOUND and native_threads() > 0 and threaded_blas_loaded()
+def _blas_live(sp: "_Sampler", stats: _Stats) -> bool:
+    """A BLAS pool of several threads is loaded and running beside computing items (not
+    where its threads did not run while the items did: see :func:`_pool_idle`)."""
+    return (
+        stats.cpu_ratio >= constants.CPU_BOUND and native_threads() > 0 and not _pool_idle(sp) and threaded_blas_loaded()
+    )
 
 
 def _blas_capped(sp: "_Sampler", k: int) -> Any:

@@ -43,7 +43,7 @@ def _probe_step(sp: "_Sampler", stats: _Stats, cheap_low: bool = False) -> tuple
     if not rounds and stats.cpu_ratio >= constants.CPU_RATIO_CPU and _saturated(sp):
         return None, 0, 0  # computing beside others' work on every core: see _saturated
     # A running BLAS pool of several threads is capped on the probe's threads as a pool caps it.
-    sp.blas.live = _blas_live(stats)
+    sp.blas.live = _blas_live(sp, stats)
     slower = False  # the last round's threads did clearly less than one thread alone
     low = best if rounds else float("inf")  # the lowest reading
     for _ in range(2 - rounds):

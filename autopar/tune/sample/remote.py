@@ -32,8 +32,9 @@ class RemoteItems:
         self.broken = False
         self.started = False
         # The first batch also waits for the worker to start: a spawned (or forkserver) worker
-        # imports before it runs anything; a forked one is up at once.
-        self.startup = 0.0 if start_method == "fork" else constants.REMOTE_STARTUP
+        # imports before it runs anything; a forked one is up at once (a grace more for a
+        # large caller's fork on a busy machine).
+        self.startup = constants.REMOTE_GRACE if start_method == "fork" else constants.REMOTE_STARTUP
 
     def run(self, start: int, items: list[Any]) -> tuple[list[Any], list[Failure], float, float] | None:
         """(results, failures, wall seconds, CPU seconds in the worker), or None where the
