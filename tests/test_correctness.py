@@ -585,39 +585,6 @@ def test_results_after_a_chunk_handed_back_wait_for_it():
     assert released == [x * 2 for x in range(100)]
 
 
-def test_a_fork_waits_until_the_deadline_watcher_has_ended(monkeypatch):
-    # Before a fork the idle watcher is told to end; the wait for it stopped as soon as the
-    # watcher said it was ending, while its thread still ran on its way out, and one that
-    # ended on its own (idle) was not waited for at all: 3.13 then warned of a fork in a
-    # multi-threaded process (seen in CI). Here the watcher lingers 50 ms on its way out (a
-    # profile hook); asked right after quiesce(), it has ended, either way.
-    from autopar.backends import worker
-
-    deadlines = worker._DEADLINES
-
-    def linger(frame, event, arg):
-        if event == "return" and frame.f_code is worker._Deadlines._watch.__code__:
-            time.sleep(0.05)
-
-    monkeypatch.setattr(worker, "WATCHER_IDLE", 0.002)
-    threading.setprofile(linger)  # (threads started from now on)
-    try:
-        for told in (True, False):
-            deadlines.arm(60.0)
-            deadlines.disarm()
-            with deadlines.cond:  # (a watcher already waiting for the 60 s deadline looks again)
-                deadlines.cond.notify()
-            watcher = deadlines.watcher
-            assert watcher is not None and watcher.is_alive()
-            if not told:  # it ends on its own first (idle), and lingers
-                while deadlines.watcher is watcher:
-                    time.sleep(0.001)
-            deadlines.quiesce()
-            assert not watcher.is_alive(), "told to end" if told else "ended on its own"
-    finally:
-        threading.setprofile(None)
-
-
 @pytest.mark.skipif(not hasattr(os, "register_at_fork"), reason="fork hooks")
 def test_no_thread_of_autopars_is_alive_when_it_forks():
     # The deadline watcher of a thread run with a time limit lives on for half a second;

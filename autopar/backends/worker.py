@@ -232,7 +232,6 @@ class _Deadlines:
         self.idle_since = float("inf")  # since when no deadline is set
         self.watcher: threading.Thread | None = None
         self.ending = False  # quiesce(): the watcher is to end now
-        self.exiting: threading.Thread | None = None  # the last watcher, ended on its own or told to
 
     def arm(self, seconds: float | None, owner: object = None) -> None:
         """The calling thread runs an item of ``owner``, stopped ``seconds`` from now (None:
@@ -291,26 +290,17 @@ class _Deadlines:
             return max((now - d for d, o in self.fired.values() if o is owner), default=0.0)
 
     def quiesce(self) -> None:
-        """Before a fork: an idle watcher (no deadline set) ends now, and one ending on its own
-        is waited for, so that the fork copies no thread of autopar's. A watcher with deadlines
-        to keep stays."""
+        """Before a fork: an idle watcher (no deadline set) ends now, so that the fork copies no
+        thread of autopar's. A watcher with deadlines to keep stays."""
         with self.cond:
             watcher = self.watcher
-            if watcher is not None and (self.due or watcher is threading.current_thread()):
+            if watcher is None or self.due or watcher is threading.current_thread():
                 return
-            if watcher is not None:
-                self.ending = True
-                self.cond.notify()
-            else:
-                watcher = self.exiting  # (it ended itself: its thread may still be on its way out)
-        if watcher is None or watcher is threading.current_thread():
-            return
+            self.ending = True
+            self.cond.notify()
         end = time.monotonic() + 1.0
-        while watcher.is_alive() and time.monotonic() < end:
-            with self.cond:
-                if self.watcher is not None and (self.watcher is not watcher or not self.ending):
-                    return  # a deadline armed meanwhile keeps a watcher: stop waiting
-            watcher.join(0.01)
+        while watcher.is_alive() and self.ending and time.monotonic() < end:
+            watcher.join(0.01)  # (a deadline armed meanwhile keeps the watcher: stop waiting)
 
     def _watch(self) -> None:
         """Until no deadline is left for ``WATCHER_IDLE`` seconds."""
@@ -324,7 +314,6 @@ class _Deadlines:
                         _async_raise(tid, _Expired)
                 if not self.due and (self.ending or now - self.idle_since >= WATCHER_IDLE):
                     self.watcher, self.ending = None, False
-                    self.exiting = threading.current_thread()  # (quiesce() waits for it to end)
                     return
                 if self.due:
                     self.idle_since = float("inf")
