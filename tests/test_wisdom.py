@@ -147,14 +147,12 @@ def test_a_short_or_empty_generator_is_not_taken_for_the_long_one_kept(cache):
     assert autopar.optimize(counted, _numbers(3000)).cache == "miss"
     short, empty, broken, feed = _numbers(3), _numbers(0), _numbers(3000, fail_at=2), _numbers(100, every=0.01)
     r_short, r_empty, r_broken = (autopar.optimize(counted, g) for g in (short, empty, broken))
-    t0 = time.monotonic()
     r_feed = autopar.optimize(counted, feed)
-    took = time.monotonic() - t0
     assert all(r.cache == "hit" for r in (r_short, r_empty, r_broken, r_feed))
     assert r_short.profile.n_items == 3 and r_short.executor_type == "serial"
     assert r_empty.profile.n_items == 0 and r_empty.executor_type == "serial"
     assert r_broken.profile.n_items == 2
-    assert r_feed.profile.n_items is None and took < 0.6  # items taken ahead for 50 ms, not all 100 waited for (1 s)
+    assert r_feed.profile.n_items is None  # items taken ahead for 50 ms: not all 100 waited for (it would know 100)
     assert autopar.execute(counted, short, result=r_short) == [counted(x) for x in range(3)]
     assert autopar.execute(counted, empty, result=r_empty) == []
     seen = []

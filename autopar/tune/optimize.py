@@ -13,7 +13,7 @@ from ..backends.dask import cluster_costs
 from .model import Candidate, Decision, decide
 from .result import OptimizationResult
 from . import constants, wisdom
-from .sample import SampleStash, known_length, sample
+from .sample import SampleStash, known_length, one_shot, sample
 from .costs import pool_costs
 from .measure import native_threads, rss
 from .system import default_start_method, system_info, threaded_blas_loaded
@@ -162,7 +162,7 @@ def optimize_with(func: Callable[[Any], Any], data: Iterable[Any], opts: Options
     stash, lost = None, False
     if entry is not None:  # measured before: decide again from the kept figures, no sample
         n = known_length(data, opts.n_items)
-        if n is None and wisdom.one_shot(data):
+        if n is None and one_shot(data):
             # A one-shot input of no known length: its first items, taken (not run) and handed
             # back to execute(), tell a short or empty one from a long one.
             stash, n = _peek(func, data, entry.profile.item_time_mean)

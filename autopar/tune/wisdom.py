@@ -32,11 +32,11 @@ import psutil
 
 from .._version import __version__
 from .costs import cache_dir
-from .sample import Profile
+from .sample import Profile, one_shot
 
 __all__ = [
     "LOST", "MAX_ENTRIES", "STALE_FACTOR", "THREAD_STALE_FACTOR", "Entry", "clear", "corrected", "enabled", "entries",
-    "job_key", "lookup", "observe", "one_shot", "store",
+    "job_key", "lookup", "observe", "store",
 ]
 
 SCHEMA_VERSION = 2  # 2: verdicts of runs slower than serial
@@ -217,15 +217,6 @@ def job_key(
     where = [f"cores={system.usable_cores}", f"quota={system.cgroup_cpu_quota}", f"gil={system.gil_enabled}", method]
     text = "|".join([*parts, *data_parts, *where, _machine(), repr(options)])
     return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
-
-
-def one_shot(data: Any) -> bool:
-    """An iterator: iterating it takes its items (``iter()`` of it is itself, and has no
-    effect on it)."""
-    try:
-        return iter(data) is data
-    except Exception:  # (not iterable; a closed file)
-        return False
 
 
 def func_name(func: Any) -> str:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from .profile import Profile
 from .sampler import sample
-from .source import known_length
+from .source import known_length, one_shot
 from .stash import SampleStash
 
-__all__ = ["Profile", "SampleStash", "sample", "known_length"]
+__all__ = ["Profile", "SampleStash", "sample", "known_length", "one_shot"]

@@ -9,7 +9,7 @@ from typing import Any, Iterable
 
 from ...backends.worker import Span
 
-__all__ = ["known_length"]
+__all__ = ["known_length", "one_shot"]
 
 
 def known_length(data: Any, n_items: int | None) -> int | None:
@@ -21,6 +21,15 @@ def known_length(data: Any, n_items: int | None) -> int | None:
         pass
     hint = operator.length_hint(data, -1)
     return hint if hint > 0 else None
+
+
+def one_shot(data: Any) -> bool:
+    """An iterator: iterating it takes its items (``iter()`` of it is itself, and has no
+    effect on it)."""
+    try:
+        return iter(data) is data
+    except Exception:  # (not iterable; a closed file)
+        return False
 
 
 class _Source:
