@@ -71,6 +71,18 @@ def spin_wall(seconds: float) -> float:
     return seconds
 
 
+def hash_blocks(n: int) -> str:
+    """Hashes ``n`` blocks of 1 MB with the GIL released (hashlib lets it go for buffers over
+    2 KB): computing work that threads run at once."""
+    import hashlib
+
+    h = hashlib.sha256()
+    block = b"\1" * (1 << 20)
+    for _ in range(n):
+        h.update(block)
+    return h.hexdigest()[:8]
+
+
 def spin_big_result(seconds: float) -> bytes:
     """Computes for ``seconds`` of wall time and returns 2 MB, which costs to pickle."""
     spin_wall(seconds)

@@ -477,3 +477,69 @@ def test_a_blas_pool_left_spinning_is_not_the_functions_work():
         profile, _ = sample(pure_python_cpu, [4000] * 300, probe=False, cores=2)
         assert profile.cpu_ratio < constants.NATIVE_THREADS, profile.cpu_ratio
 
+
+
+def _ahead_readings(monkeypatch, others: "list | None" = None) -> list:
+    """What each sample's first item and the item run beside it read (the ahead round, or
+    None); ``others``: the cores other processes used meanwhile, for each."""
+    from autopar.tune.sample import warmup as W
+
+    readings: list = []
+    real = W._ran_together
+
+    def ran_together(sp, spec):
+        real(sp, spec)
+        readings.append(sp.first.ahead_round)
+        if others is not None:
+            others.append(sp.others.cores())
+
+    monkeypatch.setattr(W, "_ran_together", ran_together)
+    return readings
+
+
+def test_a_gil_holding_first_item_and_the_one_beside_it_leave_the_probe_to_ask(monkeypatch):
+    # Two threads holding the GIL never keep two cores busy at once: the item run beside the
+    # first reads no round, and the probe asks as before (whatever the machine's load).
+    from helpers import spin_wall
+
+    readings = _ahead_readings(monkeypatch)
+    for _ in range(3):
+        r = optimize(spin_wall, [0.05] * 12)
+        assert r.profile.n_sampled >= 2
+    # (A helper thread waiting for the GIL may start its item only after the first ended.)
+    assert readings and readings == [None] * len(readings)
+
+
+def test_gil_free_items_that_ran_at_once_beside_the_first_settle_the_probe(monkeypatch):
+    # Hashing releases the GIL: the first item and the one run beside it kept two cores
+    # busy, a probe round already (x2 on 2 threads), so the probe runs no item of its own.
+    # Beside other processes' work the two threads share the cores and read low (the probe
+    # asks, as before): on a quiet machine at least one of three tries reads it.
+    import os
+
+    from helpers import hash_blocks
+
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs two CPUs")
+    t0 = time.thread_time()
+    hash_blocks(8)
+    per_block = max((time.thread_time() - t0) / 8, 1e-4)
+    items = [max(1, round(0.05 / per_block))] * 8  # items of about 50 ms
+    want = [hash_blocks(n) for n in items]
+    others: list = []
+    readings = _ahead_readings(monkeypatch, others)
+    for _ in range(3):
+        r = optimize(hash_blocks, items)
+        if readings[-1] is not None:
+            p = r.profile
+            assert p.probe_rounds == 1 and p.n_probed == 0 and p.probe_threads == 2
+            assert p.thread_scaling is not None and p.thread_scaling >= 1.7
+            assert r.executor_type != "process"
+            assert execute(hash_blocks, items, result=r) == want
+            break
+    else:
+        from autopar.tune import constants
+
+        if min(others) >= constants.OTHERS_MIN_CORES:
+            pytest.skip(f"other processes' work beside every try (cores: {others}): the probe asks there")
+        pytest.fail(f"no reading in three tries: {readings}, others' cores {others}")

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any, Callable
 from ...errors import ItemFailed
 from .. import constants
 from ..measure import CpuMeter, busy_clock, rss
+from .blas import _crowded, _pool_idle
+from .probe import _clear_gain
 from .remote import _first_remote
 
 if TYPE_CHECKING:
@@ -35,6 +37,16 @@ class _Ahead:
         self.ran = [False] * n
         self.waiting = False
         self.round_wall = 0.0
+        # A computing first item and the item run beside it: both threads' CPU seconds over the
+        # time they ran at once, and that time (see _ran_together()).
+        self.together: tuple[float, float] | None = None
+        self._window: tuple[float, int, float] | None = None
+        self._window_closed = False
+        self._window_lock = threading.Lock()
+        try:
+            self._caller_clock: int | None = time.pthread_getcpuclockid(caller)
+        except (AttributeError, OSError):
+            self._caller_clock = None
         self._cancel = threading.Event()
         self._ended = threading.Event()
         self._busy = busy_clock(caller, caller_tid)
@@ -90,7 +102,36 @@ class _Ahead:
             return
         if self._cancel.wait(max(self.delay - constants.AHEAD_EARLY, 0.0)):
             return
+        self._open_window()
         self._run_one(0)
+        self.close_window()
+
+    def _open_window(self) -> None:
+        """The item beside the first starts: both threads' CPU clocks from here on (read
+        without letting go of the GIL: a file read here would hand it to a GIL-bound caller
+        for a switch interval each time, and the item would start late or not at all)."""
+        try:
+            mine = time.pthread_getcpuclockid(threading.get_ident())
+        except (AttributeError, OSError):  # not on this platform: no reading
+            return
+        with self._window_lock:
+            if self._window_closed or self._caller_clock is None:
+                return
+            cpu0 = time.clock_gettime(self._caller_clock) + time.clock_gettime(mine)
+            self._window = (time.perf_counter(), mine, cpu0)
+
+    def close_window(self) -> None:
+        """The first item or the item beside it ended (whichever first): the time they ran at
+        once is over."""
+        with self._window_lock:
+            if self._window_closed:
+                return
+            self._window_closed = True
+            if self._window is None or self._caller_clock is None:
+                return
+            t0, mine, cpu0 = self._window
+            cpu = time.clock_gettime(self._caller_clock) + time.clock_gettime(mine) - cpu0
+            self.together = (cpu, time.perf_counter() - t0)
 
     def stop_or_finish(self) -> None:
         self._cancel.set()
@@ -131,6 +172,7 @@ def first_item(sp: "_Sampler") -> bool:
         wall, own, cpu = meter.stop()
         sp.first.end = time.perf_counter()
         if spec is not None:
+            spec.close_window()
             spec.stop_or_finish()
     sp.memory.peak = max(rss() - rss0, 0)
     sp.kept.keep(first, [result])
@@ -190,7 +232,31 @@ def _speculated(sp: "_Sampler", spec: _Ahead) -> bool:
             cpu_bound = cpu / wall >= constants.CPU_BOUND / 2
             # (at 1.0 + i: the first item is at 0, these right after it)
             sp.timings.add(1, max(cpu, 1e-9) if cpu_bound else wall, 1.0 + i, 1.0 if cpu_bound else cpu / wall)
+    if not spec.waiting and n:
+        _ran_together(sp, spec)
     return contended
+
+
+def _ran_together(sp: "_Sampler", spec: _Ahead) -> None:
+    """A computing first item and the item run beside it that kept two cores busy at once
+    (a probe round's clear gain, 0.85 x 2) over a window of a second probe round's length
+    and half the first item's time or more do not hold the GIL: a probe round already, and
+    the probe has nothing left to ask. Anything less is not read here (the probe asks): a
+    low reading may be a first call's one-time cost, and a round's low reading needs a
+    second one anyway. Both threads' CPU clocks over the wall time: exact, so work holding
+    the GIL cannot read high; a wait for a core is not taken off (schedstat's count of it
+    read 2.8 for two threads beside a spinning process), so on a busy machine GIL-free work
+    reads low and the probe asks. Not read where native threads ran beside the items
+    (their CPU is not the two threads') or others' work wanted every core (the probe is
+    skipped there)."""
+    if spec.together is None or sp.first.warmup or spec.errors[0] is not None:
+        return
+    cpu, span = spec.together
+    if span < max(constants.PROBE_ROUND_MIN[1], 0.5 * sp.first.time):
+        return
+    scaling = cpu / span
+    if scaling >= _clear_gain(2) and _pool_idle(sp) and not _crowded(sp):
+        sp.first.ahead_round = (min(scaling, 2.0), 2, 1)
 
 
 def _waited_on_first(sp: "_Sampler", spec: _Ahead, i: int) -> bool:
