@@ -529,8 +529,10 @@ def test_gil_free_items_that_ran_at_once_beside_the_first_settle_the_probe(monke
     others: list = []
     readings = _ahead_readings(monkeypatch, others)
     for _ in range(3):
+        before = len(readings)
         r = optimize(hash_blocks, items)
-        if readings[-1] is not None:
+        # (No reading where no item ran beside the first, or the first looked like waiting.)
+        if len(readings) > before and readings[-1] is not None:
             p = r.profile
             assert p.probe_rounds == 1 and p.n_probed == 0 and p.probe_threads == 2
             assert p.thread_scaling is not None and p.thread_scaling >= 1.7
@@ -540,6 +542,70 @@ def test_gil_free_items_that_ran_at_once_beside_the_first_settle_the_probe(monke
     else:
         from autopar.tune import constants
 
-        if min(others) >= constants.OTHERS_MIN_CORES:
+        if others and min(others) >= constants.OTHERS_MIN_CORES:
             pytest.skip(f"other processes' work beside every try (cores: {others}): the probe asks there")
         pytest.fail(f"no reading in three tries: {readings}, others' cores {others}")
+
+
+@pytest.mark.parametrize("gil_free", [True, False])
+def test_on_more_cores_gil_free_items_widen_beside_the_first_and_each_runs_once(monkeypatch, gil_free):
+    # Threads first: on a machine of 4 CPUs (the count patched here), GIL-free items run
+    # beside the first on one more thread, then, once both kept a core busy, on as many
+    # more again; items holding the GIL stop at the one beside the first. Every item the
+    # sample ran is kept, in order, and run once (execute() adopts them).
+    import os
+
+    from autopar.tune.sample import sample
+    from autopar.tune.sample import warmup as W
+
+    from helpers import hash_blocks, spin_wall
+
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs two CPUs")
+    monkeypatch.setattr(W, "_cpus", lambda: 4)
+    ran: list = []
+    started = threading.Lock()
+
+    if gil_free:
+        t0 = time.thread_time()
+        hash_blocks(8)
+        n = max(1, round(0.06 / max((time.thread_time() - t0) / 8, 1e-4)))
+
+        def func(i):
+            with started:
+                ran.append(i)
+            return hash_blocks(n) + str(i)
+    else:
+
+        def func(i):
+            with started:
+                ran.append(i)
+            spin_wall(0.06)
+            return str(i)
+
+    beside, others = [], []
+    real = W._speculated
+
+    def speculated(sp, spec):
+        beside.append(spec.n_ran())
+        others.append(sp.others.cores())
+        return real(sp, spec)
+
+    monkeypatch.setattr(W, "_speculated", speculated)
+    items = list(range(12))
+    for _ in range(3):
+        ran.clear()
+        profile, stash = sample(func, items, cores=4)
+        done = profile.n_sampled + profile.n_probed
+        assert sorted(ran) == list(range(done))  # the first items, each once
+        assert [r[-len(str(i)):] for i, r in enumerate(stash.result_blocks[0])] == [str(i) for i in range(done)]
+        if not gil_free:
+            assert beside[-1] <= 1  # never widened
+        elif beside[-1] == 3:
+            break
+    else:
+        if gil_free:
+            from autopar.tune import constants
+
+            if min(others) < constants.OTHERS_MIN_CORES:
+                pytest.fail(f"not widened in three tries on a quiet machine: {beside}")

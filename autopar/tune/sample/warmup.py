@@ -15,7 +15,7 @@ from ...errors import ItemFailed
 from .. import constants
 from ..measure import CpuMeter, busy_clock, rss
 from .blas import _crowded, _pool_idle
-from .probe import _clear_gain
+from .probe import _clear_gain, _cpus
 from .remote import _first_remote
 
 if TYPE_CHECKING:
@@ -25,11 +25,15 @@ if TYPE_CHECKING:
 class _Ahead:
     """Items run ahead on helper threads while the caller runs the first item: after
     ``AHEAD_EARLY`` seconds, all at once if the first item mostly waits, else one past
-    ``delay``. ``stop_or_finish()`` cancels what has not started and waits for the rest.
+    ``delay``, and on more cores more while every thread keeps a core busy (``_widen``).
+    ``stop_or_finish()`` cancels what has not started and waits for the rest.
     """
 
-    def __init__(self, func: Callable[..., Any], items: list[Any], delay: float, caller: int, caller_tid: int) -> None:
+    def __init__(
+        self, func: Callable[..., Any], items: list[Any], delay: float, caller: int, caller_tid: int, wide: int = 1
+    ) -> None:
         self.func, self.items, self.delay = func, items, delay
+        self.wide = wide  # computing items run beside the first at most (one a core but the caller's)
         n = len(items)
         self.results: list[Any] = [None] * n
         self.errors: list[BaseException | None] = [None] * n
@@ -40,6 +44,10 @@ class _Ahead:
         # A computing first item and the item run beside it: both threads' CPU seconds over the
         # time they ran at once, and that time (see _ran_together()).
         self.together: tuple[float, float] | None = None
+        # Threads first, on more cores: (threads, scaling) of each step that widened the items
+        # run beside the first (see _widen()); each item's thread's CPU clock.
+        self.steps: list[tuple[int, float]] = []
+        self._clocks: dict[int, int | None] = {}  # None: its item ended
         self._window: tuple[float, int, float] | None = None
         self._window_closed = False
         self._window_lock = threading.Lock()
@@ -79,13 +87,7 @@ class _Ahead:
             used = self._busy() - c0
             self.waiting = used / max(time.perf_counter() - t0, 1e-9) < constants.IO_BOUND
         if self.waiting:
-            # Memory: what the first item has grown so far, times the items run beside it.
-            count = len(self.items)
-            grown = rss() - rss0
-            if grown > 0:
-                import psutil
-
-                count = min(count, max(1, int(constants.AHEAD_MEMORY_SHARE * psutil.virtual_memory().available // grown)))
+            count = self._room(len(self.items), rss0)
             helpers = [
                 threading.Thread(target=self._run_one, args=(i,), name=f"autopar-sample-ahead-{i}", daemon=True)
                 for i in range(1, count)
@@ -102,9 +104,85 @@ class _Ahead:
             return
         if self._cancel.wait(max(self.delay - constants.AHEAD_EARLY, 0.0)):
             return
-        self._open_window()
-        self._run_one(0)
-        self.close_window()
+        wide = self._room(min(self.wide, len(self.items)), rss0)
+        if wide > 1:
+            self._widen(wide)
+        else:
+            self._beside(0)
+
+    def _room(self, count: int, rss0: int) -> int:
+        """Items that may run beside the first: what it has grown so far, times the count,
+        within ``AHEAD_MEMORY_SHARE`` of available memory."""
+        grown = rss() - rss0
+        if grown > 0:
+            import psutil
+
+            count = min(count, max(1, int(constants.AHEAD_MEMORY_SHARE * psutil.virtual_memory().available // grown)))
+        return count
+
+    def _beside(self, i: int) -> None:
+        """Item ``i`` beside the first, on the calling thread; item 0 opens the window of the
+        two threads' reading (see _ran_together())."""
+        try:
+            self._clocks[i] = time.pthread_getcpuclockid(threading.get_ident())
+        except (AttributeError, OSError):
+            self._clocks[i] = None
+        if i == 0:
+            self._open_window()
+        self._run_one(i)
+        self._clocks[i] = None  # ended
+        if i == 0:
+            self.close_window()
+
+    def _widen(self, wide: int) -> None:
+        """Threads first, on more cores than two: item 0 beside the first, then, while every
+        thread so far kept a core busy over the last ``PROBE_ROUND_MIN[0]`` (the probe's clear
+        gain), as many more again, up to ``wide``: GIL-free items fill the cores within a few
+        such steps of the first item's start; items holding the GIL stop at two threads, as
+        before. No more start once the first item has ended."""
+        threads: list[threading.Thread] = []
+
+        def start(i: int) -> None:
+            t = threading.Thread(target=self._beside, args=(i,), name=f"autopar-sample-ahead-{i}", daemon=True)
+            threads.append(t)
+            t.start()
+
+        start(0)
+        try:
+            while len(threads) < wide:
+                started = time.perf_counter()
+                while len(self._clocks) < len(threads) and time.perf_counter() - started < constants.PROBE_ROUND_MIN[0]:
+                    time.sleep(0.0002)  # the threads just started read their clocks first
+                before = self._cpu_of(len(threads))
+                t0 = time.perf_counter()
+                if self._cancel.wait(constants.PROBE_ROUND_MIN[0]):
+                    break
+                after = self._cpu_of(len(threads))
+                if before is None or after is None:
+                    break  # an item ended (or its clock cannot be read): the first step stands
+                k = len(threads) + 1
+                scaling = (after - before) / (time.perf_counter() - t0)
+                self.steps.append((k, scaling))
+                if scaling < _clear_gain(k):
+                    break
+                for i in range(len(threads), min(2 * len(threads) + 1, wide)):
+                    start(i)
+        finally:
+            for t in threads:
+                t.join()
+
+    def _cpu_of(self, n: int) -> float | None:
+        """CPU seconds of the caller and of the threads running items 0 to n-1; None where
+        one of them is not running an item (not yet, or no more)."""
+        if self._caller_clock is None:
+            return None
+        clocks = [self._clocks.get(i) for i in range(n)]
+        if any(c is None for c in clocks):
+            return None
+        try:
+            return time.clock_gettime(self._caller_clock) + sum(time.clock_gettime(c) for c in clocks if c is not None)
+        except OSError:  # a thread ended meanwhile
+            return None
 
     def _open_window(self) -> None:
         """The item beside the first starts: both threads' CPU clocks from here on (read
@@ -159,7 +237,8 @@ def first_item(sp: "_Sampler") -> bool:
     if n is not None and 3 <= n <= constants.SPECULATE_MAX_ITEMS and sp.probe_wanted:
         ahead = sp.src.pull(min(n - 1, constants.AHEAD_MAX))
         if ahead:
-            spec = _Ahead(sp.func, ahead, sp.min_budget, threading.get_ident(), threading.get_native_id())
+            wide = max(1, min(sp.cores, _cpus()) - 1)
+            spec = _Ahead(sp.func, ahead, sp.min_budget, threading.get_ident(), threading.get_native_id(), wide)
     rss0 = rss()
     meter = CpuMeter(exclude=sp.not_ours()).start()
     try:
@@ -186,7 +265,7 @@ def first_item(sp: "_Sampler") -> bool:
     f.active = CpuMeter.active(wall, queued, own)
     contended = False
     if spec is not None:
-        if spec.waiting:  # the RSS growth was theirs too
+        if spec.waiting or spec.n_ran() > 1:  # the RSS growth was theirs too
             sp.memory.peak //= 1 + spec.n_ran()
         contended = _speculated(sp, spec)
     if contended:  # the first item shared too few cores: its own CPU time is its time
@@ -257,6 +336,9 @@ def _ran_together(sp: "_Sampler", spec: _Ahead) -> None:
     scaling = cpu / span
     if scaling >= _clear_gain(2) and _pool_idle(sp) and not _crowded(sp):
         sp.first.ahead_round = (min(scaling, 2.0), 2, 1)
+        k, widest = spec.steps[-1] if spec.steps else (2, scaling)
+        if k > 2:  # widened: the widest step's reading (unclear, it asks the probe)
+            sp.first.ahead_round = (min(widest, float(k)), k, 1)
 
 
 def _waited_on_first(sp: "_Sampler", spec: _Ahead, i: int) -> bool:
