@@ -109,15 +109,17 @@ def on_cores(got: dict[str, Any], cores: int) -> tuple[str, float, float, float,
 def widened(wave: dict[str, float], item: float, cores: int, wall: float, cpu: float) -> tuple[int, float, float]:
     """Modelled, not measured: the items run beside the first on C cores where the two
     threads read GIL-free here (``_Ahead._widen``'s schedule: one at ``delay``, then as many
-    more again every ``PROBE_ROUND_MIN[0]`` while the first item runs, up to one a core but
-    the caller's and the items pulled ahead, each at the measured item time). Returns the
-    items beyond the one run here, and the decision's wall and CPU time on C cores."""
+    more again every ``PROBE_ROUND_MIN[0]`` while the first item and the one beside it run,
+    up to one a core but the caller's and the items pulled ahead, each at the measured item
+    time; the wait for the threads' clocks between steps, the memory cap and the probe's
+    reading on more threads are left out). Returns the items beyond the one run here, and
+    the decision's wall and CPU time on C cores."""
     from autopar.tune import constants
 
     step = constants.PROBE_ROUND_MIN[0]
     cap = min(cores - 1, int(wave["ahead"]))
     starts, t = [wave["delay"]], wave["delay"] + step
-    while len(starts) < cap and t < wave["first"]:
+    while len(starts) < cap and t < min(wave["first"], wave["delay"] + item):
         starts += [t] * min(len(starts) + 1, cap - len(starts))
         t += step
     here = max(wave["first"], wave["delay"] + item) if wave["ran"] else wave["first"]

@@ -534,16 +534,17 @@ def test_gil_free_items_that_ran_at_once_beside_the_first_settle_the_probe(monke
         # (No reading where no item ran beside the first, or the first looked like waiting.)
         if len(readings) > before and readings[-1] is not None:
             p = r.profile
-            assert p.probe_rounds == 1 and p.n_probed == 0 and p.probe_threads == 2
-            assert p.thread_scaling is not None and p.thread_scaling >= 1.7
+            # (On more than 2 cores the items beside the first widen: a reading on more threads.)
+            assert p.probe_rounds == 1 and p.n_probed == 0 and p.probe_threads >= 2
+            assert p.thread_scaling is not None and p.thread_scaling >= 0.85 * p.probe_threads
             assert r.executor_type != "process"
             assert execute(hash_blocks, items, result=r) == want
             break
     else:
         from autopar.tune import constants
 
-        if others and min(others) >= constants.OTHERS_MIN_CORES:
-            pytest.skip(f"other processes' work beside every try (cores: {others}): the probe asks there")
+        if others and max(others) >= constants.OTHERS_MIN_CORES:
+            pytest.skip(f"other processes' work beside a try (cores: {others}): the probe asks there")
         pytest.fail(f"no reading in three tries: {readings}, others' cores {others}")
 
 
@@ -607,5 +608,5 @@ def test_on_more_cores_gil_free_items_widen_beside_the_first_and_each_runs_once(
         if gil_free:
             from autopar.tune import constants
 
-            if min(others) < constants.OTHERS_MIN_CORES:
+            if max(others) < constants.OTHERS_MIN_CORES:
                 pytest.fail(f"not widened in three tries on a quiet machine: {beside}")

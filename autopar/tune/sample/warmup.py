@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from ...errors import ItemFailed
 from .. import constants
-from ..measure import CpuMeter, busy_clock, rss
+from ..measure import CpuMeter, PeakRSS, busy_clock, rss
 from .blas import _crowded, _pool_idle
-from .probe import _clear_gain, _cpus
+from .probe import _cpus
 from .remote import _first_remote
 
 if TYPE_CHECKING:
@@ -47,6 +47,7 @@ class _Ahead:
         # Threads first, on more cores: (threads, scaling) of each step that widened the items
         # run beside the first (see _widen()); each item's thread's CPU clock.
         self.steps: list[tuple[int, float]] = []
+        self.rss_high: int | None = None  # the highest RSS while computing items ran beside the first
         self._clocks: dict[int, int | None] = {}  # None: its item ended
         self._window: tuple[float, int, float] | None = None
         self._window_closed = False
@@ -104,11 +105,14 @@ class _Ahead:
             return
         if self._cancel.wait(max(self.delay - constants.AHEAD_EARLY, 0.0)):
             return
-        wide = self._room(min(self.wide, len(self.items)), rss0)
-        if wide > 1:
-            self._widen(wide)
-        else:
-            self._beside(0)
+        # The items beside the first and the first: their peak memory, all at once (the
+        # probe's watched round may not run: this reading can settle it).
+        with PeakRSS() as mem:
+            if min(self.wide, len(self.items)) > 1:
+                self._widen(rss0)
+            else:
+                self._beside(0)
+        self.rss_high = mem.base + mem.peak
 
     def _room(self, count: int, rss0: int) -> int:
         """Items that may run beside the first: what it has grown so far, times the count,
@@ -134,22 +138,24 @@ class _Ahead:
         if i == 0:
             self.close_window()
 
-    def _widen(self, wide: int) -> None:
+    def _widen(self, rss0: int) -> None:
         """Threads first, on more cores than two: item 0 beside the first, then, while every
-        thread so far kept a core busy over the last ``PROBE_ROUND_MIN[0]`` (the probe's clear
-        gain), as many more again, up to ``wide``: GIL-free items fill the cores within a few
-        such steps of the first item's start; items holding the GIL stop at two threads, as
-        before. No more start once the first item has ended."""
+        thread so far kept a core busy over the last ``PROBE_ROUND_MIN[0]`` (0.85 of a core
+        each, the probe's clear gain), as many more again, up to one a core but the
+        caller's and what memory allows (read again before each step): GIL-free items fill
+        the cores within a few such steps of the first item's start; items holding the GIL
+        stop at two threads, as before. No more start once the first item, or any item
+        beside it, has ended. Each step's reading goes to ``steps``, the last one's too."""
         threads: list[threading.Thread] = []
 
         def start(i: int) -> None:
             t = threading.Thread(target=self._beside, args=(i,), name=f"autopar-sample-ahead-{i}", daemon=True)
-            threads.append(t)
             t.start()
+            threads.append(t)
 
         start(0)
         try:
-            while len(threads) < wide:
+            while True:
                 started = time.perf_counter()
                 while len(self._clocks) < len(threads) and time.perf_counter() - started < constants.PROBE_ROUND_MIN[0]:
                     time.sleep(0.0002)  # the threads just started read their clocks first
@@ -159,11 +165,12 @@ class _Ahead:
                     break
                 after = self._cpu_of(len(threads))
                 if before is None or after is None:
-                    break  # an item ended (or its clock cannot be read): the first step stands
+                    break  # an item ended (or its clock cannot be read): the steps so far stand
                 k = len(threads) + 1
                 scaling = (after - before) / (time.perf_counter() - t0)
                 self.steps.append((k, scaling))
-                if scaling < _clear_gain(k):
+                wide = self._room(min(self.wide, len(self.items)), rss0)
+                if scaling < constants.PROBE_CLEAR[1] * k or len(threads) >= wide or self._cancel.is_set():
                     break
                 for i in range(len(threads), min(2 * len(threads) + 1, wide)):
                     start(i)
@@ -208,7 +215,10 @@ class _Ahead:
             if self._window is None or self._caller_clock is None:
                 return
             t0, mine, cpu0 = self._window
-            cpu = time.clock_gettime(self._caller_clock) + time.clock_gettime(mine) - cpu0
+            try:
+                cpu = time.clock_gettime(self._caller_clock) + time.clock_gettime(mine) - cpu0
+            except OSError:  # (a thread ended before its clock was read: no reading)
+                return
             self.together = (cpu, time.perf_counter() - t0)
 
     def stop_or_finish(self) -> None:
@@ -253,7 +263,7 @@ def first_item(sp: "_Sampler") -> bool:
         if spec is not None:
             spec.close_window()
             spec.stop_or_finish()
-    sp.memory.peak = max(rss() - rss0, 0)
+    grown = max(rss() - rss0, 0)
     sp.kept.keep(first, [result])
     queued = meter.queued  # waiting for a core (other processes busy): not waiting on I/O
     if spec is not None and spec.n_ran() and wall > 0 and own / CpuMeter.active(wall, queued, own) >= constants.CPU_BOUND / 2:
@@ -264,9 +274,16 @@ def first_item(sp: "_Sampler") -> bool:
     f.time, f.cpu, f.own = wall, cpu, min(own, cpu)
     f.active = CpuMeter.active(wall, queued, own)
     contended = False
+    if spec is not None and spec.waiting:  # the RSS growth was theirs too
+        grown //= 1 + spec.n_ran()
+    elif spec is not None and spec.n_ran():
+        # Computing items beside the first: the highest growth while they ran (the probe's
+        # watched round may not run), over half their count: their peaks seldom coincide
+        # (NumPy element-wise reads 17.9 MB an item so, one item alone 12.3-15.9 MB; the
+        # full count read 9.7). Two count as one, as before.
+        grown = max(grown, (spec.rss_high or 0) - rss0) // max(1, (1 + spec.n_ran()) // 2)
+    sp.memory.peak = grown
     if spec is not None:
-        if spec.waiting or spec.n_ran() > 1:  # the RSS growth was theirs too
-            sp.memory.peak //= 1 + spec.n_ran()
         contended = _speculated(sp, spec)
     if contended:  # the first item shared too few cores: its own CPU time is its time
         f.time = f.active = wall = cpu = max(own, 1e-9)
@@ -334,11 +351,14 @@ def _ran_together(sp: "_Sampler", spec: _Ahead) -> None:
     if span < max(constants.PROBE_ROUND_MIN[1], 0.5 * sp.first.time):
         return
     scaling = cpu / span
-    if scaling >= _clear_gain(2) and _pool_idle(sp) and not _crowded(sp):
+    if _cpus() < 2 or scaling < constants.PROBE_CLEAR[1] * 2 or not _pool_idle(sp) or _crowded(sp):
+        return
+    k, widest = spec.steps[-1] if spec.steps else (2, scaling)
+    if k == 2:
         sp.first.ahead_round = (min(scaling, 2.0), 2, 1)
-        k, widest = spec.steps[-1] if spec.steps else (2, scaling)
-        if k > 2:  # widened: the widest step's reading (unclear, it asks the probe)
-            sp.first.ahead_round = (min(widest, float(k)), k, 1)
+    elif widest >= constants.PROBE_CLEAR[1] * k:  # widened: the widest step, clear
+        sp.first.ahead_round = (min(widest, float(k)), k, 1)
+    # (a widest step short of it: the probe asks, from its own rounds)
 
 
 def _waited_on_first(sp: "_Sampler", spec: _Ahead, i: int) -> bool:
