@@ -146,6 +146,52 @@ def test_changeable_items_left_as_they_were_reuse_the_sampled_results():
     assert f.calls == len(data) and report.n_from_sample == sampled
 
 
+class SlowToPickle:
+    """An item whose pickling computes for 5 ms (counted: how often it was pickled)."""
+
+    pickled = 0
+
+    def __init__(self, v: int) -> None:
+        self.v = v
+
+    def __reduce__(self):
+        type(self).pickled += 1
+        end = time.thread_time() + 0.005
+        while time.thread_time() < end:
+            pass
+        return (SlowToPickle, (self.v,))
+
+
+def test_items_too_costly_to_prove_the_same_are_not_pickled_at_all(monkeypatch):
+    # Proving the sampled items unchanged would pickle each (5 ms) against half their own
+    # time (1 ms each): it cannot pay, and one item left unproven runs them all again, so
+    # optimize() pickles none of them (it pickled a few and then gave up), and execute()
+    # runs every item, each once.
+    from autopar.tune.sample import stash as S
+
+    during = []
+    real = S.SampleStash.freeze
+
+    def freeze(self, *a, **k):
+        before = SlowToPickle.pickled
+        real(self, *a, **k)
+        during.append(SlowToPickle.pickled - before)
+
+    monkeypatch.setattr(S.SampleStash, "freeze", freeze)
+
+    def value(b):
+        end = time.thread_time() + 0.001
+        while time.thread_time() < end:
+            pass
+        return b.v
+
+    data = [SlowToPickle(i) for i in range(200)]
+    r = optimize(value, data, executor_type="serial")
+    assert r.profile.n_sampled >= 2 and during == [0]
+    out, report = execute(value, data, result=r, return_report=True)
+    assert out == list(range(200)) and report.n_from_sample == 0
+
+
 def append_one(x):
     x.append(1)
     return len(x)

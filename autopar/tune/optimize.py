@@ -126,7 +126,8 @@ def optimize(
         raise ValueError("optimize(executor_type='dask') needs cluster=<distributed.Client>")
     result = optimize_with(func, data, opts)
     if result.stash is not None:  # the caller has the items back, and may change them before execute()
-        result.stash.freeze(data, budget=0.5 * result.profile.item_time_mean * result.stash.n_done)
+        p = result.profile
+        result.stash.freeze(data, budget=0.5 * p.item_time_mean * result.stash.n_done, per_item=p.item_pickle_time or 0.0)
     return result
 
 
