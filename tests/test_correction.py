@@ -30,7 +30,11 @@ def test_threads_found_holding_the_gil_give_way_while_running(cache):
     t0 = time.thread_time()
     [loop(x) for x in range(500)]
     item = (time.thread_time() - t0) / 500
-    data = list(range(int(0.8 / item)))  # about 0.8 s serially, whatever this machine's speed
+    # About 1.6 s serially, whatever this machine's speed. The GIL shows after half the items
+    # at the earliest (2 chunks a thread, of 4; read at 48-59% in 7 runs), and the switch must
+    # save twice the pool's start on what is left: with 0.8 s, a full CI run on 3.13 once ran
+    # the threads to the end without switching (a late reading leaves too little to save).
+    data = list(range(int(1.6 / item)))
     first = autopar.optimize(loop, data)
     [entry] = wisdom.entries()
     forged = replace(

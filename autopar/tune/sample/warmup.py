@@ -49,7 +49,7 @@ class _Ahead:
         self.steps: list[tuple[int, float]] = []
         self.rss_high: int | None = None  # the highest RSS while computing items ran beside the first
         self._clocks: dict[int, int | None] = {}  # None: its item ended
-        self._window: tuple[float, int, float] | None = None
+        self._window: tuple[float, float] | None = None  # (when, CPU seconds) item 0 started
         self._window_closed = False
         self._window_lock = threading.Lock()
         try:
@@ -134,9 +134,9 @@ class _Ahead:
         if i == 0:
             self._open_window()
         self._run_one(i)
-        self._clocks[i] = None  # ended
         if i == 0:
             self.close_window()
+        self._clocks[i] = None  # ended
 
     def _widen(self, rss0: int) -> None:
         """Threads first, on more cores than two: item 0 beside the first, then, while every
@@ -192,34 +192,24 @@ class _Ahead:
             return None
 
     def _open_window(self) -> None:
-        """The item beside the first starts: both threads' CPU clocks from here on (read
+        """Item 0 starts beside the first: the two threads' CPU clocks from here on (read
         without letting go of the GIL: a file read here would hand it to a GIL-bound caller
         for a switch interval each time, and the item would start late or not at all)."""
-        try:
-            mine = time.pthread_getcpuclockid(threading.get_ident())
-        except (AttributeError, OSError):  # not on this platform: no reading
-            return
         with self._window_lock:
-            if self._window_closed or self._caller_clock is None:
-                return
-            cpu0 = time.clock_gettime(self._caller_clock) + time.clock_gettime(mine)
-            self._window = (time.perf_counter(), mine, cpu0)
+            cpu0 = None if self._window_closed else self._cpu_of(1)
+            if cpu0 is not None:
+                self._window = (time.perf_counter(), cpu0)
 
     def close_window(self) -> None:
-        """The first item or the item beside it ended (whichever first): the time they ran at
-        once is over."""
+        """The first item or item 0 ended (whichever first): the time they ran at once is over."""
         with self._window_lock:
             if self._window_closed:
                 return
             self._window_closed = True
-            if self._window is None or self._caller_clock is None:
-                return
-            t0, mine, cpu0 = self._window
-            try:
-                cpu = time.clock_gettime(self._caller_clock) + time.clock_gettime(mine) - cpu0
-            except OSError:  # (a thread ended before its clock was read: no reading)
-                return
-            self.together = (cpu, time.perf_counter() - t0)
+            cpu1 = self._cpu_of(1) if self._window is not None else None
+            if self._window is not None and cpu1 is not None:
+                t0, cpu0 = self._window
+                self.together = (cpu1 - cpu0, time.perf_counter() - t0)
 
     def stop_or_finish(self) -> None:
         self._cancel.set()
