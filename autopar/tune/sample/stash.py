@@ -76,6 +76,11 @@ def _frozen(item: Any, depth: int = 0) -> bool:
     return t.__module__ == "numpy" and t.__name__ != "void" and any(b.__name__ == "generic" and b.__module__ == "numpy" for b in t.__mro__)
 
 
+def _pickled_to_prove(item: Any) -> bool:
+    """An item proven unchanged only by its pickle (not a value that cannot change, not an array)."""
+    return not _frozen(item) and not (type(item).__module__ == "numpy" and getattr(item, "ndim", 0) >= 1)
+
+
 def snapshots(items: list[Any], late: Callable[[], bool]) -> list[Any]:
     """The sampled items as they are now: values that cannot change as they are, arrays by
     checksum, anything else by its pickle (``_Unproven`` past SNAPSHOT_BYTES, once ``late()``,
@@ -85,7 +90,7 @@ def snapshots(items: list[Any], late: Callable[[], bool]) -> list[Any]:
     for item in items:
         if _frozen(item):
             out.append(item)
-        elif type(item).__module__ == "numpy" and getattr(item, "ndim", 0) >= 1:
+        elif not _pickled_to_prove(item):
             out.append(_Checked(item))
         elif room <= 0 or late():
             out.append(_Unproven())
@@ -196,8 +201,7 @@ class SampleStash:
         if _is_array(data):
             self.block, self.items = _Checked(data[: self.n_done]), []
             return
-        changeable = sum(1 for x in self.items if not _frozen(x) and not _is_array(x))
-        if per_item * changeable > budget:
+        if per_item * sum(map(_pickled_to_prove, self.items)) > budget:
             self.items = [_Unproven()] * self.n_done
             return
         self.items = snapshots(self.items, within(budget))
