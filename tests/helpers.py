@@ -83,6 +83,13 @@ def hash_blocks(n: int) -> str:
     return h.hexdigest()[:8]
 
 
+def wait_then_busy(n: int) -> int:
+    """Waits 4 ms, then runs a pure-Python loop of ``n`` steps holding the GIL: mixed work
+    whose computing part threads cannot run at once."""
+    time.sleep(0.004)
+    return busy(n)
+
+
 def spin_big_result(seconds: float) -> bytes:
     """Computes for ``seconds`` of wall time and returns 2 MB, which costs to pickle."""
     spin_wall(seconds)

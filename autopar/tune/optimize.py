@@ -60,7 +60,10 @@ def _main_reason(d: Decision, profile: Any) -> str:
             f"and transfers cost ({best.predicted_time:.3g} s against {d.serial.predicted_time:.3g} s serial)"
         )
     if best.executor_type == "thread":
-        why = "the work waits more than it computes" if d.workload_type == "io" else "the work releases the GIL"
+        why = {
+            "io": "the work waits more than it computes",
+            "mixed": "the work waits part of its time, and threads overlap the waits",
+        }.get(d.workload_type, "the work releases the GIL")
         return f"threads: {why} ({probe}), and threads copy nothing"
     return (
         f"processes: the work is {d.workload_type}-bound and threads do not run it in parallel "

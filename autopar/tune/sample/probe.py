@@ -121,7 +121,38 @@ def _probe_round(sp: "_Sampler", stats: _Stats, items: list[Any], k: int) -> tup
         s = (cpu / CpuMeter.active(whole, queued)) / stats.cpu_ratio
         return s, len(items) * stats.reference < constants.SLOWER_TOGETHER * whole
     # Waiting work, or BLAS capped (a BLAS library serializing its callers spins): throughput.
-    return len(items) * (sp.blas.single_time or stats.reference) / wall, None
+    s = len(items) * (sp.blas.single_time or stats.reference) / wall
+    if not sp.blas.single_time and _gil_queued(stats, k, cpu, CpuMeter.active(whole, queued)):
+        # The mean end of threads queued on the GIL is half its queue: the reading instead is
+        # what k threads run where each item's CPU holds it (the share the model reads back).
+        g = min(cpu / (len(items) * stats.reference), 1.0)
+        s = min(s, 1.0 / (g + (1.0 - g) / k))
+    return s, None
+
+
+def _gil_queued(stats: _Stats, k: int, cpu: float, active: float) -> bool:
+    """Whether a round's threads of waiting work kept nearer one core busy than the cores
+    their CPU, run side by side, would have kept busy (two or more): the computing part of
+    each item holds the GIL, and the threads' pace is one item per item's CPU. Threads queued
+    on the GIL end one after another, so their mean end (the throughput's wall) reads about
+    twice their pace (4 ms waits and 2-3 ms of pure Python: x4.1 on 16 threads where a pool
+    of them ran x2.2; the GIL's pace, x2.7, read as a speedup on 5 threads, still read 80%
+    of each item as GIL-free). On 2 cores, such rounds kept 1.02-1.03 cores busy (less the wait for
+    a core), the same waits and GIL-free hashing 1.63-1.78."""
+    demand = k * stats.cpu_ratio
+    if _cpus() < 2 or cpu <= 0 or demand < _gil_demand(stats):
+        return False
+    return cpu / active <= (1.0 + min(demand, _cpus())) / 2.0
+
+
+def _gil_demand(stats: _Stats) -> float:
+    """Cores a round's threads should keep busy without the GIL, for a GIL to show. Computing
+    work (read by its CPU over one item's CPU ratio): two at 0.85 each, what 2 threads of
+    pure computing read. Waiting work (read by its throughput): twice what reads as one
+    core, PROBE_CLEAR[0] (its threads' rounds keep fewer cores busy: they wait together)."""
+    if stats.cpu_ratio >= constants.CPU_BOUND:
+        return 2.0 * constants.PROBE_CLEAR[1]
+    return 2.0 * constants.PROBE_CLEAR[0]
 
 
 def _probe_plan(sp: "_Sampler", stats: _Stats, remaining: int | None, round_min: float) -> tuple[int, int]:
@@ -130,6 +161,10 @@ def _probe_plan(sp: "_Sampler", stats: _Stats, remaining: int | None, round_min:
     k = max(2, sp.probe_threads)
     if stats.cpu_ratio < constants.IO_BOUND:
         k = max(k, constants.IO_PROBE_THREADS)  # waiting work: more threads, and more of it done
+    elif _cpus() >= 2:
+        # Enough threads that their CPU, GIL-free, would keep two cores busy, so a GIL shows:
+        # on 2 threads, items computing half their time read x1.7-1.9 with the GIL or without.
+        k = min(max(k, math.ceil(_gil_demand(stats) / max(stats.cpu_ratio, 1e-3))), constants.IO_PROBE_THREADS)
     if remaining is not None and remaining <= 2 * k:
         # The rest is hardly more than a round: run it all at once, one item a thread.
         return min(k, remaining), max(1, -(-remaining // k))
