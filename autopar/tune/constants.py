@@ -53,7 +53,7 @@ WAIT_ROUND_MIN = 0.002  # ... a first round of waiting work on more threads than
 SECOND_ROUND_SHARE = 0.5  # a second probe round takes at most this share of the items left
 LONG_ROUND_SHARE = 0.1  # ... and a longer one (an unclear first reading) about this share, if more than a first round
 PROBE_CLEAR = (1.15, 0.85)  # a round scaling <= 1.15, or >= 0.85 k, settles the probe
-WAIT_CLEAR = 0.3  # ... or >= 0.3 k on more threads than CPUs (waiting work)
+WAIT_CLEAR = 0.3  # ... or >= 0.3 k on more threads than CPUs (waiting work; computing work: 0.85 of CPUs / its CPU share)
 SLOWER_TOGETHER = 0.85  # a round's throughput under this (of one thread's) settles a low reading at once
 PARALLEL_SCALING = 0.75  # a probe this close to k threads' worth: the work does not hold the GIL
 SHARED_RESOURCE_SCALING = 0.85  # under this (CPU/wall under 0.9): threads share a resource outside Python

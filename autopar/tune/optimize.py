@@ -9,6 +9,7 @@ from dataclasses import replace
 from typing import Any, Callable, Iterable
 
 from .._words import scaling_words
+from . import constants
 from ..backends.dask import cluster_costs
 from .model import Candidate, Decision, decide
 from .result import OptimizationResult
@@ -60,10 +61,13 @@ def _main_reason(d: Decision, profile: Any) -> str:
             f"and transfers cost ({best.predicted_time:.3g} s against {d.serial.predicted_time:.3g} s serial)"
         )
     if best.executor_type == "thread":
-        why = {
-            "io": "the work waits more than it computes",
-            "mixed": "the work waits part of its time, and threads overlap the waits",
-        }.get(d.workload_type, "the work releases the GIL")
+        why = "the work releases the GIL"
+        if d.workload_type == "io":
+            why = "the work waits more than it computes"
+        elif d.workload_type == "mixed" and not (
+            scaling is not None and scaling >= constants.PARALLEL_SCALING * profile.probe_threads
+        ):
+            why = "the work waits part of its time, and threads overlap the waits"
         return f"threads: {why} ({probe}), and threads copy nothing"
     return (
         f"processes: the work is {d.workload_type}-bound and threads do not run it in parallel "

@@ -1,7 +1,9 @@
 """The concurrency probe: the next items on ``k`` threads at once, in rounds until it is clear
 how they scale (a round scaling like one thread or like ``k`` ends it; one in between earns a
-second). CPU-bound work: the function's CPU over the round, over one item's CPU ratio; waiting
-work: throughput against the serial items' mean time.
+second). ``k`` is enough threads that their CPU, GIL-free, would keep two cores busy.
+CPU-bound work: the function's CPU over the round, over one item's CPU ratio; waiting work:
+throughput against the serial items' mean time, or, where the threads kept about one core
+busy (the GIL), what k threads run where each item's CPU holds it.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ def _probe_step(sp: "_Sampler", stats: _Stats, cheap_low: bool = False) -> tuple
         and not sp.src.done
         and (remaining is None or (remaining >= 2 and remaining * stats.mean > constants.PROBE_MIN_WORK))
     )
-    if not worth or (rounds and (best <= constants.PROBE_CLEAR[0] or best >= _clear_gain(k_used))):
+    if not worth or (rounds and (best <= constants.PROBE_CLEAR[0] or best >= _clear_gain(k_used, stats))):
         return (min(max(best, 0.1), float(k_used)) if rounds else None), k_used, rounds
     if not rounds and stats.cpu_ratio >= constants.CPU_RATIO_CPU and _saturated(sp):
         return None, 0, 0  # computing beside others' work on every core: see _saturated
@@ -46,6 +48,7 @@ def _probe_step(sp: "_Sampler", stats: _Stats, cheap_low: bool = False) -> tuple
     sp.blas.live = _blas_live(sp, stats)
     slower = False  # the last round's threads did clearly less than one thread alone
     low = best if rounds else float("inf")  # the lowest reading
+    gil = False  # the last round's threads of waiting work read the GIL held (_gil_queued)
     for _ in range(2 - rounds):
         short = rounds == 0 or best <= constants.PROBE_CLEAR[0]
         size = _round_size(sp, stats, remaining, short, rounds)
@@ -60,17 +63,22 @@ def _probe_step(sp: "_Sampler", stats: _Stats, cheap_low: bool = False) -> tuple
         kk = min(k, len(items))
         reading = _probe_round(sp, stats, items, kk)
         k_used, rounds = max(k_used, kk), rounds + 1
+        gil = False
         if reading is not None:
-            s, together_slower = reading
+            s, together_slower, gil = reading
             if together_slower is not None:
                 slower = together_slower
             low = min(low, s)
             best = max(best, s)
         if cheap_low and constants.SHARED_RESOURCE_SCALING <= best < constants.PARALLEL_SCALING * kk:
             break  # GIL-bound by the model's rule: processes, right even if it is not
-        if best >= _clear_gain(kk) or (best <= constants.PROBE_CLEAR[0] and (rounds >= 2 or slower)):
-            break  # clear evidence (a low one needs a second round, unless slower together)
-    if low <= constants.PROBE_CLEAR[0] < best < _clear_gain(k_used):
+        # Clear evidence (a low one needs a second round, unless slower together; so does a
+        # GIL read from the cores kept busy: a stalled core reads as the GIL too).
+        if (best >= _clear_gain(kk, stats) and not gil) or (
+            best <= constants.PROBE_CLEAR[0] and (rounds >= 2 or slower)
+        ):
+            break
+    if low <= constants.PROBE_CLEAR[0] < best < _clear_gain(k_used, stats):
         # A low reading and an unclear one: the low one stands.
         best = low
     return (min(max(best, 0.1), float(k_used)) if rounds else None), k_used, rounds
@@ -105,44 +113,58 @@ def _round_size(
     return k, per_thread
 
 
-def _probe_round(sp: "_Sampler", stats: _Stats, items: list[Any], k: int) -> tuple[float, bool | None] | None:
-    """Run ``items`` on ``k`` threads and keep them. Returns the round's scaling and whether
-    its threads did clearly less together than one thread alone (None where not read), or
-    None where the round took no time."""
+def _probe_round(
+    sp: "_Sampler", stats: _Stats, items: list[Any], k: int
+) -> tuple[float, bool | None, bool] | None:
+    """Run ``items`` on ``k`` threads and keep them. Returns the round's scaling, whether its
+    threads did clearly less together than one thread alone (None where not read) and whether
+    it read the GIL held from the cores its threads of waiting work kept busy; None where the
+    round took no time."""
     with sp.memory.watched() as mem, _blas_capped(sp, k):
         results, wall, cpu, whole, queued = _probe(sp.func, items, k, sp.kept.done, sp.collect)
     sp.kept.settled(results)
-    sp.memory.record(mem, k)  # items too long for a second serial one: k ran at once here
+    # Items too long for a second serial one: k ran at once here, waiting ones at least; the
+    # threads added for a GIL to show may queue on it, not all at their peak at once.
+    at_once = k if stats.cpu_ratio < constants.IO_BOUND else min(k, max(2, sp.probe_threads))
+    sp.memory.record(mem, at_once)
     sp.kept.keep(items, results, probed=True)
     if wall <= 0:
         return None
     if stats.cpu_ratio >= constants.CPU_BOUND and not sp.blas.single_time:
         # CPU-bound: cores kept busy at once (less the wait for a core) over one item's.
         s = (cpu / CpuMeter.active(whole, queued)) / stats.cpu_ratio
-        return s, len(items) * stats.reference < constants.SLOWER_TOGETHER * whole
+        return s, len(items) * stats.reference < constants.SLOWER_TOGETHER * whole, False
     # Waiting work, or BLAS capped (a BLAS library serializing its callers spins): throughput.
     s = len(items) * (sp.blas.single_time or stats.reference) / wall
-    if not sp.blas.single_time and _gil_queued(stats, k, cpu, CpuMeter.active(whole, queued)):
+    gil = not sp.blas.single_time and _gil_queued(stats, k, cpu, CpuMeter.active(whole, queued), _usable(sp))
+    if gil:
         # The mean end of threads queued on the GIL is half its queue: the reading instead is
         # what k threads run where each item's CPU holds it (the share the model reads back).
         g = min(cpu / (len(items) * stats.reference), 1.0)
         s = min(s, 1.0 / (g + (1.0 - g) / k))
-    return s, None
+    return s, None, gil
 
 
-def _gil_queued(stats: _Stats, k: int, cpu: float, active: float) -> bool:
+def _gil_queued(stats: _Stats, k: int, cpu: float, active: float, cpus: int) -> bool:
     """Whether a round's threads of waiting work kept nearer one core busy than the cores
-    their CPU, run side by side, would have kept busy (two or more): the computing part of
-    each item holds the GIL, and the threads' pace is one item per item's CPU. Threads queued
-    on the GIL end one after another, so their mean end (the throughput's wall) reads about
-    twice their pace (4 ms waits and 2-3 ms of pure Python: x4.1 on 16 threads where a pool
-    of them ran x2.2; the GIL's pace, x2.7, read as a speedup on 5 threads, still read 80%
-    of each item as GIL-free). On 2 cores, such rounds kept 1.02-1.03 cores busy (less the wait for
-    a core), the same waits and GIL-free hashing 1.63-1.78."""
+    their CPU, run side by side, would have kept busy (two or more, of ``cpus`` usable): the
+    computing part of each item holds the GIL. Threads queued on the GIL end one after
+    another, so their mean end (the throughput's wall) reads about twice their pace (4 ms
+    waits and 2-3 ms of pure Python: x4.1 on 16 threads where a pool of them ran x2.2; the
+    GIL's pace, x2.7, read as a speedup on 5 threads, still read 80% of each item as
+    GIL-free). On 2 cores such rounds kept 0.85-1.19 cores busy (less the wait for a core,
+    28 rounds), the same waits and GIL-free hashing 1.63-1.78 (3 rounds). Where the wait for
+    a core cannot be read (no schedstat), GIL-free rounds of one item a thread read lower
+    (1.16-1.34 there): the threads wait together, then compute together."""
     demand = k * stats.cpu_ratio
-    if _cpus() < 2 or cpu <= 0 or demand < _gil_demand(stats):
+    if cpus < 2 or cpu <= 0 or demand < _gil_demand(stats):
         return False
-    return cpu / active <= (1.0 + min(demand, _cpus())) / 2.0
+    return cpu / active <= (1.0 + min(demand, cpus)) / 2.0
+
+
+def _usable(sp: "_Sampler") -> int:
+    """CPUs the probe's threads may run on, no more than the run's usable cores (a quota)."""
+    return min(_cpus(), max(int(sp.cores), 1))
 
 
 def _gil_demand(stats: _Stats) -> float:
@@ -161,10 +183,14 @@ def _probe_plan(sp: "_Sampler", stats: _Stats, remaining: int | None, round_min:
     k = max(2, sp.probe_threads)
     if stats.cpu_ratio < constants.IO_BOUND:
         k = max(k, constants.IO_PROBE_THREADS)  # waiting work: more threads, and more of it done
-    elif _cpus() >= 2:
+    elif _usable(sp) >= 2:
         # Enough threads that their CPU, GIL-free, would keep two cores busy, so a GIL shows:
         # on 2 threads, items computing half their time read x1.7-1.9 with the GIL or without.
-        k = min(max(k, math.ceil(_gil_demand(stats) / max(stats.cpu_ratio, 1e-3))), constants.IO_PROBE_THREADS)
+        # Not so many that the round would take the job (a quarter of the items left at most).
+        need = math.ceil(_gil_demand(stats) / max(stats.cpu_ratio, 1e-3))
+        if remaining is not None:
+            need = min(need, remaining // 4)
+        k = max(k, min(need, constants.IO_PROBE_THREADS))
     if remaining is not None and remaining <= 2 * k:
         # The rest is hardly more than a round: run it all at once, one item a thread.
         return min(k, remaining), max(1, -(-remaining // k))
@@ -184,9 +210,16 @@ def _probe_plan(sp: "_Sampler", stats: _Stats, remaining: int | None, round_min:
     return k, per_thread
 
 
-def _clear_gain(k: int) -> float:
-    """A scaling on k threads that settles the probe: 0.85 k, or WAIT_CLEAR k beyond the CPUs."""
-    return (constants.PROBE_CLEAR[1] if k <= _cpus() else constants.WAIT_CLEAR) * k
+def _clear_gain(k: int, stats: _Stats) -> float:
+    """A scaling on k threads that settles the probe: 0.85 of what GIL-free threads read at
+    most (k; beyond the CPUs, for computing work, the CPUs over each item's CPU share), or
+    WAIT_CLEAR k beyond the CPUs for waiting work."""
+    cpus = _cpus()
+    if k <= cpus:
+        return constants.PROBE_CLEAR[1] * k
+    if stats.cpu_ratio >= constants.CPU_BOUND:
+        return constants.PROBE_CLEAR[1] * min(k, cpus / stats.cpu_ratio)
+    return constants.WAIT_CLEAR * k
 
 
 def _misread_is_cheap(pk: _Pickling, stats: _Stats) -> bool:
