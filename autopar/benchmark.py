@@ -85,6 +85,22 @@ def fused_way(stages: Sequence[Stage], data: list[Any], kind: str, n: int, start
     """The stages composed, on a plain pool of ``kind`` with ``n`` workers, chunks of len/4n."""
     fn = Fused(stages)
     cs = max(1, math.ceil(len(data) / (4 * n)))
+    if kind == "process":
+        # Proven before any pool starts: a pickling error in a pool's feeder thread could hang
+        # its shutdown for good on 3.13.0 (a CI run waited 120 s on the stdlib's lock).
+        from multiprocessing.reduction import ForkingPickler
+
+        try:
+            ForkingPickler.dumps(fn)
+            if data:
+                ForkingPickler.dumps(data[0])
+        except Exception as exc:
+            error = exc
+
+            def cannot() -> list[Any]:
+                raise error
+
+            return cannot
 
     def run() -> list[Any]:
         if kind == "thread":
