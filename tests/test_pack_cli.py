@@ -416,7 +416,9 @@ def test_ctrl_c_counts_what_threads_still_busy_with_an_atlas_leave_on_disk(many,
     for t in threading.enumerate():  # the pool's threads end their items, then stop
         if t is not main and t.name.startswith("autopar"):
             t.join(timeout=60)
-    assert 3 <= caught.written < 30
+    # (On a busy machine the press can land once every atlas is written, as pack ends: then
+    # all 30 are said and on disk, and the second run writes none. Once in a 3.13 CI run.)
+    assert 3 <= caught.written <= 30
     assert caught.written == len(atlases(out))
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
     before = atlases(out)
