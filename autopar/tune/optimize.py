@@ -9,9 +9,9 @@ from dataclasses import replace
 from typing import Any, Callable, Iterable
 
 from .._words import scaling_words
-from . import constants
 from ..backends.dask import cluster_costs
 from .model import Candidate, Decision, decide
+from .predict import gil_share
 from .result import OptimizationResult
 from . import constants, wisdom
 from .sample import SampleStash, known_length, one_shot, sample
@@ -64,9 +64,7 @@ def _main_reason(d: Decision, profile: Any) -> str:
         why = "the work releases the GIL"
         if d.workload_type == "io":
             why = "the work waits more than it computes"
-        elif d.workload_type == "mixed" and not (
-            scaling is not None and scaling >= constants.PARALLEL_SCALING * profile.probe_threads
-        ):
+        elif d.workload_type == "mixed" and gil_share(profile) > 0.0:  # the model's reading of the probe
             why = "the work waits part of its time, and threads overlap the waits"
         return f"threads: {why} ({probe}), and threads copy nothing"
     return (
