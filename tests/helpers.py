@@ -275,3 +275,46 @@ def sigint_on() -> None:
     where the test run itself started with SIGINT ignored (a shell's background job, nohup),
     which a child would inherit, and Python then installs no handler."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+class CtrlCFrom:
+    """Wraps ``func`` so that its first call on a thread whose name starts with ``prefix``
+    presses Ctrl-C (a real SIGINT to the main thread), ``delay`` seconds into that call; every
+    call is counted. ``run(call)`` runs ``call()`` with Python's own SIGINT handler (a test run
+    may have started with SIGINT ignored) and says whether it raised KeyboardInterrupt;
+    ``assert_none_after(n)`` checks that the press came, that no call started once ``run``
+    returned (of ``n`` items) and that no autopar thread is left."""
+
+    def __init__(self, func, prefix: str, delay: float = 0.0) -> None:
+        self.func, self.prefix, self.delay = func, prefix, delay
+        self.calls: list = []
+        self.pressed = threading.Event()
+        self._lock = threading.Lock()
+
+    def __call__(self, x):
+        with self._lock:
+            self.calls.append(x)
+            press = threading.current_thread().name.startswith(self.prefix) and not self.pressed.is_set()
+            if press:
+                self.pressed.set()
+        if press:
+            time.sleep(self.delay)
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+        return self.func(x)
+
+    def run(self, call) -> bool:
+        old = signal.signal(signal.SIGINT, signal.default_int_handler)
+        try:
+            call()
+        except KeyboardInterrupt:
+            return True
+        finally:
+            signal.signal(signal.SIGINT, old)
+        return False
+
+    def assert_none_after(self, n_items: int) -> None:
+        ran = len(self.calls)
+        time.sleep(0.3)
+        assert self.pressed.is_set(), f"no call ran on a thread named {self.prefix}*"
+        assert len(self.calls) == ran < n_items  # nothing started after the interrupt returned
+        assert not [t.name for t in threading.enumerate() if t.name.startswith("autopar-")]

@@ -441,34 +441,9 @@ def test_a_thread_item_stuck_in_c_past_its_limit_raises_without_waiting_for_it()
 def test_ctrl_c_in_optimize_leaves_no_thread_running_the_function():
     """Interrupted while the sample's probe runs items on its threads: optimize() raises once
     no thread runs the function any more (none goes on with the items left)."""
-    import signal
+    from helpers import CtrlCFrom
 
     data = np.random.default_rng(0).random(200_000)  # a sort: NumPy lets the GIL go
-    calls = []
-    pressed = threading.Event()
-    lock = threading.Lock()
-
-    def waits(x):
-        with lock:
-            calls.append(x)
-            press = threading.current_thread().name.startswith("autopar-probe") and not pressed.is_set()
-            if press:
-                pressed.set()
-        if press:
-            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)  # as Ctrl-C: a real signal
-        return float(np.sort(data)[x])
-
-    old = signal.signal(signal.SIGINT, signal.default_int_handler)  # (a run with SIGINT ignored)
-    interrupted = False
-    try:
-        optimize(waits, list(range(1000)), cache=False)
-    except KeyboardInterrupt:
-        interrupted = True
-    finally:
-        signal.signal(signal.SIGINT, old)
-    ran = len(calls)
-    time.sleep(0.3)
-    assert pressed.is_set(), "the sample ran no probe on threads"
-    assert interrupted
-    assert len(calls) == ran < 1000
-    assert not [t.name for t in threading.enumerate() if t.name.startswith("autopar-")]
+    waits = CtrlCFrom(lambda x: float(np.sort(data)[x]), "autopar-probe")
+    assert waits.run(lambda: optimize(waits, list(range(1000)), cache=False))
+    waits.assert_none_after(1000)

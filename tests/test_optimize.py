@@ -686,41 +686,16 @@ def test_ctrl_c_while_items_widen_beside_the_first_leaves_no_thread_running_them
     # Interrupted while the items run beside the first (widened: 4 CPUs patched in): the
     # sample raises once every item already started has ended, and no thread starts another.
     import os
-    import signal
 
     from autopar.tune.sample import sample
     from autopar.tune.sample import warmup as W
 
-    from helpers import hash_blocks
+    from helpers import CtrlCFrom, hash_blocks
 
     if len(os.sched_getaffinity(0)) < 2:
         pytest.skip("needs two CPUs")
     monkeypatch.setattr(W, "_cpus", lambda: 4)
-    calls: list = []
-    pressed = threading.Event()
-    lock = threading.Lock()
-
-    def func(i):
-        with lock:
-            calls.append(i)
-            press = threading.current_thread().name.startswith("autopar-sample-ahead") and not pressed.is_set()
-            if press:
-                pressed.set()
-        if press:
-            time.sleep(0.01)  # the next step may widen meanwhile
-            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)  # as Ctrl-C: a real signal
-        return hash_blocks(30)
-
-    old = signal.signal(signal.SIGINT, signal.default_int_handler)
-    interrupted = False
-    try:
-        sample(func, list(range(40)), cores=4)
-    except KeyboardInterrupt:
-        interrupted = True
-    finally:
-        signal.signal(signal.SIGINT, old)
-    ran = len(calls)
-    time.sleep(0.3)
-    assert pressed.is_set() and interrupted
-    assert len(calls) == ran < 40  # nothing started after the interrupt returned
-    assert not [t.name for t in threading.enumerate() if t.name.startswith("autopar-")]
+    # 10 ms into the first item beside the first: the next step may widen meanwhile.
+    func = CtrlCFrom(lambda i: hash_blocks(30), "autopar-sample-ahead", delay=0.01)
+    assert func.run(lambda: sample(func, list(range(40)), cores=4))
+    func.assert_none_after(40)
