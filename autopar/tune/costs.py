@@ -28,7 +28,7 @@ from .system import START_METHODS, default_start_method, usable_cores
 
 __all__ = ["PoolCosts", "cache_dir", "pool_costs"]
 
-_COSTS_VERSION = 6
+_COSTS_VERSION = 7
 
 
 @dataclass(frozen=True)
@@ -146,6 +146,12 @@ def _task_overhead(pool: Any, n_tasks: int) -> float:
     return (time.perf_counter() - t0) / n_tasks
 
 
+# Workers of the second point of the process start line. The caller forks or spawns each in
+# turn whatever the cores, but on 2 cores a line through 1 and 2 workers read no cost a worker
+# (12.1 and 10.1 ms, the first fork's own cost and the noise above the second's), where 4 took
+# 18.1 ms and 32 took 108 ms: every count the model weighs beyond 2 was priced as free.
+PROCESS_LINE_WORKERS = 4
+
 FORK_BALLAST = 512 << 20  # bytes held while timing forks from a larger parent
 
 
@@ -204,13 +210,14 @@ def _measure(start_method: str) -> PoolCosts:
     n_hi = max(2, min(usable_cores(), 4))
     hold = 0.02
     make_proc = functools.partial(ProcessPoolExecutor, mp_context=ctx)  # make_proc(n): n workers
-    # Start cost at n=1 and n=n_hi; a line through the medians.
+    # Start cost at 1 and PROCESS_LINE_WORKERS workers, whatever the cores (the caller starts
+    # them one after another); a line through the medians.
     resident = rss()
     p1 = _median([_time_pool_start(make_proc, 1, hold) for _ in range(2)])
-    phi = _median([_time_pool_start(make_proc, n_hi, hold) for _ in range(3)])
-    per_worker = max((phi - p1) / (n_hi - 1), 0.0)
+    phi = _median([_time_pool_start(make_proc, PROCESS_LINE_WORKERS, hold) for _ in range(3)])
+    per_worker = max((phi - p1) / (PROCESS_LINE_WORKERS - 1), 0.0)
     base = max(p1 - per_worker, 0.0)
-    fork_per_byte = _fork_per_byte(make_proc, n_hi, hold, phi) if start_method == "fork" else 0.0
+    fork_per_byte = _fork_per_byte(make_proc, PROCESS_LINE_WORKERS, hold, phi) if start_method == "fork" else 0.0
 
     pool = ProcessPoolExecutor(max_workers=1, mp_context=ctx)
     try:
