@@ -298,7 +298,8 @@ class CtrlCFrom:
             if press:
                 self.pressed.set()
         if press:
-            time.sleep(self.delay)
+            if self.delay:
+                time.sleep(self.delay)
             signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
         return self.func(x)
 

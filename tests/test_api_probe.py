@@ -445,5 +445,6 @@ def test_ctrl_c_in_optimize_leaves_no_thread_running_the_function():
 
     data = np.random.default_rng(0).random(200_000)  # a sort: NumPy lets the GIL go
     waits = CtrlCFrom(lambda x: float(np.sort(data)[x]), "autopar-probe")
-    assert waits.run(lambda: optimize(waits, list(range(1000)), cache=False))
+    interrupted = waits.run(lambda: optimize(waits, list(range(1000)), cache=False))
     waits.assert_none_after(1000)
+    assert interrupted

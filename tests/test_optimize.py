@@ -697,5 +697,6 @@ def test_ctrl_c_while_items_widen_beside_the_first_leaves_no_thread_running_them
     monkeypatch.setattr(W, "_cpus", lambda: 4)
     # 10 ms into the first item beside the first: the next step may widen meanwhile.
     func = CtrlCFrom(lambda i: hash_blocks(30), "autopar-sample-ahead", delay=0.01)
-    assert func.run(lambda: sample(func, list(range(40)), cores=4))
+    interrupted = func.run(lambda: sample(func, list(range(40)), cores=4))
     func.assert_none_after(40)
+    assert interrupted

@@ -148,8 +148,8 @@ def _task_overhead(pool: Any, n_tasks: int) -> float:
 
 # Workers of the second point of the process start line. The caller forks or spawns each in
 # turn whatever the cores, but on 2 cores a line through 1 and 2 workers read no cost a worker
-# (12.1 and 10.1 ms, the first fork's own cost and the noise above the second's), where 4 took
-# 18.1 ms and 32 took 108 ms: every count the model weighs beyond 2 was priced as free.
+# (a pool of 2 no slower than one), where pools timed in the caller took 18.1 ms for 4 workers
+# and 108 ms for 32 (docs/decisions.md, session 17): every count beyond 2 was priced as one.
 PROCESS_LINE_WORKERS = 4
 
 FORK_BALLAST = 512 << 20  # bytes held while timing forks from a larger parent
