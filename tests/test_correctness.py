@@ -510,6 +510,23 @@ def test_chosen_pool_ramps_its_chunks_up():
     assert report.n_chunks == len(data) // 40
 
 
+def test_a_run_decided_from_the_tuning_cache_starts_at_the_chunksize():
+    # Figures an earlier run checked: the first pool takes whole chunks from the start (the
+    # same result, measured this time, ramps from about 10 ms of work).
+    from helpers import nap
+
+    data = [0.002] * 120
+    r = optimize(nap, data[:20], executor_type="serial")
+    r = dataclasses.replace(r, executor_type="thread", n_jobs=2, chunksize=30)
+    firsts = {}
+    for cache in ("hit", None):
+        out, report = execute(nap, data, result=dataclasses.replace(r, cache=cache), return_report=True)
+        assert out == data
+        firsts[cache] = next(n for first, n, *_ in report.timeline if first == 0)
+    assert firsts["hit"] == 30
+    assert firsts[None] < 30
+
+
 def test_ramped_chunks_shrink_towards_a_known_end():
     from autopar.run.chunks import Feeder
 

@@ -191,17 +191,19 @@ class Feeder:
     back by a fallback, go first."""
 
     def __init__(
-        self, rest: Iterator[Any], first_index: int, chunksize: int, limit: int, ramp: int = 0, end: int | None = None, workers: int = 1
+        self, rest: Iterator[Any], first_index: int, chunksize: int, limit: int, ramp: int = 0, end: int | None = None,
+        workers: int = 1, floor: int | None = None,
     ) -> None:
         self.rest = rest
         self.next_index = first_index
         self.chunksize = chunksize
         self.ramp = ramp  # chunk size while it doubles up to chunksize (0: no ramp)
-        # With a ramp and a known end, chunks shrink towards it (guided scheduling): doubled
-        # chunks left one worker a chunk of a quarter of the job while the other idled.
-        self.end = end if ramp else None
+        # The least chunk towards a known end (``ramp`` unless given; 0: none). With one,
+        # chunks shrink towards the end (guided scheduling): doubled chunks left one worker a
+        # chunk of a quarter of the job while the other idled.
+        self.floor = ramp if floor is None else floor
+        self.end = end if self.floor else None
         self.workers = workers
-        self.floor = ramp
         self.limit = limit
         self.exhausted = False
         # The input's own error: raised once every item read before it has run and come back.

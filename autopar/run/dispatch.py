@@ -80,6 +80,16 @@ def ramp_size(job: Job) -> int:
     return ramp_start(job.result.profile, job.kind)
 
 
+def first_ramp(job: Job) -> tuple[int, int]:
+    """(ramp, floor) of a run's first pool: the ramp's first size is the guided tail's least.
+    A run decided from the tuning cache, on figures an earlier run checked, takes whole chunks
+    from the start (the ramp cost a warm process pick 3-5%, docs/decisions.md, "Chosen pools
+    ramp up"); the pool a run switches to ramps all the same."""
+    size = ramp_size(job)
+    hit = job.result is not None and job.result.cache == "hit"
+    return (0 if hit else size), size
+
+
 def new_backend(job: Job) -> Backend:
     transport = (job.result.profile.transport if job.result is not None else None) or "pickle"
     return make_backend(
@@ -101,7 +111,8 @@ class PoolRun:
 
     def __init__(self, job: Job, rest: Iterator[Any], first_index: int, total: int | None) -> None:
         self.job = job
-        self.feeder = Feeder(rest, first_index, job.chunksize, 2 * job.n_jobs + 1, ramp_size(job), total, job.n_jobs)
+        ramp, floor = first_ramp(job)
+        self.feeder = Feeder(rest, first_index, job.chunksize, 2 * job.n_jobs + 1, ramp, total, job.n_jobs, floor)
         self.inflight = InOrder()
         self.inline: InlineBackend | None = None
         self.switch_to: str | None = None  # why the run is to move to the runner-up pool
