@@ -510,21 +510,37 @@ def test_chosen_pool_ramps_its_chunks_up():
     assert report.n_chunks == len(data) // 40
 
 
-def test_a_run_decided_from_the_tuning_cache_starts_at_the_chunksize():
-    # Figures an earlier run checked: the first pool takes whole chunks from the start (the
-    # same result, measured this time, ramps from about 10 ms of work).
+def test_a_process_run_on_checked_cache_figures_starts_at_the_chunksize():
+    # A process pool decided from kept figures that a run has checked: whole chunks from the
+    # start. Figures no run checked yet, and threads, ramp from about 10 ms of work.
     from helpers import nap
 
     data = [0.002] * 120
     r = optimize(nap, data[:20], executor_type="serial")
-    r = dataclasses.replace(r, executor_type="thread", n_jobs=2, chunksize=30)
     firsts = {}
-    for cache in ("hit", None):
-        out, report = execute(nap, data, result=dataclasses.replace(r, cache=cache), return_report=True)
+    for kind, runs in (("process", 1), ("process", 0), ("thread", 1)):
+        given = dataclasses.replace(r, executor_type=kind, n_jobs=2, chunksize=30, cache="hit", cache_runs=runs)
+        out, report = execute(nap, data, result=given, return_report=True)
         assert out == data
-        firsts[cache] = next(n for first, n, *_ in report.timeline if first == 0)
-    assert firsts["hit"] == 30
-    assert firsts[None] < 30
+        firsts[kind, runs] = next(n for first, n, *_ in report.timeline if first == 0)
+    assert firsts["process", 1] == 30
+    assert firsts["process", 0] < 30 and firsts["thread", 1] < 30, firsts
+
+
+def test_whole_chunks_still_shrink_towards_a_known_end():
+    from autopar.run.chunks import Feeder
+
+    # No ramp, a floor of 8: the chunksize from the start, then at most a 2n-th of what is
+    # left, never under the floor.
+    feeder = Feeder(iter(range(300)), 0, 64, 5, ramp=0, end=300, workers=2, floor=8)
+    sizes = []
+    while (nxt := feeder.next_chunk()) is not None:
+        sizes.append(len(nxt[1]))
+    assert sizes[0] == 64 and sum(sizes) == 300
+    assert sizes == sorted(sizes, reverse=True) and min(sizes[:-1]) >= 8 and sizes[-1] <= 8, sizes
+    # Without a floor, no end: chunks are the chunksize.
+    plain = Feeder(iter(range(300)), 0, 64, 5, ramp=0, end=300, workers=2, floor=0)
+    assert [len(plain.next_chunk()[1]) for _ in range(4)] == [64] * 4
 
 
 def test_ramped_chunks_shrink_towards_a_known_end():

@@ -17,7 +17,8 @@
 
 The loop in :meth:`PoolRun.results` reads: fill → wait → harvest → recover or adapt →
 release. A pool autopar chose starts with chunks of about 10 ms of work that double with
-each chunk back (unless the pool is losing), so a pool that loses to serial is seen early;
+each chunk back (unless the pool is losing), so a pool that loses to serial is seen early
+(a process pool on kept figures a run has checked takes whole chunks from the start);
 a doubt is checked by timing one small chunk in the caller before the run falls back, and
 after a fallback the pool is shut down as soon as its last chunk is back. A switch to the
 runner-up pool waits for that too, then starts the other pool, which ramps up as the first
@@ -82,12 +83,14 @@ def ramp_size(job: Job) -> int:
 
 def first_ramp(job: Job) -> tuple[int, int]:
     """(ramp, floor) of a run's first pool: the ramp's first size is the guided tail's least.
-    A run decided from the tuning cache, on figures an earlier run checked, takes whole chunks
-    from the start (the ramp cost a warm process pick 3-5%, docs/decisions.md, "Chosen pools
-    ramp up"); the pool a run switches to ramps all the same."""
+    A process pool decided from the tuning cache, on figures a run has checked since they were
+    measured, takes whole chunks from the start (the ramp cost a warm process pick 3-5%,
+    docs/decisions.md, "Chosen pools ramp up"); threads ramp (a GIL found while running is read
+    from chunks back), and so does the pool a run switches to."""
     size = ramp_size(job)
-    hit = job.result is not None and job.result.cache == "hit"
-    return (0 if hit else size), size
+    r = job.result
+    checked = r is not None and r.cache == "hit" and r.cache_runs >= 1 and job.kind == "process"
+    return (0 if checked else size), size
 
 
 def new_backend(job: Job) -> Backend:

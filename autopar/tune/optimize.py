@@ -206,7 +206,9 @@ def optimize_with(func: Callable[[Any], Any], data: Iterable[Any], opts: Options
     if cluster is not None:
         result = replace(result, scheduler=cluster.address)
     if key is not None:
-        result = replace(result, cache_key=key, cache="hit" if entry is not None else "miss")
+        result = replace(
+            result, cache_key=key, cache="hit" if entry is not None else "miss", cache_runs=entry.runs if entry is not None else 0
+        )
         if entry is not None:
             when = time.strftime("%Y-%m-%d %H:%M", time.localtime(entry.created))
             runs = f", {entry.runs} runs since" if entry.runs else ""

@@ -48,6 +48,7 @@ class OptimizationResult:
     scheduler: str | None = None  # the Dask scheduler of an optimize(cluster=...)
     cache_key: str | None = None  # the job's key in the tuning cache
     cache: str | None = None  # "hit" (decided from kept figures), "miss" (measured, now kept), None
+    cache_runs: int = 0  # a hit: the runs that checked the kept figures since they were measured
     _stash: SampleStash | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -94,6 +95,7 @@ class OptimizationResult:
             "scheduler": self.scheduler,
             "cache_key": self.cache_key,
             "cache": self.cache,
+            "cache_runs": self.cache_runs,
         }
 
     def plot(self, path: Any) -> Any:
