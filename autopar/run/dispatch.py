@@ -93,6 +93,12 @@ def first_ramp(job: Job) -> tuple[int, int]:
     return (0 if checked else size), size
 
 
+def first_feeder(job: Job, rest: Iterator[Any], first_index: int, total: int | None) -> Feeder:
+    """The feeder of a run's first pool: 2n + 1 chunks in flight, its ramp and floor (:func:`first_ramp`)."""
+    ramp, floor = first_ramp(job)
+    return Feeder(rest, first_index, job.chunksize, 2 * job.n_jobs + 1, ramp, total, job.n_jobs, floor)
+
+
 def new_backend(job: Job) -> Backend:
     transport = (job.result.profile.transport if job.result is not None else None) or "pickle"
     return make_backend(
@@ -114,8 +120,7 @@ class PoolRun:
 
     def __init__(self, job: Job, rest: Iterator[Any], first_index: int, total: int | None) -> None:
         self.job = job
-        ramp, floor = first_ramp(job)
-        self.feeder = Feeder(rest, first_index, job.chunksize, 2 * job.n_jobs + 1, ramp, total, job.n_jobs, floor)
+        self.feeder = first_feeder(job, rest, first_index, total)
         self.inflight = InOrder()
         self.inline: InlineBackend | None = None
         self.switch_to: str | None = None  # why the run is to move to the runner-up pool
